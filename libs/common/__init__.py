@@ -1,0 +1,1 @@
+"""What the services share: settings, the Redis contract, models, logging, clock."""

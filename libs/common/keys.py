@@ -1,0 +1,74 @@
+"""The Redis contract: every key and channel name the services use, defined once.
+
+No service builds a key string itself. The README lists these names for `redis-cli` users.
+
+Keys
+  price:SYMBOL              hash   last price of SYMBOL (see `PRICE_FIELDS`); expires 300 s after the last write
+  prices:index              zset   SYMBOL -> epoch s the price was last known current (count/list without SCAN)
+  feed:status               hash   feed connection state, counters, last message time, DNS resolver in use
+  feed:subscriptions        hash   SYMBOL -> instrument key the feed must subscribe besides its watchlist
+  heartbeat:SERVICE         string epoch s of the service's last beat; expires after HEARTBEAT_TTL_S
+  position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed)
+  positions:open            set    symbols whose position is open or closing
+  positions:closed          list   journal of closes, newest first (JSON close records)
+  events                    stream recent position and alert events (capped)
+  idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
+  services:status           hash   per-service notes (e.g. the monitor's last broker error)
+
+Channels
+  ticks                     one notice per feed frame: the symbols (and prices) just written
+  feed:status:changes       the feed's state transitions
+  feed:subscription-requests  "sub SYMBOL KEY" / "unsub SYMBOL" asks the feed to (un)subscribe now
+  positions:events          position lifecycle events (opened, closing, closed, close_failed, unmonitored)
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PRICE_PREFIX: Final = "price:"
+PRICE_INDEX: Final = "prices:index"
+FEED_STATUS: Final = "feed:status"
+FEED_SUBSCRIPTIONS: Final = "feed:subscriptions"
+HEARTBEAT_PREFIX: Final = "heartbeat:"
+POSITION_PREFIX: Final = "position:"
+OPEN_POSITIONS: Final = "positions:open"
+CLOSED_JOURNAL: Final = "positions:closed"
+EVENTS_STREAM: Final = "events"
+IDEMPOTENCY_PREFIX: Final = "idempotency:"
+SERVICES_STATUS: Final = "services:status"
+
+TICKS_CHANNEL: Final = "ticks"
+FEED_STATUS_CHANNEL: Final = "feed:status:changes"
+SUBSCRIPTION_REQUESTS_CHANNEL: Final = "feed:subscription-requests"
+POSITION_EVENTS_CHANNEL: Final = "positions:events"
+
+# Fields of a price:SYMBOL hash. Prices are rupee strings ("575.00") so `HGETALL` reads naturally.
+PRICE_FIELDS: Final = ("ltp", "instrument_key", "ltt_ms", "cp", "as_of", "received_at")
+
+SERVICES: Final = ("feed", "monitor", "api", "sim")
+
+
+def price(symbol: str) -> str:
+    """Key of the price hash of `symbol`, e.g. ``price:BOSCHLTD``."""
+    return PRICE_PREFIX + symbol
+
+
+def position(symbol: str) -> str:
+    """Key of the position hash of `symbol`, e.g. ``position:BOSCHLTD``."""
+    return POSITION_PREFIX + symbol
+
+
+def heartbeat(service: str) -> str:
+    """Key of a service's heartbeat, e.g. ``heartbeat:feed``."""
+    return HEARTBEAT_PREFIX + service
+
+
+def idempotency(key: str) -> str:
+    """Key holding the first result of an emergency close sent with Idempotency-Key `key`."""
+    return IDEMPOTENCY_PREFIX + key
+
+
+def all_names() -> dict[str, str]:
+    """Every fixed key and channel name (for the README check and for people)."""
+    return {name: value for name, value in globals().items() if name.isupper() and isinstance(value, str)}

@@ -1,0 +1,43 @@
+"""Money is integer paise everywhere inside the guard (exact comparisons, no float drift).
+
+Rupee strings ("575.00") appear only at the edges: Redis hashes people read, log lines, JSON.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+Paise = int
+
+_ONE_PAISA = Decimal("0.01")
+
+
+def to_paise(rupees: float | int | str | Decimal) -> Paise:
+    """Rupees (number or numeric string) to integer paise, rounding half-even to the paisa.
+
+    Raises ValueError for anything that is not a finite number.
+    """
+    try:
+        value = Decimal(str(rupees)) if not isinstance(rupees, Decimal) else rupees
+    except InvalidOperation:
+        raise ValueError(f"not a price: {rupees!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"not a price: {rupees!r}")
+    return int(value.quantize(_ONE_PAISA, rounding=ROUND_HALF_EVEN) * 100)
+
+
+def rupees_str(paise: Paise) -> str:
+    """Paise as a rupee string with two decimals: 57500 -> '575.00', -619500 -> '-6195.00'."""
+    sign = "-" if paise < 0 else ""
+    whole, frac = divmod(abs(paise), 100)
+    return f"{sign}{whole}.{frac:02d}"
+
+
+def rupees(paise: Paise) -> float:
+    """Paise as a JSON-friendly rupee number (two decimals exact for any realistic price)."""
+    return paise / 100
+
+
+def fmt_inr(paise: Paise) -> str:
+    """Paise for log lines, as the guide writes them: '₹575.00'."""
+    return "₹" + rupees_str(paise)

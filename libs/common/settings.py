@@ -1,0 +1,158 @@
+"""Every tunable of the guard, read from the environment and `.env`.
+
+Defaults are the numbers of the user's guide (stale after 30 s, cache expiry 300 s, reconnect
+attempts per cycle 10, DNS check every 3 attempts, retries every 5-10 s). Tests compress time by
+overriding them. `load_settings()` turns a bad value into one clear line naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FeedMode = Literal["ltpc", "full", "option_greeks"]
+
+
+class ConfigError(SystemExit):
+    """A setting is invalid; the process must not start. The message names the variable."""
+
+
+class Settings(BaseSettings):
+    """The one settings class; each service reads the fields it needs."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, case_sensitive=False
+    )
+
+    # --- Redis -------------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_socket_timeout_s: float = Field(5.0, gt=0)
+    redis_connect_timeout_s: float = Field(2.0, gt=0)
+    redis_retries: int = Field(3, ge=0)
+
+    # --- Upstox (real) or simulator ----------------------------------------------------------
+    upstox_access_token: SecretStr = SecretStr("")
+    upstox_api_base: str = ""
+    upstox_order_base: str = ""
+    sim_host: str = "127.0.0.1"
+    sim_port: int = Field(8100, ge=0, le=65535)
+    sim_access_token: SecretStr = SecretStr("sim-access-token")
+    sim_seed: int = 42
+    sim_follow_market_hours: bool = False
+    sim_tick_interval_s: float = Field(0.2, gt=0)
+    sim_extra_instruments: int = Field(0, ge=0)
+    sim_dns_port: int = Field(0, ge=0, le=65535)
+    sim_tls: bool = False
+
+    # --- Price cache and the guide's three layers ---------------------------------------------
+    price_stale_after_s: float = Field(30.0, gt=0)
+    price_cache_ttl_s: int = Field(300, gt=0)
+
+    # --- Feed connection ---------------------------------------------------------------------
+    feed_mode: FeedMode = "ltpc"
+    feed_watchlist: list[str] = Field(default_factory=list)
+    reconnect_base_delay_s: float = Field(5.0, gt=0)
+    reconnect_max_delay_s: float = Field(10.0, gt=0)
+    reconnect_attempts_per_cycle: int = Field(10, gt=0)
+    auth_retry_delay_s: float = Field(60.0, gt=0)
+    dns_check_every_attempts: int = Field(3, gt=0)
+    dns_fallback_servers: list[str] = Field(default_factory=lambda: ["8.8.8.8", "1.1.1.1"])
+    dns_port: int = Field(53, gt=0, le=65535)
+    dns_timeout_s: float = Field(2.0, gt=0)
+    dns_remember_s: float = Field(600.0, ge=0)
+    ws_ping_interval_s: float = Field(3.0, gt=0)
+    ws_ping_timeout_s: float = Field(3.0, gt=0)
+    ws_open_timeout_s: float = Field(5.0, gt=0)
+    feed_silence_timeout_s: float = Field(7.0, gt=0)
+    vouch_interval_s: float = Field(2.0, gt=0)
+    tls_ca_file: str = ""
+
+    # --- Heartbeats --------------------------------------------------------------------------
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_ttl_s: int = Field(10, gt=0)
+
+    # --- Monitor and closing -----------------------------------------------------------------
+    monitor_sweep_interval_s: float = Field(1.0, gt=0)
+    broker: Literal["upstox", "paper"] = "upstox"
+    order_product: Literal["I", "D", "MTF"] = "I"
+    close_retry_base_s: float = Field(1.0, gt=0)
+    close_retry_max_s: float = Field(30.0, gt=0)
+    broker_timeout_s: float = Field(5.0, gt=0)
+
+    # --- API ---------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr = SecretStr("")
+    token_probe_cache_s: float = Field(30.0, ge=0)
+
+    # --- Logging -----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    log_dir: str = ""
+
+    @model_validator(mode="after")
+    def _backoff_cap_not_below_base(self) -> Settings:
+        if self.reconnect_max_delay_s < self.reconnect_base_delay_s:
+            raise ValueError("RECONNECT_MAX_DELAY_S must be >= RECONNECT_BASE_DELAY_S")
+        return self
+
+    @property
+    def simulator_mode(self) -> bool:
+        """True when no Upstox token is set: every base URL and the token point at the simulator."""
+        return not self.upstox_access_token.get_secret_value()
+
+    @cached_property
+    def sim_base_url(self) -> str:
+        scheme = "https" if self.sim_tls else "http"
+        return f"{scheme}://{self.sim_host}:{self.sim_port}"
+
+    @property
+    def api_base(self) -> str:
+        """Upstox REST base (profile, feed authorize, positions)."""
+        if self.upstox_api_base:
+            return self.upstox_api_base.rstrip("/")
+        return self.sim_base_url if self.simulator_mode else "https://api.upstox.com"
+
+    @property
+    def order_base(self) -> str:
+        """Upstox order base (place/modify/cancel live on the HFT host)."""
+        if self.upstox_order_base:
+            return self.upstox_order_base.rstrip("/")
+        return self.sim_base_url if self.simulator_mode else "https://api-hft.upstox.com"
+
+    @property
+    def access_token(self) -> SecretStr:
+        """The token the services present: the real one, or the simulator's in simulator mode."""
+        return self.sim_access_token if self.simulator_mode else self.upstox_access_token
+
+    @property
+    def api_bound_to_loopback(self) -> bool:
+        if self.api_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.api_host).is_loopback
+        except ValueError:
+            return False
+
+    def secrets(self) -> list[str]:
+        """Every secret value that must never reach a log line or a response."""
+        values = [self.upstox_access_token, self.api_key]
+        if self.sim_access_token.get_secret_value() != "sim-access-token":
+            values.append(self.sim_access_token)
+        return [v.get_secret_value() for v in values if v.get_secret_value()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; on a bad value raise `ConfigError` with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper() or "SETTINGS"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("config error: " + "; ".join(problems)) from None

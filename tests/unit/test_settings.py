@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from libs.common.settings import ConfigError, Settings, load_settings
+
+
+def make(**kw: object) -> Settings:
+    return Settings(_env_file=None, **kw)  # type: ignore[call-arg, arg-type]
+
+
+def test_defaults_are_the_guides_numbers() -> None:
+    s = make()
+    assert s.price_stale_after_s == 30
+    assert s.price_cache_ttl_s == 300
+    assert s.reconnect_attempts_per_cycle == 10
+    assert s.dns_check_every_attempts == 3
+    assert (s.reconnect_base_delay_s, s.reconnect_max_delay_s) == (5, 10)
+    assert s.dns_fallback_servers == ["8.8.8.8", "1.1.1.1"]
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert (s.api_host, s.api_port) == ("127.0.0.1", 8000)
+
+
+def test_no_token_means_simulator_everywhere() -> None:
+    s = make()
+    assert s.simulator_mode
+    assert s.api_base == s.order_base == "http://127.0.0.1:8100"
+    assert s.access_token.get_secret_value() == "sim-access-token"
+
+
+def test_a_token_means_real_upstox() -> None:
+    s = make(upstox_access_token="real-token-123")
+    assert not s.simulator_mode
+    assert s.api_base == "https://api.upstox.com"
+    assert s.order_base == "https://api-hft.upstox.com"
+    assert s.access_token.get_secret_value() == "real-token-123"
+    assert "real-token-123" not in repr(s)
+
+
+def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRICE_STALE_AFTER_S", "2.5")
+    monkeypatch.setenv("FEED_WATCHLIST", '["BOSCHLTD","KAYNES"]')
+    s = load_settings(_env_file=None)
+    assert s.price_stale_after_s == 2.5
+    assert s.feed_watchlist == ["BOSCHLTD", "KAYNES"]
+
+
+def test_bad_value_fails_with_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRICE_CACHE_TTL_S", "five minutes")
+    with pytest.raises(ConfigError) as info:
+        load_settings(_env_file=None)
+    message = str(info.value.code)
+    assert "PRICE_CACHE_TTL_S" in message
+    assert "\n" not in message
+
+
+def test_backoff_cap_below_base_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="RECONNECT_MAX_DELAY_S"):
+        load_settings(_env_file=None, reconnect_base_delay_s=10, reconnect_max_delay_s=5)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False)]
+)
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    assert make(api_host=host).api_bound_to_loopback is loopback
