@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+LINT_PATHS := libs services tests $(wildcard bench)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint fmt test test-unit test-integration test-e2e proto up down restart status logs \
@@ -19,13 +20,13 @@ install: $(PY) ## create .venv and install the project with its dev tools
 	$(PY) -m pip install -q -e '.[dev]'
 
 lint: ## ruff check, ruff format --check, mypy --strict
-	ruff check libs services tests bench
-	ruff format --check libs services tests bench
+	ruff check $(LINT_PATHS)
+	ruff format --check $(LINT_PATHS)
 	mypy libs services
 
 fmt: ## apply ruff's fixes and formatting
-	ruff check --fix libs services tests bench
-	ruff format libs services tests bench
+	ruff check --fix $(LINT_PATHS)
+	ruff format $(LINT_PATHS)
 
 test: ## run every test (unit, integration against a real Redis, end-to-end with real processes)
 	$(PY) -m pytest

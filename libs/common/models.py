@@ -53,6 +53,40 @@ class PriceSource(StrEnum):
     BROKER = "broker"  # no usable cached price; the broker's fill decides
 
 
+class FeedStatus(BaseModel):
+    """The feed's `feed:status` hash: what connection health shows under `websocket`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: FeedState = FeedState.CLOSED
+    connected: bool = False
+    subscribed_symbols: int = 0
+    reconnect_attempts: int = 0
+    network_errors: int = 0
+    corrupt_frames: int = 0
+    last_message_at: float | None = None  # any frame or pong: the connection is alive
+    last_data_at: float | None = None  # last frame carrying prices
+    market_open: bool | None = None
+    token_ok: bool | None = None  # False after a 401 until a connect succeeds
+    dns_resolver: str = ""  # "system", "Google DNS", "Cloudflare DNS", "remembered"
+    resolved_address: str = ""
+    last_error: str = ""
+    updated_at: float | None = None
+
+    def to_redis(self) -> dict[str, str]:
+        flags = {True: "1", False: "0", None: ""}
+        data = self.model_dump(mode="json")
+        return {k: flags[v] if v is None or isinstance(v, bool) else str(v) for k, v in data.items()}
+
+    @classmethod
+    def from_redis(cls, data: dict[str, str]) -> Self:
+        """Missing fields take their defaults (a feed that never ran reads as closed)."""
+        try:
+            return cls.model_validate({k: v for k, v in data.items() if v != "" and k in cls.model_fields})
+        except ValidationError as exc:
+            raise MalformedRecord(f"feed:status: {exc}") from None
+
+
 def _str_map(data: dict[str, Any]) -> dict[str, str]:
     return {k: ("" if v is None else str(v)) for k, v in data.items()}
 

@@ -1,0 +1,157 @@
+"""The Redis price cache: `price:SYMBOL` hashes, the `prices:index` zset and the tick notices.
+
+Writers (the feed) store a whole frame with one server-side script call and publish one notice per frame.
+Readers (monitor, api) fetch many symbols in one pipeline and count/list the cache from the index,
+never with a keyspace scan. The hash is the truth; a notice only says "look again".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from libs.common import keys
+from libs.common.models import MalformedRecord, PriceEntry
+
+# ARGV: ttl_s, as_of, channel, notice, then 5 values per tick (symbol, ltp, instrument_key, ltt_ms, cp).
+# KEYS: prices:index, then price:SYMBOL per tick in the same order. Empty ltt_ms/cp leave the old value.
+_WRITE_FRAME = """
+local ttl = tonumber(ARGV[1])
+local as_of = ARGV[2]
+local n = #KEYS - 1
+for i = 1, n do
+  local b = 4 + (i - 1) * 5
+  local key = KEYS[i + 1]
+  redis.call('HSET', key, 'ltp', ARGV[b + 2], 'instrument_key', ARGV[b + 3], 'as_of', as_of, 'received_at', as_of)
+  if ARGV[b + 4] ~= '' then redis.call('HSET', key, 'ltt_ms', ARGV[b + 4]) end
+  if ARGV[b + 5] ~= '' then redis.call('HSET', key, 'cp', ARGV[b + 5]) end
+  redis.call('EXPIRE', key, ttl)
+  redis.call('ZADD', KEYS[1], as_of, ARGV[b + 1])
+end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return n
+"""
+
+# ARGV: ttl_s, as_of, then one symbol per key. KEYS: prices:index, then price:SYMBOL.
+# Only symbols that still have a price are vouched for: a vouch never invents a price.
+_VOUCH = """
+local ttl = tonumber(ARGV[1])
+local as_of = ARGV[2]
+local vouched = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HSET', KEYS[i], 'as_of', as_of)
+    redis.call('EXPIRE', KEYS[i], ttl)
+    redis.call('ZADD', KEYS[1], as_of, ARGV[i + 1])
+    vouched = vouched + 1
+  end
+end
+return vouched
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One decoded price update. `ltp` is a rupee string; `ltt_ms`/`cp` are None when the frame lacked them."""
+
+    symbol: str
+    instrument_key: str
+    ltp: str
+    ltt_ms: int | None = None
+    cp: str | None = None
+
+
+def tick_notice(as_of: float, ticks: Sequence[Tick]) -> str:
+    """The small JSON published on `ticks` per frame: {"as_of": s, "prices": {SYMBOL: "575.00"}}."""
+    return json.dumps({"as_of": as_of, "prices": {t.symbol: t.ltp for t in ticks}}, separators=(",", ":"))
+
+
+def parse_tick_notice(payload: str) -> tuple[float, dict[str, str]]:
+    """(as_of, {symbol: rupee string}) from a tick notice; raises ValueError when malformed."""
+    data = json.loads(payload)
+    prices = data["prices"]
+    if not isinstance(prices, dict):
+        raise ValueError("prices must be an object")
+    return float(data["as_of"]), {str(k): str(v) for k, v in prices.items()}
+
+
+class PriceCache:
+    """Reads and writes the price cache. One instance per Redis client."""
+
+    def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._write = redis.register_script(_WRITE_FRAME)
+        self._vouch = redis.register_script(_VOUCH)
+
+    async def write_frame(self, ticks: Sequence[Tick], as_of: float, *, publish: bool = True) -> None:
+        """Store every tick of one frame and refresh its expiry, then publish one notice (one round trip)."""
+        if not ticks:
+            return
+        notice = tick_notice(as_of, ticks) if publish else ""
+        args: list[str | int | float] = [self._ttl_s, repr(as_of), keys.TICKS_CHANNEL, notice]
+        key_list = [keys.PRICE_INDEX]
+        for t in ticks:
+            key_list.append(keys.price(t.symbol))
+            args += [t.symbol, t.ltp, t.instrument_key, "" if t.ltt_ms is None else t.ltt_ms, t.cp or ""]
+        await self._write(keys=key_list, args=args)
+
+    async def vouch(self, symbols: Iterable[str], as_of: float) -> int:
+        """Mark the cached prices of `symbols` current as of `as_of` (healthy feed, quiet symbol).
+
+        Returns how many symbols had a price to vouch for.
+        """
+        symbols = list(symbols)
+        if not symbols:
+            return 0
+        result = await self._vouch(
+            keys=[keys.PRICE_INDEX, *(keys.price(s) for s in symbols)], args=[self._ttl_s, repr(as_of), *symbols]
+        )
+        return int(result)
+
+    async def read(self, symbols: Sequence[str]) -> dict[str, PriceEntry | MalformedRecord | None]:
+        """The cached entry of each symbol (None when expired or never seen), in one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for s in symbols:
+                pipe.hgetall(keys.price(s))
+            rows = await pipe.execute()
+        out: dict[str, PriceEntry | MalformedRecord | None] = {}
+        for symbol, row in zip(symbols, rows, strict=True):
+            if not row:
+                out[symbol] = None
+                continue
+            try:
+                out[symbol] = PriceEntry.from_redis(symbol, row)
+            except MalformedRecord as exc:
+                out[symbol] = exc
+        return out
+
+    async def read_one(self, symbol: str) -> PriceEntry | None:
+        """The cached entry of `symbol`, None when expired/absent; raises MalformedRecord on a corrupt hash."""
+        entry = (await self.read([symbol]))[symbol]
+        if isinstance(entry, MalformedRecord):
+            raise entry
+        return entry
+
+    async def count(self, now: float) -> int:
+        """How many symbols have an unexpired price (from the index, no scan)."""
+        return int(await self._redis.zcount(keys.PRICE_INDEX, now - self._ttl_s, "+inf"))
+
+    async def last_update(self) -> float | None:
+        """Epoch s of the newest price write or vouch, None when the cache is empty."""
+        newest = await self._redis.zrange(keys.PRICE_INDEX, -1, -1, withscores=True)
+        return float(newest[0][1]) if newest else None
+
+    async def newest(self, limit: int, now: float) -> list[tuple[str, float]]:
+        """Up to `limit` (symbol, as_of) pairs with unexpired prices, newest first."""
+        rows = await self._redis.zrevrangebyscore(
+            keys.PRICE_INDEX, "+inf", now - self._ttl_s, start=0, num=limit, withscores=True
+        )
+        return [(str(s), float(score)) for s, score in rows]
+
+    async def trim_index(self, now: float) -> int:
+        """Drop index members whose price has expired; returns how many were dropped."""
+        return int(await self._redis.zremrangebyscore(keys.PRICE_INDEX, "-inf", f"({now - self._ttl_s}"))
