@@ -147,10 +147,10 @@ class PriceCache:
 
     async def newest(self, limit: int, now: float) -> list[tuple[str, float]]:
         """Up to `limit` (symbol, as_of) pairs with unexpired prices, newest first."""
-        rows: list[tuple[str, float]] = await self._redis.zrevrangebyscore(
+        rows = await self._redis.zrevrangebyscore(
             keys.PRICE_INDEX, "+inf", now - self._ttl_s, start=0, num=limit, withscores=True
         )
-        return [(str(symbol), float(score)) for symbol, score in rows]
+        return [(str(row[0]), float(row[1])) for row in rows]
 
     async def trim_index(self, now: float) -> int:
         """Drop index members whose price has expired; returns how many were dropped."""
