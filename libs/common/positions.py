@@ -1,0 +1,230 @@
+"""Positions in Redis and the one atomic claim that makes every close happen at most once.
+
+A position lives in `position:SYMBOL`; its state moves open -> closing -> closed only through the
+scripts below, each of which checks the state (and the claim id) inside Redis. The monitor and the
+API both close through `libs.common.closing`, which uses these; nobody writes the state directly.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from libs.common import keys
+from libs.common.clock import Clock
+from libs.common.models import CloseReason, CloseRecord, MalformedRecord, Position, PositionState
+
+EVENTS_MAXLEN = 10_000
+
+# KEYS: position, open set, subscriptions hash. ARGV: symbol, instrument_key, then field/value pairs.
+_OPEN = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'open' or state == 'closing' then return state end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 'ok'
+"""
+
+# KEYS: position. ARGV: claim_id, claimed_at, reason. Returns 'ok' or the state that refused the claim.
+_CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= 'open' then return state end
+redis.call('HSET', KEYS[1], 'state', 'closing', 'claim_id', ARGV[1], 'claimed_at', ARGV[2], 'close_reason', ARGV[3])
+return 'ok'
+"""
+
+# KEYS: position. ARGV: claim_id, error, next_attempt_at. Reopens a position whose close failed.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'closing' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'open', 'claim_id', '', 'claimed_at', '', 'last_error', ARGV[2],
+           'next_attempt_at', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'close_attempts', 1)
+return 1
+"""
+
+# KEYS: position, open set, journal, subscriptions hash. ARGV: claim_id, symbol, record JSON.
+_COMPLETE = """
+if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'closing' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'closed', 'last_error', '', 'next_attempt_at', '')
+redis.call('HINCRBY', KEYS[1], 'close_attempts', 1)
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('LPUSH', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[2])
+return 1
+"""
+
+# KEYS: position. ARGV: field/value pairs. Changes SL/TP only while the position is open.
+_UPDATE_LEVELS = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'open' then return state or 'missing' end
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 'ok'
+"""
+
+
+class PositionConflict(Exception):
+    """The position is not in a state that allows the operation (HTTP 409). `state` says which it is in."""
+
+    def __init__(self, symbol: str, state: str) -> None:
+        super().__init__(f"position {symbol} is {state}")
+        self.symbol = symbol
+        self.state = state
+
+
+class PositionNotFound(Exception):
+    """There is no position on the symbol (HTTP 404)."""
+
+    def __init__(self, symbol: str) -> None:
+        super().__init__(f"no open position for {symbol}")
+        self.symbol = symbol
+
+
+class PositionStore:
+    """Reads and changes positions; every state change is one atomic script call."""
+
+    def __init__(self, redis: Redis, clock: Clock) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._open = redis.register_script(_OPEN)
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+        self._complete = redis.register_script(_COMPLETE)
+        self._update_levels = redis.register_script(_UPDATE_LEVELS)
+
+    async def open(self, position: Position) -> Position:
+        """Register an open position and ask the feed to subscribe its symbol.
+
+        Raises PositionConflict when the symbol already has an open or closing position.
+        """
+        fields = [item for pair in position.to_redis().items() for item in pair]
+        result = await self._open(
+            keys=[keys.position(position.symbol), keys.OPEN_POSITIONS, keys.FEED_SUBSCRIPTIONS],
+            args=[position.symbol, position.instrument_key, *fields],
+        )
+        if result != "ok":
+            raise PositionConflict(position.symbol, str(result))
+        await self._redis.publish(
+            keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"sub {position.symbol} {position.instrument_key}"
+        )
+        await self.publish_event("opened", position.symbol, position=position.public())
+        return position
+
+    async def get(self, symbol: str) -> Position | None:
+        """The position on `symbol` in any state, None if there never was one. Raises MalformedRecord."""
+        data = cast(dict[str, str], await self._redis.hgetall(keys.position(symbol)))
+        return Position.from_redis(data) if data else None
+
+    async def open_symbols(self) -> list[str]:
+        """Symbols whose position is open or closing."""
+        return sorted(str(s) for s in await self._redis.smembers(keys.OPEN_POSITIONS))
+
+    async def list_open(self) -> list[Position | MalformedRecord]:
+        """Every open or closing position, read in one pipeline; corrupt records come back as MalformedRecord."""
+        symbols = await self.open_symbols()
+        return await self.read_many(symbols)
+
+    async def read_many(self, symbols: Sequence[str]) -> list[Position | MalformedRecord]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                pipe.hgetall(keys.position(symbol))
+            rows = await pipe.execute()
+        out: list[Position | MalformedRecord] = []
+        for symbol, row in zip(symbols, rows, strict=True):
+            try:
+                out.append(Position.from_redis(row or {"symbol": symbol}))
+            except MalformedRecord as exc:
+                out.append(exc)
+        return out
+
+    async def update_levels(self, symbol: str, stop_loss: int | None, take_profit: int | None) -> Position:
+        """Move SL and/or TP (paise) of an open position; validated against its side and entry first."""
+        current = await self.get(symbol)
+        if current is None:
+            raise PositionNotFound(symbol)
+        changes: dict[str, Any] = {}
+        if stop_loss is not None:
+            changes["stop_loss"] = stop_loss
+        if take_profit is not None:
+            changes["take_profit"] = take_profit
+        updated = Position.model_validate({**current.model_dump(), **changes})
+        data = updated.to_redis()
+        fields = [item for name in changes for item in (name, data[name])]
+        result = await self._update_levels(keys=[keys.position(symbol)], args=fields)
+        if result != "ok":
+            raise PositionConflict(symbol, str(result))
+        await self.publish_event(
+            "levels_changed", symbol, stop_loss=data.get("stop_loss"), take_profit=data.get("take_profit")
+        )
+        return updated
+
+    async def claim(self, symbol: str, reason: CloseReason) -> tuple[str, Position]:
+        """Atomically move `symbol` from open to closing; only the holder of the returned claim id may finish it.
+
+        Raises PositionNotFound (no position) or PositionConflict (already closing or closed).
+        """
+        claim_id = uuid.uuid4().hex[:16]
+        result = await self._claim(keys=[keys.position(symbol)], args=[claim_id, repr(self._clock.now()), reason.value])
+        if result == "missing":
+            raise PositionNotFound(symbol)
+        if result != "ok":
+            raise PositionConflict(symbol, str(result))
+        position = await self.get(symbol)
+        if position is None:  # deleted between the claim and the read: nothing to close
+            raise PositionNotFound(symbol)
+        return claim_id, position
+
+    async def release(self, symbol: str, claim_id: str, error: str, next_attempt_at: float | None) -> bool:
+        """Return a claimed position to open after a failed close, recording why. False if the claim is not ours."""
+        nxt = "" if next_attempt_at is None else repr(next_attempt_at)
+        return bool(await self._release(keys=[keys.position(symbol)], args=[claim_id, error[:500], nxt]))
+
+    async def complete(self, claim_id: str, record: CloseRecord) -> bool:
+        """Mark the claimed position closed and journal the close. False if the claim is not ours."""
+        done = await self._complete(
+            keys=[keys.position(record.symbol), keys.OPEN_POSITIONS, keys.CLOSED_JOURNAL, keys.FEED_SUBSCRIPTIONS],
+            args=[claim_id, record.symbol, record.to_json()],
+        )
+        if done:
+            await self._redis.publish(keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"unsub {record.symbol}")
+        return bool(done)
+
+    async def journal(self, limit: int = 100) -> list[CloseRecord | MalformedRecord]:
+        """The newest `limit` closes, newest first."""
+        rows = await self._redis.lrange(keys.CLOSED_JOURNAL, 0, limit - 1)
+        out: list[CloseRecord | MalformedRecord] = []
+        for row in rows:
+            try:
+                out.append(CloseRecord.from_json(str(row)))
+            except MalformedRecord as exc:
+                out.append(exc)
+        return out
+
+    async def publish_event(self, kind: str, symbol: str, **data: Any) -> None:
+        """Record an event in the `events` stream and publish it on `positions:events`."""
+        event = {"kind": kind, "symbol": symbol, "at": self._clock.now(), **data}
+        payload = json.dumps(event, separators=(",", ":"), default=str)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(keys.EVENTS_STREAM, {"event": payload}, maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.publish(keys.POSITION_EVENTS_CHANNEL, payload)
+            await pipe.execute()
+
+    async def recent_events(self, count: int = 50) -> list[dict[str, Any]]:
+        """The newest `count` events, newest first."""
+        rows = cast(list[tuple[str, dict[str, str]]], await self._redis.xrevrange(keys.EVENTS_STREAM, count=count))
+        return [json.loads(fields["event"]) for _, fields in rows]
+
+
+def is_active(position: Position) -> bool:
+    """True while the position still needs protecting or finishing (open or closing)."""
+    return position.state is not PositionState.CLOSED
