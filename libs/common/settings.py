@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     sim_extra_instruments: int = Field(0, ge=0)
     sim_dns_port: int = Field(0, ge=0, le=65535)
     sim_tls: bool = False
+    sim_feed_port: int = Field(8101, ge=0, le=65535)
+    sim_tls_ca_path: str = ""
+    sim_hostnames: list[str] = Field(default_factory=list)
+    sim_order_rate_limit_per_s: int = Field(10, ge=0)
+    sim_ws_ping_interval_s: float = Field(5.0, gt=0)
+    sim_ticks_per_interval: int = Field(0, ge=0)
 
     # --- Price cache and the guide's three layers ---------------------------------------------
     price_stale_after_s: float = Field(30.0, gt=0)

@@ -1,0 +1,248 @@
+"""The simulator's REST side (Upstox endpoints) and its `/sim/` control API, one FastAPI app.
+
+Every Upstox endpoint checks `Authorization: Bearer <SIM_ACCESS_TOKEN>` (401 UDAPI100050 otherwise),
+except the instrument file, which Upstox serves without a token. The control API needs no token.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from loguru import logger
+from pydantic import BaseModel, Field
+
+from libs.common.money import rupees, to_paise
+from services.sim import errors
+from services.sim.errors import UpstoxError, error_response, success
+from services.sim.faults import FaultKind
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from services.sim.server import Simulator
+
+INSTRUMENT_FILES = ("complete", "NSE")
+
+
+def bearer(request: Request) -> str:
+    """The request's Bearer token when it is the accepted one; else 401 UDAPI100050."""
+    sim: Simulator = request.app.state.sim
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not sim.token_ok(token.strip()):
+        raise errors.invalid_token()
+    return token.strip()
+
+
+Token = Annotated[str, Depends(bearer)]
+
+
+def create_app(sim: Simulator) -> FastAPI:
+    """The REST + control app bound to one running `Simulator`."""
+    app = FastAPI(title="Upstox simulator", docs_url="/sim/docs", openapi_url="/sim/openapi.json", redoc_url=None)
+    app.state.sim = sim
+
+    @app.exception_handler(UpstoxError)
+    async def _upstox_error(_: Request, exc: UpstoxError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        path = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        if request.url.path.startswith("/sim/"):
+            return JSONResponse({"detail": exc.errors()}, status_code=422)
+        return error_response(UpstoxError(400, errors.INVALID_INPUT, str(first.get("msg", "Invalid input")), path))
+
+    @app.middleware("http")
+    async def _rest_down(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if sim.faults.active("rest_down") and not request.url.path.startswith("/sim/"):
+            return error_response(errors.rest_down())
+        return await call_next(request)
+
+    # --- market data feed ----------------------------------------------------------------------
+    @app.get("/v3/feed/market-data-feed/authorize")
+    async def authorize(request: Request, _: Token) -> dict[str, Any]:
+        if sim.faults.active("auth"):
+            raise errors.invalid_token()
+        uri = sim.authorized_uri(request.url.hostname or sim.settings.sim_host)
+        return success({"authorized_redirect_uri": uri, "authorizedRedirectUri": uri})
+
+    @app.websocket("/v3/feed/market-data-feed")
+    async def feed_redirect(websocket: WebSocket) -> None:
+        # Upstox answers the upgrade with a redirect to the feeder; the client must follow it.
+        header = websocket.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not sim.token_ok(token.strip()) or sim.faults.active("auth"):
+            await websocket.send_denial_response(
+                JSONResponse(errors.error_body(errors.INVALID_TOKEN, "Invalid token used to access API"), 401)
+            )
+            return
+        location = sim.authorized_uri(websocket.url.hostname or sim.settings.sim_host)
+        await websocket.send_denial_response(Response(status_code=307, headers={"location": location}))
+
+    # --- account and orders ------------------------------------------------------------------
+    @app.get("/v2/user/profile")
+    async def profile(_: Token) -> dict[str, Any]:
+        return success(
+            {
+                "email": "sim@example.invalid",
+                "exchanges": ["NSE", "BSE", "NFO"],
+                "products": ["D", "I", "CO", "MTF"],
+                "broker": "UPSTOX",
+                "user_id": "SIM001",
+                "user_name": "Simulated User",
+                "order_types": list(("MARKET", "LIMIT", "SL", "SL-M")),
+                "user_type": "individual",
+                "poa": False,
+                "ddpi": False,
+                "is_active": True,
+            }
+        )
+
+    async def _place(request: Request, token: str, version: int) -> tuple[list[Any], float]:
+        started = sim.clock.monotonic()
+        sim.orders.check_rate(token)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise UpstoxError(400, errors.INVALID_INPUT, "Request body must be JSON") from None
+        placed = sim.orders.place(body, version=version)
+        for order in placed:
+            logger.info(
+                f"sim order {order.order_id} {order.transaction_type} {order.quantity} "
+                f"{order.instrument.trading_symbol} {order.order_type}: {order.status}"
+            )
+        return placed, (sim.clock.monotonic() - started) * 1000
+
+    @app.post("/v2/order/place")
+    async def place_v2(request: Request, token: Token) -> dict[str, Any]:
+        placed, _ = await _place(request, token, 2)
+        return success({"order_id": placed[0].order_id})
+
+    @app.post("/v3/order/place")
+    async def place_v3(request: Request, token: Token) -> dict[str, Any]:
+        placed, latency_ms = await _place(request, token, 3)
+        return success({"order_ids": [o.order_id for o in placed]}, metadata={"latency": int(latency_ms)})
+
+    @app.delete("/v2/order/cancel")
+    @app.delete("/v3/order/cancel")
+    async def cancel(token: Token, order_id: Annotated[str, Query()]) -> dict[str, Any]:
+        sim.orders.check_rate(token)
+        order = sim.orders.cancel(order_id)
+        return success({"order_id": order.order_id}, metadata={"latency": 1})
+
+    @app.get("/v2/order/details")
+    async def order_details(_: Token, order_id: Annotated[str, Query()]) -> dict[str, Any]:
+        return success(sim.orders.get(order_id).as_dict())
+
+    @app.get("/v2/order/retrieve-all")
+    async def order_book(_: Token) -> dict[str, Any]:
+        return success([o.as_dict() for o in sim.orders.orders.values()])
+
+    @app.get("/v2/portfolio/short-term-positions")
+    async def positions(_: Token) -> dict[str, Any]:
+        return success(sim.orders.position_rows())
+
+    # --- quotes and instruments ----------------------------------------------------------------
+    def _ltp(instrument_key: str, v3: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key in (k.strip() for k in instrument_key.split(",") if k.strip()):
+            idx = sim.market.index.get(key)
+            if idx is None:
+                continue
+            inst = sim.market.instruments[idx]
+            quote = sim.market.quotes[idx]
+            row: dict[str, Any] = {"last_price": rupees(quote.ltp), "instrument_token": key}
+            if v3:
+                row.update(ltq=quote.ltq, volume=quote.vtt, cp=rupees(quote.close))
+            data[f"{inst.segment}:{inst.trading_symbol}"] = row
+        return success(data)
+
+    @app.get("/v2/market-quote/ltp")
+    async def ltp_v2(_: Token, instrument_key: Annotated[str, Query()]) -> dict[str, Any]:
+        return _ltp(instrument_key, v3=False)
+
+    @app.get("/v3/market-quote/ltp")
+    async def ltp_v3(_: Token, instrument_key: Annotated[str, Query()]) -> dict[str, Any]:
+        return _ltp(instrument_key, v3=True)
+
+    @app.get("/market-quote/instruments/exchange/{name}.json.gz")
+    async def instrument_file(name: str) -> Response:
+        if name not in INSTRUMENT_FILES:
+            return Response(status_code=404)
+        return Response(sim.instrument_file(), media_type="application/gzip")
+
+    _control_routes(app, sim)
+    return app
+
+
+class PriceControl(BaseModel):
+    symbol: str
+    ltp: float | None = Field(None, gt=0)
+    release: bool = False
+
+
+class FaultControl(BaseModel):
+    kind: FaultKind
+    duration_s: float = Field(0.0, ge=0)
+    code: Literal[1000, 1011] = 1000
+
+
+class MarketControl(BaseModel):
+    status: str | None = None
+    segment: str | None = None
+
+
+class StepControl(BaseModel):
+    steps: int = Field(1, ge=1, le=10000)
+
+
+def _control_routes(app: FastAPI, sim: Simulator) -> None:
+    @app.post("/sim/price")
+    async def set_price(body: PriceControl) -> dict[str, Any]:
+        if sim.market.by_symbol.get(body.symbol) is None:
+            return JSONResponse({"detail": f"unknown symbol {body.symbol}"}, 404)  # type: ignore[return-value]
+        if body.release:
+            sim.market.release(body.symbol)
+            return {"symbol": body.symbol, "pinned": False}
+        if body.ltp is None:
+            return JSONResponse({"detail": "give ltp, or release: true"}, 422)  # type: ignore[return-value]
+        sim.market.set_price(body.symbol, to_paise(body.ltp))
+        logger.info(f"sim control: {body.symbol} set to ₹{body.ltp:.2f} and pinned")
+        return {"symbol": body.symbol, "ltp": rupees(to_paise(body.ltp)), "pinned": True}
+
+    @app.post("/sim/faults")
+    async def fault(body: FaultControl) -> dict[str, Any]:
+        await sim.inject(body.kind, body.duration_s, code=body.code)
+        return {"kind": body.kind, "duration_s": body.duration_s, "active": sim.faults.snapshot()}
+
+    @app.post("/sim/market")
+    async def market(body: MarketControl) -> dict[str, Any]:
+        try:
+            sim.market.force_status(body.status, body.segment)
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, 422)  # type: ignore[return-value]
+        return {"segment_status": sim.market.segment_status()}
+
+    @app.post("/sim/step")
+    async def step(body: StepControl) -> dict[str, Any]:
+        moved = 0
+        for _ in range(body.steps):
+            moved += len(sim.market.step())
+        return {"steps": sim.market.steps, "moved": moved}
+
+    @app.get("/sim/orders")
+    async def orders() -> list[dict[str, Any]]:
+        return [o.as_dict() for o in sim.orders.orders.values()]
+
+    @app.get("/sim/state")
+    async def state() -> dict[str, Any]:
+        return sim.state()
+
+    @app.post("/sim/reset")
+    async def reset() -> dict[str, Any]:
+        sim.reset()
+        return {"reset": True}

@@ -1,0 +1,67 @@
+"""Fault windows set through `POST /sim/faults`, and the single-use feed authorization codes.
+
+Fault windows run on the real monotonic clock: they model the network, which does not follow the
+injected market clock.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+FaultKind = Literal["drop", "close", "mute", "auth", "rest_down"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("drop", "close", "mute", "auth", "rest_down")
+CODE_TTL_S = 300.0
+
+
+class Faults:
+    """Which faults are active now and until when."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self.close_code = 1000
+        self.counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+
+    def start(self, kind: FaultKind, duration_s: float) -> None:
+        """Make `kind` active for `duration_s` seconds from now (0 = a one-off event, no window)."""
+        self._until[kind] = time.monotonic() + max(duration_s, 0.0)
+        self.counts[kind] += 1
+
+    def active(self, kind: FaultKind) -> bool:
+        until = self._until.get(kind)
+        return until is not None and time.monotonic() < until
+
+    def remaining_s(self, kind: FaultKind) -> float:
+        return max(0.0, self._until.get(kind, 0.0) - time.monotonic())
+
+    def clear(self) -> None:
+        self._until.clear()
+        self.close_code = 1000
+
+    def snapshot(self) -> dict[str, float]:
+        """Active fault kinds and the seconds left in each."""
+        return {kind: round(self.remaining_s(kind), 3) for kind in FAULT_KINDS if self.active(kind)}
+
+
+class AuthCodes:
+    """One-time `code`s of authorized feed URIs: issued by REST, consumed by the feeder."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, float] = {}
+
+    def issue(self) -> tuple[str, str]:
+        """A new (requestId, code) pair; the code is valid for one connection within CODE_TTL_S."""
+        now = time.monotonic()
+        self._codes = {c: t for c, t in self._codes.items() if now - t < CODE_TTL_S}
+        code = str(uuid.uuid4())
+        self._codes[code] = now
+        return str(uuid.uuid4()), code
+
+    def consume(self, code: str) -> bool:
+        """True (once) for a code issued within CODE_TTL_S."""
+        issued = self._codes.pop(code, None)
+        return issued is not None and time.monotonic() - issued < CODE_TTL_S
+
+    def clear(self) -> None:
+        self._codes.clear()

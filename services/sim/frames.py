@@ -1,0 +1,141 @@
+"""Protobuf `FeedResponse` frames in Upstox v3's order and encoding.
+
+A `FeedResponse` is a concatenation of fields, and each `feeds` map entry is a self-contained field 2,
+so a frame is built as: optional type bytes + the encoded entries of its instruments + `currentTs`.
+Each instrument's entry is encoded once per interval and mode (`EntryCache`) and shared by every
+connection, which keeps the per-tick Python work small.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from libs.common.clock import IST
+from libs.common.proto import MarketDataFeedV3_pb2 as pb
+from services.sim.market import Market, Quote
+
+MODES = ("ltpc", "full", "option_greeks", "full_d30")
+_LIVE_PREFIX = pb.FeedResponse(type=pb.live_feed).SerializeToString()  # b"\x08\x01"
+
+
+def _ts_bytes(ts_ms: int) -> bytes:
+    return pb.FeedResponse(currentTs=ts_ms).SerializeToString()
+
+
+def market_info_frame(status: dict[str, str], ts_ms: int) -> bytes:
+    """The first frame of every connection: type market_info, the status of every segment."""
+    msg = pb.FeedResponse(type=pb.market_info, currentTs=ts_ms)
+    for segment, name in status.items():
+        msg.marketInfo.segmentStatus[segment] = pb.MarketStatus.Value(name)
+    return msg.SerializeToString()
+
+
+def snapshot_frame(entries: list[bytes], ts_ms: int) -> bytes:
+    """A snapshot (type initial_feed = 0, so no type field on the wire)."""
+    return b"".join(entries) + _ts_bytes(ts_ms)
+
+
+def live_frame(entries: list[bytes], ts_ms: int) -> bytes:
+    """A live_feed frame (type = 1)."""
+    return _LIVE_PREFIX + b"".join(entries) + _ts_bytes(ts_ms)
+
+
+def _day_start_ms(ts_ms: int) -> int:
+    day = datetime.fromtimestamp(ts_ms / 1000, tz=IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    return int(day.timestamp() * 1000)
+
+
+def _fill_ltpc(ltpc: pb.LTPC, q: Quote, is_index: bool) -> None:
+    ltpc.ltp = q.ltp / 100
+    ltpc.ltt = q.ltt_ms
+    if not is_index:
+        ltpc.ltq = q.ltq
+    ltpc.cp = q.close / 100
+
+
+def _fill_ohlc(ohlc: pb.MarketOHLC, q: Quote) -> None:
+    day = ohlc.ohlc.add()
+    day.interval = "1d"
+    day.open, day.high, day.low, day.close = q.open / 100, q.high / 100, q.low / 100, q.ltp / 100
+    day.vol = q.vtt
+    day.ts = _day_start_ms(q.ltt_ms)
+    if q.last_minute is not None:  # I1 is the last *completed* minute
+        o, h, lo, c, vol, ts = q.last_minute
+        bar = ohlc.ohlc.add()
+        bar.interval = "I1"
+        bar.open, bar.high, bar.low, bar.close = o / 100, h / 100, lo / 100, c / 100
+        bar.vol = vol
+        bar.ts = ts
+
+
+def _fill_depth(level: pb.MarketLevel, q: Quote, tick: int, levels: int) -> None:
+    for n in range(1, levels + 1):
+        quote = level.bidAskQuote.add()
+        quote.bidP = max(q.ltp - n * tick, tick) / 100
+        quote.askP = (q.ltp + n * tick) / 100
+        quote.bidQ = 100 * n + q.ltq
+        quote.askQ = 90 * n + q.ltq
+
+
+def encode_entry(market: Market, idx: int, mode: str, *, snapshot: bool) -> bytes:
+    """One `feeds` map entry (field 2) for instrument `idx` in `mode`.
+
+    Live `full` entries omit `optionGreeks` (as real live frames sometimes do): consumers must merge.
+    """
+    inst = market.instruments[idx]
+    q = market.quotes[idx]
+    msg = pb.FeedResponse()
+    feed = msg.feeds[inst.instrument_key]
+    if mode == "ltpc":
+        _fill_ltpc(feed.ltpc, q, inst.is_index)
+    elif mode in ("full", "full_d30"):
+        feed.requestMode = pb.full_d30 if mode == "full_d30" else pb.full_d5
+        if inst.is_index:
+            _fill_ltpc(feed.fullFeed.indexFF.ltpc, q, True)
+            _fill_ohlc(feed.fullFeed.indexFF.marketOHLC, q)
+        else:
+            ff = feed.fullFeed.marketFF
+            _fill_ltpc(ff.ltpc, q, False)
+            _fill_depth(ff.marketLevel, q, inst.tick_size_paise, 30 if mode == "full_d30" else 5)
+            if snapshot:
+                ff.optionGreeks.SetInParent()
+            _fill_ohlc(ff.marketOHLC, q)
+            ff.atp = (q.turnover_paise / q.vtt / 100) if q.vtt else q.ltp / 100
+            ff.vtt = q.vtt
+            ff.tbq = float(1000 + q.vtt // 2)
+            ff.tsq = float(900 + q.vtt // 2)
+    else:  # option_greeks
+        feed.requestMode = pb.option_greeks
+        flg = feed.firstLevelWithGreeks
+        _fill_ltpc(flg.ltpc, q, inst.is_index)
+        if not inst.is_index:
+            depth = flg.firstDepth
+            depth.bidP = max(q.ltp - inst.tick_size_paise, inst.tick_size_paise) / 100
+            depth.askP = (q.ltp + inst.tick_size_paise) / 100
+            depth.bidQ, depth.askQ = 100 + q.ltq, 90 + q.ltq
+            flg.vtt = q.vtt
+        flg.optionGreeks.SetInParent()
+    return msg.SerializeToString()
+
+
+class EntryCache:
+    """Encoded entries for one broadcast: each (instrument, mode) is encoded at most once."""
+
+    def __init__(self, market: Market, *, snapshot: bool = False) -> None:
+        self._market = market
+        self._snapshot = snapshot
+        self._cache: dict[tuple[int, str], bytes] = {}
+
+    def get(self, idx: int, mode: str) -> bytes:
+        key = (idx, mode)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = encode_entry(self._market, idx, mode, snapshot=self._snapshot)
+            self._cache[key] = entry
+        return entry
+
+
+def day_ts_ms_for_tests(ts_ms: int) -> int:
+    """Start of the IST day of `ts_ms` (the `1d` candle's ts); exposed for tests."""
+    return _day_start_ms(ts_ms)
+

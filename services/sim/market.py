@@ -1,0 +1,261 @@
+"""The simulated market: a seeded random walk per instrument, pins, and the NSE segment status.
+
+Prices are integer paise, always on the instrument's tick and inside its daily band (a pinned price set
+through `/sim/price` is the one exception: it is a control, not a trade). The walk is driven by `step()`;
+the same seed and the same number of steps give the same prices, whatever is pinned (a pinned instrument
+still consumes its random draw, so pins never shift the other instruments' paths).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import time as dtime
+
+from libs.common.clock import Clock, to_ist
+from libs.common.instruments import Instrument
+from libs.common.proto import MarketDataFeedV3_pb2 as pb
+
+SEGMENTS = (
+    "NSE_EQ",
+    "NSE_FO",
+    "NSE_INDEX",
+    "NSE_COM",
+    "NCD_FO",
+    "BSE_EQ",
+    "BSE_FO",
+    "BSE_INDEX",
+    "BCD_FO",
+    "MCX_FO",
+    "MCX_INDEX",
+)
+STATUS_NAMES = tuple(pb.MarketStatus.keys())
+
+# NSE session edges on the IST clock (the reference's inferred mapping of the feed's MarketStatus enum).
+_SESSION = (
+    (dtime(9, 0), "PRE_OPEN_START"),
+    (dtime(9, 8), "PRE_OPEN_END"),
+    (dtime(9, 15), "NORMAL_OPEN"),
+    (dtime(15, 30), "NORMAL_CLOSE"),
+    (dtime(15, 40), "CLOSING_START"),
+    (dtime(16, 0), "CLOSING_END"),
+)
+_STEPS = (-3, -2, -1, -1, 1, 1, 2, 3)
+
+
+def nse_status_at(epoch_s: float) -> str:
+    """The NSE equity session status at `epoch_s` (IST clock, Monday-Friday; no holiday calendar)."""
+    now = to_ist(epoch_s)
+    if now.weekday() >= 5:
+        return "CLOSING_END"
+    status = "CLOSING_END"  # before 09:00 the previous session is over
+    for start, name in _SESSION:
+        if now.time() >= start:
+            status = name
+    return status
+
+
+@dataclass(slots=True)
+class Quote:
+    """Mutable market state of one instrument (paise, epoch ms)."""
+
+    ltp: int
+    close: int
+    open: int
+    high: int
+    low: int
+    ltt_ms: int = 0
+    ltq: int = 0
+    vtt: int = 0
+    turnover_paise: int = 0  # for the average traded price
+    minute_start_ms: int = 0
+    minute_ohlc: list[int] = field(default_factory=list)  # forming 1-minute bar: o, h, l, c
+    minute_vol: int = 0
+    last_minute: tuple[int, int, int, int, int, int] | None = None  # completed bar: o, h, l, c, vol, ts_ms
+
+
+TickListener = Callable[[list[int]], None]
+StatusListener = Callable[[], None]
+
+
+class Market:
+    """Prices, pins and segment status of the simulated exchange.
+
+    `listeners` get the indices (into `instruments`) of instruments whose price just changed;
+    `status_listeners` are called after the segment status changed.
+    """
+
+    def __init__(
+        self,
+        instruments: list[Instrument],
+        *,
+        seed: int,
+        clock: Clock,
+        follow_market_hours: bool = False,
+        moves_per_step: int = 0,
+    ) -> None:
+        self.instruments = instruments
+        self.index = {inst.instrument_key: i for i, inst in enumerate(instruments)}
+        self.by_symbol = {inst.trading_symbol: i for i, inst in enumerate(instruments)}
+        self.seed = seed
+        self.clock = clock
+        self.follow_market_hours = follow_market_hours
+        self.moves_per_step = moves_per_step or max(1, len(instruments) // 10)
+        self.listeners: list[TickListener] = []
+        self.status_listeners: list[StatusListener] = []
+        self.quotes: list[Quote] = []
+        self.pinned: set[int] = set()
+        self.forced_status: dict[str, str] = {}
+        self.steps = 0
+        self._rng = random.Random(seed)
+        self._last_status: dict[str, str] = {}
+        self.reset()
+
+    # --- state ---------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to the previous close for every instrument, same seed, no pins, no forced status."""
+        self._rng = random.Random(self.seed)
+        self.pinned.clear()
+        self.forced_status.clear()
+        self.steps = 0
+        now_ms = self._now_ms()
+        self.quotes = [
+            Quote(
+                ltp=i.close_price_paise,
+                close=i.close_price_paise,
+                open=i.close_price_paise,
+                high=i.close_price_paise,
+                low=i.close_price_paise,
+                ltt_ms=now_ms,
+                minute_start_ms=now_ms // 60000 * 60000,
+                minute_ohlc=[i.close_price_paise] * 4,
+            )
+            for i in self.instruments
+        ]
+        self._last_status = self.segment_status()
+
+    def _now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
+
+    def ltp_paise(self, instrument_key: str) -> int | None:
+        """Current price of an instrument key, or None when unknown."""
+        idx = self.index.get(instrument_key)
+        return None if idx is None else self.quotes[idx].ltp
+
+    # --- status --------------------------------------------------------------------------------
+    def segment_status(self) -> dict[str, str]:
+        """Status name per segment: forced ones win, else NSE hours (or always open)."""
+        base = nse_status_at(self.clock.now()) if self.follow_market_hours else "NORMAL_OPEN"
+        return {seg: self.forced_status.get(seg, base) for seg in SEGMENTS}
+
+    def is_open(self, segment: str) -> bool:
+        """True when `segment` trades now (status NORMAL_OPEN)."""
+        return self.segment_status().get(segment, "NORMAL_OPEN") == "NORMAL_OPEN"
+
+    def force_status(self, status: str | None, segment: str | None = None) -> None:
+        """Force a segment's status (all segments when `segment` is None); None returns to the clock."""
+        if status is not None and status not in STATUS_NAMES:
+            raise ValueError(f"unknown market status {status!r}")
+        targets = [segment] if segment else list(SEGMENTS)
+        for seg in targets:
+            if status is None:
+                self.forced_status.pop(seg, None)
+            else:
+                self.forced_status[seg] = status
+        self.check_status()
+
+    def check_status(self) -> bool:
+        """Notify the status listeners if the status changed since the last check; True if it did."""
+        current = self.segment_status()
+        if current == self._last_status:
+            return False
+        self._last_status = current
+        for listener in list(self.status_listeners):
+            listener()
+        return True
+
+    # --- moves ---------------------------------------------------------------------------------
+    def step(self) -> list[int]:
+        """Move `moves_per_step` instruments one random walk step; return the indices that changed.
+
+        Instruments of a segment that is not NORMAL_OPEN do not move (no live ticks while closed).
+        """
+        self.steps += 1
+        count = min(self.moves_per_step, len(self.instruments))
+        chosen = self._rng.sample(range(len(self.instruments)), count)
+        draws = [self._rng.choice(_STEPS) for _ in chosen]
+        qtys = [self._rng.randint(1, 50) for _ in chosen]
+        status = self.segment_status()
+        now_ms = self._now_ms()
+        changed: list[int] = []
+        for idx, draw, qty in zip(chosen, draws, qtys, strict=True):
+            if idx in self.pinned:
+                continue
+            inst = self.instruments[idx]
+            if status.get(inst.segment, "NORMAL_OPEN") != "NORMAL_OPEN":
+                continue
+            quote = self.quotes[idx]
+            low, high = inst.band_paise
+            price = quote.ltp + draw * inst.tick_size_paise
+            if price > high or price < low:  # bounce off the circuit limit
+                price = quote.ltp - draw * inst.tick_size_paise
+            price = min(max(price, low), high)
+            self._trade(idx, price, 0 if inst.is_index else qty, now_ms)
+            changed.append(idx)
+        self._notify(changed)
+        return changed
+
+    def set_price(self, symbol: str, price_paise: int) -> int:
+        """Set `symbol`'s price outright and pin it (no band or tick check); ticks go out at once."""
+        idx = self.by_symbol.get(symbol)
+        if idx is None:
+            raise KeyError(symbol)
+        if price_paise <= 0:
+            raise ValueError("price must be positive")
+        self.pinned.add(idx)
+        inst = self.instruments[idx]
+        self._trade(idx, price_paise, 0 if inst.is_index else 1, self._now_ms())
+        self._notify([idx])
+        return idx
+
+    def release(self, symbol: str) -> None:
+        """Let the random walk move `symbol` again."""
+        idx = self.by_symbol.get(symbol)
+        if idx is None:
+            raise KeyError(symbol)
+        self.pinned.discard(idx)
+
+    def record_fill(self, instrument_key: str, qty: int) -> None:
+        """An order filled at the current price: count its volume (the price does not move)."""
+        idx = self.index.get(instrument_key)
+        if idx is not None:
+            self._trade(idx, self.quotes[idx].ltp, qty, self._now_ms())
+
+    def _trade(self, idx: int, price: int, qty: int, now_ms: int) -> None:
+        q = self.quotes[idx]
+        minute = now_ms // 60000 * 60000
+        if minute != q.minute_start_ms:
+            o, h, lo, c = q.minute_ohlc
+            q.last_minute = (o, h, lo, c, q.minute_vol, q.minute_start_ms)
+            q.minute_start_ms = minute
+            q.minute_ohlc = [q.ltp, q.ltp, q.ltp, q.ltp]
+            q.minute_vol = 0
+        q.ltp = price
+        q.high = max(q.high, price)
+        q.low = min(q.low, price)
+        q.ltt_ms = now_ms
+        q.ltq = qty
+        q.vtt += qty
+        q.turnover_paise += qty * price
+        bar = q.minute_ohlc
+        bar[1] = max(bar[1], price)
+        bar[2] = min(bar[2], price)
+        bar[3] = price
+        q.minute_vol += qty
+
+    def _notify(self, changed: list[int]) -> None:
+        if not changed:
+            return
+        for listener in list(self.listeners):
+            listener(changed)

@@ -1,0 +1,264 @@
+"""The running simulator: market + order book + REST app + feeder (+ DNS, + TLS), wired together.
+
+Use it in tests (and in other services' tests) through `running_simulator`:
+
+    async with running_simulator(settings) as sim:
+        sim.rest_url        # "http://127.0.0.1:<port>" (https with SIM_TLS)
+        sim.feed_port       # the feeder's port (authorized URIs point here)
+        sim.dns_port        # the DNS responder's UDP port (0 when SIM_DNS_PORT is 0)
+        sim.ca_path         # CA PEM to trust when SIM_TLS is on, else None
+        sim.token           # the accepted access token
+        sim.market          # direct control: sim.market.set_price("BOSCHLTD", 57500), .step(), .force_status(...)
+        await sim.inject("drop", 2.0)   # same as POST /sim/faults
+
+Pass `rest_port=0` / `feed_port=0` (the defaults of `running_simulator`) to get free ports; a `clock`
+(e.g. `ManualClock`) to drive market hours and timestamps; `auto_tick=False` to move the market only
+with `sim.market.step()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from loguru import logger
+
+from libs.common.clock import Clock, SystemClock
+from libs.common.instruments import load_instruments, master_file_gz
+from libs.common.settings import Settings
+from services.sim.app import create_app
+from services.sim.dns_responder import DnsResponder
+from services.sim.faults import AuthCodes, FaultKind, Faults
+from services.sim.feeder import FEED_PATH, Feeder
+from services.sim.market import Market
+from services.sim.orders import OrderBook
+from services.sim.tls import DEFAULT_NAMES, SimTLS, make_tls
+
+
+class _DenialNoise(logging.Filter):
+    """uvicorn logs a redirect/401 sent as a WebSocket denial response as an error; it is not one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing handshake" not in record.getMessage()
+
+
+logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
+
+
+class Simulator:
+    """One simulator instance. `start()` opens the listeners; `stop()` closes them."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None, *, auto_tick: bool = True) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.auto_tick = auto_tick
+        self.instruments = load_instruments(settings.sim_extra_instruments)
+        self.market = Market(
+            self.instruments,
+            seed=settings.sim_seed,
+            clock=self.clock,
+            follow_market_hours=settings.sim_follow_market_hours,
+            moves_per_step=settings.sim_ticks_per_interval,
+        )
+        self.faults = Faults()
+        self.codes = AuthCodes()
+        self.orders = OrderBook(self.market, self.clock, rate_limit_per_s=settings.sim_order_rate_limit_per_s)
+        self.tls: SimTLS | None = None
+        if settings.sim_tls:
+            self.tls = make_tls(settings.sim_tls_ca_path, settings.sim_hostnames)
+        self.feeder = Feeder(
+            self.market,
+            self.faults,
+            self.codes,
+            self.clock,
+            ping_interval_s=settings.sim_ws_ping_interval_s,
+            ssl_context=self.tls.server_context() if self.tls else None,
+        )
+        self.dns: DnsResponder | None = None
+        self.rest_port = 0
+        self._server: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._instrument_file: bytes | None = None
+
+    # --- addresses -----------------------------------------------------------------------------
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def rest_url(self) -> str:
+        return f"{self.scheme}://{_url_host(self.settings.sim_host)}:{self.rest_port}"
+
+    @property
+    def feed_port(self) -> int:
+        return self.feeder.port
+
+    @property
+    def dns_port(self) -> int:
+        return self.dns.port if self.dns else 0
+
+    @property
+    def ca_path(self) -> Path | None:
+        return self.tls.ca_path if self.tls else None
+
+    @property
+    def token(self) -> str:
+        return self.settings.sim_access_token.get_secret_value()
+
+    def token_ok(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.token.encode())
+
+    def authorized_uri(self, host: str) -> str:
+        """A fresh single-use feeder URI on `host` (the host name the client used)."""
+        request_id, code = self.codes.issue()
+        ws = "wss" if self.tls else "ws"
+        return f"{ws}://{_url_host(host)}:{self.feed_port}{FEED_PATH}?requestId={request_id}&code={code}"
+
+    def instrument_file(self) -> bytes:
+        if self._instrument_file is None:
+            self._instrument_file = master_file_gz(self.instruments)
+        return self._instrument_file
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self, *, rest_port: int | None = None, feed_port: int | None = None) -> None:
+        s = self.settings
+        await self.feeder.start(s.sim_host, s.sim_feed_port if feed_port is None else feed_port)
+        sock = socket.socket(socket.AF_INET6 if ":" in s.sim_host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.sim_host, s.sim_port if rest_port is None else rest_port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.rest_port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            create_app(self),
+            log_config=None,
+            access_log=False,
+            ws="websockets-sansio",
+            lifespan="off",
+            ssl_certfile=str(self.tls.cert_path) if self.tls else None,
+            ssl_keyfile=str(self.tls.key_path) if self.tls else None,
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._tasks.append(asyncio.create_task(self._server.serve(sockets=[sock]), name="sim-rest"))
+        while not self._server.started:
+            if self._tasks[-1].done():
+                self._tasks[-1].result()
+            await asyncio.sleep(0.01)
+        if s.sim_dns_port:
+            self.dns = DnsResponder([*DEFAULT_NAMES, *s.sim_hostnames], _dns_answer_address(s.sim_host))
+            await self.dns.start(s.sim_host if ":" not in s.sim_host else "127.0.0.1", s.sim_dns_port)
+        if self.auto_tick:
+            self._tasks.append(asyncio.create_task(self._tick_loop(), name="sim-ticks"))
+        logger.info(
+            f"simulator listening: REST {self.rest_url}, feeder port {self.feed_port}"
+            + (f", DNS udp/{self.dns_port}" if self.dns else "")
+            + (f", TLS CA {self.ca_path}" if self.tls else "")
+            + f", {len(self.instruments)} instruments, seed {s.sim_seed}"
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        await self.feeder.stop()
+        if self.dns is not None:
+            self.dns.stop()
+        for task in self._tasks:
+            if task.get_name() != "sim-rest":
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 5.0)
+        self._tasks.clear()
+
+    async def _tick_loop(self) -> None:
+        interval = self.settings.sim_tick_interval_s
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            self.market.check_status()
+            self.market.step()
+            next_at += interval
+            # Keep a steady rate; after a stall, skip the missed intervals instead of bursting.
+            next_at = max(next_at, loop.time())
+            await asyncio.sleep(next_at - loop.time())
+
+    # --- control -------------------------------------------------------------------------------
+    async def inject(self, kind: FaultKind, duration_s: float, *, code: int = 1000) -> None:
+        """Start a fault (see `POST /sim/faults`)."""
+        logger.warning(f"sim fault injected: {kind} for {duration_s}s")
+        if kind == "drop":
+            self.faults.start(kind, duration_s)
+            await self.feeder.drop(duration_s)
+        elif kind == "close":
+            self.faults.close_code = code
+            self.faults.start(kind, duration_s)
+            await self.feeder.close_all(code)
+        else:
+            self.faults.start(kind, duration_s)
+
+    def reset(self) -> None:
+        """Prices back to the seed's start, no pins, faults, orders or positions."""
+        self.market.reset()
+        self.faults.clear()
+        self.orders.reset()
+        self.feeder.send_market_info()
+
+    def state(self) -> dict[str, Any]:
+        """What `/sim/state` shows."""
+        prices = {
+            inst.trading_symbol: self.market.quotes[i].ltp / 100
+            for i, inst in enumerate(self.instruments[: 12 + 200])
+        }
+        return {
+            "rest_url": self.rest_url,
+            "feed_port": self.feed_port,
+            "dns_port": self.dns_port,
+            "tls_ca_path": str(self.ca_path) if self.ca_path else None,
+            "instruments": len(self.instruments),
+            "seed": self.settings.sim_seed,
+            "steps": self.market.steps,
+            "segment_status": self.market.segment_status(),
+            "pinned": sorted(self.instruments[i].trading_symbol for i in self.market.pinned),
+            "faults": self.faults.snapshot(),
+            "fault_counts": self.faults.counts,
+            "connections": self.feeder.state(),
+            "handshakes_accepted": self.feeder.accepted,
+            "handshakes_refused": self.feeder.handshakes_refused,
+            "orders": len(self.orders.orders),
+            "positions": self.orders.position_rows(),
+            "prices": prices,
+        }
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _dns_answer_address(host: str) -> str:
+    return host if host.count(".") == 3 and host != "0.0.0.0" else "127.0.0.1"  # noqa: S104
+
+
+@contextlib.asynccontextmanager
+async def running_simulator(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    auto_tick: bool = True,
+    rest_port: int = 0,
+    feed_port: int = 0,
+) -> AsyncIterator[Simulator]:
+    """Start a simulator in this event loop (free ports by default) and stop it on exit."""
+    sim = Simulator(settings, clock, auto_tick=auto_tick)
+    await sim.start(rest_port=rest_port, feed_port=feed_port)
+    try:
+        yield sim
+    finally:
+        await sim.stop()
