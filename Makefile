@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-LINT_PATHS := libs services tests $(wildcard bench)
+LINT_PATHS := libs services tests deploy $(wildcard bench)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint fmt test test-unit test-integration test-e2e proto up down restart status logs \
@@ -22,7 +22,7 @@ install: $(PY) ## create .venv and install the project with its dev tools
 lint: ## ruff check, ruff format --check, mypy --strict
 	ruff check $(LINT_PATHS)
 	ruff format --check $(LINT_PATHS)
-	mypy libs services
+	mypy libs services deploy
 
 fmt: ## apply ruff's fixes and formatting
 	ruff check --fix $(LINT_PATHS)
@@ -39,14 +39,43 @@ proto: ## regenerate the protobuf module from libs/common/proto/MarketDataFeedV3
 	  -I"$$($(PY) -c 'import grpc_tools,os;print(os.path.join(os.path.dirname(grpc_tools.__file__),"_proto"))')" \
 	  --python_out=. --pyi_out=. MarketDataFeedV3.proto
 
-up: ## bring the whole system up (simulator unless UPSTOX_ACCESS_TOKEN is set)
-	@echo "not yet: see issue 7"
+# Compose when a Docker engine answers, local supervised processes otherwise.
+MODE := $(shell docker info >/dev/null 2>&1 && (docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null) && echo compose || echo local)
+RUNNER := deploy/$(MODE).sh
+
+up: ## bring the whole system up (simulator unless UPSTOX_ACCESS_TOKEN is set); Compose or local processes
+	@echo "==> mode: $(MODE) ($(if $(filter compose,$(MODE)),a Docker engine answers,no Docker engine: local processes under supervisord))"
+	@$(RUNNER) up
 
 down: ## stop everything make up started
-	@echo "not yet: see issue 7"
+	@$(RUNNER) down
 
-logs: ## follow every service's log
-	@echo "not yet: see issue 7"
+restart: ## restart every service
+	@$(RUNNER) restart
+
+status: ## each service's state and heartbeat
+	@$(RUNNER) status
+
+logs: ## follow every service's log, each line prefixed with its service
+	@$(RUNNER) logs
+
+logs-feed: ## follow the feed's log
+	@$(RUNNER) logs feed
+
+logs-monitor: ## follow the monitor's log
+	@$(RUNNER) logs monitor
+
+logs-api: ## follow the api's log
+	@$(RUNNER) logs api
+
+logs-sim: ## follow the simulator's log
+	@$(RUNNER) logs sim
+
+demo-outage: ## the guide's Example 1 on the simulator (brief disconnect, TP on a cached price)
+	@$(PY) -m deploy.demo_outage brief
+
+demo-outage-extended: ## the guide's Example 2 with compressed time (needs PRICE_CACHE_TTL_S small: see README)
+	@$(PY) -m deploy.demo_outage extended
 
 bench: ## run the benchmarks, write bench/results/latest.json and a Markdown report
 	@echo "not yet: see issue 9"

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Local mode (no Docker engine): every service as a process supervised by supervisord.
+# supervisord rather than honcho: it daemonizes (so `make up` can return), restarts a crashed service,
+# tracks pids and answers `supervisorctl status`; honcho only runs a Procfile in the foreground.
+#   deploy/local.sh up | down | restart | status | logs [SERVICE]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+PY="$ROOT/.venv/bin/python"
+RUN="$ROOT/.run"
+LOGS="$ROOT/logs"
+DATA="$ROOT/data"
+CONF="$RUN/supervisord.conf"
+UP_TIMEOUT_S="${UP_TIMEOUT_S:-90}"
+
+ensure_venv() {
+  if [ ! -x "$ROOT/.venv/bin/supervisord" ]; then
+    echo "==> installing the project into .venv (first run)"
+    make -s install
+  fi
+}
+
+setting() { # print one setting as the services will see it (.env + environment)
+  "$PY" -c "from libs.common.settings import load_settings; s = load_settings(); print($1)"
+}
+
+redis_answers() {
+  "$PY" - "$1" <<'PY' >/dev/null 2>&1
+import sys, redis
+redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1, socket_timeout=1).ping()
+PY
+}
+
+ensure_redis() {
+  local url; url="$(setting s.redis_url)"
+  if redis_answers "$url"; then echo "==> Redis answers on $url"; return; fi
+  local host port
+  host="$("$PY" -c "from urllib.parse import urlparse; print(urlparse('$url').hostname or '127.0.0.1')")"
+  port="$("$PY" -c "from urllib.parse import urlparse; print(urlparse('$url').port or 6379)")"
+  case "$host" in 127.*|localhost|::1) ;; *) echo "Redis at $url does not answer and is not local; start it first" >&2; exit 1;; esac
+  command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)" >&2; exit 1; }
+  mkdir -p "$DATA" "$LOGS" "$RUN"
+  echo "==> starting a local Redis on port $port (AOF persistence under data/)"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$DATA" --appendonly yes \
+    --appendfsync everysec --save "" --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log"
+  echo "$port" > "$RUN/redis.started"
+  for _ in $(seq 50); do redis_answers "$url" && return; sleep 0.1; done
+  echo "Redis did not come up; see logs/redis.log" >&2; exit 1
+}
+
+supervisor_running() { [ -S "$RUN/supervisor.sock" ] && "$ROOT/.venv/bin/supervisorctl" -c "$CONF" pid >/dev/null 2>&1; }
+
+write_conf() {
+  local sim_autostart="$1"
+  mkdir -p "$RUN" "$LOGS"
+  sed -e "s#@ROOT@#$ROOT#g" -e "s#@RUN@#$RUN#g" -e "s#@LOGS@#$LOGS#g" -e "s#@PY@#$PY#g" \
+      -e "s#@SIM_AUTOSTART@#$sim_autostart#g" deploy/supervisord.conf.in > "$CONF"
+}
+
+services() { if [ "$(setting 'int(s.simulator_mode)')" = 1 ]; then echo "sim feed monitor api"; else echo "feed monitor api"; fi; }
+
+wait_healthy() {
+  local pending start; pending="$(services)"; start=$(date +%s)
+  local spin='|/-\' i=0
+  while [ -n "$pending" ]; do
+    local still=""
+    for svc in $pending; do "$PY" -m "services.$svc" --check >/dev/null 2>&1 || still="$still $svc"; done
+    pending="$(echo "$still" | xargs)"
+    [ -z "$pending" ] && break
+    if [ $(( $(date +%s) - start )) -ge "$UP_TIMEOUT_S" ]; then
+      printf '\n'
+      echo "Timed out after ${UP_TIMEOUT_S}s: not healthy: $pending" >&2
+      for svc in $pending; do
+        echo "--- last lines of logs/$svc.log and logs/$svc.err:" >&2
+        tail -n 15 "$LOGS/$svc.log" "$LOGS/$svc.err" 2>/dev/null >&2 || true
+      done
+      exit 1
+    fi
+    printf '\r  %s waiting for: %-30s' "${spin:i++%4:1}" "$pending"
+    sleep 0.5
+  done
+  printf '\r  every service is healthy: %-30s\n' "$(services)"
+}
+
+up() {
+  ensure_venv
+  mkdir -p "$RUN" "$LOGS"
+  local sim_mode; sim_mode="$(setting 'int(s.simulator_mode)')"
+  ensure_redis
+  if [ "$sim_mode" = 1 ]; then echo "==> no UPSTOX_ACCESS_TOKEN: running on the simulator"; else echo "==> UPSTOX_ACCESS_TOKEN set: running on Upstox"; fi
+  write_conf "$([ "$sim_mode" = 1 ] && echo true || echo false)"
+  if supervisor_running; then
+    "$ROOT/.venv/bin/supervisorctl" -c "$CONF" update >/dev/null
+    for svc in $(services); do "$ROOT/.venv/bin/supervisorctl" -c "$CONF" start "$svc" >/dev/null || true; done
+  else
+    "$ROOT/.venv/bin/supervisord" -c "$CONF"
+  fi
+  wait_healthy
+  cat <<TXT
+
+Up (local processes under supervisord). Try:
+  curl -s http://127.0.0.1:8000/api/v1/monitoring/connection-health | jq
+  curl -s http://127.0.0.1:8000/api/v1/monitoring/status | jq
+  redis-cli HGETALL price:BOSCHLTD
+  make logs            # every service, prefixed      make logs-feed | logs-monitor | logs-api | logs-sim
+  make demo-outage     # the guide's Example 1 on the simulator
+  make status | make restart | make down
+TXT
+}
+
+down() {
+  if supervisor_running; then
+    echo "==> stopping the services"
+    "$ROOT/.venv/bin/supervisorctl" -c "$CONF" shutdown >/dev/null || true
+    local pid; pid="$(cat "$RUN/supervisord.pid" 2>/dev/null || true)"
+    for _ in $(seq 100); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  if [ -f "$RUN/redis.started" ]; then
+    echo "==> stopping the local Redis this checkout started (its data stays in data/)"
+    redis-cli -p "$(cat "$RUN/redis.started")" shutdown >/dev/null 2>&1 || true
+    rm -f "$RUN/redis.started"
+  fi
+  echo "==> down"
+}
+
+status() {
+  if supervisor_running; then "$ROOT/.venv/bin/supervisorctl" -c "$CONF" status || true; else echo "supervisord is not running"; fi
+  for svc in sim feed monitor api; do
+    if "$PY" -m "services.$svc" --check >/dev/null 2>&1; then echo "  $svc: healthy"; else echo "  $svc: no fresh heartbeat"; fi
+  done
+}
+
+logs() {
+  if [ $# -ge 1 ]; then exec tail -n 50 -F "$LOGS/$1.log"; fi
+  exec "$PY" "$ROOT/deploy/follow_logs.py" "$LOGS"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  restart) down; up ;;
+  status) status ;;
+  logs) shift; logs "$@" ;;
+  *) echo "usage: $0 up|down|restart|status|logs [SERVICE]" >&2; exit 2 ;;
+esac
