@@ -71,6 +71,8 @@ class FeedStatus(BaseModel):
     dns_resolver: str = ""  # "system", "Google DNS", "Cloudflare DNS", "remembered"
     resolved_address: str = ""
     last_error: str = ""
+    outage_started_at: float | None = None  # epoch s the current outage began (None while live)
+    next_retry_at: float | None = None  # epoch s of the next reconnect attempt during an outage
     updated_at: float | None = None
 
     def to_redis(self) -> dict[str, str]:

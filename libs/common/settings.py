@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # --- Feed connection ---------------------------------------------------------------------
     feed_mode: FeedMode = "ltpc"
     feed_watchlist: list[str] = Field(default_factory=list)
+    feed_connect_style: Literal["authorize", "redirect"] = "authorize"
+    feed_subscriptions_refresh_s: float = Field(30.0, gt=0)
     reconnect_base_delay_s: float = Field(5.0, gt=0)
     reconnect_max_delay_s: float = Field(10.0, gt=0)
     reconnect_attempts_per_cycle: int = Field(10, gt=0)

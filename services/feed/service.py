@@ -1,0 +1,168 @@
+"""The feed service: one WebSocket connection plus its helpers, each a named, supervised task.
+
+Tasks: `feed:connection` (the WebSocket and its reconnect loop), `feed:vouch` (keeps quiet symbols fresh
+while the link is healthy), `feed:subscriptions` (subscribe/unsubscribe requests and the periodic re-read
+of `feed:subscriptions`), `feed:status` (writes `feed:status` on a timer) and `feed:heartbeat`.
+A task that fails is logged with its error and restarted after a short delay; none dies silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from loguru import logger
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from libs.common import keys
+from libs.common.clock import Clock, SystemClock
+from libs.common.dns import HostResolver
+from libs.common.heartbeat import beat_forever
+from libs.common.instruments import InstrumentIndex, instrument_index
+from libs.common.logging import tagged
+from libs.common.models import FeedState
+from libs.common.price_cache import PriceCache
+from libs.common.redis_client import create_redis
+from libs.common.settings import Settings
+from services.feed.status import StatusBoard
+from services.feed.subscriptions import Subscriptions, watchlist
+from services.feed.websocket import FeedConnection
+
+RESTART_DELAY_S = 1.0
+_REDIS_RETRY_S = 1.0
+
+error = tagged("ERROR")
+
+
+class Feed:
+    """The feed, runnable in-process: `await Feed(settings, redis).run()` until cancelled."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        clock: Clock | None = None,
+        *,
+        instruments: InstrumentIndex | None = None,
+        resolver: HostResolver | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.clock = clock or SystemClock()
+        index = instruments or instrument_index(settings.sim_extra_instruments if settings.simulator_mode else 0)
+        self.subscriptions = Subscriptions(watchlist(settings, index), index)
+        self.status = StatusBoard(redis, self.clock)
+        self.cache = PriceCache(redis, settings.price_cache_ttl_s)
+        self.resolver = resolver or HostResolver.from_settings(settings, self.clock)
+        self.connection = FeedConnection(
+            settings, self.clock, redis, self.cache, self.status, self.subscriptions, self.resolver
+        )
+        self.restarts: dict[str, int] = {}
+
+    async def run(self) -> None:
+        """Run every task until cancelled; on the way out, close the connection and record `closed`."""
+        specs: dict[str, Callable[[], Awaitable[None]]] = {
+            "feed:connection": self.connection.run,
+            "feed:vouch": self._vouch_forever,
+            "feed:subscriptions": self._follow_requests,
+            "feed:status": self._status_forever,
+            "feed:heartbeat": lambda: beat_forever(self.redis, "feed", self.settings, self.clock),
+        }
+        tasks: dict[asyncio.Task[None], str] = {}
+        for name, factory in specs.items():
+            tasks[asyncio.create_task(_as_coroutine(factory), name=name)] = name
+        try:
+            while True:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    name = tasks.pop(task)
+                    exc = task.exception() if not task.cancelled() else None
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    if exc is not None:
+                        logger.opt(exception=exc).error(
+                            f"Task {name} failed: {type(exc).__name__}: {exc}; restarting in {RESTART_DELAY_S} s"
+                        )
+                    else:
+                        error.error(f"Task {name} ended unexpectedly; restarting in {RESTART_DELAY_S} s")
+                    restarted = _restart_later(specs[name], self.clock)
+                    tasks[asyncio.create_task(restarted, name=name)] = name
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(RedisError):
+                await self.status.transition(FeedState.CLOSED, "stopped")
+
+    async def _vouch_forever(self) -> None:
+        """While the link is healthy, mark every subscribed symbol's price current (and refresh its expiry)."""
+        last_as_of = 0.0
+        while True:
+            await self.clock.sleep(self.settings.vouch_interval_s)
+            as_of = self.connection.vouch_as_of()
+            if as_of is None or as_of <= last_as_of:
+                continue
+            try:
+                await self.cache.vouch(self.connection.symbols(), as_of)
+            except RedisError as exc:
+                logger.warning(f"Cannot vouch for prices in Redis: {type(exc).__name__}")
+                continue
+            last_as_of = as_of
+
+    async def _status_forever(self) -> None:
+        while True:
+            await self.clock.sleep(self.settings.heartbeat_interval_s)
+            await self.status.flush()
+
+    async def _follow_requests(self) -> None:
+        """Apply subscription requests as they come, and re-read `feed:subscriptions` on a timer."""
+        while True:
+            try:
+                await self._follow_requests_once()
+            except RedisError as exc:
+                logger.warning(f"Subscription requests: Redis unavailable ({type(exc).__name__}); retrying")
+                await self.clock.sleep(_REDIS_RETRY_S)
+
+    async def _follow_requests_once(self) -> None:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.SUBSCRIPTION_REQUESTS_CHANNEL)
+            refresh_s = self.settings.feed_subscriptions_refresh_s
+            next_refresh = self.clock.monotonic()  # re-read at once: requests sent while we were away are lost
+            while True:
+                if self.clock.monotonic() >= next_refresh:
+                    change = await self.subscriptions.refresh(self.redis)
+                    if change:
+                        await self.connection.apply(change)
+                    next_refresh = self.clock.monotonic() + refresh_s
+                wait_s = max(0.01, min(1.0, next_refresh - self.clock.monotonic()))
+                message = await pubsub.get_message(timeout=wait_s)
+                if message is None or message.get("type") != "message":
+                    continue
+                data = message["data"]
+                text = data.decode() if isinstance(data, bytes) else str(data)
+                change = self.subscriptions.apply_request(text)
+                if change:
+                    await self.connection.apply(change)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def _as_coroutine(factory: Callable[[], Awaitable[None]]) -> None:
+    await factory()
+
+
+async def _restart_later(factory: Callable[[], Awaitable[None]], clock: Clock) -> None:
+    await clock.sleep(RESTART_DELAY_S)
+    await factory()
+
+
+async def main(settings: Settings) -> None:
+    """`python -m services.feed`: the feed against Redis until SIGTERM/SIGINT."""
+    redis = create_redis(settings)
+    try:
+        await Feed(settings, redis).run()
+    finally:
+        await redis.aclose()

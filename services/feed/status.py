@@ -1,0 +1,98 @@
+"""The feed's `feed:status` hash and its transition notices.
+
+Counters change on the hot path, so they live in plain attributes here; `flush()` turns them into a
+`FeedStatus` and writes the hash (on every transition and on a timer). Transitions are also published
+on `feed:status:changes` as small JSON, after the hash is written (the hash is the truth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from loguru import logger
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from libs.common import keys
+from libs.common.clock import Clock
+from libs.common.models import FeedState, FeedStatus, dumps_compact
+
+
+class StatusBoard:
+    """Mutable feed status, written to Redis by `flush` / `transition`."""
+
+    def __init__(self, redis: Redis, clock: Clock) -> None:
+        self._redis = redis
+        self._clock = clock
+        self.state = FeedState.CLOSED
+        self.subscribed_symbols = 0
+        self.reconnect_attempts = 0
+        self.network_errors = 0
+        self.corrupt_frames = 0
+        self.last_message_at: float | None = None
+        self.last_data_at: float | None = None
+        self.market_open: bool | None = None
+        self.token_ok: bool | None = None
+        self.dns_resolver = ""
+        self.resolved_address = ""
+        self.last_error = ""
+        self.outage_started_at: float | None = None
+        self.next_retry_at: float | None = None
+        self._redis_warned_at = -1e9
+
+    @property
+    def connected(self) -> bool:
+        return self.state is FeedState.LIVE
+
+    def snapshot(self) -> FeedStatus:
+        """The current status as the shared model."""
+        return FeedStatus(
+            state=self.state,
+            connected=self.connected,
+            subscribed_symbols=self.subscribed_symbols,
+            reconnect_attempts=self.reconnect_attempts,
+            network_errors=self.network_errors,
+            corrupt_frames=self.corrupt_frames,
+            last_message_at=self.last_message_at,
+            last_data_at=self.last_data_at,
+            market_open=self.market_open,
+            token_ok=self.token_ok,
+            dns_resolver=self.dns_resolver,
+            resolved_address=self.resolved_address,
+            last_error=self.last_error,
+            outage_started_at=self.outage_started_at,
+            next_retry_at=self.next_retry_at,
+            updated_at=self._clock.now(),
+        )
+
+    async def flush(self) -> bool:
+        """Write the hash; a Redis outage is logged (at most every 10 s) and reported as False."""
+        try:
+            mapping: Mapping[Any, Any] = self.snapshot().to_redis()
+            await self._redis.hset(keys.FEED_STATUS, mapping=mapping)
+        except RedisError as exc:
+            self._warn_redis(exc)
+            return False
+        return True
+
+    async def transition(self, state: FeedState, reason: str = "") -> None:
+        """Enter `state`: write the hash, then publish `{"state", "connected", "at", "reason"}`."""
+        previous = self.state
+        self.state = state
+        logger.debug(f"feed state {previous} -> {state}{f' ({reason})' if reason else ''}")
+        if not await self.flush():
+            return
+        notice = {"state": str(state), "previous": str(previous), "connected": self.connected, "at": self._clock.now()}
+        if reason:
+            notice["reason"] = reason
+        try:
+            await self._redis.publish(keys.FEED_STATUS_CHANNEL, dumps_compact(notice))
+        except RedisError as exc:
+            self._warn_redis(exc)
+
+    def _warn_redis(self, exc: RedisError) -> None:
+        now = self._clock.monotonic()
+        if now - self._redis_warned_at >= 10:
+            self._redis_warned_at = now
+            logger.warning(f"Cannot write feed status to Redis: {type(exc).__name__}: {exc}")

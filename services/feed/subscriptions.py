@@ -1,0 +1,100 @@
+"""Which instruments the feed subscribes: the watchlist, plus every symbol with an open position.
+
+The wanted set is the configured watchlist (default: every shipped NSE_EQ / NSE_INDEX instrument)
+union `feed:subscriptions` (SYMBOL -> instrument key, kept by the monitor and api for open positions)
+union the live requests published on `feed:subscription-requests` ("sub SYMBOL KEY" / "unsub SYMBOL").
+Pub/sub loses messages, so the hash is re-read after every reconnect and on a timer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loguru import logger
+from redis.asyncio import Redis
+
+from libs.common import keys
+from libs.common.instruments import InstrumentIndex
+from libs.common.settings import Settings
+
+WATCHLIST_SEGMENTS = ("NSE_EQ", "NSE_INDEX")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Symbols to subscribe (SYMBOL -> key) and to unsubscribe (SYMBOL -> key) after an update."""
+
+    added: dict[str, str] = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def watchlist(settings: Settings, index: InstrumentIndex) -> dict[str, str]:
+    """SYMBOL -> instrument key of `FEED_WATCHLIST` (empty: every shipped NSE_EQ / NSE_INDEX instrument).
+
+    An entry may be a known symbol ("BOSCHLTD") or "SYMBOL=INSTRUMENT_KEY" for one not in the file.
+    """
+    if not settings.feed_watchlist:
+        return {i.trading_symbol: i.instrument_key for i in index.all if i.segment in WATCHLIST_SEGMENTS}
+    out: dict[str, str] = {}
+    for entry in settings.feed_watchlist:
+        symbol, _, key = entry.partition("=")
+        symbol = symbol.strip()
+        key = key.strip() or (index.key_of(symbol) or "")
+        if not key:
+            logger.warning(f"Watchlist symbol {symbol} is not in the instrument list; give it as {symbol}=KEY")
+            continue
+        out[symbol] = key
+    return out
+
+
+class Subscriptions:
+    """The wanted set and the instrument key -> symbol map the decoder uses (updated in place)."""
+
+    def __init__(self, watch: dict[str, str], index: InstrumentIndex) -> None:
+        self._watch = dict(watch)
+        self._from_redis: dict[str, str] = {}
+        self._requested: dict[str, str] = {}
+        # Every known key maps to its symbol, so a frame for any instrument can be stored.
+        self.symbol_of: dict[str, str] = {i.instrument_key: i.trading_symbol for i in index.all}
+        self.symbol_of.update({key: symbol for symbol, key in self._watch.items()})
+        self._wanted = self._compute()
+
+    @property
+    def wanted(self) -> dict[str, str]:
+        """SYMBOL -> instrument key of everything the feed should be subscribed to now."""
+        return self._wanted
+
+    def _compute(self) -> dict[str, str]:
+        return {**self._from_redis, **self._requested, **self._watch}
+
+    def _update(self) -> Change:
+        before = self._wanted
+        after = self._compute()
+        self._wanted = after
+        for symbol, key in after.items():
+            self.symbol_of[key] = symbol
+        added = {s: k for s, k in after.items() if before.get(s) != k}
+        removed = {s: k for s, k in before.items() if after.get(s) != k}
+        return Change(added, removed)
+
+    async def refresh(self, redis: Redis) -> Change:
+        """Re-read `feed:subscriptions` (the truth for open positions) and return what changed."""
+        rows = await redis.hgetall(keys.FEED_SUBSCRIPTIONS)
+        self._from_redis = {str(s): str(k) for s, k in rows.items() if k}
+        return self._update()
+
+    def apply_request(self, message: str) -> Change:
+        """Apply "sub SYMBOL INSTRUMENT_KEY" or "unsub SYMBOL"; a malformed request is logged and ignored."""
+        parts = message.strip().split(" ", 2)
+        if len(parts) == 3 and parts[0] == "sub" and parts[1] and parts[2]:
+            self._requested[parts[1]] = parts[2]
+        elif len(parts) == 2 and parts[0] == "unsub" and parts[1]:
+            self._requested.pop(parts[1], None)
+            self._from_redis.pop(parts[1], None)  # the next re-read restores it if the hash still has it
+        else:
+            logger.warning(f"Ignoring malformed subscription request: {message[:80]!r}")
+            return Change()
+        return self._update()

@@ -1,0 +1,441 @@
+"""The Upstox v3 market-data WebSocket: connect, subscribe, receive, detect a dead or mute link, reconnect forever.
+
+One connection at a time. Each attempt resolves the host through `libs.common.dns` (system DNS, then the
+fallback servers, then the remembered address), authorizes over REST (or uses the redirect endpoint) and
+connects to the resolved address with the host name kept for SNI, certificate checks and the Host header.
+
+A live connection ends when the server closes or drops it, when a client ping gets no pong within
+`WS_PING_TIMEOUT_S` (dead link), or when no data frame arrives for `FEED_SILENCE_TIMEOUT_S` while the market
+is open (mute link). Every end starts an outage: attempts are counted per outage and logged with the
+guide's lines, delays come from `services.feed.backoff`, and the loop never gives up. Our own backoff
+applies even when a server accepts and then drops at once (the websockets library's reconnect iterator
+would retry such a server immediately and grows its delay to 90 s, so it is not used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import ssl
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import websockets
+from loguru import logger
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from libs.common.clock import Clock
+from libs.common.dns import DnsFailure, HostResolver, Resolution
+from libs.common.logging import tagged
+from libs.common.models import FeedState
+from libs.common.price_cache import PriceCache
+from libs.common.settings import Settings
+from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
+from services.feed.backoff import Outage
+from services.feed.decode import CorruptFrame, decode, market_open
+from services.feed.status import StatusBoard
+from services.feed.subscriptions import Change, Subscriptions
+
+verbose = tagged("VERBOSE")
+success = tagged("SUCCESS")
+warning = tagged("WARNING")
+error = tagged("ERROR")
+
+_REDIRECT_CODES = (301, 302, 303, 307, 308)
+_MAX_FRAME_BYTES = 16 * 1024 * 1024
+_WARN_EVERY_S = 5.0
+
+
+@dataclass
+class Link:
+    """Facts about the current connection that the vouching loop reads. Times are epoch s."""
+
+    ws: ClientConnection | None = None
+    live: bool = False
+    connected_at: float | None = None
+    last_data_at: float | None = None  # last frame carrying feeds (this connection only)
+    last_alive_at: float | None = None  # last frame or pong (this connection only)
+    market_open: bool | None = None  # None until the first market_info frame
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """The system's trust store plus `TLS_CA_FILE` when set. Verification is always on."""
+    context = ssl.create_default_context()
+    if settings.tls_ca_file:
+        context.load_verify_locations(cafile=settings.tls_ca_file)
+    return context
+
+
+def subscription_request(method: str, instrument_keys: list[str], mode: str | None) -> bytes:
+    """The JSON request Upstox expects, UTF-8 encoded (sent as a binary frame)."""
+    data: dict[str, object] = {"instrumentKeys": instrument_keys}
+    if mode is not None:
+        data["mode"] = mode
+    return json.dumps({"guid": uuid.uuid4().hex, "method": method, "data": data}).encode()
+
+
+def _close_reason(ws: ClientConnection, exc: ConnectionClosed | None) -> tuple[str, bool]:
+    """(why the connection ended, whether it was a network failure rather than a clean close)."""
+    rcvd = exc.rcvd if exc is not None else ws.protocol.close_rcvd
+    if rcvd is None:
+        return "connection lost (no close frame)", True
+    detail = f": {rcvd.reason}" if rcvd.reason else ""
+    return f"closed by the server (code {rcvd.code}{detail})", rcvd.code not in (1000, 1001)
+
+
+class FeedConnection:
+    """Holds the market-data WebSocket and keeps it up forever. `run()` only returns when cancelled."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        redis: Redis,
+        cache: PriceCache,
+        status: StatusBoard,
+        subscriptions: Subscriptions,
+        resolver: HostResolver,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._s = settings
+        self._clock = clock
+        self._redis = redis
+        self._cache = cache
+        self._status = status
+        self._subs = subscriptions
+        self._resolver = resolver
+        self._rng = rng or random.Random()
+        self._ssl = tls_context(settings)
+        self._api = Endpoint.parse(settings.api_base)
+        self.link = Link()
+        self._warned_at: dict[str, float] = {}
+
+    # --- the reconnect loop --------------------------------------------------------------------
+    async def run(self) -> None:
+        outage: Outage | None = None
+        token_rejected = False
+        dns_failed = False
+        await self._status.transition(FeedState.CONNECTING)
+        try:
+            while True:
+                if outage is not None:
+                    delay_s = outage.next_attempt()
+                    if token_rejected:
+                        delay_s = outage.jittered(self._s.auth_retry_delay_s)
+                    await self._announce_attempt(outage, delay_s)
+                    await self._clock.sleep(delay_s)
+                    check_dns = dns_failed or outage.attempts % self._s.dns_check_every_attempts == 0
+                else:
+                    check_dns = False
+                reconnecting = outage is not None
+                try:
+                    ws = await self._open(check_dns=check_dns, reconnecting=reconnecting)
+                except AuthRejected as exc:
+                    token_rejected, dns_failed = True, False
+                    self._status.token_ok = False
+                    self._status.last_error = f"access token rejected ({exc})"
+                    error.error(
+                        f"Access token rejected (HTTP {exc.status_code}): set a valid UPSTOX_ACCESS_TOKEN; "
+                        f"retrying about every {self._s.auth_retry_delay_s:.0f} s"
+                    )
+                    self._failed(reconnecting, f" - access token rejected (HTTP {exc.status_code})")
+                except DnsFailure as exc:
+                    token_rejected, dns_failed = False, True
+                    self._status.network_errors += 1
+                    self._status.last_error = str(exc)
+                    self._failed(reconnecting, " - DNS still failing")
+                except FeedUnavailable as exc:
+                    token_rejected, dns_failed = False, False
+                    if exc.network:
+                        self._status.network_errors += 1
+                    self._status.last_error = str(exc)
+                    self._failed(reconnecting, "")
+                    verbose.info(f"Reason: {exc}")
+                else:
+                    token_rejected = dns_failed = False
+                    if reconnecting:
+                        success.success("Reconnection successful!")
+                    outage = None
+                    reason, network = await self._live(ws)
+                    if network:
+                        self._status.network_errors += 1
+                    self._status.last_error = reason
+                    warning.warning("WebSocket connection closed")
+                    verbose.info(f"Reason: {reason}")
+                    await self._close(ws, abort=network)
+                if outage is None:
+                    outage = Outage(
+                        self._s.reconnect_base_delay_s,
+                        self._s.reconnect_max_delay_s,
+                        self._s.reconnect_attempts_per_cycle,
+                        self._rng,
+                    )
+                    self._status.outage_started_at = self._clock.now()
+                    await self._status.transition(FeedState.RECONNECTING, self._status.last_error)
+        finally:
+            self.link.live = False
+            if self.link.ws is not None:
+                await self._close(self.link.ws, abort=False)
+
+    async def _announce_attempt(self, outage: Outage, delay_s: float) -> None:
+        budget = self._s.reconnect_attempts_per_cycle
+        if outage.attempts > budget and outage.attempt_in_cycle == 1:
+            warning.warning(
+                f"Still disconnected after {outage.attempts - 1} attempts; "
+                f"retrying every {self._s.reconnect_max_delay_s:.0f} s (cycle {outage.cycle})"
+            )
+        self._status.reconnect_attempts = outage.attempts
+        self._status.next_retry_at = self._clock.now() + delay_s
+        verbose.info(f"Reconnecting (attempt {outage.attempt_in_cycle}/{budget})...")
+        verbose.info(f"Waiting {delay_s:.1f} seconds before retry (with jitter)...")
+        await self._status.flush()
+
+    def _failed(self, reconnecting: bool, suffix: str) -> None:
+        error.error(f"{'Reconnection' if reconnecting else 'Connection'} failed{suffix}")
+
+    # --- opening a connection ------------------------------------------------------------------
+    async def _open(self, *, check_dns: bool, reconnecting: bool) -> ClientConnection:
+        """Resolve, authorize, connect and subscribe. Raises AuthRejected, DnsFailure or FeedUnavailable."""
+        api = self._api
+        resolution = await (self._resolver.check(api.host) if check_dns else self._resolver.resolve(api.host))
+        self._status.dns_resolver = resolution.resolver
+        self._status.resolved_address = resolution.address
+        if reconnecting:
+            if resolution.via_fallback:
+                verbose.info("Attempting reconnection with fallback DNS...")
+            else:
+                verbose.info("Attempting reconnection...")
+        else:
+            logger.info(f"Connecting to the Upstox market-data feed via {api.host_header}...")
+        token = self._s.access_token.get_secret_value()
+        if self._s.feed_connect_style == "redirect":
+            scheme = "wss" if api.secure else "ws"
+            uri = f"{scheme}://{api.host_header}{api.path}{REDIRECT_PATH}"
+            headers = {"Authorization": f"Bearer {token}", "Accept": "*/*"}
+            ws = await self._connect(uri, resolution, headers)
+        else:
+            uri = await authorize(api, resolution.address, token, self._ssl, self._s.ws_open_timeout_s)
+            ws = await self._connect(uri, resolution, None)
+        try:
+            await self._subscribe_all(ws)
+        except ConnectionClosed as exc:
+            await self._close(ws, abort=True)
+            raise FeedUnavailable(f"closed while subscribing: {exc}", network=True) from exc
+        return ws
+
+    async def _connect(
+        self, uri: str, known: Resolution, headers: dict[str, str] | None, *, redirects_left: int = 3
+    ) -> ClientConnection:
+        target = Endpoint.parse(uri)
+        resolution = known if target.host == known.host else await self._resolver.resolve(target.host)
+        options: dict[str, object] = {}
+        if target.secure:
+            options.update(ssl=self._ssl, server_hostname=target.host)
+        try:
+            return await websockets.connect(
+                uri,
+                additional_headers=headers,
+                host=resolution.address,
+                port=target.port,
+                open_timeout=self._s.ws_open_timeout_s,
+                ping_interval=None,  # our own pinger below: it also records when the link was last alive
+                close_timeout=self._s.ws_ping_timeout_s,
+                max_size=_MAX_FRAME_BYTES,
+                compression=None,
+                user_agent_header="upstox-resilience-guard",
+                **options,  # type: ignore[arg-type]
+            )
+        except InvalidStatus as exc:
+            raise self._status_error(exc) from exc
+        except ValueError as exc:
+            # websockets will not follow a cross-origin redirect when we pin the address; we follow it,
+            # resolving the new host ourselves. Credentials are not sent to another origin.
+            cause = exc.__cause__
+            location = self._redirect_location(cause)
+            if location is None or redirects_left <= 0:
+                raise FeedUnavailable(f"WebSocket connect failed: {exc}", network=False) from exc
+            return await self._connect(urljoin(uri, location), resolution, None, redirects_left=redirects_left - 1)
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            raise FeedUnavailable(f"WebSocket connect failed: {type(exc).__name__}: {exc}", network=True) from exc
+
+    @staticmethod
+    def _redirect_location(exc: BaseException | None) -> str | None:
+        if isinstance(exc, InvalidStatus) and exc.response.status_code in _REDIRECT_CODES:
+            return exc.response.headers.get("Location")
+        return None
+
+    @staticmethod
+    def _status_error(exc: InvalidStatus) -> Exception:
+        code = exc.response.status_code
+        if code in (401, 403):
+            return AuthRejected(code, "the WebSocket handshake")
+        return FeedUnavailable(f"WebSocket handshake answered HTTP {code}", network=code >= 500)
+
+    async def _subscribe_all(self, ws: ClientConnection) -> None:
+        """Subscribe every wanted symbol, re-reading `feed:subscriptions` first (pub/sub may have lost some)."""
+        try:
+            await self._subs.refresh(self._redis)
+        except RedisError as exc:
+            self._warn("redis-subs", f"Cannot re-read feed:subscriptions ({type(exc).__name__}); using the known set")
+        wanted = self._subs.wanted
+        if wanted:
+            await ws.send(subscription_request("sub", list(wanted.values()), self._s.feed_mode))
+        self._status.subscribed_symbols = len(wanted)
+        logger.info(f"Subscribed {len(wanted)} symbols (mode {self._s.feed_mode})")
+
+    async def apply(self, change: Change) -> None:
+        """Send (un)subscriptions for `change` on the live connection; a reconnect resubscribes anyway."""
+        self._status.subscribed_symbols = len(self._subs.wanted)
+        ws = self.link.ws
+        if ws is None or not self.link.live:
+            return
+        still_wanted = set(self._subs.wanted.values())
+        try:
+            if change.added:
+                await ws.send(subscription_request("sub", list(change.added.values()), self._s.feed_mode))
+            gone = [key for key in change.removed.values() if key not in still_wanted]
+            if gone:
+                await ws.send(subscription_request("unsub", gone, None))
+        except ConnectionClosed:
+            return
+        if change.added:
+            logger.info(f"Subscribed {', '.join(sorted(change.added))}")
+        if change.removed:
+            logger.info(f"Unsubscribed {', '.join(sorted(change.removed))}")
+
+    # --- a live connection ---------------------------------------------------------------------
+    async def _live(self, ws: ClientConnection) -> tuple[str, bool]:
+        """Run one live connection until it ends; returns (reason, whether it was a network failure)."""
+        now = self._clock.now()
+        self.link = Link(ws=ws, live=True, connected_at=now, last_alive_at=now)
+        self._status.token_ok = True
+        self._status.reconnect_attempts = 0
+        self._status.outage_started_at = None
+        self._status.next_retry_at = None
+        self._status.last_error = ""
+        success.success("WebSocket connection established!")
+        await self._status.transition(FeedState.LIVE)
+        tasks = [
+            asyncio.create_task(self._receive(ws), name="feed:websocket:receive"),
+            asyncio.create_task(self._ping(ws), name="feed:websocket:ping"),
+            asyncio.create_task(self._watch_silence(), name="feed:websocket:silence"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.link.live = False  # stop vouching the moment the link is in doubt
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        first = next(t for t in tasks if t in done)
+        exc = first.exception()
+        if exc is not None:
+            logger.opt(exception=exc).error(f"Feed task {first.get_name()} failed: {type(exc).__name__}: {exc}")
+            return f"{first.get_name()} failed: {type(exc).__name__}", True
+        return first.result()
+
+    async def _receive(self, ws: ClientConnection) -> tuple[str, bool]:
+        link = self.link
+        status = self._status
+        symbol_of = self._subs.symbol_of
+        now_fn = self._clock.now
+        write_frame = self._cache.write_frame
+        try:
+            async for message in ws:
+                now = now_fn()
+                link.last_alive_at = now
+                status.last_message_at = now
+                try:
+                    frame = decode(message, symbol_of)
+                except CorruptFrame as exc:
+                    status.corrupt_frames += 1
+                    self._warn("corrupt", f"Dropped a corrupt feed frame ({status.corrupt_frames} so far): {exc}")
+                    continue
+                if frame.segment_status is not None:
+                    self._market_info(frame.segment_status)
+                if frame.ticks:
+                    link.last_data_at = now
+                    status.last_data_at = now
+                    try:
+                        await write_frame(frame.ticks, now)
+                    except RedisError as exc:
+                        self._warn("redis-write", f"Cannot write prices to Redis ({type(exc).__name__}); dropping")
+                elif frame.unknown_keys:
+                    link.last_data_at = now
+                    status.last_data_at = now
+        except ConnectionClosed as exc:
+            return _close_reason(ws, exc)
+        return _close_reason(ws, None)
+
+    def _market_info(self, segment_status: dict[str, int]) -> None:
+        segments = {key.partition("|")[0] for key in self._subs.wanted.values()}
+        is_open = market_open(segment_status, segments)
+        if is_open != self.link.market_open:
+            logger.info(f"Market is {'open' if is_open else 'closed'} (per market_info)")
+        self.link.market_open = is_open
+        self._status.market_open = is_open
+
+    async def _ping(self, ws: ClientConnection) -> tuple[str, bool]:
+        timeout_s = self._s.ws_ping_timeout_s
+        while True:
+            await self._clock.sleep(self._s.ws_ping_interval_s)
+            try:
+                pong = await ws.ping()
+                async with asyncio.timeout(timeout_s):
+                    await pong
+            except TimeoutError:
+                return f"no pong within {timeout_s:.1f} s (dead connection)", True
+            except ConnectionClosed as exc:
+                return _close_reason(ws, exc)
+            now = self._clock.now()
+            self.link.last_alive_at = now
+            self._status.last_message_at = now
+
+    async def _watch_silence(self) -> tuple[str, bool]:
+        timeout_s = self._s.feed_silence_timeout_s
+        step_s = min(0.5, timeout_s / 4)
+        link = self.link
+        while True:
+            await self._clock.sleep(step_s)
+            if link.market_open is False:
+                continue  # a closed market sends nothing; pings alone prove the link
+            since = link.last_data_at or link.connected_at or self._clock.now()
+            if self._clock.now() - since > timeout_s:
+                return f"no data for {timeout_s:.1f} s while the market is open (mute connection)", True
+
+    async def _close(self, ws: ClientConnection, *, abort: bool) -> None:
+        if abort:
+            ws.transport.abort()
+            return
+        try:
+            async with asyncio.timeout(self._s.ws_ping_timeout_s):
+                await ws.close()
+        except (TimeoutError, OSError, ConnectionClosed):
+            ws.transport.abort()
+
+    # --- misc ----------------------------------------------------------------------------------
+    def vouch_as_of(self) -> float | None:
+        """The time up to which a quiet subscribed symbol is known unchanged, or None when the link is down.
+
+        Market open: the last data frame (a silent feed vouches for nothing newer). Market closed: the
+        last frame or pong.
+        """
+        link = self.link
+        if not link.live:
+            return None
+        return link.last_alive_at if link.market_open is False else link.last_data_at
+
+    def symbols(self) -> Iterable[str]:
+        return self._subs.wanted.keys()
+
+    def _warn(self, what: str, message: str) -> None:
+        now = self._clock.monotonic()
+        if now - self._warned_at.get(what, -1e9) >= _WARN_EVERY_S:
+            self._warned_at[what] = now
+            warning.warning(message)
