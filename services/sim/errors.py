@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-INVALID_TOKEN = "UDAPI100050"
+INVALID_TOKEN = "UDAPI100050"  # noqa: S105 (an error code, not a secret)
 TOO_MANY_REQUESTS = "UDAPI10005"
 INVALID_INPUT = "UDAPI100036"
 UNEXPECTED = "UDAPI100500"

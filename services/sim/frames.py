@@ -26,7 +26,7 @@ def market_info_frame(status: dict[str, str], ts_ms: int) -> bytes:
     """The first frame of every connection: type market_info, the status of every segment."""
     msg = pb.FeedResponse(type=pb.market_info, currentTs=ts_ms)
     for segment, name in status.items():
-        msg.marketInfo.segmentStatus[segment] = pb.MarketStatus.Value(name)
+        msg.marketInfo.segmentStatus[segment] = pb.MarketStatus.Value(name)  # type: ignore[assignment]
     return msg.SerializeToString()
 
 
@@ -138,4 +138,3 @@ class EntryCache:
 def day_ts_ms_for_tests(ts_ms: int) -> int:
     """Start of the IST day of `ts_ms` (the `1d` candle's ts); exposed for tests."""
     return _day_start_ms(ts_ms)
-

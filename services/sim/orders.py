@@ -226,9 +226,8 @@ class OrderBook:
             if not triggered:
                 return
             order.status = "open"
-        if order.order_type in ("MARKET", "SL-M"):
-            self._fill(order, ltp)
-        elif (buy and ltp <= order.price_paise) or (not buy and ltp >= order.price_paise):
+        marketable = ltp <= order.price_paise if buy else ltp >= order.price_paise
+        if order.order_type in ("MARKET", "SL-M") or marketable:
             self._fill(order, ltp)
         elif order.validity == "IOC":
             order.status = "cancelled"

@@ -23,7 +23,7 @@ import contextlib
 import hmac
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,14 @@ class _DenialNoise(logging.Filter):
 
 
 logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the process's supervisor (run_service) owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class Simulator:
@@ -145,8 +153,7 @@ class Simulator:
             ssl_certfile=str(self.tls.cert_path) if self.tls else None,
             ssl_keyfile=str(self.tls.key_path) if self.tls else None,
         )
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server = _EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._server.serve(sockets=[sock]), name="sim-rest"))
         while not self._server.started:
             if self._tasks[-1].done():
@@ -213,10 +220,8 @@ class Simulator:
 
     def state(self) -> dict[str, Any]:
         """What `/sim/state` shows."""
-        prices = {
-            inst.trading_symbol: self.market.quotes[i].ltp / 100
-            for i, inst in enumerate(self.instruments[: 12 + 200])
-        }
+        shipped = self.instruments[: len(self.instruments) - self.settings.sim_extra_instruments]
+        prices = {inst.trading_symbol: self.market.quotes[i].ltp / 100 for i, inst in enumerate(shipped)}
         return {
             "rest_url": self.rest_url,
             "feed_port": self.feed_port,
@@ -243,7 +248,7 @@ def _url_host(host: str) -> str:
 
 
 def _dns_answer_address(host: str) -> str:
-    return host if host.count(".") == 3 and host != "0.0.0.0" else "127.0.0.1"  # noqa: S104
+    return host if host.count(".") == 3 and host != "0.0.0.0" else "127.0.0.1"
 
 
 @contextlib.asynccontextmanager
