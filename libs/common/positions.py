@@ -73,6 +73,14 @@ return 'ok'
 """
 
 
+# KEYS: position. ARGV: epoch s the monitor lost its prices, or '' when they came back. Open positions only.
+_MARK_UNMONITORED = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 0 end
+redis.call('HSET', KEYS[1], 'unmonitored_since', ARGV[1])
+return 1
+"""
+
+
 class PositionConflict(Exception):
     """The position is not in a state that allows the operation (HTTP 409). `state` says which it is in."""
 
@@ -101,6 +109,7 @@ class PositionStore:
         self._release = redis.register_script(_RELEASE)
         self._complete = redis.register_script(_COMPLETE)
         self._update_levels = redis.register_script(_UPDATE_LEVELS)
+        self._mark_unmonitored = redis.register_script(_MARK_UNMONITORED)
 
     async def open(self, position: Position) -> Position:
         """Register an open position and ask the feed to subscribe its symbol.
@@ -198,6 +207,14 @@ class PositionStore:
         if done:
             await self._redis.publish(keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"unsub {record.symbol}")
         return bool(done)
+
+    async def mark_unmonitored(self, symbol: str, since: float | None) -> bool:
+        """Record (epoch s) or clear (None) that the monitor has no usable price for an open position.
+
+        Returns False when the position is not open (nothing recorded).
+        """
+        value = "" if since is None else repr(since)
+        return bool(await self._mark_unmonitored(keys=[keys.position(symbol)], args=[value]))
 
     async def journal(self, limit: int = 100) -> list[CloseRecord | MalformedRecord]:
         """The newest `limit` closes, newest first."""

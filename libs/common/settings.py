@@ -85,6 +85,8 @@ class Settings(BaseSettings):
 
     # --- Monitor and closing -----------------------------------------------------------------
     monitor_sweep_interval_s: float = Field(1.0, gt=0)
+    monitor_stuck_close_s: float = Field(30.0, gt=0)
+    monitor_fallback_log_interval_s: float = Field(10.0, ge=0)
     broker: Literal["upstox", "paper"] = "upstox"
     order_product: Literal["I", "D", "MTF"] = "I"
     close_retry_base_s: float = Field(1.0, gt=0)

@@ -1,0 +1,75 @@
+"""Which price a check uses and how the guide prints it: pure functions, no I/O.
+
+The guide's layers: with the feed live a price is LIVE; with the feed down a cached price younger than
+the stale threshold is CACHED, older is STALE (both logged as `[FALLBACK]` and still acted on); a price
+at or past the cache expiry is no price at all (Layer 3: the monitor says it cannot monitor the symbol).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libs.common.models import CloseReason, CloseRecord, PriceEntry, PriceSource, Trigger
+from libs.common.money import Paise, fmt_inr
+
+
+@dataclass(frozen=True, slots=True)
+class PriceView:
+    """The price a check uses, where it came from and how old it is."""
+
+    price: Paise
+    source: PriceSource
+    age_s: float
+
+    @property
+    def fallback(self) -> bool:
+        return self.source is not PriceSource.LIVE
+
+
+def view_of(
+    entry: PriceEntry | None, now: float, *, feed_live: bool, stale_after_s: float, expire_after_s: float
+) -> PriceView | None:
+    """The usable view of a cached entry, None when there is none (absent, or expired while the feed is down)."""
+    if entry is None:
+        return None
+    age_s = entry.age_s(now)
+    if feed_live:
+        return PriceView(entry.ltp, PriceSource.LIVE, age_s)
+    if age_s >= expire_after_s:
+        return None
+    source = PriceSource.CACHED if age_s < stale_after_s else PriceSource.STALE
+    return PriceView(entry.ltp, source, age_s)
+
+
+def retry_delay_s(attempts: int, base_s: float, max_s: float, jitter: float) -> float:
+    """Delay before retrying a failed close: min(max, base * 2**attempts), scaled into [75 %, 100 %] by `jitter`.
+
+    `attempts` is how many closes already failed before this one; `jitter` is a uniform draw in [0, 1).
+    """
+    delay: float = min(max_s, base_s * 2.0 ** min(attempts, 30))
+    return delay * (0.75 + 0.25 * jitter)
+
+
+def fallback_line(symbol: str, view: PriceView) -> str:
+    """`Using stale price for BOSCHLTD: ₹575.00 (45s old)` (the age in whole seconds)."""
+    kind = "cached" if view.source is PriceSource.CACHED else "stale"
+    return f"Using {kind} price for {symbol}: {fmt_inr(view.price)} ({int(view.age_s)}s old)"
+
+
+def trigger_tag(trigger: Trigger) -> str:
+    """The guide's tag of a trigger line: SL or TP."""
+    return "SL" if trigger.reason is CloseReason.STOP_LOSS else "TP"
+
+
+def trigger_line(symbol: str, view: PriceView, trigger: Trigger) -> str:
+    """`BOSCHLTD: Price ₹575.00 <= SL ₹698.25 (FALLBACK)`; live prices carry no suffix."""
+    line = f"{symbol}: Price {fmt_inr(view.price)} {trigger.comparison} {trigger_tag(trigger)} {fmt_inr(trigger.level)}"
+    return line + " (FALLBACK)" if view.fallback else line
+
+
+def closed_line(record: CloseRecord) -> str:
+    """`Position closed successfully: BOSCHLTD exit ₹575.00 pnl ₹-1600.00 (order 123)`."""
+    return (
+        f"Position closed successfully: {record.symbol} exit {fmt_inr(record.exit_price)} "
+        f"pnl {fmt_inr(record.pnl)} (order {record.order_id})"
+    )

@@ -1,0 +1,507 @@
+"""The monitor: SL/TP checks on every tick notice plus a sweep every second; closes through the shared Closer.
+
+Two paths decide, and the Redis claim makes whichever is first the only one that sends an order:
+- the tick path: one pub/sub notice per feed frame. A symbol without a position costs one dict lookup; a
+  symbol with one is decided on the notice's price (the value just written to `price:SYMBOL`), no round trip.
+- the sweep: every `monitor_sweep_interval_s` it re-reads the feed's health, every open position and its
+  cached price. It keeps protection alive when ticks stop (the guide's fallback and Layer 3 lines), retries
+  failed closes once their backoff is due, reconciles closes left `closing`, and runs at once after any
+  pub/sub (re)subscribe, because pub/sub loses what it missed.
+Redis is the truth; the monitor keeps only caches and log throttles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from loguru import logger
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.exceptions import RedisError
+
+from libs.common import keys
+from libs.common.broker import Broker, BrokerError
+from libs.common.clock import Clock, SystemClock
+from libs.common.closing import Closer, CloseRequest
+from libs.common.heartbeat import beat_forever, heartbeat_age_s
+from libs.common.logging import tagged
+from libs.common.models import FeedStatus, MalformedRecord, Position, PositionState, PriceSource
+from libs.common.money import to_paise
+from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
+from libs.common.price_cache import PriceCache, parse_tick_notice
+from libs.common.settings import Settings
+from services.monitor.decision import (
+    PriceView,
+    closed_line,
+    fallback_line,
+    retry_delay_s,
+    trigger_line,
+    trigger_tag,
+    view_of,
+)
+
+SERVICE = "monitor"
+# Events that may change what the tick path must know about a symbol's position.
+_REFRESH_ON = frozenset({"opened", "levels_changed", "reopened", "close_failed", "monitored_again"})
+_FORGET_ON = frozenset({"closing", "closed"})
+_PUBSUB_RETRY_S = (0.1, 2.0)  # first and capped delay between pub/sub reconnects
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """What one sweep saw and did."""
+
+    feed_live: bool = False
+    checked: int = 0
+    triggered: int = 0
+    unmonitored: int = 0
+    malformed: int = 0
+    reconciling: int = 0
+    duration_ms: float = 0.0
+
+
+class Monitor:
+    """Protects every open position in Redis. `run()` is the service; tests drive `sweep_once()`/`on_notice()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        broker: Broker,
+        clock: Clock | None = None,
+        *,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._clock: Clock = clock or SystemClock()
+        self._store = PositionStore(redis, self._clock)
+        self._cache = PriceCache(redis, settings.price_cache_ttl_s)
+        self._closer = Closer(self._store, broker, self._clock)
+        self._jitter = jitter
+        self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
+        self._done_at: dict[str, float] = {}  # monotonic s a close ended here: a sweep read before it is stale
+        self._background: set[asyncio.Task[None]] = set()
+        self._refreshing: set[str] = set()
+        self._unmonitored: set[str] = set()
+        self._fallback_logged_at: dict[str, float] = {}
+        self._reported_bad: dict[str, str] = {}  # key -> the malformed-record error last reported
+        self._feed_live: bool | None = None
+        self._redis_down = False
+        self._started = False
+        self._subscriptions_ensured = False
+        self._wake = asyncio.Event()
+        self.bad_notices = 0
+
+    @property
+    def watched(self) -> dict[str, Position]:
+        """The open positions the tick path currently decides on (a copy)."""
+        return dict(self._watch)
+
+    # --- start-up ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Settle closes left `closing` by a stopped closer (by the broker's order tag) and make sure the
+        feed subscribes every open position's symbol. Raises RedisError when Redis is down."""
+        items = await self._read_positions()
+        await self.ensure_subscriptions(items)
+        for symbol, item in items:
+            if isinstance(item, Position) and item.state is PositionState.CLOSING and symbol not in self._inflight:
+                self._spawn_reconcile(item)
+        self._started = True
+
+    async def ensure_subscriptions(self, items: list[tuple[str, Position | MalformedRecord]] | None = None) -> int:
+        """Record every open position's symbol in `feed:subscriptions` and ask the feed to subscribe it now."""
+        if items is None:
+            items = await self._read_positions()
+        wanted = [p for _, p in items if isinstance(p, Position) and p.state is not PositionState.CLOSED]
+        if wanted:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(keys.FEED_SUBSCRIPTIONS, mapping={p.symbol: p.instrument_key for p in wanted})
+                for p in wanted:
+                    pipe.publish(keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"sub {p.symbol} {p.instrument_key}")
+                await pipe.execute()
+        self._subscriptions_ensured = True
+        return len(wanted)
+
+    # --- the sweep ---------------------------------------------------------------------------------
+
+    async def feed_live(self) -> bool:
+        """The feed is live when `feed:status` says connected and the feed process's heartbeat is fresh."""
+        raw = cast(dict[str, str], await self._redis.hgetall(keys.FEED_STATUS))
+        try:
+            status = FeedStatus.from_redis(raw)
+        except MalformedRecord as exc:
+            self._report_bad_once(keys.FEED_STATUS, str(exc))
+            return False
+        if not status.connected:
+            return False
+        return await heartbeat_age_s(self._redis, "feed", self._clock) is not None
+
+    async def sweep_once(self) -> SweepReport:
+        """Check every open position on its cached price once; start closes, retries and reconciles as due."""
+        started = self._clock.monotonic()
+        now = self._clock.now()
+        report = SweepReport(feed_live=await self.feed_live())
+        self._note_feed(report.feed_live)
+        items = await self._read_positions()
+        positions: dict[str, Position] = {}
+        for symbol, item in items:
+            if isinstance(item, MalformedRecord):
+                report.malformed += 1
+                await self._report_malformed(symbol, item)
+                continue
+            self._reported_bad.pop(keys.position(symbol), None)
+            positions[symbol] = item
+        fresh = {
+            s: p
+            for s, p in positions.items()
+            if p.state is PositionState.OPEN and self._done_at.get(s, float("-inf")) < started
+        }
+        prices = await self._cache.read(list(fresh))
+        self._watch = fresh
+        for symbol, position in positions.items():
+            if position.state is PositionState.CLOSING:
+                if self._stuck(position, now):
+                    report.reconciling += 1
+                    self._spawn_reconcile(position)
+                continue
+            if symbol not in fresh:
+                continue
+            report.checked += 1
+            entry = prices.get(symbol)
+            if isinstance(entry, MalformedRecord):
+                report.malformed += 1
+                self._report_bad_once(keys.price(symbol), str(entry))
+                continue
+            view = view_of(
+                entry,
+                now,
+                feed_live=report.feed_live,
+                stale_after_s=self._settings.price_stale_after_s,
+                expire_after_s=self._settings.price_cache_ttl_s,
+            )
+            if view is None:
+                # A position opened a moment ago on a live feed is waiting for its first tick, not unmonitored.
+                if report.feed_live and now - position.opened_at < self._settings.price_stale_after_s:
+                    continue
+                report.unmonitored += 1
+                await self._lost_price(position, now)
+                continue
+            if symbol in self._unmonitored or position.unmonitored_since is not None:
+                await self._price_back(position, view)
+            if self._evaluate(position, view, now):
+                report.triggered += 1
+        self._done_at = {s: t for s, t in self._done_at.items() if t >= started - 60.0}
+        report.duration_ms = (self._clock.monotonic() - started) * 1000
+        return report
+
+    async def _read_positions(self) -> list[tuple[str, Position | MalformedRecord]]:
+        symbols = await self._store.open_symbols()
+        return list(zip(symbols, await self._store.read_many(symbols), strict=True))
+
+    def _stuck(self, position: Position, now: float) -> bool:
+        if position.symbol in self._inflight:
+            return False
+        claimed_at = position.claimed_at
+        return claimed_at is None or now - claimed_at >= self._settings.monitor_stuck_close_s
+
+    def _note_feed(self, live: bool) -> None:
+        if live == self._feed_live:
+            return
+        if live:
+            logger.info("Feed is live: checking SL/TP on live prices")
+            self._fallback_logged_at.clear()  # the next outage logs its fallback prices at once
+        else:
+            logger.warning("Feed is not live: checking SL/TP on cached prices")
+        self._feed_live = live
+
+    async def _lost_price(self, position: Position, now: float) -> None:
+        """Layer 3: say it once per outage per position, record it on the position and raise an alert event."""
+        symbol = position.symbol
+        if symbol in self._unmonitored:
+            return
+        self._unmonitored.add(symbol)
+        if position.unmonitored_since is not None:  # already reported (by this monitor before a restart)
+            return
+        tagged("FALLBACK").info(f"Price cache expired for {symbol}")
+        logger.warning(f"Can't monitor {symbol} - no fresh prices")
+        if await self._store.mark_unmonitored(symbol, now):
+            await self._store.publish_event(
+                "unmonitored", symbol, since=now, message=f"Can't monitor {symbol} - no fresh prices"
+            )
+
+    async def _price_back(self, position: Position, view: PriceView) -> None:
+        symbol = position.symbol
+        self._unmonitored.discard(symbol)
+        if position.unmonitored_since is None:
+            return
+        logger.info(f"Monitoring {symbol} again: {view.source.value} price available")
+        if await self._store.mark_unmonitored(symbol, None):
+            await self._store.publish_event("monitored_again", symbol, price_source=view.source.value)
+
+    async def _report_malformed(self, symbol: str, exc: MalformedRecord) -> None:
+        if self._report_bad_once(keys.position(symbol), str(exc)):
+            await self._store.publish_event("malformed", symbol, error=str(exc)[:500])
+
+    def _report_bad_once(self, key: str, error: str) -> bool:
+        if self._reported_bad.get(key) == error:
+            return False
+        self._reported_bad[key] = error
+        logger.error(f"Skipping malformed record {key}: {error}")
+        return True
+
+    # --- the tick path -----------------------------------------------------------------------------
+
+    def on_notice(self, payload: str) -> int:
+        """Decide every watched symbol of one tick notice on the notice's price. Returns closes started."""
+        try:
+            as_of, prices = parse_tick_notice(payload)
+        except (ValueError, KeyError, TypeError):
+            self.bad_notices += 1
+            return 0
+        watch = self._watch
+        if not watch:
+            return 0
+        if len(watch) < len(prices):
+            hits = [(s, prices[s]) for s in watch if s in prices]
+        else:
+            hits = [(s, ltp) for s, ltp in prices.items() if s in watch]
+        if not hits:
+            return 0
+        now = self._clock.now()
+        age_s = max(0.0, now - as_of)
+        started = 0
+        for symbol, ltp in hits:
+            try:
+                price = to_paise(ltp)
+            except ValueError:
+                self.bad_notices += 1
+                continue
+            # A notice is published only for a frame the feed just received: the price is live.
+            if self._evaluate(watch[symbol], PriceView(price, PriceSource.LIVE, age_s), now):
+                started += 1
+        return started
+
+    def _evaluate(self, position: Position, view: PriceView, now: float) -> bool:
+        """Start a close when the price crosses a level and no close or backoff holds it; log as the guide does."""
+        symbol = position.symbol
+        trigger = position.trigger(view.price)
+        if trigger is None:
+            if view.fallback:
+                self._log_fallback_throttled(symbol, view)
+            return False
+        if symbol in self._inflight:
+            return False
+        if position.next_attempt_at is not None and now < position.next_attempt_at:
+            return False
+        if view.fallback:
+            tagged("FALLBACK").info(fallback_line(symbol, view))
+            self._fallback_logged_at[symbol] = self._clock.monotonic()
+        tagged(trigger_tag(trigger)).info(trigger_line(symbol, view, trigger))
+        request = CloseRequest(
+            symbol=symbol,
+            reason=trigger.reason,
+            closed_by=SERVICE,
+            decision_price=view.price,
+            price_source=view.source,
+            price_age_s=round(view.age_s, 3),
+        )
+        self._track(symbol, asyncio.create_task(self._close(position, request), name=f"monitor.close.{symbol}"))
+        return True
+
+    def _log_fallback_throttled(self, symbol: str, view: PriceView) -> None:
+        mono = self._clock.monotonic()
+        last = self._fallback_logged_at.get(symbol)
+        if last is None or mono - last >= self._settings.monitor_fallback_log_interval_s:
+            self._fallback_logged_at[symbol] = mono
+            tagged("FALLBACK").info(fallback_line(symbol, view))
+
+    def _track(self, symbol: str, task: asyncio.Task[None]) -> None:
+        self._inflight[symbol] = task
+
+        def _done(t: asyncio.Task[None]) -> None:
+            if self._inflight.get(symbol) is t:
+                del self._inflight[symbol]
+
+        task.add_done_callback(_done)
+
+    # --- closing -----------------------------------------------------------------------------------
+
+    async def _close(self, position: Position, request: CloseRequest) -> None:
+        symbol = position.symbol
+        now = self._clock.now()
+        delay_s = retry_delay_s(
+            position.close_attempts, self._settings.close_retry_base_s, self._settings.close_retry_max_s, self._jitter()
+        )
+        try:
+            record = await self._closer.close(request, retry_at=now + delay_s)
+        except (PositionConflict, PositionNotFound) as exc:
+            state = exc.state if isinstance(exc, PositionConflict) else "gone"
+            logger.info(f"{symbol} is already {state}; the monitor does not close it again")
+            self._forget(symbol)
+        except BrokerError as exc:
+            attempt = position.close_attempts + 1
+            logger.error(
+                f"Close of {symbol} failed (attempt {attempt}): {exc}; position stays open, retrying in {delay_s:.1f}s"
+            )
+            self._watch[symbol] = position.model_copy(
+                update={"next_attempt_at": now + delay_s, "close_attempts": attempt, "last_error": str(exc)}
+            )
+            with contextlib.suppress(RedisError):
+                await self._redis.hset(
+                    keys.SERVICES_STATUS,
+                    mapping={"monitor.last_broker_error": str(exc)[:500], "monitor.last_broker_error_at": repr(now)},
+                )
+        except RedisError as exc:
+            # The claim may be held with no order sent: the stuck-close reconcile settles it once Redis is back.
+            self._redis_lost(exc)
+        except Exception:
+            logger.exception(f"Close of {symbol} failed unexpectedly; the sweep will look at it again")
+        else:
+            logger.success(closed_line(record))
+            self._forget(symbol)
+
+    def _forget(self, symbol: str) -> None:
+        self._watch.pop(symbol, None)
+        self._done_at[symbol] = self._clock.monotonic()
+
+    def _spawn_reconcile(self, position: Position) -> None:
+        self._track(
+            position.symbol, asyncio.create_task(self._reconcile(position), name=f"monitor.reconcile.{position.symbol}")
+        )
+
+    async def _reconcile(self, position: Position) -> None:
+        symbol = position.symbol
+        try:
+            record = await self._closer.reconcile(position)
+        except BrokerError as exc:
+            logger.error(f"Reconcile of {symbol} failed: {exc}; it stays closing and is retried")
+            return
+        except RedisError as exc:
+            self._redis_lost(exc)
+            return
+        if record is not None:
+            logger.success(f"Reconciled {symbol}: the broker had filled its close. " + closed_line(record))
+            self._forget(symbol)
+        else:
+            logger.warning(f"Reconciled {symbol}: no filled order carries its close tag; position reopened")
+
+    # --- events, pub/sub and the loops -------------------------------------------------------------
+
+    def on_event(self, payload: str) -> None:
+        """Keep the tick path's positions current from `positions:events`."""
+        try:
+            event: dict[str, Any] = json.loads(payload)
+            kind, symbol = str(event["kind"]), str(event["symbol"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if kind in _FORGET_ON:
+            self._watch.pop(symbol, None)
+        elif kind in _REFRESH_ON and symbol not in self._refreshing:
+            self._refreshing.add(symbol)
+            task = asyncio.create_task(self._refresh(symbol), name=f"monitor.refresh.{symbol}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _refresh(self, symbol: str) -> None:
+        try:
+            position = await self._store.get(symbol)
+        except (MalformedRecord, RedisError):
+            return  # the sweep reports it
+        finally:
+            self._refreshing.discard(symbol)
+        if position is not None and position.state is PositionState.OPEN and symbol not in self._inflight:
+            self._watch[symbol] = position
+        elif position is None or position.state is not PositionState.OPEN:
+            self._watch.pop(symbol, None)
+
+    def request_sweep(self) -> None:
+        """Run the next sweep now instead of at the next interval."""
+        self._wake.set()
+
+    def _on_pubsub_connect(self, _connection: Connection) -> None:
+        # redis-py resubscribes by itself after a reconnect; what was published meanwhile is lost: re-read.
+        logger.info("Tick channel resubscribed; re-reading positions and prices")
+        self.request_sweep()
+
+    def _redis_lost(self, exc: BaseException) -> None:
+        self._subscriptions_ensured = False
+        if not self._redis_down:
+            self._redis_down = True
+            logger.error(
+                f"Redis unavailable ({type(exc).__name__}: {exc}); positions are not checked until it returns, "
+                f"retrying every {self._settings.monitor_sweep_interval_s:g}s"
+            )
+
+    def _redis_back(self) -> None:
+        if self._redis_down:
+            self._redis_down = False
+            logger.success("Redis connection restored; monitoring resumed")
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                if not self._started:
+                    await self.start()
+                elif not self._subscriptions_ensured:
+                    await self.ensure_subscriptions()
+                await self.sweep_once()
+                self._redis_back()
+            except (RedisError, OSError) as exc:
+                self._redis_lost(exc)
+            except Exception:
+                logger.exception("Sweep failed; the next one runs as scheduled")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.monitor_sweep_interval_s)
+
+    async def _listen_loop(self) -> None:
+        delay_s = _PUBSUB_RETRY_S[0]
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.TICKS_CHANNEL, keys.POSITION_EVENTS_CHANNEL)
+                if pubsub.connection is not None:
+                    pubsub.connection.register_connect_callback(self._on_pubsub_connect)
+                self.request_sweep()
+                delay_s = _PUBSUB_RETRY_S[0]
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    if message["channel"] == keys.TICKS_CHANNEL:
+                        self.on_notice(message["data"])
+                    else:
+                        self.on_event(message["data"])
+            except (RedisError, OSError) as exc:
+                self._redis_lost(exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, _PUBSUB_RETRY_S[1])
+
+    async def run(self) -> None:
+        """The service: heartbeat, sweep loop and tick listener until cancelled; closes in flight get to finish."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                heartbeat = beat_forever(self._redis, SERVICE, self._settings, self._clock)
+                tg.create_task(heartbeat, name="monitor.heartbeat")
+                tg.create_task(self._sweep_loop(), name="monitor.sweep")
+                tg.create_task(self._listen_loop(), name="monitor.ticks")
+        finally:
+            await self.drain(timeout_s=self._settings.broker_timeout_s)
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Wait for closes, reconciles and refreshes in flight (at most `timeout_s`)."""
+        pending = [*self._inflight.values(), *self._background]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
