@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr = SecretStr("")
     token_probe_cache_s: float = Field(30.0, ge=0)
+    api_max_body_bytes: int = Field(16384, gt=0)
+    idempotency_ttl_s: int = Field(86400, gt=0)
 
     # --- Logging -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,0 +1,1 @@
+"""The api service: connection health, emergency close, status and positions over HTTP (FastAPI)."""

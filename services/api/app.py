@@ -1,0 +1,125 @@
+"""`create_app()`: the FastAPI application, its lifespan (Redis, broker, token probe, heartbeat) and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from loguru import logger
+from redis.exceptions import RedisError
+
+from libs.common.broker import Broker, create_broker
+from libs.common.clock import Clock, SystemClock
+from libs.common.closing import Closer
+from libs.common.heartbeat import beat_forever
+from libs.common.instruments import instrument_index
+from libs.common.models import MalformedRecord
+from libs.common.positions import PositionStore
+from libs.common.price_cache import PriceCache
+from libs.common.redis_client import create_redis
+from libs.common.settings import Settings
+from services.api.deps import Resources
+from services.api.health import HealthReader
+from services.api.idempotency import Idempotency
+from services.api.routes import monitoring, positions
+from services.api.security import BodyLimit, check_bind
+from services.api.token_probe import TokenProbe
+
+DESCRIPTION = """Connection health, emergency close, status and positions of the Upstox resilience guard.
+
+Mutating endpoints require `Authorization: Bearer <API_KEY>` or `X-API-Key` when `API_KEY` is set
+(it must be when the api is bound beyond loopback)."""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    broker: Broker | None = None,
+    clock: Clock | None = None,
+    http: httpx.AsyncClient | None = None,
+) -> FastAPI:
+    """The api application. `broker`, `clock` and `http` (the token probe's client) may be injected by tests.
+
+    Raises ConfigError when bound beyond loopback without an API key.
+    """
+    check_bind(settings)
+    clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = create_redis(settings)
+        used_broker = broker or create_broker(settings)
+        probe_http = http or httpx.AsyncClient(timeout=settings.broker_timeout_s, verify=settings.tls_ca_file or True)
+        store = PositionStore(redis, clock)
+        cache = PriceCache(redis, settings.price_cache_ttl_s)
+        app.state.resources = Resources(
+            settings=settings,
+            clock=clock,
+            redis=redis,
+            store=store,
+            cache=cache,
+            broker=used_broker,
+            closer=Closer(store, used_broker, clock),
+            idempotency=Idempotency(redis, settings.idempotency_ttl_s),
+            token_probe=TokenProbe(settings, clock, probe_http),
+            health=HealthReader(redis, settings, clock),
+            instruments=instrument_index(settings.sim_extra_instruments),
+        )
+        heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await used_broker.aclose()
+            await probe_http.aclose()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="Upstox resilience guard api",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RedisError, _redis_error)
+    app.add_exception_handler(MalformedRecord, _malformed)
+    app.include_router(monitoring.router)
+    app.include_router(positions.router)
+    return app
+
+
+def _readable(errors: Any) -> list[dict[str, Any]]:
+    out = []
+    for err in errors:
+        loc = [str(part) for part in err.get("loc", ())]
+        out.append({"type": err.get("type", "value_error"), "loc": loc, "msg": str(err.get("msg", ""))})
+    return out
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _readable(exc.errors())
+    message = "; ".join(f"{'.'.join(e['loc'][1:] or e['loc'])}: {e['msg']}" for e in errors)
+    return JSONResponse({"detail": errors, "message": message or "invalid request"}, status_code=422)
+
+
+async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error(f"Redis unreachable while serving {request.url.path}: {type(exc).__name__}")
+    return JSONResponse({"detail": f"Redis unreachable ({type(exc).__name__}); retry shortly"}, status_code=503)
+
+
+async def _malformed(request: Request, exc: Exception) -> JSONResponse:
+    logger.error(f"Corrupt record while serving {request.url.path}: {exc}")
+    return JSONResponse({"detail": f"corrupt record in Redis: {exc}"}, status_code=500)

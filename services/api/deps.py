@@ -1,0 +1,45 @@
+"""What the endpoints depend on: one `Resources` per app, opened and closed by the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from libs.common.broker import Broker
+from libs.common.clock import Clock
+from libs.common.closing import Closer
+from libs.common.instruments import InstrumentIndex
+from libs.common.positions import PositionStore
+from libs.common.price_cache import PriceCache
+from libs.common.settings import Settings
+from services.api.health import HealthReader
+from services.api.idempotency import Idempotency
+from services.api.security import require_api_key
+from services.api.token_probe import TokenProbe
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    settings: Settings
+    clock: Clock
+    redis: Redis
+    store: PositionStore
+    cache: PriceCache
+    broker: Broker
+    closer: Closer
+    idempotency: Idempotency
+    token_probe: TokenProbe
+    health: HealthReader
+    instruments: InstrumentIndex
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+Res = Annotated[Resources, Depends(get_resources)]
+ApiKey = Depends(require_api_key)

@@ -1,0 +1,1 @@
+"""One router per resource: monitoring (health, emergency close, status) and positions."""

@@ -1,0 +1,169 @@
+"""`/api/v1/monitoring`: connection health, the emergency close and service status."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from loguru import logger
+from redis.exceptions import RedisError
+
+from libs.common import keys
+from libs.common.broker import BrokerError
+from libs.common.clock import ist_iso
+from libs.common.heartbeat import heartbeat_age_s
+from libs.common.models import FeedStatus, MalformedRecord
+from libs.common.positions import PositionConflict, PositionNotFound
+from services.api.deps import ApiKey, Res
+from services.api.emergency import emergency_close
+from services.api.idempotency import KeyInProgress, KeyReused, Stored
+from services.api.schemas import (
+    ConnectionHealth,
+    EmergencyCloseRequest,
+    EmergencyCloseResponse,
+    ErrorOut,
+    FeedDetail,
+    RedisStatus,
+    ServiceStatus,
+    Status,
+    TokenStatus,
+    ValidationErrorOut,
+)
+
+router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
+
+_SYMBOL = re.compile(r"^[A-Za-z0-9&_.\-]{1,40}$")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ValidationErrorOut, "description": "bad body or parameter"},
+    503: {"model": ErrorOut, "description": "Redis (or the broker) unreachable"},
+}
+
+
+def _symbols(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
+    wanted = [s.strip() for s in raw.split(",") if s.strip()]
+    bad = [s for s in wanted if not _SYMBOL.match(s)]
+    if bad:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("query", "symbols"), "msg": f"not a trading symbol: {bad[0][:50]!r}"}]
+        )
+    return wanted
+
+
+@router.get("/connection-health", response_model=ConnectionHealth, responses=_ERRORS)
+async def connection_health(
+    res: Res,
+    limit: Annotated[int, Query(ge=0, le=1000, description="most cache entries to list (open positions always)")] = 50,
+    symbols: Annotated[
+        str | None, Query(max_length=4000, description="comma-separated symbols to list instead of a sample")
+    ] = None,
+) -> ConnectionHealth:
+    """The guide's connection health, plus feed liveness, open-position price counts and the advice that applies."""
+    return await res.health.read(limit, _symbols(symbols))
+
+
+@router.post(
+    "/emergency-close-position",
+    response_model=EmergencyCloseResponse,
+    dependencies=[ApiKey],
+    responses={
+        401: {"model": ErrorOut, "description": "API key required"},
+        404: {"model": ErrorOut, "description": "no open position for the symbol"},
+        409: {"model": ErrorOut, "description": "already closing or closed (or the same Idempotency-Key is running)"},
+        413: {"model": ErrorOut, "description": "body too large"},
+        502: {"model": ErrorOut, "description": "the broker rejected the order; the position stays open"},
+        **_ERRORS,
+    },
+)
+async def emergency_close_position(
+    body: EmergencyCloseRequest,
+    res: Res,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
+    ] = None,
+) -> EmergencyCloseResponse | JSONResponse:
+    """Close a position now through the same atomic claim and broker path as the monitor."""
+    fingerprint = f"{body.symbol}|{body.reason.value}"
+    if idempotency_key is not None:
+        try:
+            stored = await res.idempotency.begin(idempotency_key, fingerprint)
+        except KeyInProgress:
+            raise HTTPException(409, "a request with this Idempotency-Key is still in progress; retry") from None
+        except KeyReused:
+            raise HTTPException(422, "this Idempotency-Key was used for a different request") from None
+        if stored is not None:
+            return JSONResponse(stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
+    try:
+        result = await _close(res, body)
+    except Exception:
+        if idempotency_key is not None:
+            await res.idempotency.abandon(idempotency_key)
+        raise
+    if idempotency_key is not None:
+        await res.idempotency.finish(idempotency_key, fingerprint, Stored(200, result.model_dump(mode="json")))
+    return result
+
+
+async def _close(res: Res, body: EmergencyCloseRequest) -> EmergencyCloseResponse:
+    try:
+        return await emergency_close(res, body.symbol, body.reason)
+    except PositionNotFound:
+        raise HTTPException(404, f"no open position for {body.symbol}") from None
+    except PositionConflict as exc:
+        raise HTTPException(409, f"position {body.symbol} is already {exc.state}") from None
+    except BrokerError as exc:
+        logger.warning(f"Emergency close of {body.symbol} failed, position stays open: {exc}")
+        detail = f"broker did not close {body.symbol}: {exc}; position stays open"
+        raise HTTPException(exc.status_code, detail) from None
+
+
+@router.get("/status", response_model=Status, responses={422: _ERRORS[422]})
+async def service_status(res: Res) -> Status:
+    """Whether the access token works, Redis reachability, each service's heartbeat and the market in use."""
+    now = res.clock.now()
+    verdict = await res.token_probe.verdict()
+    token = TokenStatus(valid=verdict.valid, checked_at=ist_iso(verdict.checked_at), detail=verdict.detail)
+    started = time.perf_counter()
+    try:
+        await res.redis.ping()
+        redis = RedisStatus(reachable=True, latency_ms=round((time.perf_counter() - started) * 1000, 3))
+    except RedisError as exc:
+        redis = RedisStatus(reachable=False, latency_ms=None, error=type(exc).__name__)
+    services: dict[str, ServiceStatus] = {}
+    feed: FeedDetail | None = None
+    notes: dict[str, str] = {}
+    events: list[dict[str, Any]] = []
+    if redis.reachable:
+        for name in keys.SERVICES:
+            age = await heartbeat_age_s(res.redis, name, res.clock)
+            alive = age is not None and age < res.settings.heartbeat_ttl_s
+            services[name] = ServiceStatus(alive=alive, heartbeat_age_s=None if age is None else round(age, 3))
+        try:
+            status = FeedStatus.from_redis(cast(dict[str, str], await res.redis.hgetall(keys.FEED_STATUS)))
+            feed = FeedDetail(
+                state=status.state.value,
+                connected=status.connected and services["feed"].alive,
+                token_ok=status.token_ok,
+                last_error=status.last_error,
+                dns_resolver=status.dns_resolver,
+            )
+        except MalformedRecord as exc:
+            feed = FeedDetail(state="unknown", connected=False, token_ok=None, last_error=str(exc), dns_resolver="")
+        notes = cast(dict[str, str], await res.redis.hgetall(keys.SERVICES_STATUS))
+        events = await res.store.recent_events(10)
+    return Status(
+        timestamp=ist_iso(now),
+        market="simulator" if res.settings.simulator_mode else "upstox",
+        api_base=res.settings.api_base,
+        token=token,
+        redis=redis,
+        services=services,
+        feed=feed,
+        notes=notes,
+        recent_events=events,
+    )

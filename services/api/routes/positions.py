@@ -1,0 +1,184 @@
+"""`/api/v1/positions`: open (register) a position, list it, move its SL/TP, read the close journal."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from pydantic import ValidationError
+
+from libs.common.clock import ist_iso
+from libs.common.models import MalformedRecord, Position, PriceEntry, Side
+from libs.common.money import Paise, rupees, to_paise
+from libs.common.positions import PositionConflict, PositionNotFound
+from services.api.deps import ApiKey, Res
+from services.api.schemas import (
+    CloseList,
+    CloseOut,
+    ErrorOut,
+    OpenPositionRequest,
+    PositionList,
+    PositionOut,
+    UpdateLevelsRequest,
+    ValidationErrorOut,
+)
+
+router = APIRouter(prefix="/api/v1/positions", tags=["positions"])
+
+SymbolPath = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9&_.\-]+$")]
+_422: dict[int | str, dict[str, Any]] = {422: {"model": ValidationErrorOut, "description": "invalid request"}}
+_MUTATING: dict[int | str, dict[str, Any]] = {
+    **_422,
+    401: {"model": ErrorOut, "description": "API key required"},
+    413: {"model": ErrorOut, "description": "body too large"},
+}
+
+
+def _level(entry: Paise, side: Side, pct: float, *, stop: bool) -> Paise:
+    """SL/TP as a percentage away from entry: a stop below a long's entry (above a short's), a target beyond it."""
+    below = stop == (side is Side.LONG)
+    factor = Decimal(1) - Decimal(str(pct)) / 100 if below else Decimal(1) + Decimal(str(pct)) / 100
+    return to_paise(Decimal(entry) / 100 * factor)
+
+
+def _unprocessable(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+
+
+def _out(position: Position, price: PriceEntry | MalformedRecord | None, now: float) -> PositionOut:
+    entry = price if isinstance(price, PriceEntry) else None
+    return PositionOut(
+        symbol=position.symbol,
+        instrument_key=position.instrument_key,
+        side=position.side,
+        quantity=position.quantity,
+        entry_price=rupees(position.entry_price),
+        stop_loss=None if position.stop_loss is None else rupees(position.stop_loss),
+        take_profit=None if position.take_profit is None else rupees(position.take_profit),
+        state=position.state.value,
+        opened_at=ist_iso(position.opened_at),
+        close_reason=None if position.close_reason is None else position.close_reason.value,
+        close_attempts=position.close_attempts,
+        last_error=position.last_error,
+        ltp=rupees(entry.ltp) if entry else None,
+        price_age_seconds=round(entry.age_s(now), 3) if entry else None,
+        unrealized_pnl=rupees(position.pnl(entry.ltp)) if entry else None,
+    )
+
+
+@router.get("", response_model=PositionList)
+async def list_positions(res: Res) -> PositionList:
+    """Every open (or closing) position with its cached price."""
+    rows = await res.store.list_open()
+    good = [p for p in rows if isinstance(p, Position)]
+    prices = await res.cache.read([p.symbol for p in good]) if good else {}
+    now = res.clock.now()
+    return PositionList(
+        positions=[_out(p, prices.get(p.symbol), now) for p in good],
+        malformed=[str(p) for p in rows if isinstance(p, MalformedRecord)],
+    )
+
+
+@router.get("/closed", response_model=CloseList, responses=_422)
+async def closed_positions(
+    res: Res, limit: Annotated[int, Query(ge=1, le=1000, description="newest closes to return")] = 100
+) -> CloseList:
+    """The journal of closes, newest first."""
+    rows = await res.store.journal(limit)
+    closes = []
+    for record in rows:
+        if isinstance(record, MalformedRecord):
+            continue
+        data = record.public()
+        data["closed_at"] = ist_iso(record.closed_at)
+        closes.append(CloseOut.model_validate(data))
+    return CloseList(closes=closes, malformed=[str(r) for r in rows if isinstance(r, MalformedRecord)])
+
+
+@router.get("/{symbol}", response_model=PositionOut, responses={404: {"model": ErrorOut}, **_422})
+async def get_position(symbol: SymbolPath, res: Res) -> PositionOut:
+    """The position on `symbol` in any state (open, closing, closed)."""
+    position = await res.store.get(symbol)
+    if position is None:
+        raise HTTPException(404, f"no position for {symbol}")
+    price = await res.cache.read([symbol])
+    return _out(position, price[symbol], res.clock.now())
+
+
+@router.post(
+    "",
+    response_model=PositionOut,
+    status_code=201,
+    dependencies=[ApiKey],
+    responses={409: {"model": ErrorOut, "description": "a position on the symbol is already open"}, **_MUTATING},
+)
+async def open_position(body: OpenPositionRequest, res: Res, response: Response) -> PositionOut:
+    """Register an open position with SL/TP (absolute rupees or percentages of entry); the feed subscribes it."""
+    instrument_key = body.instrument_key or res.instruments.key_of(body.symbol)
+    if instrument_key is None:
+        raise _unprocessable(f"unknown symbol {body.symbol}: give its instrument_key (e.g. NSE_EQ|INE323A01026)")
+    entry = to_paise(body.entry_price)
+    stop_loss = to_paise(body.stop_loss) if body.stop_loss is not None else None
+    take_profit = to_paise(body.take_profit) if body.take_profit is not None else None
+    if body.stop_loss_pct is not None:
+        stop_loss = _level(entry, body.side, body.stop_loss_pct, stop=True)
+    if body.take_profit_pct is not None:
+        take_profit = _level(entry, body.side, body.take_profit_pct, stop=False)
+    try:
+        position = Position(
+            symbol=body.symbol,
+            instrument_key=instrument_key,
+            side=body.side,
+            quantity=body.quantity,
+            entry_price=entry,
+            stop_loss=stop_loss,
+            take_profit=take_profit,
+            opened_at=res.clock.now(),
+        )
+    except ValidationError as exc:
+        raise _unprocessable(_validation_message(exc)) from None
+    try:
+        await res.store.open(position)
+    except PositionConflict as exc:
+        raise HTTPException(409, f"a position on {body.symbol} is already {exc.state}") from None
+    response.headers["Location"] = f"{router.prefix}/{position.symbol}"
+    price = await res.cache.read([position.symbol])
+    return _out(position, price[position.symbol], res.clock.now())
+
+
+@router.patch(
+    "/{symbol}",
+    response_model=PositionOut,
+    dependencies=[ApiKey],
+    responses={
+        404: {"model": ErrorOut, "description": "no position on the symbol"},
+        409: {"model": ErrorOut, "description": "the position is closing or closed"},
+        **_MUTATING,
+    },
+)
+async def update_levels(symbol: SymbolPath, body: UpdateLevelsRequest, res: Res) -> PositionOut:
+    """Move the stop-loss and/or take-profit of an open position (absolute rupees or percentages of entry)."""
+    current = await res.store.get(symbol)
+    if current is None:
+        raise HTTPException(404, f"no position for {symbol}")
+    stop_loss = to_paise(body.stop_loss) if body.stop_loss is not None else None
+    take_profit = to_paise(body.take_profit) if body.take_profit is not None else None
+    if body.stop_loss_pct is not None:
+        stop_loss = _level(current.entry_price, current.side, body.stop_loss_pct, stop=True)
+    if body.take_profit_pct is not None:
+        take_profit = _level(current.entry_price, current.side, body.take_profit_pct, stop=False)
+    try:
+        updated = await res.store.update_levels(symbol, stop_loss, take_profit)
+    except PositionNotFound:
+        raise HTTPException(404, f"no position for {symbol}") from None
+    except PositionConflict as exc:
+        raise HTTPException(409, f"position {symbol} is {exc.state}; its levels can no longer move") from None
+    except ValidationError as exc:
+        raise _unprocessable(_validation_message(exc)) from None
+    price = await res.cache.read([symbol])
+    return _out(updated, price[symbol], res.clock.now())

@@ -1,0 +1,218 @@
+"""Request and response models of the api. Rupee numbers in JSON; paise inside."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from libs.common.models import CloseReason, PriceSource, Side
+
+# A trading symbol as Upstox writes it (it becomes part of Redis key names: no spaces or colons).
+Symbol = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9&_.\-]+$", examples=["BOSCHLTD"])]
+Rupees = Annotated[float, Field(gt=0, le=10_000_000)]
+SlPct = Annotated[float, Field(gt=0, lt=100, description="percent of entry_price")]
+TpPct = Annotated[float, Field(gt=0, le=1000, description="percent of entry_price")]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- monitoring -------------------------------------------------------------------------------
+
+
+class WebSocketHealth(BaseModel):
+    connected: bool = Field(description="the feed is alive and its WebSocket is connected")
+    subscribed_symbols: int
+    reconnect_attempts: int
+    network_errors: int
+    state: str = Field(description="the feed's connection state: connecting, live, reconnecting, closing, closed")
+    feed_alive: bool = Field(description="the feed process's heartbeat is fresh")
+    feed_heartbeat_age_s: float | None
+    seconds_since_last_message: float | None = Field(description="since the feed last heard anything (frame or pong)")
+    last_error: str
+
+
+class CacheEntry(BaseModel):
+    price: float | None = Field(description="rupees; null when the cached price has expired")
+    age_seconds: int | None = Field(description="whole seconds since the price was last known current")
+    is_stale: bool = Field(description="age_seconds >= PRICE_STALE_AFTER_S (or no price at all)")
+    status: Literal["fresh", "stale", "expired"]
+    has_open_position: bool
+
+
+class OpenPositionPrices(BaseModel):
+    fresh: int
+    stale: int
+    expired: int
+
+
+class PriceCacheHealth(BaseModel):
+    cached_symbols: int
+    last_update: float | None = Field(description="epoch s of the newest cached price")
+    seconds_since_last_update: float | None
+    stale_after_s: float
+    expires_after_s: int
+    open_positions: OpenPositionPrices
+    cache_entries: dict[str, CacheEntry]
+
+
+class ConnectionHealth(BaseModel):
+    timestamp: str = Field(examples=["2026-01-07T11:30:00+05:30"])
+    websocket: WebSocketHealth
+    price_cache: PriceCacheHealth
+    advice_branch: Literal["live", "fallback", "fresh_cache", "stale_cache", "expired"]
+    advice: str
+
+
+class EmergencyCloseRequest(_Request):
+    symbol: Symbol
+    reason: CloseReason = Field(examples=["stop_loss"])
+
+
+class EmergencyCloseResponse(BaseModel):
+    status: Literal["success"]
+    symbol: str
+    entry_price: float
+    exit_price: float
+    pnl: float
+    reason: CloseReason
+    message: str
+    quantity: int
+    side: Side
+    order_id: str
+    price_age_seconds: float | None
+    price_source: PriceSource
+    closed_at: str
+
+
+class TokenStatus(BaseModel):
+    valid: bool | None = Field(description="null when the profile endpoint could not be asked")
+    checked_at: str | None
+    detail: str
+
+
+class RedisStatus(BaseModel):
+    reachable: bool
+    latency_ms: float | None
+    error: str = ""
+
+
+class ServiceStatus(BaseModel):
+    alive: bool
+    heartbeat_age_s: float | None
+
+
+class FeedDetail(BaseModel):
+    state: str
+    connected: bool
+    token_ok: bool | None
+    last_error: str
+    dns_resolver: str
+
+
+class Status(BaseModel):
+    timestamp: str
+    market: Literal["simulator", "upstox"]
+    api_base: str
+    token: TokenStatus
+    redis: RedisStatus
+    services: dict[str, ServiceStatus]
+    feed: FeedDetail | None
+    notes: dict[str, str] = Field(description="services:status notes, e.g. the monitor's last broker error")
+    recent_events: list[dict[str, Any]]
+
+
+# --- positions --------------------------------------------------------------------------------
+
+
+class OpenPositionRequest(_Request):
+    symbol: Symbol
+    side: Side
+    quantity: int = Field(gt=0, le=10_000_000, examples=[10])
+    entry_price: Rupees
+    stop_loss: Rupees | None = None
+    take_profit: Rupees | None = None
+    stop_loss_pct: SlPct | None = None
+    take_profit_pct: TpPct | None = None
+    instrument_key: str | None = Field(None, min_length=3, max_length=80, examples=["NSE_EQ|INE323A01026"])
+
+    @model_validator(mode="after")
+    def _one_way_per_level(self) -> OpenPositionRequest:
+        _check_one_way(self.stop_loss, self.stop_loss_pct, "stop_loss")
+        _check_one_way(self.take_profit, self.take_profit_pct, "take_profit")
+        return self
+
+
+class UpdateLevelsRequest(_Request):
+    stop_loss: Rupees | None = None
+    take_profit: Rupees | None = None
+    stop_loss_pct: SlPct | None = None
+    take_profit_pct: TpPct | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> UpdateLevelsRequest:
+        _check_one_way(self.stop_loss, self.stop_loss_pct, "stop_loss")
+        _check_one_way(self.take_profit, self.take_profit_pct, "take_profit")
+        if all(v is None for v in (self.stop_loss, self.take_profit, self.stop_loss_pct, self.take_profit_pct)):
+            raise ValueError("give stop_loss/stop_loss_pct and/or take_profit/take_profit_pct")
+        return self
+
+
+def _check_one_way(absolute: float | None, pct: float | None, name: str) -> None:
+    if absolute is not None and pct is not None:
+        raise ValueError(f"give either {name} or {name}_pct, not both")
+
+
+class PositionOut(BaseModel):
+    symbol: str
+    instrument_key: str
+    side: Side
+    quantity: int
+    entry_price: float
+    stop_loss: float | None
+    take_profit: float | None
+    state: str
+    opened_at: str
+    close_reason: str | None
+    close_attempts: int
+    last_error: str
+    ltp: float | None = Field(description="the cached price in rupees, null when none is cached")
+    price_age_seconds: float | None
+    unrealized_pnl: float | None
+
+
+class PositionList(BaseModel):
+    positions: list[PositionOut]
+    malformed: list[str] = Field(description="records that could not be read (reported, skipped)")
+
+
+class CloseOut(BaseModel):
+    symbol: str
+    instrument_key: str
+    side: Side
+    quantity: int
+    entry_price: float
+    exit_price: float
+    pnl: float
+    reason: CloseReason
+    closed_at: str
+    order_id: str
+    price_source: PriceSource
+    price_age_s: float | None
+    closed_by: str
+
+
+class CloseList(BaseModel):
+    closes: list[CloseOut]
+    malformed: list[str]
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class ValidationErrorOut(BaseModel):
+    detail: list[dict[str, Any]]
+    message: str

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from libs.common import keys
+from libs.common.models import FeedState
+from libs.common.price_cache import PriceCache, Tick
+from libs.common.settings import Settings
+from services.api.health import ADVICE
+from tests.api.conftest import BOSCH, ApiFactory, feed_live, set_feed, write_prices
+
+pytestmark = pytest.mark.integration
+
+
+async def open_position(client: httpx.AsyncClient, symbol: str, entry: float = 735.0) -> None:
+    body = {**BOSCH, "symbol": symbol, "entry_price": entry, "stop_loss": round(entry * 0.95, 2)}
+    body["instrument_key"] = f"NSE_EQ|{symbol}"
+    resp = await client.post("/api/v1/positions", json=body)
+    assert resp.status_code == 201, resp.text
+
+
+async def test_shape_matches_the_guide(client: httpx.AsyncClient, redis: Redis) -> None:
+    now = time.time()
+    await set_feed(
+        redis, state=FeedState.RECONNECTING, connected=False, subscribed_symbols=208, reconnect_attempts=5,
+        network_errors=3, last_message_at=now - 45,
+    )  # fmt: skip
+    await redis.set(keys.heartbeat("feed"), f"{now:.3f}")
+    await write_prices(redis, now - 45, {"BOSCHLTD": "575.00"})
+    await write_prices(redis, now - 3, {"KAYNES": "204.10"})
+
+    body = (await client.get("/api/v1/monitoring/connection-health")).json()
+
+    assert body["timestamp"].endswith("+05:30")
+    assert {"timestamp", "websocket", "price_cache"} <= set(body)
+    assert body["websocket"] | {} == body["websocket"]
+    ws = body["websocket"]
+    assert (ws["connected"], ws["subscribed_symbols"], ws["reconnect_attempts"], ws["network_errors"]) == (
+        False, 208, 5, 3,
+    )  # fmt: skip
+    assert ws["feed_alive"] is True
+    assert 44 <= ws["seconds_since_last_message"] <= 47
+    cache = body["price_cache"]
+    assert cache["cached_symbols"] == 2
+    assert isinstance(cache["last_update"], float)
+    assert abs(cache["last_update"] - (now - 3)) < 0.01
+    bosch = cache["cache_entries"]["BOSCHLTD"]
+    assert (bosch["price"], bosch["is_stale"]) == (575.0, True)
+    assert bosch["age_seconds"] in (45, 46)
+    kaynes = cache["cache_entries"]["KAYNES"]
+    assert (kaynes["price"], kaynes["is_stale"], kaynes["age_seconds"]) in ((204.1, False, 3), (204.1, False, 4))
+    assert list(kaynes)[:3] == ["price", "age_seconds", "is_stale"]
+
+
+async def test_open_positions_come_first_then_a_sample_up_to_limit(client: httpx.AsyncClient, redis: Redis) -> None:
+    now = time.time()
+    await write_prices(redis, now - 1, {f"SIMEQ{i:03d}": "100.00" for i in range(1, 21)})
+    await write_prices(redis, now - 100, {"BOSCHLTD": "700.00"})  # oldest: never in a newest-first sample
+    await open_position(client, "BOSCHLTD")
+    await open_position(client, "NOPRICE")
+
+    body = (await client.get("/api/v1/monitoring/connection-health", params={"limit": 5})).json()
+    entries = body["price_cache"]["cache_entries"]
+    assert list(entries)[:2] == ["BOSCHLTD", "NOPRICE"]
+    assert len(entries) == 5
+    assert entries["BOSCHLTD"]["has_open_position"] is True
+    assert entries["BOSCHLTD"]["status"] == "stale"
+    assert entries["NOPRICE"] == {
+        "price": None, "age_seconds": None, "is_stale": True, "status": "expired", "has_open_position": True,
+    }  # fmt: skip
+    assert body["price_cache"]["open_positions"] == {"fresh": 0, "stale": 1, "expired": 1}
+    assert body["price_cache"]["cached_symbols"] == 21
+
+    picked = await client.get("/api/v1/monitoring/connection-health", params={"symbols": "SIMEQ007,KAYNES"})
+    assert list(picked.json()["price_cache"]["cache_entries"]) == ["BOSCHLTD", "NOPRICE", "SIMEQ007", "KAYNES"]
+    assert picked.json()["price_cache"]["cache_entries"]["KAYNES"]["status"] == "expired"
+
+    bad = await client.get("/api/v1/monitoring/connection-health", params={"symbols": "A B"})
+    assert bad.status_code == 422
+    assert "symbols" in bad.json()["message"]
+    assert (await client.get("/api/v1/monitoring/connection-health", params={"limit": -1})).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("connected", "price_age_s", "branch"),
+    [
+        (True, 1, "live"),
+        (True, 60, "fallback"),  # connected, but an open position's price is still stale
+        (False, 10, "fresh_cache"),
+        (False, 45, "stale_cache"),
+        (False, None, "expired"),
+    ],
+)
+async def test_advice_is_the_decision_tree_branch_that_applies(
+    client: httpx.AsyncClient, redis: Redis, connected: bool, price_age_s: float | None, branch: str
+) -> None:
+    now = time.time()
+    await feed_live(redis, now)
+    if not connected:
+        await set_feed(redis, state=FeedState.RECONNECTING, connected=False, last_message_at=now - 400)
+    if price_age_s is not None:
+        await write_prices(redis, now - price_age_s, {"BOSCHLTD": "700.00"})
+    await open_position(client, "BOSCHLTD")
+
+    body = (await client.get("/api/v1/monitoring/connection-health")).json()
+    assert body["advice_branch"] == branch
+    assert body["advice"] == ADVICE[branch]  # type: ignore[index]
+
+
+async def test_a_dead_feed_is_not_connected_whatever_its_status_hash_says(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    now = time.time()
+    await set_feed(redis, state=FeedState.LIVE, connected=True, last_message_at=now - 400)  # no heartbeat
+    await write_prices(redis, now - 400, {"BOSCHLTD": "700.00"}, ttl_s=1000)
+    body = (await client.get("/api/v1/monitoring/connection-health")).json()
+    assert body["websocket"]["feed_alive"] is False
+    assert body["websocket"]["connected"] is False
+    assert body["advice_branch"] == "expired"
+    assert "emergency API" in body["advice"]
+
+
+async def test_5000_symbols_cost_two_round_trips_and_no_scan(
+    make_api: ApiFactory, api_settings: Settings, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    cache = PriceCache(redis, 300)
+    symbols = [f"SIMEQ{i:04d}" for i in range(1, 5001)]
+    for start in range(0, 5000, 500):
+        await cache.write_frame([Tick(s, f"NSE_EQ|{s}", "100.00") for s in symbols[start : start + 500]], now)
+    await feed_live(redis, now)
+    async with make_api(api_settings) as client:
+        await client.get("/api/v1/monitoring/connection-health")  # warm up (script load, pool)
+        round_trips: list[str] = []
+        real_command, real_pipeline = Redis.execute_command, Pipeline.execute
+
+        async def command(self: Redis, *args: Any, **kw: Any) -> Any:
+            round_trips.append(str(args[0]))
+            return await real_command(self, *args, **kw)
+
+        async def pipeline(self: Pipeline, *args: Any, **kw: Any) -> Any:
+            round_trips.append("pipeline")
+            return await real_pipeline(self, *args, **kw)
+
+        monkeypatch.setattr(Redis, "execute_command", command)
+        monkeypatch.setattr(Pipeline, "execute", pipeline)
+        await redis.config_resetstat()
+        resp = await client.get("/api/v1/monitoring/connection-health")
+        monkeypatch.undo()
+        stats = await redis.info("commandstats")
+
+        assert resp.json()["price_cache"]["cached_symbols"] == 5000
+        assert len(resp.json()["price_cache"]["cache_entries"]) == 50
+        assert [rt for rt in round_trips if rt not in ("CONFIG RESETSTAT", "SET")] == ["pipeline", "EVALSHA"]
+        assert not {"cmdstat_scan", "cmdstat_keys"} & set(stats)
+
+        latencies = []
+        for _ in range(100):
+            started = time.perf_counter()
+            r = await client.get("/api/v1/monitoring/connection-health")
+            latencies.append(time.perf_counter() - started)
+            assert r.status_code == 200
+        median_ms = sorted(latencies)[50] * 1000
+        assert median_ms < 10, f"median {median_ms:.2f} ms"  # p99 < 10 ms is measured by `make bench`
