@@ -99,6 +99,7 @@ class Monitor:
         self._subscriptions_ensured = False
         self._wake = asyncio.Event()
         self.bad_notices = 0
+        self.sweeps = 0
 
     @property
     def watched(self) -> dict[str, Position]:
@@ -201,6 +202,7 @@ class Monitor:
                 report.triggered += 1
         self._done_at = {s: t for s, t in self._done_at.items() if t >= started - 60.0}
         report.duration_ms = (self._clock.monotonic() - started) * 1000
+        self.sweeps += 1
         return report
 
     async def _read_positions(self) -> list[tuple[str, Position | MalformedRecord]]:
@@ -255,7 +257,8 @@ class Monitor:
         if self._reported_bad.get(key) == error:
             return False
         self._reported_bad[key] = error
-        logger.error(f"Skipping malformed record {key}: {error}")
+        one_line = "; ".join(part.strip() for part in error.splitlines() if part.strip())  # one greppable line
+        logger.error(f"Skipping malformed record {key}: {one_line[:300]}")
         return True
 
     # --- the tick path -----------------------------------------------------------------------------
@@ -498,10 +501,20 @@ class Monitor:
                 tg.create_task(self._sweep_loop(), name="monitor.sweep")
                 tg.create_task(self._listen_loop(), name="monitor.ticks")
         finally:
-            await self.drain(timeout_s=self._settings.broker_timeout_s)
+            await self.drain(timeout_s=self._settings.broker_timeout_s, cancel_after=True)
 
-    async def drain(self, timeout_s: float | None = None) -> None:
-        """Wait for closes, reconciles and refreshes in flight (at most `timeout_s`)."""
+    async def drain(self, timeout_s: float | None = None, *, cancel_after: bool = False) -> None:
+        """Wait for closes, reconciles and refreshes in flight (at most `timeout_s`).
+
+        With `cancel_after`, whatever is still running then is cancelled: a close cut short stays `closing`
+        and the next start reconciles it with the broker by its order tag.
+        """
         pending = [*self._inflight.values(), *self._background]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout_s)
+        if not pending:
+            return
+        _, still = await asyncio.wait(pending, timeout=timeout_s)
+        if still and cancel_after:
+            logger.warning(f"Stopping with {len(still)} close(s) unfinished; they are reconciled on the next start")
+            for task in still:
+                task.cancel()
+            await asyncio.wait(still, timeout=1.0)

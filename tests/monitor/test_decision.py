@@ -1,0 +1,74 @@
+"""The pure decision rules: which price a check uses, the guide's wording, the retry delay."""
+
+from __future__ import annotations
+
+import pytest
+
+from libs.common.models import Position, PriceEntry, PriceSource
+from services.monitor.decision import PriceView, fallback_line, retry_delay_s, trigger_line, view_of
+from tests.monitor.conftest import long_bosch, long_kaynes, short_reliance
+
+NOW = 10_000.0
+
+
+def entry(price: int, age_s: float) -> PriceEntry:
+    return PriceEntry(symbol="BOSCHLTD", instrument_key="NSE_EQ|INE323A01026", ltp=price, as_of=NOW - age_s)
+
+
+@pytest.mark.parametrize(
+    ("age_s", "live", "source"),
+    [
+        (0.0, True, PriceSource.LIVE),
+        (400.0, True, PriceSource.LIVE),  # a healthy feed vouches: its prices are live whatever the age
+        (0.0, False, PriceSource.CACHED),
+        (29.99, False, PriceSource.CACHED),
+        (30.0, False, PriceSource.STALE),
+        (299.9, False, PriceSource.STALE),
+        (300.0, False, None),  # expired: Layer 3
+    ],
+)
+def test_the_three_layers(age_s: float, live: bool, source: PriceSource | None) -> None:
+    view = view_of(entry(57500, age_s), NOW, feed_live=live, stale_after_s=30, expire_after_s=300)
+    assert (view.source if view else None) is source
+
+
+def test_no_entry_is_no_view() -> None:
+    assert view_of(None, NOW, feed_live=False, stale_after_s=30, expire_after_s=300) is None
+
+
+@pytest.mark.parametrize(
+    ("position", "price", "expected"),
+    [
+        (long_bosch(), 69825, "BOSCHLTD: Price ₹698.25 <= SL ₹698.25"),  # exactly at SL
+        (long_bosch(), 69826, None),
+        (long_bosch(), 80000, "BOSCHLTD: Price ₹800.00 >= TP ₹800.00"),  # exactly at TP
+        (long_bosch(), 79999, None),
+        (short_reliance(), 145000, "RELIANCE: Price ₹1450.00 >= SL ₹1450.00"),
+        (short_reliance(), 144999, None),
+        (short_reliance(), 135000, "RELIANCE: Price ₹1350.00 <= TP ₹1350.00"),
+        (short_reliance(), 135001, None),
+    ],
+)
+def test_boundaries_trigger_and_print_as_the_guide(position: Position, price: int, expected: str | None) -> None:
+    view = PriceView(price, PriceSource.LIVE, 0.1)
+    trigger = position.trigger(price)
+    assert (trigger_line(position.symbol, view, trigger) if trigger else None) == expected
+
+
+def test_fallback_wording() -> None:
+    stale = PriceView(57500, PriceSource.STALE, 45.7)
+    trigger = long_bosch().trigger(57500)
+    assert trigger is not None
+    assert fallback_line("BOSCHLTD", stale) == "Using stale price for BOSCHLTD: ₹575.00 (45s old)"
+    assert trigger_line("BOSCHLTD", stale, trigger) == "BOSCHLTD: Price ₹575.00 <= SL ₹698.25 (FALLBACK)"
+    cached = PriceView(20410, PriceSource.CACHED, 10.2)
+    tp = long_kaynes().trigger(20410)
+    assert tp is not None
+    assert fallback_line("KAYNES", cached) == "Using cached price for KAYNES: ₹204.10 (10s old)"
+    assert trigger_line("KAYNES", cached, tp) == "KAYNES: Price ₹204.10 >= TP ₹197.76 (FALLBACK)"
+
+
+def test_retry_delay_doubles_up_to_the_cap_with_jitter_below_it() -> None:
+    assert [retry_delay_s(n, 1.0, 30.0, 0.999999) for n in range(7)] == pytest.approx([1, 2, 4, 8, 16, 30, 30])
+    assert retry_delay_s(0, 1.0, 30.0, 0.0) == 0.75
+    assert retry_delay_s(1000, 1.0, 30.0, 0.5) <= 30.0
