@@ -35,10 +35,13 @@ Upstox endpoints: /v3/feed/market-data-feed[/authorize], /v2/user/profile, /v2|v
 async def _heartbeat(settings: Settings) -> None:
     redis = create_redis(settings)
     try:
-        await beat(redis, "sim", settings, SystemClock())
-    except (RedisError, OSError):
-        logger.warning("Redis is not reachable: the simulator runs without a heartbeat (--check will fail)")
-    await beat_forever(redis, "sim", settings, SystemClock())
+        try:
+            await beat(redis, "sim", settings, SystemClock())
+        except (RedisError, OSError):
+            logger.warning("Redis is not reachable: the simulator runs without a heartbeat (--check will fail)")
+        await beat_forever(redis, "sim", settings, SystemClock())
+    finally:
+        await redis.aclose()
 
 
 async def main(settings: Settings) -> None:

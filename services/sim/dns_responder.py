@@ -8,6 +8,7 @@ NOERROR answer; any other name gets NXDOMAIN.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import dns.flags
 import dns.message
@@ -25,8 +26,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         answer = self.responder.answer(data)
