@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libs.common.models import CloseReason, CloseRecord, PriceEntry, PriceSource, Trigger
+from libs.common.models import CloseReason, CloseRecord, PriceSource, Trigger
 from libs.common.money import Paise, fmt_inr
 
 
@@ -27,18 +27,17 @@ class PriceView:
 
 
 def view_of(
-    entry: PriceEntry | None, now: float, *, feed_live: bool, stale_after_s: float, expire_after_s: float
+    ltp: Paise, as_of: float, now: float, *, feed_live: bool, stale_after_s: float, expire_after_s: float
 ) -> PriceView | None:
-    """The usable view of a cached entry, None when there is none (absent, or expired while the feed is down)."""
-    if entry is None:
-        return None
-    age_s = entry.age_s(now)
+    """The usable view of a cached price last known current at `as_of` (epoch s); None once it has expired
+    while the feed is down."""
+    age_s = max(0.0, now - as_of)
     if feed_live:
-        return PriceView(entry.ltp, PriceSource.LIVE, age_s)
+        return PriceView(ltp, PriceSource.LIVE, age_s)
     if age_s >= expire_after_s:
         return None
     source = PriceSource.CACHED if age_s < stale_after_s else PriceSource.STALE
-    return PriceView(entry.ltp, source, age_s)
+    return PriceView(ltp, source, age_s)
 
 
 def retry_delay_s(attempts: int, base_s: float, max_s: float, jitter: float) -> float:

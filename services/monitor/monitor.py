@@ -34,7 +34,7 @@ from libs.common.logging import tagged
 from libs.common.models import FeedStatus, MalformedRecord, Position, PositionState, PriceSource
 from libs.common.money import to_paise
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
-from libs.common.price_cache import PriceCache, parse_tick_notice
+from libs.common.price_cache import parse_tick_notice
 from libs.common.settings import Settings
 from services.monitor.decision import (
     PriceView,
@@ -45,6 +45,7 @@ from services.monitor.decision import (
     trigger_tag,
     view_of,
 )
+from services.monitor.snapshot import SnapshotReader
 
 SERVICE = "monitor"
 # Events that may change what the tick path must know about a symbol's position.
@@ -82,7 +83,7 @@ class Monitor:
         self._redis = redis
         self._clock: Clock = clock or SystemClock()
         self._store = PositionStore(redis, self._clock)
-        self._cache = PriceCache(redis, settings.price_cache_ttl_s)
+        self._snapshots = SnapshotReader(redis)
         self._closer = Closer(self._store, broker, self._clock)
         self._jitter = jitter
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
@@ -152,9 +153,9 @@ class Monitor:
         now = self._clock.now()
         report = SweepReport(feed_live=await self.feed_live())
         self._note_feed(report.feed_live)
-        items = await self._read_positions()
+        snapshot = await self._snapshots.read()
         positions: dict[str, Position] = {}
-        for symbol, item in items:
+        for symbol, item in snapshot.positions.items():
             if isinstance(item, MalformedRecord):
                 report.malformed += 1
                 await self._report_malformed(symbol, item)
@@ -166,7 +167,6 @@ class Monitor:
             for s, p in positions.items()
             if p.state is PositionState.OPEN and self._done_at.get(s, float("-inf")) < started
         }
-        prices = await self._cache.read(list(fresh))
         self._watch = fresh
         for symbol, position in positions.items():
             if position.state is PositionState.CLOSING:
@@ -177,18 +177,21 @@ class Monitor:
             if symbol not in fresh:
                 continue
             report.checked += 1
-            entry = prices.get(symbol)
-            if isinstance(entry, MalformedRecord):
+            cached = snapshot.prices.get(symbol)
+            if isinstance(cached, MalformedRecord):
                 report.malformed += 1
-                self._report_bad_once(keys.price(symbol), str(entry))
+                self._report_bad_once(keys.price(symbol), str(cached))
                 continue
-            view = view_of(
-                entry,
-                now,
-                feed_live=report.feed_live,
-                stale_after_s=self._settings.price_stale_after_s,
-                expire_after_s=self._settings.price_cache_ttl_s,
-            )
+            view = None
+            if cached is not None:
+                view = view_of(
+                    cached.ltp,
+                    cached.as_of,
+                    now,
+                    feed_live=report.feed_live,
+                    stale_after_s=self._settings.price_stale_after_s,
+                    expire_after_s=self._settings.price_cache_ttl_s,
+                )
             if view is None:
                 # A position opened a moment ago on a live feed is waiting for its first tick, not unmonitored.
                 if report.feed_live and now - position.opened_at < self._settings.price_stale_after_s:

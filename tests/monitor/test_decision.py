@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from libs.common.models import Position, PriceEntry, PriceSource
+from libs.common.models import Position, PriceSource
 from services.monitor.decision import PriceView, fallback_line, retry_delay_s, trigger_line, view_of
 from tests.monitor.conftest import long_bosch, long_kaynes, short_reliance
 
 NOW = 10_000.0
-
-
-def entry(price: int, age_s: float) -> PriceEntry:
-    return PriceEntry(symbol="BOSCHLTD", instrument_key="NSE_EQ|INE323A01026", ltp=price, as_of=NOW - age_s)
 
 
 @pytest.mark.parametrize(
@@ -28,12 +24,10 @@ def entry(price: int, age_s: float) -> PriceEntry:
     ],
 )
 def test_the_three_layers(age_s: float, live: bool, source: PriceSource | None) -> None:
-    view = view_of(entry(57500, age_s), NOW, feed_live=live, stale_after_s=30, expire_after_s=300)
+    view = view_of(57500, NOW - age_s, NOW, feed_live=live, stale_after_s=30, expire_after_s=300)
     assert (view.source if view else None) is source
-
-
-def test_no_entry_is_no_view() -> None:
-    assert view_of(None, NOW, feed_live=False, stale_after_s=30, expire_after_s=300) is None
+    if view is not None:
+        assert (view.price, view.age_s) == (57500, pytest.approx(age_s))
 
 
 @pytest.mark.parametrize(
