@@ -8,6 +8,7 @@ connection, which keeps the per-tick Python work small.
 
 from __future__ import annotations
 
+import struct
 from datetime import datetime
 
 from libs.common.clock import IST
@@ -16,6 +17,60 @@ from services.sim.market import Market, Quote
 
 MODES = ("ltpc", "full", "option_greeks", "full_d30")
 _LIVE_PREFIX = pb.FeedResponse(type=pb.live_feed).SerializeToString()  # b"\x08\x01"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_KEY_FIELDS: dict[str, bytes] = {}
+_FAST_PREFIX: dict[str, bytes] = {}
+_DOUBLE = struct.Struct("<Bd")
+# LTPC with every field set, ltq < 128 and a 6-byte ltt varint (any epoch ms of 2004..2109): 27 bytes.
+_FAST_LTPC = struct.Struct("<Bd B6s BB Bd")
+_last_ltt: tuple[int, bytes] = (0, b"")
+
+
+def _ltt_varint(ltt_ms: int) -> bytes:
+    global _last_ltt  # every tick of one market step shares its ltt; encode it once
+    if _last_ltt[0] != ltt_ms:
+        _last_ltt = (ltt_ms, _varint(ltt_ms))
+    return _last_ltt[1]
+
+
+def _ltpc_entry(key: str, ltp_paise: int, ltt_ms: int, ltq: int, cp_paise: int) -> bytes:
+    """The ltpc-mode map entry, hand-encoded (byte-identical to protobuf's; tested), for throughput."""
+    ltt = _ltt_varint(ltt_ms) if ltt_ms else b""
+    if 0 < ltq < 128 and ltp_paise and cp_paise and len(ltt) == 6:
+        prefix = _FAST_PREFIX.get(key)
+        if prefix is None:
+            key_field = _key_field(key)
+            prefix = _FAST_PREFIX[key] = b"\x12" + _varint(len(key_field) + 31) + key_field + b"\x12\x1d\x0a\x1b"
+        return prefix + _FAST_LTPC.pack(0x09, ltp_paise / 100, 0x10, ltt, 0x18, ltq, 0x21, cp_paise / 100)
+    ltpc = b"".join(
+        (
+            _DOUBLE.pack(0x09, ltp_paise / 100) if ltp_paise else b"",
+            b"\x10" + ltt if ltt_ms else b"",
+            b"\x18" + _varint(ltq) if ltq else b"",
+            _DOUBLE.pack(0x21, cp_paise / 100) if cp_paise else b"",
+        )
+    )
+    feed = b"\x0a" + _varint(len(ltpc)) + ltpc
+    entry = _key_field(key) + b"\x12" + _varint(len(feed)) + feed
+    return b"\x12" + _varint(len(entry)) + entry
+
+
+def _key_field(key: str) -> bytes:
+    field = _KEY_FIELDS.get(key)
+    if field is None:
+        raw = key.encode()
+        field = _KEY_FIELDS[key] = b"\x0a" + _varint(len(raw)) + raw
+    return field
 
 
 def _ts_bytes(ts_ms: int) -> bytes:
@@ -77,6 +132,14 @@ def _fill_depth(level: pb.MarketLevel, q: Quote, tick: int, levels: int) -> None
         quote.askQ = 90 * n + q.ltq
 
 
+def encode_entry_pb(market: Market, idx: int) -> bytes:
+    """The ltpc entry encoded by protobuf itself (the reference for `_ltpc_entry`; used in tests)."""
+    inst = market.instruments[idx]
+    msg = pb.FeedResponse()
+    _fill_ltpc(msg.feeds[inst.instrument_key].ltpc, market.quotes[idx], inst.is_index)
+    return msg.SerializeToString()
+
+
 def encode_entry(market: Market, idx: int, mode: str, *, snapshot: bool) -> bytes:
     """One `feeds` map entry (field 2) for instrument `idx` in `mode`.
 
@@ -84,11 +147,11 @@ def encode_entry(market: Market, idx: int, mode: str, *, snapshot: bool) -> byte
     """
     inst = market.instruments[idx]
     q = market.quotes[idx]
+    if mode == "ltpc":
+        return _ltpc_entry(inst.instrument_key, q.ltp, q.ltt_ms, 0 if inst.is_index else q.ltq, q.close)
     msg = pb.FeedResponse()
     feed = msg.feeds[inst.instrument_key]
-    if mode == "ltpc":
-        _fill_ltpc(feed.ltpc, q, inst.is_index)
-    elif mode in ("full", "full_d30"):
+    if mode in ("full", "full_d30"):
         feed.requestMode = pb.full_d30 if mode == "full_d30" else pb.full_d5
         if inst.is_index:
             _fill_ltpc(feed.fullFeed.indexFF.ltpc, q, True)

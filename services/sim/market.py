@@ -42,6 +42,7 @@ _SESSION = (
     (dtime(16, 0), "CLOSING_END"),
 )
 _STEPS = (-3, -2, -1, -1, 1, 1, 2, 3)
+_QTYS = tuple(range(1, 51))
 
 
 def nse_status_at(epoch_s: float) -> str:
@@ -105,6 +106,8 @@ class Market:
         self.listeners: list[TickListener] = []
         self.status_listeners: list[StatusListener] = []
         self.quotes: list[Quote] = []
+        self._bands = [inst.band_paise for inst in instruments]
+        self._is_index = [inst.is_index for inst in instruments]
         self.pinned: set[int] = set()
         self.forced_status: dict[str, str] = {}
         self.steps = 0
@@ -182,26 +185,31 @@ class Market:
         Instruments of a segment that is not NORMAL_OPEN do not move (no live ticks while closed).
         """
         self.steps += 1
-        count = min(self.moves_per_step, len(self.instruments))
-        chosen = self._rng.sample(range(len(self.instruments)), count)
-        draws = [self._rng.choice(_STEPS) for _ in chosen]
-        qtys = [self._rng.randint(1, 50) for _ in chosen]
+        n = len(self.instruments)
+        rng = self._rng
+        chosen = range(n) if self.moves_per_step >= n else rng.sample(range(n), self.moves_per_step)
+        draws = rng.choices(_STEPS, k=len(chosen))
+        qtys = rng.choices(_QTYS, k=len(chosen))
         status = self.segment_status()
+        closed = {seg for seg, name in status.items() if name != "NORMAL_OPEN"}
         now_ms = self._now_ms()
+        pinned = self.pinned
+        is_index = self._is_index
+        instruments = self.instruments
+        quotes = self.quotes
         changed: list[int] = []
         for idx, draw, qty in zip(chosen, draws, qtys, strict=True):
-            if idx in self.pinned:
+            if idx in pinned:
                 continue
-            inst = self.instruments[idx]
-            if status.get(inst.segment, "NORMAL_OPEN") != "NORMAL_OPEN":
+            inst = instruments[idx]
+            if closed and inst.segment in closed:
                 continue
-            quote = self.quotes[idx]
-            low, high = inst.band_paise
-            price = quote.ltp + draw * inst.tick_size_paise
+            ltp = quotes[idx].ltp
+            low, high = self._bands[idx]
+            price = ltp + draw * inst.tick_size_paise
             if price > high or price < low:  # bounce off the circuit limit
-                price = quote.ltp - draw * inst.tick_size_paise
-            price = min(max(price, low), high)
-            self._trade(idx, price, 0 if inst.is_index else qty, now_ms)
+                price = min(max(ltp - draw * inst.tick_size_paise, low), high)
+            self._trade(idx, price, 0 if is_index[idx] else qty, now_ms)
             changed.append(idx)
         self._notify(changed)
         return changed
@@ -234,25 +242,29 @@ class Market:
 
     def _trade(self, idx: int, price: int, qty: int, now_ms: int) -> None:
         q = self.quotes[idx]
-        minute = now_ms // 60000 * 60000
-        if minute != q.minute_start_ms:
+        if now_ms - q.minute_start_ms >= 60000 or now_ms < q.minute_start_ms:
             o, h, lo, c = q.minute_ohlc
             q.last_minute = (o, h, lo, c, q.minute_vol, q.minute_start_ms)
-            q.minute_start_ms = minute
+            q.minute_start_ms = now_ms // 60000 * 60000
             q.minute_ohlc = [q.ltp, q.ltp, q.ltp, q.ltp]
             q.minute_vol = 0
         q.ltp = price
-        q.high = max(q.high, price)
-        q.low = min(q.low, price)
+        if price > q.high:
+            q.high = price
+        elif price < q.low:
+            q.low = price
         q.ltt_ms = now_ms
         q.ltq = qty
-        q.vtt += qty
-        q.turnover_paise += qty * price
+        if qty:
+            q.vtt += qty
+            q.turnover_paise += qty * price
+            q.minute_vol += qty
         bar = q.minute_ohlc
-        bar[1] = max(bar[1], price)
-        bar[2] = min(bar[2], price)
+        if price > bar[1]:
+            bar[1] = price
+        elif price < bar[2]:
+            bar[2] = price
         bar[3] = price
-        q.minute_vol += qty
 
     def _notify(self, changed: list[int]) -> None:
         if not changed:

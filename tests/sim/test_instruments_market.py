@@ -6,8 +6,10 @@ import gzip
 import json
 from datetime import datetime
 
-from libs.common.clock import IST, ManualClock
+from libs.common.clock import IST, ManualClock, SystemClock
 from libs.common.instruments import instrument_index, load_instruments, master_file_gz
+from libs.common.proto import MarketDataFeedV3_pb2 as pb
+from services.sim.frames import EntryCache, encode_entry_pb, live_frame
 from services.sim.market import Market, nse_status_at
 
 
@@ -112,3 +114,14 @@ def test_following_market_hours_no_moves_while_closed_and_status_listeners_fire(
     assert changes[-1] == "NORMAL_CLOSE" and market.step() == []
     market.force_status(None)
     assert changes[-1] == "NORMAL_OPEN"
+
+
+def test_hand_encoded_ltpc_entries_match_protobuf() -> None:
+    market = _stepped(Market(load_instruments(300), seed=3, clock=SystemClock(), moves_per_step=400), 3)
+    market.set_price("KAYNES", 20410)
+    market.quotes[0].ltq = 500  # an ltq beyond one varint byte takes the general path
+    cache = EntryCache(market)
+    for idx in range(len(market.instruments)):
+        assert cache.get(idx, "ltpc") == encode_entry_pb(market, idx), market.instruments[idx].trading_symbol
+    frame = pb.FeedResponse.FromString(live_frame([cache.get(i, "ltpc") for i in range(5)], 1_767_000_000_000))
+    assert frame.type == pb.live_feed and len(frame.feeds) == 5 and frame.currentTs == 1_767_000_000_000
