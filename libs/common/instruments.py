@@ -84,8 +84,8 @@ class Instrument:
 
 
 def _from_row(row: dict[str, Any]) -> Instrument:
-    tick = int(round(float(row.get("tick_size", DEFAULT_INDEX_TICK_PAISE)))) or 1
-    close = int(round(float(row.get("close_price", 100.0)) * 100)) // tick * tick
+    tick = round(float(row.get("tick_size", DEFAULT_INDEX_TICK_PAISE))) or 1
+    close = round(float(row.get("close_price", 100.0)) * 100) // tick * tick
     return Instrument(
         instrument_key=str(row["instrument_key"]),
         trading_symbol=str(row["trading_symbol"]),
