@@ -37,9 +37,25 @@ class BrokerError(Exception):
         self.status_code = status_code
 
 
+class BrokerOutcomeUnknown(BrokerError):
+    """The order may have reached the broker but its result is unknown (a timeout after sending, a fill that
+    was not confirmed in time). Sending another order could close twice: settle it by the order's tag instead
+    (`find_by_tag`, i.e. `Closer.reconcile`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=503)
+
+
+class _OrderDead(BrokerError):
+    """The broker rejected or cancelled the order: definitely not filled."""
+
+
 class Broker(Protocol):
     async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
-        """Send the order that flattens `position`, wait for its fill. Raises BrokerError."""
+        """Send the order that flattens `position`, wait for its fill.
+
+        Raises BrokerError when no order filled, BrokerOutcomeUnknown when one may have (reconcile by tag).
+        """
         ...
 
     async def find_by_tag(self, tag: str) -> Fill | None:
@@ -98,10 +114,14 @@ class UpstoxBroker:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._settings.access_token.get_secret_value()}"}
 
-    async def _call(self, method: str, url: str, **kw: Any) -> Any:
+    async def _call(self, method: str, url: str, *, may_act: bool = False, **kw: Any) -> Any:
         try:
             resp = await self._http.request(method, url, headers=self._auth(), **kw)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
+            raise BrokerError(f"broker unreachable: {type(exc).__name__}", status_code=503) from None
         except httpx.HTTPError as exc:
+            if may_act:  # the request may have arrived and acted; only its answer is missing
+                raise BrokerOutcomeUnknown(f"no answer from the broker: {type(exc).__name__}") from None
             raise BrokerError(f"broker unreachable: {type(exc).__name__}", status_code=503) from None
         try:
             body = resp.json()
@@ -128,12 +148,17 @@ class UpstoxBroker:
             "is_amo": False,
             "slice": False,
         }
-        body = await self._call("POST", f"{self._settings.order_base}/v3/order/place", json=order)
+        body = await self._call("POST", f"{self._settings.order_base}/v3/order/place", may_act=True, json=order)
         try:
             order_id = str(body["data"]["order_ids"][0])
         except (KeyError, IndexError, TypeError):
-            raise BrokerError(f"unexpected order response: {str(body)[:200]}") from None
-        return await self._wait_for_fill(order_id)
+            raise BrokerOutcomeUnknown(f"unexpected order response: {str(body)[:200]}") from None
+        try:
+            return await self._wait_for_fill(order_id)
+        except (_OrderDead, BrokerOutcomeUnknown):
+            raise
+        except BrokerError as exc:  # placed, but the fill is unconfirmed: it may still fill
+            raise BrokerOutcomeUnknown(f"order {order_id} placed, fill unconfirmed ({exc})") from None
 
     async def _wait_for_fill(self, order_id: str) -> Fill:
         deadline = asyncio.get_running_loop().time() + self._fill_timeout_s
@@ -145,7 +170,7 @@ class UpstoxBroker:
             status = str((body.get("data") or {}).get("status", ""))
             if status in _DEAD:
                 reason = (body.get("data") or {}).get("status_message") or status
-                raise BrokerError(f"order {order_id} {status}: {reason}")
+                raise _OrderDead(f"order {order_id} {status}: {reason}")
             if asyncio.get_running_loop().time() > deadline:
                 raise BrokerError(f"order {order_id} not filled within {self._fill_timeout_s}s (status {status})")
             await asyncio.sleep(0.1)

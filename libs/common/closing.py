@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from libs.common.broker import Broker, BrokerError
+from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import Clock
 from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
@@ -47,8 +47,9 @@ class Closer:
     async def close(self, request: CloseRequest, *, retry_at: float | None = None) -> CloseRecord:
         """Close `request.symbol`. Returns the journal record.
 
-        Raises PositionNotFound, PositionConflict (already closing/closed) or BrokerError (the position
-        is back to open with the error recorded; `retry_at` is stored as its next attempt time).
+        Raises PositionNotFound, PositionConflict (already closing/closed), BrokerOutcomeUnknown (an order may
+        have been placed: the position stays closing until `reconcile`) or BrokerError (no order filled: the
+        position is back to open with the error recorded; `retry_at` is stored as its next attempt time).
         """
         claim_id, position = await self._store.claim(request.symbol, request.reason)
         await self._store.publish_event(
@@ -56,6 +57,13 @@ class Closer:
         )
         try:
             fill = await self._broker.close(position, close_tag(claim_id), request.decision_price)
+        except BrokerOutcomeUnknown as exc:
+            # The order may still fill: keep the claim so no retry sends a second one; reconcile() settles it.
+            await self._store.publish_event(
+                "close_failed", request.symbol, reason=request.reason.value, by=request.closed_by, error=str(exc),
+                outcome="unknown",
+            )  # fmt: skip
+            raise
         except BrokerError as exc:
             await self._store.release(request.symbol, claim_id, str(exc), retry_at)
             await self._store.publish_event(

@@ -26,7 +26,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from libs.common import keys
-from libs.common.broker import Broker, BrokerError
+from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
 from libs.common.heartbeat import beat_forever, heartbeat_age_s
@@ -353,6 +353,13 @@ class Monitor:
             state = exc.state if isinstance(exc, PositionConflict) else "gone"
             logger.info(f"{symbol} is already {state}; the monitor does not close it again")
             self._forget(symbol)
+        except BrokerOutcomeUnknown as exc:
+            logger.error(
+                f"Close of {symbol} unconfirmed: {exc}; it stays closing and is settled with the broker by its "
+                f"order tag within {self._settings.monitor_stuck_close_s:g}s"
+            )
+            self._forget(symbol)
+            await self._note_broker_error(str(exc), now)
         except BrokerError as exc:
             attempt = position.close_attempts + 1
             logger.error(
@@ -361,11 +368,7 @@ class Monitor:
             self._watch[symbol] = position.model_copy(
                 update={"next_attempt_at": now + delay_s, "close_attempts": attempt, "last_error": str(exc)}
             )
-            with contextlib.suppress(RedisError):
-                await self._redis.hset(
-                    keys.SERVICES_STATUS,
-                    mapping={"monitor.last_broker_error": str(exc)[:500], "monitor.last_broker_error_at": repr(now)},
-                )
+            await self._note_broker_error(str(exc), now)
         except RedisError as exc:
             # The claim may be held with no order sent: the stuck-close reconcile settles it once Redis is back.
             self._redis_lost(exc)
@@ -374,6 +377,14 @@ class Monitor:
         else:
             logger.success(closed_line(record))
             self._forget(symbol)
+
+    async def _note_broker_error(self, error: str, now: float) -> None:
+        """Keep the last broker error where the api's status shows it."""
+        with contextlib.suppress(RedisError):
+            await self._redis.hset(
+                keys.SERVICES_STATUS,
+                mapping={"monitor.last_broker_error": error[:500], "monitor.last_broker_error_at": repr(now)},
+            )
 
     def _forget(self, symbol: str) -> None:
         self._watch.pop(symbol, None)

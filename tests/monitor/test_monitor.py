@@ -306,3 +306,17 @@ async def test_events_keep_the_tick_path_current(
     monitor.on_event(json.dumps({"kind": "closing", "symbol": "BOSCHLTD"}))
     assert "BOSCHLTD" not in monitor.watched
     monitor.on_event("garbage")
+
+
+async def test_the_sweep_sees_changed_levels_of_an_already_parsed_position(
+    redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore, logs: LogLines, make_monitor: Any
+) -> None:
+    await store.open(long_bosch())
+    await write_price(redis, settings, "BOSCHLTD", "710.00", clock.now())
+    await set_feed(redis, settings, clock, live=True)
+    monitor = make_monitor()
+    assert (await monitor.sweep_once()).triggered == 0
+    await store.update_levels("BOSCHLTD", stop_loss=71000, take_profit=None)  # SL moved up to the price
+    assert (await monitor.sweep_once()).triggered == 1
+    await monitor.drain()
+    assert logs.lines("SL") == ["[SL] BOSCHLTD: Price ₹710.00 <= SL ₹710.00"]
