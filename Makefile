@@ -78,4 +78,4 @@ demo-outage-extended: ## the guide's Example 2 with compressed time (needs PRICE
 	@$(PY) -m deploy.demo_outage extended
 
 bench: ## run the benchmarks, write bench/results/latest.json and a Markdown report
-	@echo "not yet: see issue 9"
+	$(PY) -m bench

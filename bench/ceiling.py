@@ -47,7 +47,8 @@ def pipelined_writer(redis_url: str, symbols: int, duration_s: float) -> dict[st
                 sym = names[pos % symbols]
                 pos += 1
                 key = keys.PRICE_PREFIX + sym
-                pipe.hset(key, mapping={"ltp": "575.00", "instrument_key": sym, "ltt_ms": "1", "as_of": now, "received_at": now})
+                fields = {"ltp": "575.00", "instrument_key": sym, "ltt_ms": "1", "as_of": now, "received_at": now}
+                pipe.hset(key, mapping=fields)
                 pipe.expire(key, 300)
                 pipe.zadd(keys.PRICE_INDEX, {sym: float(now)})
             pipe.publish("bench:ticks", now)
@@ -91,8 +92,22 @@ def redis_benchmark(port: int, requests: int) -> dict[str, Any] | None:
     }
     for name, command in runs.items():
         proc = subprocess.run(
-            [binary, "-h", "127.0.0.1", "-p", str(port), "-P", "100", "-n", str(requests), "-r", "5000", "-q"]
-            + ["--csv", *command],
+            [
+                binary,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-P",
+                "100",
+                "-n",
+                str(requests),
+                "-r",
+                "5000",
+                "-q",
+                "--csv",
+                *command,
+            ],
             capture_output=True,
             text=True,
             timeout=60,

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from libs.common.instruments import Instrument
-
 from bench.frames import live_frames
+from libs.common.instruments import Instrument
 
 SDK_VENV = Path(os.environ.get("BENCH_SDK_VENV", Path.home() / ".cache" / "guard-bench" / "upstox-venv"))
 

@@ -21,6 +21,10 @@ BUCKETS = {
     "websockets receive": ("websockets/",),
     "write_frame (library)": ("write_frame",),
     "json": ("json/",),
+    "monitor sweep": ("sweep_once",),
+    "monitor tick notice": ("on_notice",),
+    "pydantic": ("pydantic",),
+    "logging (loguru)": ("loguru/",),
     "asyncio loop": ("asyncio/base_events.py",),
 }
 
@@ -33,8 +37,21 @@ def sample(pid: int, duration_s: float, rate_hz: int = 200) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "stacks.txt"
         proc = subprocess.run(
-            [binary, "record", "-p", str(pid), "-d", str(int(duration_s)), "-r", str(rate_hz)]
-            + ["--nonblocking", "-f", "raw", "-o", str(out)],
+            [
+                binary,
+                "record",
+                "-p",
+                str(pid),
+                "-d",
+                str(int(duration_s)),
+                "-r",
+                str(rate_hz),
+                "--nonblocking",
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+            ],
             capture_output=True,
             text=True,
             timeout=duration_s + 30,
