@@ -14,7 +14,7 @@ from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import Clock
 from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
-from libs.common.positions import PositionStore
+from libs.common.positions import PositionConflict, PositionStore
 
 TAG_PREFIX = "guard-close-"
 
@@ -75,7 +75,15 @@ class Closer:
             logger.error(f"Close of {request.symbol} interrupted ({type(exc).__name__}); will reconcile")
             raise
         record = self._record(position, request, fill.order_id, fill.price)
-        await self._store.complete(claim_id, record)
+        if not await self._store.complete(claim_id, record):
+            # Someone settled our claim while the order was in flight (a reconcile that found no order yet).
+            # The fill is real; say so loudly rather than report a clean close.
+            logger.error(
+                f"Close of {request.symbol} filled (order {fill.order_id}) but its claim was settled elsewhere; "
+                "check the position and the broker's orders"
+            )
+            await self._store.publish_event("close_unrecorded", request.symbol, record=record.public())
+            raise PositionConflict(request.symbol, "settled elsewhere while its order was in flight")
         await self._store.publish_event("closed", request.symbol, record=record.public())
         return record
 

@@ -114,8 +114,11 @@ class Monitor:
         feed subscribes every open position's symbol. Raises RedisError when Redis is down."""
         items = await self._read_positions()
         await self.ensure_subscriptions(items)
-        for symbol, item in items:
-            if isinstance(item, Position) and item.state is PositionState.CLOSING and symbol not in self._inflight:
+        now = self._clock.now()
+        for _, item in items:
+            # A young claim may belong to a close still running elsewhere (the api): reconciling it now could
+            # reopen a position whose order is about to be sent. The sweep settles it once it is stuck.
+            if isinstance(item, Position) and item.state is PositionState.CLOSING and self._stuck(item, now):
                 self._spawn_reconcile(item)
         self._started = True
 

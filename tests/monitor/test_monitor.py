@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.clock import ManualClock
-from libs.common.models import CloseRecord, PositionState, PriceSource
+from libs.common.models import CloseReason, CloseRecord, PositionState, PriceSource
 from libs.common.positions import PositionStore
 from libs.common.settings import Settings
 from tests.helpers import eventually
@@ -320,3 +320,30 @@ async def test_the_sweep_sees_changed_levels_of_an_already_parsed_position(
     assert (await monitor.sweep_once()).triggered == 1
     await monitor.drain()
     assert logs.lines("SL") == ["[SL] BOSCHLTD: Price ₹710.00 <= SL ₹710.00"]
+
+
+async def test_startup_leaves_a_young_claim_to_its_closer(
+    redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore, make_monitor: Any
+) -> None:
+    # An api close claimed a moment ago may be about to send its order: reconciling it at start-up could
+    # reopen it and let a second order follow. Only a claim older than MONITOR_STUCK_CLOSE_S is settled.
+    await store.open(long_bosch())
+    await set_feed(redis, settings, clock, live=True)
+    claim_id, _ = await store.claim("BOSCHLTD", CloseReason.EMERGENCY)
+    broker = ScriptedBroker()
+    monitor = make_monitor(broker)
+    await monitor.start()
+    await monitor.sweep_once()
+    young = await store.get("BOSCHLTD")
+    assert young is not None
+    assert young.state is PositionState.CLOSING
+    assert young.claim_id == claim_id
+    clock.advance(1.0)  # past the compressed MONITOR_STUCK_CLOSE_S (0.5 s): now it is stuck
+    await monitor.sweep_once()
+    await eventually(lambda: _state(store, PositionState.OPEN), timeout_s=5)
+    assert broker.orders == 0
+
+
+async def _state(store: PositionStore, state: PositionState) -> bool:
+    position = await store.get("BOSCHLTD")
+    return position is not None and position.state is state
