@@ -334,6 +334,7 @@ async def test_startup_leaves_a_young_claim_to_its_closer(
     monitor = make_monitor(broker)
     await monitor.start()
     await monitor.sweep_once()
+    await monitor.drain(timeout_s=2)  # let any reconcile it started finish before looking
     young = await store.get("BOSCHLTD")
     assert young is not None
     assert young.state is PositionState.CLOSING
