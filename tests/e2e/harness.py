@@ -6,7 +6,12 @@
         await stack.fault("drop", 5)
         stack.kill("feed")  # SIGKILL
         await stack.restart_redis()
-        assert "[SL] BOSCHLTD" in stack.log("monitor")
+        await stack.wait_log("monitor", "[SL] BOSCHLTD")
+        assert stack.count("monitor", "[SL] BOSCHLTD") == 1
+
+Services start in parallel and are ready when their heartbeat key is fresh (spawning `--check` costs
+seconds of interpreter start-up on a small machine; `stack.check(name)` still runs it as a user would).
+`stack.start("feed", env={...})` gives one service extra settings (kept for its restarts).
 
 Every process gets a private redis-server (AOF on, so a restart keeps positions), free ports, compressed
 time through settings, its own log file under `tmp_path/logs`, and `tmp_path` as its working directory
@@ -17,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -28,6 +36,11 @@ from typing import Any, Self
 import httpx
 from redis.asyncio import Redis
 
+from libs.common import keys
+from libs.common.clock import SystemClock
+from libs.common.heartbeat import heartbeat_age_s
+from libs.common.models import FeedStatus, Position
+from libs.common.positions import PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
 from tests.helpers import RedisServer, eventually, free_port
@@ -80,24 +93,50 @@ class Stack:
             **env,
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.redis: Redis | None = None
+        self.service_env: dict[str, dict[str, str]] = {}
+        self.paused: set[str] = set()
+        self._redis: Redis | None = None
         self.http = httpx.AsyncClient(timeout=10)
+        self._sim_http: httpx.AsyncClient | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         self.redis_server.start()
-        self.redis = create_redis(self.settings())
+        self._redis = create_redis(self.settings())
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if exc_type is not None:
+            self.dump_logs()  # pytest shows it with the failure
+        for name in list(self.paused):
+            self.resume(name)
         for name in list(self.procs):
             self.stop(name)
         await self.http.aclose()
-        if self.redis is not None:
-            await self.redis.aclose()
+        if self._sim_http is not None:
+            await self._sim_http.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
         self.redis_server.stop()
+
+    @property
+    def redis(self) -> Redis:
+        """A client of the stack's Redis (it reconnects by itself after `restart_redis`)."""
+        assert self._redis is not None, "use Stack as an async context manager"
+        return self._redis
+
+    @property
+    def store(self) -> PositionStore:
+        return PositionStore(self.redis, SystemClock())
+
+    def dump_logs(self, tail: int = 60) -> None:
+        for name in SERVICES:
+            text = self.log(name) or self.output(name)
+            if text:
+                print(f"----- {name} (last {tail} lines) -----")
+                print("\n".join(text.splitlines()[-tail:]))
 
     def settings(self) -> Settings:
         """The settings the services see (for reading Redis with the shared library)."""
@@ -110,32 +149,74 @@ class Stack:
 
     @property
     def sim_url(self) -> str:
-        return f"http://127.0.0.1:{self.sim_port}"
+        return f"{'https' if self.sim_tls else 'http'}://127.0.0.1:{self.sim_port}"
 
-    async def start(self, *names: str, wait: bool = True) -> None:
-        """Start services (in order) and wait until each one's `--check` passes."""
-        for name in names:
+    async def start(self, *names: str, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        """Start services together and wait until each one's heartbeat is fresh.
+
+        "sim" is started (and awaited) first when named: the others talk to it. `env` adds settings to
+        these services, kept for their later restarts.
+        """
+        names_left = list(names)
+        if "sim" in names_left and len(names_left) > 1:
+            names_left.remove("sim")
+            await self.start("sim", wait=True, env=env)
+        for name in names_left:
+            if env is not None:
+                self.service_env[name] = {**self.service_env.get(name, {}), **env}
+            await self.redis.delete(keys.heartbeat(name))  # a restart must not pass on its predecessor's beat
             with (self.logs / f"{name}.stdout").open("ab") as log:  # the child keeps its own descriptor
                 self.procs[name] = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
-                    [sys.executable, "-m", f"services.{name}"], cwd=self.tmp, env=self.env, stdout=log, stderr=log
+                    [sys.executable, "-m", f"services.{name}"],
+                    cwd=self.tmp,
+                    env=self.env_of(name),
+                    stdout=log,
+                    stderr=log,
                 )
-            if wait:
-                await self.wait_healthy(name)
+        if wait:
+            await asyncio.gather(*(self.wait_healthy(name) for name in names_left))
 
-    async def wait_healthy(self, name: str, timeout_s: float = 20) -> None:
+    def env_of(self, name: str) -> dict[str, str]:
+        return {**self.env, **self.service_env.get(name, {})}
+
+    async def wait_healthy(self, name: str, timeout_s: float = 30) -> None:
+        ttl_s = float(self.env["HEARTBEAT_TTL_S"])
+
         async def healthy() -> bool:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.output(name)[-3000:]}")
-            return self.check(name) == 0
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.output(name)[-3000:]}")
+            age = await heartbeat_age_s(self.redis, name, SystemClock())
+            return age is not None and age < ttl_s
 
         await eventually(healthy, timeout_s=timeout_s, interval_s=0.1)
+
+    async def restart(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Clean stop (SIGTERM) and start again, waiting for its heartbeat."""
+        self.stop(name)
+        await self.start(name, env=env)
 
     def check(self, name: str) -> int:
         """Exit code of `python -m services.NAME --check` as a user would run it."""
         return subprocess.run(
-            [sys.executable, "-m", f"services.{name}", "--check"], cwd=self.tmp, env=self.env, check=False
+            [sys.executable, "-m", f"services.{name}", "--check"], cwd=self.tmp, env=self.env_of(name), check=False
         ).returncode
+
+    def alive(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP: the process hangs (its sockets accept, nothing answers), like a stuck host."""
+        os.kill(self.procs[name].pid, signal.SIGSTOP)
+        self.paused.add(name)
+
+    def resume(self, name: str) -> None:
+        os.kill(self.procs[name].pid, signal.SIGCONT)
+        self.paused.discard(name)
 
     def stop(self, name: str) -> None:
         """SIGTERM and wait (a clean stop)."""
@@ -157,8 +238,14 @@ class Stack:
 
     async def restart_redis(self, down_s: float = 1.0) -> None:
         """Stop Redis (AOF keeps the data), wait, start it again on the same port."""
-        self.redis_server.stop()
-        await asyncio.sleep(down_s)
+        self.stop_redis()
+        await asyncio.sleep(down_s)  # the outage itself: nothing to wait for
+        self.start_redis()
+
+    def stop_redis(self, kill: bool = False) -> None:
+        self.redis_server.stop(kill=kill)
+
+    def start_redis(self) -> None:
         self.redis_server.start()
 
     # --- observations --------------------------------------------------------------------------
@@ -170,14 +257,54 @@ class Stack:
         path = self.logs / f"{name}.stdout"
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
-    async def wait_log(self, name: str, text: str, timeout_s: float = 15) -> str:
-        """Wait until `text` appears in the service's log; returns the log."""
+    def mark(self, name: str) -> int:
+        """A position in the service's log: pass it as `since` to look only at what came after."""
+        return len(self.log(name))
+
+    def lines(self, name: str, since: int = 0) -> list[str]:
+        """The log's lines as the guide prints them: `[TAG] message` (no time, no `| service:module`)."""
+        return [_message(line) for line in self.log(name)[since:].splitlines() if _LINE.match(line)]
+
+    def timed(self, name: str, since: int = 0) -> list[tuple[datetime, str]]:
+        """(time, `[TAG] message`) of each log line."""
+        out = []
+        for line in self.log(name)[since:].splitlines():
+            m = _LINE.match(line)
+            if m:
+                out.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f"), _message(line)))
+        return out
+
+    def count(self, name: str, text: str, since: int = 0) -> int:
+        """How many log lines contain `text`."""
+        return sum(text in line for line in self.lines(name, since))
+
+    async def wait_log(self, name: str, text: str, timeout_s: float = 15, since: int = 0) -> str:
+        """Wait until a line containing `text` appears in the service's log; returns that line."""
 
         def found() -> str:
-            log = self.log(name)
-            return log if text in log else ""
+            return next((line for line in self.lines(name, since) if text in line), "")
 
         return await eventually(found, timeout_s=timeout_s)
+
+    async def feed_status(self) -> FeedStatus:
+        return FeedStatus.from_redis(await self.redis.hgetall(keys.FEED_STATUS))
+
+    async def position(self, symbol: str) -> Position:
+        position = await self.store.get(symbol)
+        assert position is not None, f"no position on {symbol}"
+        return position
+
+    async def price(self, symbol: str) -> dict[str, str]:
+        return dict(await self.redis.hgetall(keys.price(symbol)))
+
+    async def wait_connected(self, connected: bool = True, timeout_s: float = 20) -> dict[str, Any]:
+        """Wait until connection-health says `websocket.connected` is `connected`; returns that answer."""
+
+        async def answer() -> dict[str, Any] | None:
+            health = await self.health()
+            return health if health["websocket"]["connected"] is connected else None
+
+        return await eventually(answer, timeout_s=timeout_s, interval_s=0.1)
 
     # --- the api, as a person would use it -----------------------------------------------------
     async def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -188,16 +315,43 @@ class Stack:
         resp.raise_for_status()
         return dict(resp.json())
 
+    async def status(self) -> dict[str, Any]:
+        resp = await self.api("GET", "/api/v1/monitoring/status")
+        resp.raise_for_status()
+        return dict(resp.json())
+
     async def open_position(self, symbol: str, side: str, quantity: int, entry: float, **levels: float) -> None:
         body = {"symbol": symbol, "side": side, "quantity": quantity, "entry_price": entry, **levels}
         resp = await self.api("POST", "/api/v1/positions", json=body)
         assert resp.status_code in (200, 201), resp.text
 
+    async def emergency_close(self, symbol: str, reason: str = "emergency") -> httpx.Response:
+        body = {"symbol": symbol, "reason": reason}
+        return await self.api("POST", "/api/v1/monitoring/emergency-close-position", json=body)
+
+    async def closes(self) -> list[dict[str, Any]]:
+        """The api's journal of closes, newest first."""
+        resp = await self.api("GET", "/api/v1/positions/closed", params={"limit": 1000})
+        resp.raise_for_status()
+        return list(resp.json()["closes"])
+
+    async def events(self, count: int = 200) -> list[dict[str, Any]]:
+        """The newest position events (the `events` stream), newest first."""
+        return await self.store.recent_events(count)
+
     # --- the simulator's controls ----------------------------------------------------------------
     async def sim(self, method: str, path: str, **kw: Any) -> Any:
-        resp = await self.http.request(method, self.sim_url + path, **kw)
+        if self._sim_http is None:
+            ca = self.env_of("sim").get("SIM_TLS_CA_PATH")
+            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if self.sim_tls and ca else True
+            self._sim_http = httpx.AsyncClient(timeout=10, verify=verify)
+        resp = await self._sim_http.request(method, self.sim_url + path, **kw)
         resp.raise_for_status()
         return resp.json()
+
+    @property
+    def sim_tls(self) -> bool:
+        return self.env_of("sim").get("SIM_TLS", "").lower() in ("1", "true", "yes")
 
     async def set_price(self, symbol: str, ltp: float) -> None:
         await self.sim("POST", "/sim/price", json={"symbol": symbol, "ltp": ltp})
@@ -205,9 +359,22 @@ class Stack:
     async def fault(self, kind: str, duration_s: float) -> None:
         await self.sim("POST", "/sim/faults", json={"kind": kind, "duration_s": duration_s})
 
-    async def orders(self) -> list[dict[str, Any]]:
+    async def sim_state(self) -> dict[str, Any]:
+        return dict(await self.sim("GET", "/sim/state"))
+
+    async def orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
         body = await self.sim("GET", "/sim/orders")
-        return list(body["data"] if isinstance(body, dict) and "data" in body else body)
+        rows = list(body["data"] if isinstance(body, dict) and "data" in body else body)
+        return [o for o in rows if symbol is None or o["trading_symbol"] == symbol]
+
+
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) (\[[A-Z]+\] .*)$")
+
+
+def _message(line: str) -> str:
+    m = _LINE.match(line)
+    text = m.group(2) if m else line
+    return text.rsplit(" | ", 1)[0]
 
 
 def elapsed(since: float) -> float:
