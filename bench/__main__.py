@@ -85,7 +85,7 @@ def main() -> int:
                                 redis_pid,
                                 source=source,
                                 symbols=symbols,
-                                duration_s=window if symbols == 5000 else knobs.s(10, 5),
+                                duration_s=window if symbols == 5000 else knobs.s(8, 4),
                                 profile_s=knobs.s(5, 3) if (source, symbols) == ("replay", 5000) else 0.0,
                             )
                     return out
@@ -105,7 +105,7 @@ def main() -> int:
                             positions=positions,
                             triggers=triggers,
                             load_ticks_per_s=10_000,
-                            timeout_s=knobs.s(40, 15),
+                            timeout_s=knobs.s(25 if positions == 1000 else 12, 10),
                             profile_s=knobs.s(8, 4) if positions == 1000 else 0.0,
                         )
                     return out

@@ -63,7 +63,9 @@ def run(
         services.wait_check("sim", env)
     else:
         port = free_port()
-        env["SIM_PORT"] = str(port)
+        # Saturated, the feed reads seconds behind the socket, so its pong waits behind buffered frames and
+        # the default 3 s ping timeout drops the link (reported as `reconnects`); give the replay more slack.
+        env.update(SIM_PORT=str(port), WS_PING_TIMEOUT_S="30")
         services.start("sim", env, module="bench.replay", args=(str(port), str(symbols)))
         # The replay answers only the authorize path; the feed needs nothing else from it.
         _wait_port(port)
@@ -79,6 +81,7 @@ def run(
         }
         for m in meters.values():
             m.start()
+        log_mark = len(services.log("feed"))
         before = command_calls(redis, "zadd", "publish")
         t0 = time.monotonic()
         time.sleep(duration_s)
@@ -95,6 +98,7 @@ def run(
             "frames_per_s": round(frames / wall),
             "ticks_per_frame": round(ticks / frames, 1) if frames else 0,
             "cpu_pct": cpu,
+            "reconnects": services.log("feed")[log_mark:].count("Reconnecting (attempt"),
         }
         if profile_s > 0:
             result["profile"] = profile.sample(feed.pid, profile_s)

@@ -116,6 +116,7 @@ def markdown(r: dict[str, Any]) -> str:
                 v["cpu_pct"]["feed"],
                 v["cpu_pct"]["source"],
                 v["cpu_pct"]["redis"],
+                v.get("reconnects", "-"),
             ]
             for v in ingest.values()
         ]
@@ -123,10 +124,22 @@ def markdown(r: dict[str, Any]) -> str:
             "## Ingest (feed process -> Redis, frames of ~100 ticks)",
             "",
             "`replay` = pre-encoded frames sent back to back (the feed's own capacity); `sim` = the simulator "
-            "asked for 50,000 ticks/s (it shares the 2 cores with the feed). CPU in % of one core.",
+            "asked for 50,000 ticks/s (it shares the 2 cores with the feed). CPU in % of one core. `drops` = "
+            "reconnects in the window (the replay runs with WS_PING_TIMEOUT_S=30: saturated, the feed reads seconds "
+            "behind the socket and its pong waits behind buffered frames, so the default 3 s drops the link).",
             "",
             _table(
-                ["source", "symbols", "ticks/s", "frames/s", "ticks/frame", "feed CPU%", "source CPU%", "redis CPU%"],
+                [
+                    "source",
+                    "symbols",
+                    "ticks/s",
+                    "frames/s",
+                    "ticks/frame",
+                    "feed CPU%",
+                    "src CPU%",
+                    "redis CPU%",
+                    "drops",
+                ],
                 rows,
             ),
             "",
