@@ -76,9 +76,7 @@ def create_app(
         try:
             yield
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await _stop(heartbeat)
             await used_broker.aclose()
             await probe_http.aclose()
             await redis.aclose()
@@ -98,6 +96,16 @@ def create_app(
     app.include_router(monitoring.router)
     app.include_router(positions.router)
     return app
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel `task` until it ends: on Python 3.11 a cancel that lands as a Redis reply arrives can be
+    swallowed inside redis-py (asyncio.wait_for's race), and the loop would then run on."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
 
 
 def _readable(errors: Any) -> list[dict[str, Any]]:

