@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from libs.common import keys
 from libs.common.models import MalformedRecord, PriceEntry
@@ -86,9 +87,20 @@ class PriceCache:
         self._ttl_s = ttl_s
         self._write = redis.register_script(_WRITE_FRAME)
         self._vouch = redis.register_script(_VOUCH)
+        # Ticks a Redis outage kept out of the cache, newest per symbol. They are written with the next
+        # frame or vouch: a price that is not ticking again (a pinned or halted one) must not be lost,
+        # and a vouch must never mark the older cached price current in its place.
+        self._unwritten: dict[str, Tick] = {}
 
     async def write_frame(self, ticks: Sequence[Tick], as_of: float, *, publish: bool = True) -> None:
-        """Store every tick of one frame and refresh its expiry, then publish one notice (one round trip)."""
+        """Store every tick of one frame and refresh its expiry, then publish one notice (one round trip).
+
+        Ticks left unwritten by an earlier RedisError go with it. Raises RedisError (the ticks are kept
+        and written by the next call or vouch).
+        """
+        if self._unwritten:
+            pending, self._unwritten = self._unwritten, {}
+            ticks = list({**pending, **{t.symbol: t for t in ticks}}.values())
         if not ticks:
             return
         notice = tick_notice(as_of, ticks) if publish else ""
@@ -97,13 +109,21 @@ class PriceCache:
         for t in ticks:
             key_list.append(keys.price(t.symbol))
             args += [t.symbol, t.ltp, t.instrument_key, "" if t.ltt_ms is None else t.ltt_ms, t.cp or ""]
-        await self._write(keys=key_list, args=args)
+        try:
+            await self._write(keys=key_list, args=args)
+        except RedisError:
+            # Keep them for the next call; a newer tick that arrived meanwhile wins.
+            self._unwritten = {**{t.symbol: t for t in ticks}, **self._unwritten}
+            raise
 
     async def vouch(self, symbols: Iterable[str], as_of: float) -> int:
         """Mark the cached prices of `symbols` current as of `as_of` (healthy feed, quiet symbol).
 
-        Returns how many symbols had a price to vouch for.
+        Returns how many symbols had a price to vouch for. Ticks an earlier Redis outage left unwritten are
+        written first (as of `as_of`). Raises RedisError.
         """
+        if self._unwritten:
+            await self.write_frame([], as_of)
         symbols = list(symbols)
         if not symbols:
             return 0
