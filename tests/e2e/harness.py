@@ -46,6 +46,7 @@ from libs.common.settings import Settings
 from tests.helpers import RedisServer, eventually, free_port
 
 SERVICES = ("sim", "feed", "monitor", "api")
+_STOP_ORDER = ("api", "monitor", "feed", "sim")
 
 # Time compressed so a scenario takes seconds; a test overrides what it needs.
 FAST = {
@@ -112,7 +113,7 @@ class Stack:
             self.dump_logs()  # pytest shows it with the failure
         for name in list(self.paused):
             self.resume(name)
-        for name in list(self.procs):
+        for name in sorted(self.procs, key=_STOP_ORDER.index):  # the simulator last: the others talk to it
             self.stop(name)
         await self.http.aclose()
         if self._sim_http is not None:
