@@ -1,0 +1,134 @@
+"""Processes killed with SIGKILL: the feed (the monitor falls back), the monitor mid-close (reconciled, never
+closed twice), the api (no state lost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from libs.common.broker import UpstoxBroker
+from libs.common.closing import close_tag
+from libs.common.models import CloseReason, PositionState
+from tests.e2e.harness import Stack
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_killed_feed_switches_the_monitor_to_fallback(tmp_path: Path) -> None:
+    """`kill -9` the feed: its heartbeat expires, the monitor decides on cached prices; a restart is live again."""
+    async with Stack(tmp_path) as stack:
+        await stack.start("sim", "feed", "monitor", "api")
+        await stack.set_price("BOSCHLTD", 720.0)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"))
+        await stack.wait_connected(True)
+        mark = stack.mark("monitor")
+
+        stack.kill("feed")
+        await stack.wait_log("monitor", "Feed is not live: checking SL/TP on cached prices", since=mark)
+        health = await stack.wait_connected(False)
+        assert health["websocket"]["feed_alive"] is False
+        assert stack.check("feed") == 1  # `python -m services.feed --check`, as a healthcheck runs it
+        # The feed:status hash still says connected (nobody wrote it): the heartbeat is what tells.
+        assert (await stack.feed_status()).connected is True
+
+        resp = await stack.api("PATCH", "/api/v1/positions/BOSCHLTD", json={"stop_loss": 725.0})
+        assert resp.status_code == 200, resp.text
+        await stack.wait_log("monitor", "[SL] BOSCHLTD: Price ₹720.00 <= SL ₹725.00 (FALLBACK)", since=mark)
+        await eventually(lambda: _state_is(stack, "BOSCHLTD", PositionState.CLOSED), timeout_s=10)
+        assert len(await stack.orders("BOSCHLTD")) == 1
+
+        await stack.start("feed")
+        await stack.wait_connected(True)
+        await stack.wait_log("monitor", "Feed is live: checking SL/TP on live prices", since=mark)
+        assert stack.check("feed") == 0
+    assert stack.count("monitor", "[SL] BOSCHLTD") == 1
+
+
+async def test_monitor_killed_mid_close_is_reconciled_never_closed_twice(tmp_path: Path) -> None:
+    """`kill -9` the monitor while its close order is in flight; on restart the close is reconciled by tag."""
+    # A claim younger than MONITOR_STUCK_CLOSE_S may be a close still running elsewhere: compressed to 2 s.
+    async with Stack(tmp_path, MONITOR_STUCK_CLOSE_S="2") as stack:
+        await stack.start("sim", "feed", "monitor", "api")
+        for symbol, ltp in (("BOSCHLTD", 720.0), ("KAYNES", 200.0), ("SBIN", 800.0)):
+            await stack.set_price(symbol, ltp)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await stack.open_position("KAYNES", "long", 10, 195.0, stop_loss=190.0)
+        await stack.open_position("SBIN", "long", 5, 810.0, stop_loss=790.0)
+        await eventually(lambda: _ltp_is(stack, "SBIN", "800.00"))
+        mark = stack.mark("monitor")
+
+        # 1. A real kill inside the window: the broker host hangs (SIGSTOP), so the monitor's order is sent
+        #    but unanswered while the position is claimed. Then the monitor dies, the broker comes back.
+        stack.pause("sim")
+        resp = await stack.api("PATCH", "/api/v1/positions/BOSCHLTD", json={"stop_loss": 725.0})
+        assert resp.status_code == 200, resp.text
+        await stack.wait_log("monitor", "[SL] BOSCHLTD: Price ₹720.00 <= SL ₹725.00", since=mark)
+        await eventually(lambda: _state_is(stack, "BOSCHLTD", PositionState.CLOSING), timeout_s=5)
+        stack.kill("monitor")
+        stack.resume("sim")
+        await stack.sim_state()  # the simulator is answering again (it handles what was queued first)
+
+        # 2. The same crash state made by hand for both outcomes: KAYNES claimed and its tagged order filled,
+        #    SBIN claimed with no order sent (and its price now below SL).
+        claim_id, kaynes = await stack.store.claim("KAYNES", CloseReason.STOP_LOSS)
+        broker = UpstoxBroker(stack.settings())
+        try:
+            fill = await broker.close(kaynes, close_tag(claim_id), None)
+        finally:
+            await broker.aclose()
+        await stack.set_price("SBIN", 780.0)
+        await eventually(lambda: _ltp_is(stack, "SBIN", "780.00"))
+        await stack.store.claim("SBIN", CloseReason.STOP_LOSS)
+        in_flight = {s: len(await stack.orders(s)) for s in ("BOSCHLTD", "KAYNES", "SBIN")}
+        assert in_flight["KAYNES"] == 1 and in_flight["SBIN"] == 0 and in_flight["BOSCHLTD"] in (0, 1)
+
+        await stack.start("monitor")
+        for symbol in ("BOSCHLTD", "KAYNES", "SBIN"):
+            await eventually(lambda s=symbol: _state_is(stack, s, PositionState.CLOSED), timeout_s=20)
+        await stack.wait_log("monitor", "Reconciled KAYNES: the broker had filled its close", since=mark)
+        await stack.wait_log("monitor", "Reconciled SBIN: no filled order carries its close tag", since=mark)
+        await stack.wait_log("monitor", "[SL] SBIN: Price ₹780.00 <= SL ₹790.00", since=mark)
+        for symbol in ("BOSCHLTD", "KAYNES", "SBIN"):
+            orders = await stack.orders(symbol)
+            assert len(orders) == 1, (symbol, orders)  # never closed twice
+        closes = {c["symbol"]: c for c in await stack.closes()}
+        assert sorted(closes) == ["BOSCHLTD", "KAYNES", "SBIN"]
+        assert closes["KAYNES"]["order_id"] == fill.order_id and closes["KAYNES"]["closed_by"] == "reconcile"
+        # BOSCHLTD: whichever way the killed request went, one order and one close.
+        if in_flight["BOSCHLTD"] == 1:
+            assert closes["BOSCHLTD"]["closed_by"] == "reconcile"
+        else:
+            assert stack.count("monitor", "Reconciled BOSCHLTD: no filled order", since=mark) == 1
+
+        # 3. The api: killed and restarted, it serves the same positions and journal (all state is in Redis).
+        await stack.open_position("RELIANCE", "long", 1, 1400.0, stop_loss=1300.0)
+        before = [await _get(stack, "/api/v1/positions"), await _get(stack, "/api/v1/positions/closed")]
+        stack.kill("api")
+        await stack.start("api")
+        after = [await _get(stack, "/api/v1/positions"), await _get(stack, "/api/v1/positions/closed")]
+        for rows in (before[0], after[0]):
+            for row in rows["positions"]:
+                row.pop("price_age_seconds"), row.pop("ltp"), row.pop("unrealized_pnl")  # move with the market
+        assert after == before and len(after[1]["closes"]) == 3
+        resp = await stack.emergency_close("RELIANCE")
+        assert resp.status_code == 200 and resp.json()["message"] == "Position RELIANCE closed successfully"
+
+
+# --- small readers -------------------------------------------------------------------------------
+
+
+async def _ltp_is(stack: Stack, symbol: str, ltp: str) -> bool:
+    return (await stack.price(symbol)).get("ltp") == ltp
+
+
+async def _state_is(stack: Stack, symbol: str, state: PositionState) -> bool:
+    return (await stack.position(symbol)).state is state
+
+
+async def _get(stack: Stack, path: str) -> dict[str, object]:
+    resp = await stack.api("GET", path)
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
