@@ -119,7 +119,7 @@ def _readable(errors: Any) -> list[dict[str, Any]]:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = _readable(exc.errors())
-    message = "; ".join(f"{'.'.join(e['loc'][1:] or e['loc'])}: {e['msg']}" for e in errors)
+    message = "; ".join(f"{'.'.join(e['loc'][1:])}: {e['msg']}" if e["loc"][1:] else e["msg"] for e in errors)
     return JSONResponse({"detail": errors, "message": message or "invalid request"}, status_code=422)
 
 

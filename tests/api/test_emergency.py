@@ -181,7 +181,7 @@ async def test_the_same_idempotency_key_returns_the_first_result(
     assert later.headers["Idempotent-Replayed"] == "true"
     assert broker.orders == 1
     assert other.status_code == 422
-    assert "different request" in other.json()["detail"]
+    assert other.json()["message"] == "Idempotency-Key: this Idempotency-Key was used for a different request"
     assert fresh_key.status_code == 409  # a new key acts again, and the position is already closed
     assert await redis.ttl(keys.idempotency("close-bosch-1")) > 86000
 

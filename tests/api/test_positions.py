@@ -75,9 +75,7 @@ async def test_invalid_positions_are_422_with_a_readable_message(
 ) -> None:
     resp = await client.post(POSITIONS, json={**BOSCH, **changes})
     assert resp.status_code == 422
-    body = resp.json()
-    text = body.get("message") or body["detail"]
-    assert words in text
+    assert words in resp.json()["message"]
 
 
 async def test_a_second_open_is_409(client: httpx.AsyncClient) -> None:
@@ -97,7 +95,7 @@ async def test_patch_moves_levels_until_closed(client: httpx.AsyncClient, redis:
 
     wrong_side = await client.patch(f"{POSITIONS}/BOSCHLTD", json={"stop_loss": 750})
     assert wrong_side.status_code == 422
-    assert "stop_loss must be below entry_price" in wrong_side.json()["detail"]
+    assert "stop_loss must be below entry_price" in wrong_side.json()["message"]
     assert (await client.patch(f"{POSITIONS}/BOSCHLTD", json={})).status_code == 422
 
     await write_prices(redis, time.time(), {"BOSCHLTD": "705.00"})

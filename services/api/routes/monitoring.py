@@ -7,7 +7,6 @@ import time
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Header, HTTPException, Query
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
 from redis.exceptions import RedisError
@@ -32,6 +31,7 @@ from services.api.schemas import (
     Status,
     TokenStatus,
     ValidationErrorOut,
+    unprocessable,
 )
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
@@ -49,9 +49,7 @@ def _symbols(raw: str | None) -> list[str] | None:
     wanted = [s.strip() for s in raw.split(",") if s.strip()]
     bad = [s for s in wanted if not _SYMBOL.match(s)]
     if bad:
-        raise RequestValidationError(
-            [{"type": "value_error", "loc": ("query", "symbols"), "msg": f"not a trading symbol: {bad[0][:50]!r}"}]
-        )
+        raise unprocessable(f"not a trading symbol: {bad[0][:50]!r}", "query", "symbols")
     return wanted
 
 
@@ -72,6 +70,7 @@ async def connection_health(
     response_model=EmergencyCloseResponse,
     dependencies=[ApiKey],
     responses={
+        400: {"model": ErrorOut, "description": "the body is not readable JSON"},
         401: {"model": ErrorOut, "description": "API key required"},
         404: {"model": ErrorOut, "description": "no open position for the symbol"},
         409: {"model": ErrorOut, "description": "already closing or closed (or the same Idempotency-Key is running)"},
@@ -95,7 +94,9 @@ async def emergency_close_position(
         except KeyInProgress:
             raise HTTPException(409, "a request with this Idempotency-Key is still in progress; retry") from None
         except KeyReused:
-            raise HTTPException(422, "this Idempotency-Key was used for a different request") from None
+            raise unprocessable(
+                "this Idempotency-Key was used for a different request", "header", "Idempotency-Key"
+            ) from None
         if stored is not None:
             return JSONResponse(stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import ValidationError
 
 from libs.common.clock import ist_iso
@@ -22,6 +22,7 @@ from services.api.schemas import (
     PositionOut,
     UpdateLevelsRequest,
     ValidationErrorOut,
+    unprocessable,
 )
 
 router = APIRouter(prefix="/api/v1/positions", tags=["positions"])
@@ -30,6 +31,7 @@ SymbolPath = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z
 _422: dict[int | str, dict[str, Any]] = {422: {"model": ValidationErrorOut, "description": "invalid request"}}
 _MUTATING: dict[int | str, dict[str, Any]] = {
     **_422,
+    400: {"model": ErrorOut, "description": "the body is not readable JSON"},
     401: {"model": ErrorOut, "description": "API key required"},
     413: {"model": ErrorOut, "description": "body too large"},
 }
@@ -40,10 +42,6 @@ def _level(entry: Paise, side: Side, pct: float, *, stop: bool) -> Paise:
     below = stop == (side is Side.LONG)
     factor = Decimal(1) - Decimal(str(pct)) / 100 if below else Decimal(1) + Decimal(str(pct)) / 100
     return to_paise(Decimal(entry) / 100 * factor)
-
-
-def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -121,7 +119,7 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
     """Register an open position with SL/TP (absolute rupees or percentages of entry); the feed subscribes it."""
     instrument_key = body.instrument_key or res.instruments.key_of(body.symbol)
     if instrument_key is None:
-        raise _unprocessable(f"unknown symbol {body.symbol}: give its instrument_key (e.g. NSE_EQ|INE323A01026)")
+        raise unprocessable(f"unknown symbol {body.symbol}: give its instrument_key (e.g. NSE_EQ|INE323A01026)")
     entry = to_paise(body.entry_price)
     stop_loss = to_paise(body.stop_loss) if body.stop_loss is not None else None
     take_profit = to_paise(body.take_profit) if body.take_profit is not None else None
@@ -141,7 +139,7 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
             opened_at=res.clock.now(),
         )
     except ValidationError as exc:
-        raise _unprocessable(_validation_message(exc)) from None
+        raise unprocessable(_validation_message(exc)) from None
     try:
         await res.store.open(position)
     except PositionConflict as exc:
@@ -179,6 +177,6 @@ async def update_levels(symbol: SymbolPath, body: UpdateLevelsRequest, res: Res)
     except PositionConflict as exc:
         raise HTTPException(409, f"position {symbol} is {exc.state}; its levels can no longer move") from None
     except ValidationError as exc:
-        raise _unprocessable(_validation_message(exc)) from None
+        raise unprocessable(_validation_message(exc)) from None
     price = await res.cache.read([symbol])
     return _out(updated, price[symbol], res.clock.now())
