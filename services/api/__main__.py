@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 from loguru import logger
@@ -12,13 +15,31 @@ from libs.common.settings import Settings
 from services.api.app import create_app
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: run_service owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def main(settings: Settings) -> None:
     app = create_app(settings)  # raises ConfigError (exit 2) beyond loopback without API_KEY
     config = uvicorn.Config(
         app, host=settings.api_host, port=settings.api_port, log_config=None, access_log=False, lifespan="on"
     )
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(), name="api-uvicorn")
     logger.info(f"api listening on http://{settings.api_host}:{settings.api_port} (docs at /docs)")
-    await uvicorn.Server(config).serve()
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        # SIGTERM: let uvicorn finish in-flight requests and run the lifespan's shutdown.
+        server.should_exit = True
+        await serving
+        raise
+    if not server.started:
+        raise SystemExit(f"api could not listen on {settings.api_host}:{settings.api_port}")
 
 
 if __name__ == "__main__":

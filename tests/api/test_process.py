@@ -1,0 +1,107 @@
+"""The api as a real process (`python -m services.api`) closing through the simulator's REST broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from libs.common.settings import Settings
+from services.sim.server import running_simulator
+from tests.helpers import eventually, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTOX_", "API_", "SIM_", "REDIS_", "BROKER"))}
+    return {**keep, "REDIS_URL": settings.redis_url, "LOG_LEVEL": "INFO", **extra}
+
+
+@contextmanager
+def api_process(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+async def test_emergency_close_end_to_end_through_the_simulator(settings: Settings, redis: Redis) -> None:
+    sim_settings = settings.model_copy(update={"sim_port": free_port()})
+    async with running_simulator(sim_settings, rest_port=sim_settings.sim_port) as sim:
+        sim.market.set_price("BOSCHLTD", 57500)
+        port = free_port()
+        env = _env(settings, API_PORT=str(port), SIM_HOST="127.0.0.1", SIM_PORT=str(sim_settings.sim_port))
+        with api_process(env) as proc:
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+
+                async def up() -> bool:
+                    assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                    try:
+                        return (await http.get("/api/v1/monitoring/status")).status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                await eventually(up, timeout_s=20, interval_s=0.1)
+                status = (await http.get("/api/v1/monitoring/status")).json()
+                assert status["market"] == "simulator"
+                assert status["token"]["valid"] is True
+                assert status["services"]["api"]["alive"] is True
+
+                body = {"symbol": "BOSCHLTD", "side": "long", "quantity": 10, "entry_price": 735, "stop_loss": 698.25}
+                assert (await http.post("/api/v1/positions", json=body)).status_code == 201
+                resp = await http.post(
+                    "/api/v1/monitoring/emergency-close-position", json={"symbol": "BOSCHLTD", "reason": "emergency"}
+                )
+                assert resp.status_code == 200, resp.text
+                closed = resp.json()
+                assert closed["message"] == "Position BOSCHLTD closed successfully"
+                assert closed["price_source"] == "broker"  # no feed running: nothing cached
+                assert closed["exit_price"] == pytest.approx(575.0, abs=5)
+                assert closed["pnl"] == pytest.approx((closed["exit_price"] - 735) * 10)
+                orders = (await http.get(f"http://127.0.0.1:{sim_settings.sim_port}/sim/orders")).json()
+                assert len(orders if isinstance(orders, list) else orders["orders"]) == 1
+
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 10)
+            output = proc.stdout.read() if proc.stdout else ""
+            assert proc.returncode == 0, output
+            assert "Position BOSCHLTD closed successfully" in output
+            assert sim.token not in output
+
+
+def test_beyond_loopback_without_api_key_exits_2_with_one_line(settings: Settings) -> None:
+    env = _env(settings, API_HOST="0.0.0.0", API_PORT=str(free_port()))
+    done = subprocess.run(
+        [sys.executable, "-m", "services.api"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 2
+    errors = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1
+    assert "API_KEY must be set when API_HOST is '0.0.0.0'" in errors[0]
+
+
+def test_check_fails_without_a_heartbeat(settings: Settings) -> None:
+    command = [sys.executable, "-m", "services.api", "--check"]
+    done = subprocess.run(command, env=_env(settings), capture_output=True, timeout=30, check=False)
+    assert done.returncode == 1
