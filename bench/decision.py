@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
 from bench import profile
-from bench.env import CpuMeter, Services, percentiles
+from bench.env import CpuMeter, Knobs, Services, percentiles, private_redis
 from libs.common import keys
 from libs.common.clock import SystemClock
 from libs.common.models import Position, Side
@@ -168,3 +171,34 @@ def run(
         services.stop("monitor")
         services.stop("load")
         os.unlink(symbols_file)
+
+
+def main() -> int:
+    """`python -m bench.decision [POSITIONS ...]`: only this section, on its own private Redis (quick windows
+    with BENCH_QUICK=1), printed as JSON; the figures to trust are ratios between back-to-back runs."""
+    knobs = Knobs(quick=os.environ.get("BENCH_QUICK", "") not in ("", "0"))
+    sizes = [int(a) for a in sys.argv[1:]] or [1000, 100, 10000]
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="guard-bench-") as tmp, private_redis(Path(tmp)) as server:
+        services = Services(server.url, Path(tmp))
+        try:
+            for positions in sizes:
+                out[str(positions)] = run(
+                    services,
+                    server.url,
+                    positions=positions,
+                    triggers=knobs.n(2000 if positions == 1000 else 500, 300 if positions == 1000 else 150),
+                    load_ticks_per_s=10_000,
+                    timeout_s=knobs.s(25 if positions == 1000 else 12, 10),
+                    profile_s=float(os.environ.get("BENCH_PROFILE_S", "0")),
+                )
+                print(json.dumps({str(positions): out[str(positions)]}), flush=True)
+        finally:
+            services.stop_all()
+            if os.environ.get("BENCH_LOGS"):  # keep the services' logs for a look afterwards
+                shutil.copytree(Path(tmp) / "logs", os.environ["BENCH_LOGS"], dirs_exist_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
