@@ -55,9 +55,18 @@ def run_service(
 async def _supervise(name: str, main: Callable[[Settings], Awaitable[None]], settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(main(settings))
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop.set)
     logger.info(f"{name} started")
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    # Cancel until it ends: on Python 3.11 asyncio.wait_for (used inside redis-py) can swallow a cancel
+    # that lands just as a reply arrives, and one cancel would then leave the service running.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
     with contextlib.suppress(asyncio.CancelledError):
-        await task
+        task.result()
     logger.info(f"{name} stopped")
