@@ -97,11 +97,12 @@ up() {
     "$ROOT/.venv/bin/supervisord" -c "$CONF"
   fi
   wait_healthy
+  local api; api="http://$(setting s.api_host):$(setting s.api_port)"
   cat <<TXT
 
 Up (local processes under supervisord). Try:
-  curl -s http://127.0.0.1:8000/api/v1/monitoring/connection-health | jq
-  curl -s http://127.0.0.1:8000/api/v1/monitoring/status | jq
+  curl -s $api/api/v1/monitoring/connection-health | jq
+  curl -s $api/api/v1/monitoring/status | jq
   redis-cli HGETALL price:BOSCHLTD
   make logs            # every service, prefixed      make logs-feed | logs-monitor | logs-api | logs-sim
   make demo-outage     # the guide's Example 1 on the simulator
