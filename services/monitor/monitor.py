@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 from collections.abc import Callable
@@ -88,9 +89,18 @@ class Monitor:
         self._jitter = jitter
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
-        self._done_at: dict[str, float] = {}  # monotonic s a close ended here: a sweep read before it is stale
+        # Change numbers order what happened here (a clock can stand still between two of them):
+        self._changes = itertools.count(1)
+        self._inflight_since: dict[str, int] = {}  # when each close or reconcile in flight began
+        # when an event or a close here last changed what the tick path knows of a symbol: a sweep whose read
+        # began before that is older news for it
+        self._touched: dict[str, int] = {}
+        self._opened: dict[str, int] = {}  # when the last "opened" event of each symbol arrived
+        self._last_sweep_began = 0
         self._background: set[asyncio.Task[None]] = set()
         self._refreshing: set[str] = set()
+        self._refresh_again: set[str] = set()
+        self._pending: dict[str, list[tuple[str, float]]] = {}  # notice prices seen while a refresh was in flight
         self._unmonitored: set[str] = set()
         self._fallback_logged_at: dict[str, float] = {}
         self._reported_bad: dict[str, str] = {}  # key -> the malformed-record error last reported
@@ -153,6 +163,7 @@ class Monitor:
     async def sweep_once(self) -> SweepReport:
         """Check every open position on its cached price once; start closes, retries and reconciles as due."""
         started = self._clock.monotonic()
+        began = next(self._changes)
         now = self._clock.now()
         report = SweepReport(feed_live=await self.feed_live())
         self._note_feed(report.feed_live)
@@ -165,11 +176,14 @@ class Monitor:
                 continue
             self._reported_bad.pop(keys.position(symbol), None)
             positions[symbol] = item
-        fresh = {
-            s: p
-            for s, p in positions.items()
-            if p.state is PositionState.OPEN and self._done_at.get(s, float("-inf")) < started
-        }
+        fresh = {s: p for s, p in positions.items() if p.state is PositionState.OPEN}
+        for symbol, touched in self._touched.items():
+            if touched > began:  # an event or a close told the tick path something newer than this read
+                known = self._watch.get(symbol)
+                if known is None:
+                    fresh.pop(symbol, None)
+                else:
+                    fresh[symbol] = known
         self._watch = fresh
         for symbol, position in positions.items():
             if position.state is PositionState.CLOSING:
@@ -179,6 +193,7 @@ class Monitor:
                 continue
             if symbol not in fresh:
                 continue
+            position = fresh[symbol]
             report.checked += 1
             cached = snapshot.prices.get(symbol)
             if isinstance(cached, MalformedRecord):
@@ -206,7 +221,9 @@ class Monitor:
                 await self._price_back(position, view)
             if self._evaluate(position, view, now):
                 report.triggered += 1
-        self._done_at = {s: t for s, t in self._done_at.items() if t >= started - 60.0}
+        # older changes are in this read; keep one sweep's worth more for a sweep still running (tests overlap them)
+        self._touched = {s: n for s, n in self._touched.items() if n > self._last_sweep_began}
+        self._last_sweep_began = began
         report.duration_ms = (self._clock.monotonic() - started) * 1000
         self.sweeps += 1
         return report
@@ -276,6 +293,9 @@ class Monitor:
         except (ValueError, KeyError, TypeError):
             self.bad_notices += 1
             return 0
+        for symbol in self._refreshing:  # decided as soon as its refresh lands
+            if symbol in prices:
+                self._pending.setdefault(symbol, []).append((prices[symbol], as_of))
         watch = self._watch
         if not watch:
             return 0
@@ -307,7 +327,7 @@ class Monitor:
             if view.fallback:
                 self._log_fallback_throttled(symbol, view)
             return False
-        if symbol in self._inflight:
+        if self._busy(symbol):
             return False
         if position.next_attempt_at is not None and now < position.next_attempt_at:
             return False
@@ -333,12 +353,24 @@ class Monitor:
             self._fallback_logged_at[symbol] = mono
             tagged("FALLBACK").info(fallback_line(symbol, view))
 
+    def _busy(self, symbol: str) -> bool:
+        """A close or reconcile of this symbol's current position is running here.
+
+        One begun before the symbol's last "opened" event is finishing a previous position: an open needs the
+        old one closed in Redis first, so it holds nothing back.
+        """
+        if symbol not in self._inflight:
+            return False
+        return self._inflight_since[symbol] > self._opened.get(symbol, 0)
+
     def _track(self, symbol: str, task: asyncio.Task[None]) -> None:
         self._inflight[symbol] = task
+        self._inflight_since[symbol] = next(self._changes)
 
         def _done(t: asyncio.Task[None]) -> None:
             if self._inflight.get(symbol) is t:
                 del self._inflight[symbol]
+                del self._inflight_since[symbol]
 
         task.add_done_callback(_done)
 
@@ -346,6 +378,7 @@ class Monitor:
 
     async def _close(self, position: Position, request: CloseRequest) -> None:
         symbol = position.symbol
+        begun = next(self._changes)
         now = self._clock.now()
         delay_s = retry_delay_s(
             position.close_attempts, self._settings.close_retry_base_s, self._settings.close_retry_max_s, self._jitter()
@@ -355,13 +388,13 @@ class Monitor:
         except (PositionConflict, PositionNotFound) as exc:
             state = exc.state if isinstance(exc, PositionConflict) else "gone"
             logger.info(f"{symbol} is already {state}; the monitor does not close it again")
-            self._forget(symbol)
+            self._forget(symbol, begun)
         except BrokerOutcomeUnknown as exc:
             logger.error(
                 f"Close of {symbol} unconfirmed: {exc}; it stays closing and is settled with the broker by its "
                 f"order tag within {self._settings.monitor_stuck_close_s:g}s"
             )
-            self._forget(symbol)
+            self._forget(symbol, begun)
             await self._note_broker_error(str(exc), now)
         except BrokerError as exc:
             attempt = position.close_attempts + 1
@@ -371,6 +404,7 @@ class Monitor:
             self._watch[symbol] = position.model_copy(
                 update={"next_attempt_at": now + delay_s, "close_attempts": attempt, "last_error": str(exc)}
             )
+            self._touched[symbol] = next(self._changes)
             await self._note_broker_error(str(exc), now)
         except RedisError as exc:
             # The claim may be held with no order sent: the stuck-close reconcile settles it once Redis is back.
@@ -379,7 +413,7 @@ class Monitor:
             logger.exception(f"Close of {symbol} failed unexpectedly; the sweep will look at it again")
         else:
             logger.success(closed_line(record))
-            self._forget(symbol)
+            self._forget(symbol, begun)
 
     async def _note_broker_error(self, error: str, now: float) -> None:
         """Keep the last broker error where the api's status shows it."""
@@ -389,9 +423,13 @@ class Monitor:
                 mapping={"monitor.last_broker_error": error[:500], "monitor.last_broker_error_at": repr(now)},
             )
 
-    def _forget(self, symbol: str) -> None:
+    def _forget(self, symbol: str, begun: int) -> None:
+        """Drop the position a close or reconcile (begun at change `begun`) settled, unless the symbol was
+        opened again since (its "opened" event can arrive before that close's task ends)."""
+        if self._opened.get(symbol, 0) > begun:
+            return
         self._watch.pop(symbol, None)
-        self._done_at[symbol] = self._clock.monotonic()
+        self._touched[symbol] = next(self._changes)
 
     def _spawn_reconcile(self, position: Position) -> None:
         self._track(
@@ -400,6 +438,7 @@ class Monitor:
 
     async def _reconcile(self, position: Position) -> None:
         symbol = position.symbol
+        begun = next(self._changes)
         try:
             record = await self._closer.reconcile(position)
         except BrokerError as exc:
@@ -410,7 +449,7 @@ class Monitor:
             return
         if record is not None:
             logger.success(f"Reconciled {symbol}: the broker had filled its close. " + closed_line(record))
-            self._forget(symbol)
+            self._forget(symbol, begun)
         else:
             logger.warning(f"Reconciled {symbol}: no filled order carries its close tag; position reopened")
 
@@ -425,23 +464,65 @@ class Monitor:
             return
         if kind in _FORGET_ON:
             self._watch.pop(symbol, None)
-        elif kind in _REFRESH_ON and symbol not in self._refreshing:
-            self._refreshing.add(symbol)
-            task = asyncio.create_task(self._refresh(symbol), name=f"monitor.refresh.{symbol}")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._touched[symbol] = next(self._changes)
+        elif kind == "opened" and self._learn_opened(symbol, event.get("position")):
+            return
+        elif kind in _REFRESH_ON:
+            self._start_refresh(symbol)
+
+    def _learn_opened(self, symbol: str, data: Any) -> bool:
+        """Watch a new position from its "opened" event (the record as written), with no round trip: pub/sub
+        delivers it before any tick notice published after it, so the tick path knows it in time."""
+        if not isinstance(data, dict):
+            return False
+        try:
+            fields = {k: v for k, v in data.items() if v is not None}
+            for name in ("entry_price", "stop_loss", "take_profit"):
+                if name in fields:
+                    fields[name] = to_paise(fields[name])
+            position = Position.model_validate(fields)
+        except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+            return False
+        if position.symbol != symbol or position.state is not PositionState.OPEN:
+            return False
+        change = next(self._changes)
+        self._opened[symbol] = change
+        self._touched[symbol] = change
+        self._watch[symbol] = position
+        return True
+
+    def _start_refresh(self, symbol: str) -> None:
+        if symbol in self._refreshing:
+            self._refresh_again.add(symbol)  # the read in flight may predate this change
+            return
+        self._refreshing.add(symbol)
+        task = asyncio.create_task(self._refresh(symbol), name=f"monitor.refresh.{symbol}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _refresh(self, symbol: str) -> None:
         try:
             position = await self._store.get(symbol)
         except (MalformedRecord, RedisError):
+            self._pending.pop(symbol, None)
             return  # the sweep reports it
         finally:
             self._refreshing.discard(symbol)
-        if position is not None and position.state is PositionState.OPEN and symbol not in self._inflight:
+        pending = self._pending.pop(symbol, [])
+        self._touched[symbol] = next(self._changes)
+        if position is not None and position.state is PositionState.OPEN and not self._busy(symbol):
             self._watch[symbol] = position
+            now = self._clock.now()
+            for ltp, as_of in pending:  # notices that arrived during the read, in order
+                with contextlib.suppress(ValueError):
+                    view = PriceView(to_paise(ltp), PriceSource.LIVE, max(0.0, now - as_of))
+                    if self._evaluate(position, view, now):
+                        break
         elif position is None or position.state is not PositionState.OPEN:
             self._watch.pop(symbol, None)
+        if symbol in self._refresh_again:
+            self._refresh_again.discard(symbol)
+            self._start_refresh(symbol)
 
     def request_sweep(self) -> None:
         """Run the next sweep now instead of at the next interval."""
