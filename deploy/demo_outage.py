@@ -93,7 +93,7 @@ def main(kind: str) -> None:
         print("\nWhat to look at:")
         print('  grep -hE "\\[FALLBACK\\]|\\[SL\\]|\\[TP\\]|closed successfully" logs/monitor.log | tail')
         print('  grep -h "\\[VERBOSE\\] Reconnecting" logs/feed.log | tail')
-        print("  curl -s http://127.0.0.1:8000/api/v1/positions/closed | jq")
+        print(f"  curl -s {api}/api/v1/positions/closed | jq")
 
 
 if __name__ == "__main__":
