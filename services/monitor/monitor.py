@@ -46,7 +46,7 @@ from services.monitor.decision import (
     trigger_tag,
     view_of,
 )
-from services.monitor.snapshot import SnapshotReader
+from services.monitor.snapshot import CachedPrice, SnapshotReader
 
 SERVICE = "monitor"
 # Events that may change what the tick path must know about a symbol's position.
@@ -167,66 +167,77 @@ class Monitor:
         now = self._clock.now()
         report = SweepReport(feed_live=await self.feed_live())
         self._note_feed(report.feed_live)
-        snapshot = await self._snapshots.read()
-        positions: dict[str, Position] = {}
-        for symbol, item in snapshot.positions.items():
-            if isinstance(item, MalformedRecord):
-                report.malformed += 1
-                await self._report_malformed(symbol, item)
-                continue
-            self._reported_bad.pop(keys.position(symbol), None)
-            positions[symbol] = item
-        fresh = {s: p for s, p in positions.items() if p.state is PositionState.OPEN}
+        fresh: dict[str, Position] = {}
+        async for part in self._snapshots.read_slices():  # the event loop runs between slices
+            positions: dict[str, Position] = {}
+            for symbol, item in part.positions.items():
+                if isinstance(item, MalformedRecord):
+                    report.malformed += 1
+                    await self._report_malformed(symbol, item)
+                    continue
+                self._reported_bad.pop(keys.position(symbol), None)
+                positions[symbol] = item
+                if item.state is PositionState.OPEN:
+                    fresh[symbol] = item
+            for symbol, position in positions.items():
+                if position.state is PositionState.CLOSING:
+                    if self._stuck(position, now):
+                        report.reconciling += 1
+                        self._spawn_reconcile(position)
+                    continue
+                if position.state is not PositionState.OPEN:
+                    continue
+                if self._touched.get(symbol, 0) > began:  # an event or a close told the tick path newer news
+                    known = self._watch.get(symbol)
+                    if known is None:
+                        continue
+                    position = known
+                report.checked += 1
+                await self._check(position, part.prices.get(symbol), report, now)
         for symbol, touched in self._touched.items():
-            if touched > began:  # an event or a close told the tick path something newer than this read
+            if touched > began:  # what the tick path learned after this read began is newer than the read
                 known = self._watch.get(symbol)
                 if known is None:
                     fresh.pop(symbol, None)
                 else:
                     fresh[symbol] = known
         self._watch = fresh
-        for symbol, position in positions.items():
-            if position.state is PositionState.CLOSING:
-                if self._stuck(position, now):
-                    report.reconciling += 1
-                    self._spawn_reconcile(position)
-                continue
-            if symbol not in fresh:
-                continue
-            position = fresh[symbol]
-            report.checked += 1
-            cached = snapshot.prices.get(symbol)
-            if isinstance(cached, MalformedRecord):
-                report.malformed += 1
-                self._report_bad_once(keys.price(symbol), str(cached))
-                continue
-            view = None
-            if cached is not None:
-                view = view_of(
-                    cached.ltp,
-                    cached.as_of,
-                    now,
-                    feed_live=report.feed_live,
-                    stale_after_s=self._settings.price_stale_after_s,
-                    expire_after_s=self._settings.price_cache_ttl_s,
-                )
-            if view is None:
-                # A position opened a moment ago on a live feed is waiting for its first tick, not unmonitored.
-                if report.feed_live and now - position.opened_at < self._settings.price_stale_after_s:
-                    continue
-                report.unmonitored += 1
-                await self._lost_price(position, now)
-                continue
-            if symbol in self._unmonitored or position.unmonitored_since is not None:
-                await self._price_back(position, view)
-            if self._evaluate(position, view, now):
-                report.triggered += 1
         # older changes are in this read; keep one sweep's worth more for a sweep still running (tests overlap them)
         self._touched = {s: n for s, n in self._touched.items() if n > self._last_sweep_began}
         self._last_sweep_began = began
         report.duration_ms = (self._clock.monotonic() - started) * 1000
         self.sweeps += 1
         return report
+
+    async def _check(
+        self, position: Position, cached: CachedPrice | MalformedRecord | None, report: SweepReport, now: float
+    ) -> None:
+        symbol = position.symbol
+        if isinstance(cached, MalformedRecord):
+            report.malformed += 1
+            self._report_bad_once(keys.price(symbol), str(cached))
+            return
+        view = None
+        if cached is not None:
+            view = view_of(
+                cached.ltp,
+                cached.as_of,
+                now,
+                feed_live=report.feed_live,
+                stale_after_s=self._settings.price_stale_after_s,
+                expire_after_s=self._settings.price_cache_ttl_s,
+            )
+        if view is None:
+            # A position opened a moment ago on a live feed is waiting for its first tick, not unmonitored.
+            if report.feed_live and now - position.opened_at < self._settings.price_stale_after_s:
+                return
+            report.unmonitored += 1
+            await self._lost_price(position, now)
+            return
+        if symbol in self._unmonitored or position.unmonitored_since is not None:
+            await self._price_back(position, view)
+        if self._evaluate(position, view, now):
+            report.triggered += 1
 
     async def _read_positions(self) -> list[tuple[str, Position | MalformedRecord]]:
         symbols = await self._store.open_symbols()

@@ -1,13 +1,16 @@
-"""One read of everything a sweep needs: each open position's hash and its cached price, in one script call.
+"""What a sweep reads: each open position and its cached price, in slices, without re-sending unchanged hashes.
 
-A pipeline of 2 x N HGETALLs spends most of its time in per-reply client overhead (and sending N key names);
-one script that walks `positions:open` itself and returns every row as one nested reply does not.
-Positions are parsed only when their hash changed since the last sweep (parsing dominates otherwise).
+A sweep runs every second over every open position. Re-reading and re-parsing thousands of unchanged position
+hashes each time kept Redis busy in one long script and the monitor's event loop busy parsing, while tick
+notices waited. So: `positions:open` is read once, then slices of symbols go through a script that returns
+per symbol a digest of its position hash and its price's {ltp, as_of}; only hashes whose digest changed are
+fetched and parsed. Between slices the event loop runs (tick notices are decided meanwhile).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,14 +20,18 @@ from libs.common import keys
 from libs.common.models import MalformedRecord, Position
 from libs.common.money import Paise, to_paise
 
-# KEYS: positions:open. ARGV: the position and price key prefixes (from `keys`, so names stay defined once).
-# Returns {symbols, then per symbol its position hash (flat) and its price's {ltp, as_of}}.
-_READ_ALL = """
-local symbols = redis.call('SMEMBERS', KEYS[1])
-local out = {symbols}
-for i, symbol in ipairs(symbols) do
-  out[2 * i] = redis.call('HGETALL', ARGV[1] .. symbol)
-  out[2 * i + 1] = redis.call('HMGET', ARGV[2] .. symbol, 'ltp', 'as_of')
+SLICE = 200  # symbols per script call: bounds how long Redis, then the event loop, are held by one slice
+
+# ARGV: the position and price key prefixes (from `keys`, so names stay defined once), then the symbols.
+# Returns per symbol {sha1 of its position hash (false when absent), ltp, as_of}.
+_READ_SLICE = """
+local out = {}
+for i = 3, #ARGV do
+  local flat = redis.call('HGETALL', ARGV[1] .. ARGV[i])
+  local digest = false
+  if #flat > 0 then digest = redis.sha1hex(table.concat(flat, '\\0')) end
+  local price = redis.call('HMGET', ARGV[2] .. ARGV[i], 'ltp', 'as_of')
+  out[#out + 1] = {digest, price[1], price[2]}
 end
 return out
 """
@@ -50,46 +57,88 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _price(symbol: str, ltp: str | None, as_of: str | None) -> CachedPrice | MalformedRecord | None:
-    if ltp is None and as_of is None:
-        return None
+def _missing(symbol: str) -> MalformedRecord:
     try:
-        return CachedPrice(ltp=to_paise(str(ltp)), as_of=float(str(as_of)))
-    except ValueError as exc:
-        return MalformedRecord(f"price:{symbol}: {exc}")
+        Position.from_redis({"symbol": symbol})
+    except MalformedRecord as exc:
+        return exc
+    return MalformedRecord(f"position:{symbol}: no record")
 
 
 class SnapshotReader:
-    """Reads snapshots; remembers parsed positions so an unchanged hash is not parsed again."""
+    """Reads snapshots; remembers parsed positions (by digest) and prices (by text) so unchanged ones cost
+    a comparison."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, slice_size: int = SLICE) -> None:
         self._redis = redis
-        self._script = redis.register_script(_READ_ALL)
-        self._parsed: dict[str, tuple[tuple[str, ...], Position]] = {}
+        self._slice = slice_size
+        self._script = redis.register_script(_READ_SLICE)
+        self._parsed: dict[str, tuple[str, Position | MalformedRecord]] = {}
+        self._ltps: dict[str, tuple[str, Paise]] = {}
 
     async def read(self) -> Snapshot:
-        """Every symbol in `positions:open` with its position and cached price (one script call)."""
-        reply = cast(
-            list[Any], await self._script(keys=[keys.OPEN_POSITIONS], args=[keys.POSITION_PREFIX, keys.PRICE_PREFIX])
-        )
-        symbols = [str(s) for s in reply[0]]
+        """Every symbol in `positions:open` with its position and cached price."""
         positions: dict[str, Position | MalformedRecord] = {}
         prices: dict[str, CachedPrice | MalformedRecord | None] = {}
-        parsed: dict[str, tuple[tuple[str, ...], Position]] = {}
-        for i, symbol in enumerate(symbols):
-            flat = tuple(reply[2 * i + 1])
-            known = self._parsed.get(symbol)
-            if known is not None and known[0] == flat:
-                position: Position | MalformedRecord = known[1]
-            else:
-                try:
-                    position = Position.from_redis(_pairs(flat) if flat else {"symbol": symbol})
-                except MalformedRecord as exc:
-                    position = exc
-            if isinstance(position, Position):
-                parsed[symbol] = (flat, position)
-            positions[symbol] = position
-            ltp, as_of = reply[2 * i + 2]
-            prices[symbol] = _price(symbol, ltp, as_of)
-        self._parsed = parsed
+        async for part in self.read_slices():
+            positions.update(part.positions)
+            prices.update(part.prices)
         return Snapshot(positions, prices)
+
+    async def read_slices(self) -> AsyncIterator[Snapshot]:
+        """The snapshot one slice of symbols at a time (a script call, plus one read of changed hashes)."""
+        symbols = sorted(str(s) for s in await self._redis.smembers(keys.OPEN_POSITIONS))
+        parsed: dict[str, tuple[str, Position | MalformedRecord]] = {}
+        for start in range(0, len(symbols), self._slice):
+            if start:
+                await asyncio.sleep(0)  # let tick notices through between slices
+            part = symbols[start : start + self._slice]
+            rows = cast(list[Any], await self._script(args=[keys.POSITION_PREFIX, keys.PRICE_PREFIX, *part]))
+            changed = [
+                (symbol, str(row[0]))
+                for symbol, row in zip(part, rows, strict=True)
+                if row[0] and (symbol not in self._parsed or self._parsed[symbol][0] != row[0])
+            ]
+            if changed:
+                await self._parse_changed(changed, parsed)
+            positions: dict[str, Position | MalformedRecord] = {}
+            prices: dict[str, CachedPrice | MalformedRecord | None] = {}
+            for symbol, (digest, ltp, as_of) in zip(part, rows, strict=True):
+                if not digest:
+                    positions[symbol] = _missing(symbol)
+                else:
+                    known = parsed.get(symbol) or self._parsed[symbol]
+                    parsed[symbol] = known
+                    positions[symbol] = known[1]
+                prices[symbol] = self._price(symbol, ltp, as_of)
+            yield Snapshot(positions, prices)
+        self._parsed = parsed
+        self._ltps = {s: v for s, v in self._ltps.items() if s in parsed}
+
+    async def _parse_changed(
+        self, changed: list[tuple[str, str]], parsed: dict[str, tuple[str, Position | MalformedRecord]]
+    ) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for symbol, _ in changed:
+                pipe.hgetall(keys.position(symbol))
+            rows = await pipe.execute()
+        for (symbol, digest), row in zip(changed, rows, strict=True):
+            try:
+                position: Position | MalformedRecord = Position.from_redis(row or {"symbol": symbol})
+            except MalformedRecord as exc:
+                position = exc
+            parsed[symbol] = (digest, position)
+
+    def _price(self, symbol: str, ltp: str | None, as_of: str | None) -> CachedPrice | MalformedRecord | None:
+        if ltp is None and as_of is None:
+            return None
+        try:
+            known = self._ltps.get(symbol)
+            if known is not None and known[0] == ltp:
+                paise = known[1]
+            else:
+                paise = to_paise(str(ltp))
+                self._ltps[symbol] = (str(ltp), paise)
+            return CachedPrice(ltp=paise, as_of=float(str(as_of)))
+        except ValueError as exc:
+            return MalformedRecord(f"price:{symbol}: {exc}")

@@ -6,6 +6,7 @@ Each case is an interleaving that used to leave a position to the next sweep (a 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -69,15 +70,15 @@ async def test_a_sweep_whose_read_began_before_an_open_keeps_the_opened_position
     await write_price(redis, settings, "KAYNES", "190.00", clock.now())
     monitor = make_monitor()
     reader = monitor._snapshots
-    read = reader.read
+    read_slices = reader.read_slices
 
-    async def read_then_an_open_lands() -> Any:
-        snapshot = await read()
+    async def read_then_an_open_lands() -> AsyncIterator[Any]:
+        async for part in read_slices():
+            yield part
         await store.open(long_bosch())  # opened after the sweep's read: its event reaches the tick path first
         monitor.on_event(await last_event(store))
-        return snapshot
 
-    reader.read = read_then_an_open_lands
+    reader.read_slices = read_then_an_open_lands
     report = await monitor.sweep_once()
     assert report.checked == 1
     assert set(monitor.watched) == {"KAYNES", "BOSCHLTD"}
