@@ -132,6 +132,8 @@ class HostResolver:
 
     async def check(self, host: str) -> Resolution:
         """The guide's DNS health check: like `resolve`, but logs the result even when the system DNS is fine."""
+        if is_ip_literal(host):
+            return await self.resolve(host)  # an address needs no DNS: nothing to check
         log.info("Checking DNS health...")
         return await self.resolve(host, verbose=True)
 

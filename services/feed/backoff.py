@@ -23,7 +23,7 @@ class Outage:
     budget: int
     rng: random.Random = field(default_factory=random.Random)
     attempts: int = 0
-    _previous_s: float = 0.0
+    _previous_s: float = 0.0  # 0: no attempt yet, the first draw is between base and 3 x base
 
     @property
     def attempt_in_cycle(self) -> int:
@@ -42,7 +42,7 @@ class Outage:
             # Budget spent: keep trying at the cap, with a little jitter below it.
             delay = self.rng.uniform(max(self.base_s, 0.8 * self.cap_s), self.cap_s)
         else:
-            upper = min(self.cap_s, max(self.base_s, 3 * self._previous_s))
+            upper = min(self.cap_s, 3 * max(self.base_s, self._previous_s))
             delay = self.rng.uniform(self.base_s, upper)
         self._previous_s = delay
         return delay

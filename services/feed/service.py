@@ -28,6 +28,7 @@ from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions, watchlist
+from services.feed.tasks import cancel_and_wait
 from services.feed.websocket import FeedConnection
 
 RESTART_DELAY_S = 1.0
@@ -89,9 +90,7 @@ class Feed:
                     restarted = _restart_later(specs[name], self.clock)
                     tasks[asyncio.create_task(restarted, name=name)] = name
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             with contextlib.suppress(RedisError):
                 await self.status.transition(FeedState.CLOSED, "stopped")
 

@@ -41,6 +41,7 @@ from services.feed.backoff import Outage
 from services.feed.decode import CorruptFrame, decode, market_open
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
+from services.feed.tasks import cancel_and_wait
 
 verbose = tagged("VERBOSE")
 success = tagged("SUCCESS")
@@ -227,6 +228,9 @@ class FeedConnection:
         except ConnectionClosed as exc:
             await self._close(ws, abort=True)
             raise FeedUnavailable(f"closed while subscribing: {exc}", network=True) from exc
+        except BaseException:  # cancelled (shutdown) before the connection was handed over: do not leak it
+            ws.transport.abort()
+            raise
         return ws
 
     async def _connect(
@@ -330,9 +334,7 @@ class FeedConnection:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.link.live = False  # stop vouching the moment the link is in doubt
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
         first = next(t for t in tasks if t in done)
         exc = first.exception()
         if exc is not None:
@@ -357,8 +359,8 @@ class FeedConnection:
                     status.corrupt_frames += 1
                     self._warn("corrupt", f"Dropped a corrupt feed frame ({status.corrupt_frames} so far): {exc}")
                     continue
-                if frame.segment_status is not None:
-                    self._market_info(frame.segment_status)
+                if frame.segment_status is not None and self._market_info(frame.segment_status):
+                    await status.flush()
                 if frame.ticks:
                     link.last_data_at = now
                     status.last_data_at = now
@@ -373,13 +375,16 @@ class FeedConnection:
             return _close_reason(ws, exc)
         return _close_reason(ws, None)
 
-    def _market_info(self, segment_status: dict[str, int]) -> None:
+    def _market_info(self, segment_status: dict[str, int]) -> bool:
+        """Record whether the market is open; True when that changed."""
         segments = {key.partition("|")[0] for key in self._subs.wanted.values()}
         is_open = market_open(segment_status, segments)
-        if is_open != self.link.market_open:
+        changed = is_open != self.link.market_open
+        if changed:
             logger.info(f"Market is {'open' if is_open else 'closed'} (per market_info)")
         self.link.market_open = is_open
         self._status.market_open = is_open
+        return changed
 
     async def _ping(self, ws: ClientConnection) -> tuple[str, bool]:
         timeout_s = self._s.ws_ping_timeout_s
