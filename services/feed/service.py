@@ -145,8 +145,9 @@ class Feed:
                 if change:
                     await self.connection.apply(change)
         finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            # Shielded: a second cancel (see tasks.cancel_and_wait) must not leave its connection open.
+            with contextlib.suppress(RedisError, OSError, asyncio.CancelledError):
+                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
 
 
 async def _as_coroutine(factory: Callable[[], Awaitable[None]]) -> None:

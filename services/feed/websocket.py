@@ -334,7 +334,7 @@ class FeedConnection:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.link.live = False  # stop vouching the moment the link is in doubt
-            await cancel_and_wait(tasks)
+            await cancel_and_wait(tasks, grace_s=0.5)
         first = next(t for t in tasks if t in done)
         exc = first.exception()
         if exc is not None:

@@ -47,6 +47,11 @@ class Logs:
     def after(self, start: int) -> list[str]:
         return self.lines[start:]
 
+    def feed_after(self, start: int) -> list[str]:
+        """Lines after `start` of the feed and its libraries (not the in-process simulator's)."""
+        pairs = zip(self.lines[start:], self.modules[start:], strict=True)
+        return [line for line, module in pairs if not module.startswith("services.sim")]
+
 
 @pytest.fixture
 def logs() -> Iterator[Logs]:
@@ -87,7 +92,7 @@ async def running_feed(settings: Settings, redis: Redis, **kwargs: Any) -> Async
     try:
         yield feed
     finally:
-        await cancel_and_wait([task])
+        await cancel_and_wait([task], grace_s=8.0)
         results = await asyncio.gather(task, return_exceptions=True)
         assert isinstance(results[0], asyncio.CancelledError), results
 

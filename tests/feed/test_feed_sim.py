@@ -120,14 +120,21 @@ async def test_drop_reconnects_with_backoff_resubscribes_and_prices_are_fresh_ag
         assert after.connected and after.reconnect_attempts == 0 and after.network_errors >= 2
         assert sum(sum(c["subscriptions"].values()) for c in sim.feeder.state()) == len(feed.subscriptions.wanted)  # type: ignore[union-attr]
 
-    i = logs.index("[WARNING] WebSocket connection closed", mark)
-    assert logs.lines[i + 1] == "[VERBOSE] Reason: connection lost (no close frame)"
-    assert logs.lines[i + 2] == "[VERBOSE] Reconnecting (attempt 1/10)..."
-    assert WAITING.match(logs.lines[i + 3])
-    assert logs.lines[i + 4] == "[VERBOSE] Attempting reconnection..."
-    assert logs.lines[i + 5] == "[ERROR] Reconnection failed"  # the feeder refuses for 1.2 s
-    j = logs.index("[VERBOSE] Reconnecting (attempt 2/10)...", i)
-    assert j > i
+    lines = logs.feed_after(mark)
+    i = lines.index("[WARNING] WebSocket connection closed")
+    assert lines[i + 1 : i + 3] == [
+        "[VERBOSE] Reason: connection lost (no close frame)",
+        "[VERBOSE] Reconnecting (attempt 1/10)...",
+    ]
+    assert WAITING.match(lines[i + 3])
+    assert lines[i + 4 : i + 7] == [
+        "[VERBOSE] Attempting reconnection...",
+        "[ERROR] Reconnection failed",  # the feeder refuses for 1.2 s
+        "[VERBOSE] Reason: WebSocket connect failed: ConnectionRefusedError: "
+        + lines[i + 6].split("ConnectionRefusedError: ", 1)[-1],
+    ]
+    assert lines[i + 7] == "[VERBOSE] Reconnecting (attempt 2/10)..."
+    assert lines.index("[SUCCESS] Reconnection successful!") > i + 7
     assert "[DNS] Checking DNS health..." not in logs.lines  # an address needs no DNS check
     delays = waits(logs, mark)
     assert delays and all(0.2 <= d <= 0.5 for d in delays), delays
@@ -145,9 +152,10 @@ async def test_a_server_that_accepts_then_closes_still_sees_the_delay(
     assert len(attempts) >= 3  # the server accepted and closed at once, repeatedly
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert all(gap >= 0.19 for gap in gaps), gaps
-    i = logs.index("[WARNING] WebSocket connection closed", mark)
-    assert logs.lines[i + 1] == "[VERBOSE] Reason: closed by the server (code 1000: simulated close)"
-    assert "[ERROR] Reconnection failed" in logs.after(mark)
+    lines = logs.feed_after(mark)
+    i = lines.index("[WARNING] WebSocket connection closed")
+    assert lines[i + 1] == "[VERBOSE] Reason: closed by the server (code 1000: simulated close)"
+    assert "[ERROR] Reconnection failed" in lines
 
 
 async def test_mute_connection_is_an_outage_and_vouching_stops_so_ages_grow(
@@ -169,8 +177,9 @@ async def test_mute_connection_is_an_outage_and_vouching_stops_so_ages_grow(
         mark = len(logs.lines)
         await sim.inject("mute", 2.5)
         await eventually(lambda: "[WARNING] WebSocket connection closed" in logs.after(mark), timeout_s=3)
-        i = logs.index("[WARNING] WebSocket connection closed", mark)
-        assert logs.lines[i + 1] == "[VERBOSE] Reason: no data for 1.0 s while the market is open (mute connection)"
+        lines = logs.feed_after(mark)
+        i = lines.index("[WARNING] WebSocket connection closed")
+        assert lines[i + 1] == "[VERBOSE] Reason: no data for 1.0 s while the market is open (mute connection)"
         frozen = await bosch_as_of()
         await asyncio.sleep(1.0)  # the outage goes on (the simulator stays mute): nothing vouches
         assert await bosch_as_of() == frozen
@@ -221,7 +230,7 @@ async def test_rest_down_fails_authorization_then_recovers(
         await eventually(lambda: "[SUCCESS] Reconnection successful!" in logs.after(mark), timeout_s=6)
         sim.market.set_price("KAYNES", 20410)
         await eventually(lambda: fresh_price(redis, "KAYNES", "204.10"), timeout_s=2)
-    lines = logs.after(mark)
+    lines = logs.feed_after(mark)
     i = lines.index("[ERROR] Reconnection failed")
     assert lines[i + 1].startswith("[VERBOSE] Reason: authorize answered HTTP 5")
 
@@ -239,8 +248,9 @@ async def test_dead_connection_without_pongs_is_detected_by_ping_timeout(
         started = time.monotonic()
         await eventually(lambda: "[WARNING] WebSocket connection closed" in logs.after(mark), timeout_s=3)
         assert time.monotonic() - started < 1.5  # ping every 0.5 s, pong timeout 0.5 s
-        i = logs.index("[WARNING] WebSocket connection closed", mark)
-        assert logs.lines[i + 1] == "[VERBOSE] Reason: no pong within 0.5 s (dead connection)"
+        lines = logs.feed_after(mark)
+        i = lines.index("[WARNING] WebSocket connection closed")
+        assert lines[i + 1] == "[VERBOSE] Reason: no pong within 0.5 s (dead connection)"
         assert not (await status(redis)).connected
 
 
