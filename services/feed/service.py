@@ -1,9 +1,10 @@
 """The feed service: one WebSocket connection plus its helpers, each a named, supervised task.
 
-Tasks: `feed:connection` (the WebSocket and its reconnect loop), `feed:vouch` (keeps quiet symbols fresh
-while the link is healthy), `feed:subscriptions` (subscribe/unsubscribe requests and the periodic re-read
-of `feed:subscriptions`), `feed:status` (writes `feed:status` on a timer) and `feed:heartbeat`.
-A task that fails is logged with its error and restarted after a short delay; none dies silently.
+Tasks: `feed:connection` (the WebSocket and its reconnect loop), `feed:writer` (ticks to Redis),
+`feed:vouch` (keeps quiet symbols fresh while the link is healthy), `feed:subscriptions` (subscribe and
+unsubscribe requests, and the periodic re-read of `feed:subscriptions`), `feed:status` (writes `feed:status`
+on a timer) and `feed:heartbeat`. A task that fails is logged with its error and restarted after a short
+delay; none dies silently.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Feed:
         """Run every task until cancelled; on the way out, close the connection and record `closed`."""
         specs: dict[str, Callable[[], Awaitable[None]]] = {
             "feed:connection": self.connection.run,
+            "feed:writer": self.connection.writer.run,
             "feed:vouch": self._vouch_forever,
             "feed:subscriptions": self._follow_requests,
             "feed:status": self._status_forever,

@@ -42,6 +42,7 @@ from services.feed.decode import CorruptFrame, decode, market_open
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
 from services.feed.tasks import cancel_and_wait
+from services.feed.writer import FrameWriter
 
 verbose = tagged("VERBOSE")
 success = tagged("SUCCESS")
@@ -115,6 +116,7 @@ class FeedConnection:
         self._ssl = tls_context(settings)
         self._api = Endpoint.parse(settings.api_base)
         self.link = Link()
+        self.writer = FrameWriter(cache, clock)
         self._warned_at: dict[str, float] = {}
 
     # --- the reconnect loop --------------------------------------------------------------------
@@ -347,7 +349,7 @@ class FeedConnection:
         status = self._status
         symbol_of = self._subs.symbol_of
         now_fn = self._clock.now
-        write_frame = self._cache.write_frame
+        add = self.writer.add
         try:
             async for message in ws:
                 now = now_fn()
@@ -364,10 +366,8 @@ class FeedConnection:
                 if frame.ticks:
                     link.last_data_at = now
                     status.last_data_at = now
-                    try:
-                        await write_frame(frame.ticks, now)
-                    except RedisError as exc:
-                        self._warn("redis-write", f"Cannot write prices to Redis ({type(exc).__name__}); dropping")
+                    add(frame.ticks, now)
+                    await asyncio.sleep(0)  # let the writer run: a busy socket never suspends this loop
                 elif frame.unknown_keys:
                     link.last_data_at = now
                     status.last_data_at = now
