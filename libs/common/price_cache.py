@@ -93,16 +93,21 @@ def _frame_payload(ticks: Sequence[Tick]) -> str:
 
 
 # ARGV: ttl_s, as_of, then one symbol per key. KEYS: prices:index, then price:SYMBOL.
-# Only symbols that still have a price are vouched for: a vouch never invents a price.
+# Only symbols that still have a price are vouched for: a vouch never invents a price, and never moves
+# `as_of` backwards (a tick written a moment after the vouch was decided is newer).
 _VOUCH = """
 local ttl = tonumber(ARGV[1])
 local as_of = ARGV[2]
+local as_of_n = tonumber(as_of)
 local vouched = 0
 for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HSET', KEYS[i], 'as_of', as_of)
+  local current = redis.call('HGET', KEYS[i], 'as_of')
+  if current then
+    if (tonumber(current) or 0) < as_of_n then
+      redis.call('HSET', KEYS[i], 'as_of', as_of)
+      redis.call('ZADD', KEYS[1], as_of, ARGV[i + 1])
+    end
     redis.call('EXPIRE', KEYS[i], ttl)
-    redis.call('ZADD', KEYS[1], as_of, ARGV[i + 1])
     vouched = vouched + 1
   end
 end
