@@ -95,18 +95,3 @@ async def running_feed(settings: Settings, redis: Redis, **kwargs: Any) -> Async
         await cancel_and_wait([task], grace_s=8.0)
         results = await asyncio.gather(task, return_exceptions=True)
         assert isinstance(results[0], asyncio.CancelledError), results
-
-
-@pytest.fixture(autouse=True)
-def _sim_dns_on_python_311(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workaround for the simulator's DNS responder on Python 3.11 (reported to the sim's owner).
-
-    Its `connection_made` asserts `isinstance(transport, asyncio.DatagramTransport)`, which the selector
-    event loop's UDP transport is not before Python 3.12, so the responder never answers.
-    """
-    from services.sim import dns_responder
-
-    def connection_made(self: Any, transport: Any) -> None:
-        self.transport = transport
-
-    monkeypatch.setattr(dns_responder._Protocol, "connection_made", connection_made)
