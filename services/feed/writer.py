@@ -17,6 +17,8 @@ from libs.common.clock import Clock
 from libs.common.price_cache import PriceCache, Tick
 
 _COLLAPSE_ABOVE = 20_000  # pending ticks beyond this keep only the newest per symbol (Redis far behind)
+# One script call blocks Redis while it runs: cap it so the monitor's and api's reads wait at most a few ms.
+MAX_TICKS_PER_CALL = 2_000
 _WARN_EVERY_S = 5.0
 
 
@@ -55,7 +57,8 @@ class FrameWriter:
             if not self._pending:
                 self._idle.set()
                 continue
-            ticks, self._pending = self._pending, []
+            ticks = self._pending[:MAX_TICKS_PER_CALL]
+            del self._pending[:MAX_TICKS_PER_CALL]
             try:
                 await self._cache.write_frame(ticks, self._as_of)
             except RedisError as exc:  # PriceCache keeps the ticks and writes them with the next call

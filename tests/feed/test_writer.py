@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from redis.asyncio import Redis
@@ -8,7 +9,7 @@ from redis.asyncio import Redis
 from libs.common import keys
 from libs.common.clock import SystemClock
 from libs.common.price_cache import PriceCache, Tick
-from services.feed.writer import FrameWriter
+from services.feed.writer import MAX_TICKS_PER_CALL, FrameWriter
 
 pytestmark = pytest.mark.integration
 
@@ -39,3 +40,31 @@ async def test_a_vouch_never_moves_as_of_backwards(redis: Redis) -> None:
     assert await redis.hget(keys.price("BOSCHLTD"), "as_of") == "105.5"
     assert await redis.zscore(keys.PRICE_INDEX, "BOSCHLTD") == 105.5
     assert not await redis.exists(keys.price("NOPE"))
+
+
+class CountingCache(PriceCache):
+    """Records the size of every script call."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis, 300)
+        self.calls: list[int] = []
+
+    async def write_frame(self, ticks: Sequence[Tick], as_of: float, *, publish: bool = True) -> None:
+        self.calls.append(len(ticks))
+        await super().write_frame(ticks, as_of, publish=publish)
+
+
+async def test_a_backlog_is_written_in_bounded_calls_so_redis_is_never_blocked_long(redis: Redis) -> None:
+    cache = CountingCache(redis)
+    writer = FrameWriter(cache, SystemClock())
+    task = asyncio.create_task(writer.run())
+    try:
+        for frame in range(50):  # 5,000 distinct ticks arrive before the writer runs once
+            writer.add([Tick(f"SIM{frame}_{i}", f"NSE_EQ|S{frame}_{i}", "1.00") for i in range(100)], 1.0)
+        await writer.drained()
+        assert sum(cache.calls) == 5000
+        assert max(cache.calls) <= 2_000 == MAX_TICKS_PER_CALL
+        assert await redis.zcard(keys.PRICE_INDEX) == 5000
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
