@@ -219,15 +219,32 @@ def markdown(r: dict[str, Any]) -> str:
                 v.get("p95"),
                 v.get("p99"),
                 round(v.get("max", 0), 1),
+                (v.get("claim_ms") or {}).get("p50"),
+                (v.get("claim_ms") or {}).get("p99"),
                 v["monitor_cpu_pct"],
             ]
             for v in sorted(decision.values(), key=lambda v: v["positions"])
         ]
         out += [
-            "## Tick -> decision (price written -> monitor's `closing` event), ms",
+            "## Tick -> decision, ms",
+            "",
+            "From the price written to Redis to the monitor's decision (its `[SL]` line, `decided_at` in the "
+            "`closing` event); `claim` adds the atomic open -> closing claim in Redis that precedes the order.",
             "",
             _table(
-                ["positions", "background ticks/s", "triggers", "missed", "p50", "p95", "p99", "max", "monitor CPU %"],
+                [
+                    "positions",
+                    "background ticks/s",
+                    "triggers",
+                    "missed",
+                    "p50",
+                    "p95",
+                    "p99",
+                    "max",
+                    "claim p50",
+                    "claim p99",
+                    "monitor CPU %",
+                ],
                 rows,
             ),
             "",
@@ -296,24 +313,22 @@ def closing_note(r: dict[str, Any]) -> list[str]:
     if verdicts["ingest per feed process (5,000 symbols)"].startswith("MISSED"):
         cpu = s.get("ingest_feed_cpu_pct")
         notes.append(
-            f"- Ingest: the feed awaits one `write_frame` round trip per frame before it reads the next, so it "
-            f"runs at {_fmt(cpu)}% of a core and the rest is waiting on Redis (the Lua script runs ~100 HSET/EXPIRE/"
-            "ZADD per call) and on redis-py packing ~500 script arguments per frame. Fix: keep reading while a "
-            "write is in flight (coalesce the frames that arrive meanwhile into one script call, bounded), and pass "
-            "each frame's ticks as one packed argument split inside the script, which removes most of pack_command."
+            f"- Ingest: the feed ran at {_fmt(cpu)}% of a core. It already decodes while a write is in flight and "
+            "sends each batch (up to 2,000 ticks) as one packed script argument, so what remains is protobuf "
+            "decoding and the script's per-tick HSET/EXPIRE in Redis (see the profile above). Next: decode in a "
+            "second process, or conflate each batch to the newest tick per symbol before writing."
         )
     if verdicts["tick -> decision p99 (1,000 positions)"].startswith("MISSED"):
         notes.append(
-            "- Tick -> decision: the median is milliseconds but the tail is set by the monitor's one-second sweep "
-            "(it re-reads and validates every open position and price in the same event loop as the tick path) "
-            "and by iterating every watched position per notice. Fix: make the sweep incremental (a slice of the "
-            "positions per tick of the loop, yielding between pipelines) and look notices up by symbol only."
+            "- Tick -> decision: the tick path decides on the notice's own price with no Redis round trip; its tail "
+            "comes from sharing the event loop with the one-second sweep (read in batches of 200 with a yield "
+            "between) and the close tasks. Next: smaller sweep batches, or the sweep in its own process."
         )
     if verdicts["health p99 (5,000 symbols)"].startswith("MISSED"):
         notes.append(
-            "- Health: each request builds and validates the full response model with pydantic and reads the feed "
-            "status, index and sampled entries; on a loaded 2-core box the p99 follows the scheduler. Fix: cache "
-            "the assembled health body for ~100 ms (it is a monitoring view) and serialise with one model dump."
+            "- Health: two Redis round trips and one response model per request; on a loaded 2-core box the p99 "
+            "follows the scheduler and the Python HTTP client sharing the cores. Next: serialise the response "
+            "without re-validating it, or cache the assembled body for ~100 ms."
         )
     if verdicts["dead (mute) connection detected"].startswith("MISSED"):
         notes.append("- Detection: lower FEED_SILENCE_TIMEOUT_S (default 7 s) or the ping timeout.")

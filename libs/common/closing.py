@@ -34,6 +34,7 @@ class CloseRequest:
     decision_price: Paise | None  # the price the decision used (None: no usable cached price)
     price_source: PriceSource
     price_age_s: float | None
+    decided_at: float | None = None  # epoch s the decision was taken (the trigger log line), for latency
 
 
 class Closer:
@@ -53,7 +54,12 @@ class Closer:
         """
         claim_id, position = await self._store.claim(request.symbol, request.reason)
         await self._store.publish_event(
-            "closing", request.symbol, reason=request.reason.value, by=request.closed_by, claim_id=claim_id
+            "closing",
+            request.symbol,
+            reason=request.reason.value,
+            by=request.closed_by,
+            claim_id=claim_id,
+            decided_at=request.decided_at,
         )
         try:
             fill = await self._broker.close(position, close_tag(claim_id), request.decision_price)

@@ -353,6 +353,7 @@ class Monitor:
             decision_price=view.price,
             price_source=view.source,
             price_age_s=round(view.age_s, 3),
+            decided_at=self._clock.now(),
         )
         self._track(symbol, asyncio.create_task(self._close(position, request), name=f"monitor.close.{symbol}"))
         return True
