@@ -1,9 +1,10 @@
-"""Connection health: the guide's shape plus what its decision tree needs, in two Redis round trips.
+"""Connection health: the guide's shape plus what its decision tree needs, in one Redis round trip.
 
-Round trip 1 (one pipeline): the feed's status hash, its heartbeat, the cache count, the newest index
-entry, the open-position symbols and the sample from the index. Round trip 2: `ltp` and `as_of` of every
-listed `price:SYMBOL` in one script call (a redis-py pipeline of 50 HGETALLs costs ~3 ms of client-side
-parsing; one script reply costs ~0.5 ms). No keyspace scan and nothing per symbol, whatever the cache size.
+One script call reads the feed's status hash, its heartbeat, the cache count and newest entry (from the
+index), the open-position symbols, picks the listed symbols (open positions first, then the requested ones
+or the newest from the index) and returns `ltp` and `as_of` of each. A pipeline of the same reads costs
+~1.5 ms more of redis-py's client-side work per request. No keyspace scan, nothing per symbol on the wire,
+whatever the cache size.
 """
 
 from __future__ import annotations
@@ -42,13 +43,40 @@ ADVICE: dict[Branch, str] = {
 }
 
 
-# KEYS: price:SYMBOL per listed symbol. Returns ltp, as_of per key (false when the hash is gone).
-_LISTED = """
-local out = {}
-for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'ltp', 'as_of')
-  out[2 * i - 1] = v[1] or false
-  out[2 * i] = v[2] or false
+# KEYS: feed:status, heartbeat:feed, prices:index, positions:open.
+# ARGV: oldest valid as_of, limit, price key prefix, then the requested symbols (none: sample the index).
+# Returns: feed:status as a flat list, heartbeat (or false), cached count, newest as_of (or false), the number of
+# open-position symbols, then (symbol, ltp or false, as_of or false) for each listed symbol, open ones first.
+_HEALTH = """
+local oldest, limit, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local status = redis.call('HGETALL', KEYS[1])
+local beat = redis.call('GET', KEYS[2])
+local count = redis.call('ZCOUNT', KEYS[3], oldest, '+inf')
+local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+local open = redis.call('SMEMBERS', KEYS[4])
+table.sort(open)
+local wanted = {}
+if #ARGV > 3 then
+  for i = 4, #ARGV do wanted[#wanted + 1] = ARGV[i] end
+else
+  wanted = redis.call('ZREVRANGEBYSCORE', KEYS[3], '+inf', oldest, 'LIMIT', 0, limit)
+end
+local cap = math.max(limit, #open)
+local seen, listed = {}, {}
+for _, list in ipairs({open, wanted}) do
+  for _, symbol in ipairs(list) do
+    if #listed < cap and not seen[symbol] then
+      seen[symbol] = true
+      listed[#listed + 1] = symbol
+    end
+  end
+end
+local out = {status, beat, count, newest[2] or false, #open}
+for _, symbol in ipairs(listed) do
+  local v = redis.call('HMGET', prefix .. symbol, 'ltp', 'as_of')
+  out[#out + 1] = symbol
+  out[#out + 1] = v[1] or false
+  out[#out + 1] = v[2] or false
 end
 return out
 """
@@ -88,52 +116,36 @@ class HealthReader:
         self._redis = redis
         self._settings = settings
         self._clock = clock
-        self._listed = redis.register_script(_LISTED)
-
-    async def _prices(self, symbols: Sequence[str]) -> dict[str, tuple[Paise, float]]:
-        """(ltp, as_of) of each listed symbol that still has a readable price, in one script call."""
-        if not symbols:
-            return {}
-        flat = await self._listed(keys=[keys.price(s) for s in symbols])
-        out: dict[str, tuple[Paise, float]] = {}
-        for i, symbol in enumerate(symbols):
-            ltp, as_of = flat[2 * i], flat[2 * i + 1]
-            if ltp is None or as_of is None:
-                continue
-            try:
-                out[symbol] = (to_paise(ltp), float(as_of))
-            except ValueError:
-                continue  # a corrupt hash reads as no price; the monitor reports it
-        return out
+        self._health = redis.register_script(_HEALTH)
 
     async def read(self, limit: int, symbols: Sequence[str] | None) -> ConnectionHealth:
         """Health with every open-position symbol first, then `symbols` (or the newest) up to `limit` entries."""
         now = self._clock.now()
-        oldest_valid = now - self._settings.price_cache_ttl_s
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.FEED_STATUS)
-            pipe.get(keys.heartbeat("feed"))
-            pipe.zcount(keys.PRICE_INDEX, oldest_valid, "+inf")
-            pipe.zrange(keys.PRICE_INDEX, -1, -1, withscores=True)
-            pipe.smembers(keys.OPEN_POSITIONS)
-            if symbols is None:
-                pipe.zrevrangebyscore(keys.PRICE_INDEX, "+inf", oldest_valid, start=0, num=limit, withscores=True)
-            raw: list[Any] = await pipe.execute()
-        status_raw, beat_raw, count, newest, open_raw = raw[:5]
+        raw: list[Any] = await self._health(
+            keys=[keys.FEED_STATUS, keys.heartbeat("feed"), keys.PRICE_INDEX, keys.OPEN_POSITIONS],
+            args=[now - self._settings.price_cache_ttl_s, limit, keys.PRICE_PREFIX, *(symbols or ())],
+        )
+        status_flat, beat_raw, count, newest, n_open = raw[:5]
         try:
-            feed = FeedStatus.from_redis(status_raw)
+            feed = FeedStatus.from_redis(dict(zip(status_flat[::2], status_flat[1::2], strict=True)))
             feed_error = feed.last_error
         except MalformedRecord as exc:
             feed, feed_error = FeedStatus(), str(exc)
         beat_age = _age(now, float(beat_raw)) if beat_raw is not None else None
         feed_alive = beat_age is not None and beat_age < self._settings.heartbeat_ttl_s
-        last_update = float(newest[0][1]) if newest else None
+        last_update = float(newest) if newest is not None else None
 
-        open_symbols = sorted(str(s) for s in open_raw)
-        wanted = list(symbols) if symbols is not None else [str(row[0]) for row in raw[5]]
-        listed = list(dict.fromkeys([*open_symbols, *wanted]))
-        listed = listed[: max(limit, len(open_symbols))]
-        prices = await self._prices(listed)
+        rows = raw[5:]
+        listed = [str(symbol) for symbol in rows[::3]]
+        open_symbols = listed[:n_open]
+        prices: dict[str, tuple[Paise, float]] = {}
+        for symbol, ltp, as_of in zip(listed, rows[1::3], rows[2::3], strict=True):
+            if ltp is None or as_of is None:
+                continue
+            try:
+                prices[symbol] = (to_paise(ltp), float(as_of))
+            except ValueError:
+                continue  # a corrupt hash reads as no price; the monitor reports it
 
         entries: dict[str, CacheEntry] = {}
         open_set = set(open_symbols)
