@@ -326,9 +326,9 @@ def closing_note(r: dict[str, Any]) -> list[str]:
         )
     if verdicts["health p99 (5,000 symbols)"].startswith("MISSED"):
         notes.append(
-            "- Health: two Redis round trips and one response model per request; on a loaded 2-core box the p99 "
-            "follows the scheduler and the Python HTTP client sharing the cores. Next: serialise the response "
-            "without re-validating it, or cache the assembled body for ~100 ms."
+            "- Health: one Redis round trip (a script) and one response model per request; the rest is uvicorn, "
+            "FastAPI and the Python HTTP client of this bench, all sharing the 2 cores with Redis. Next: serialise "
+            "the response without building 50 entry models, or cache the assembled body for ~100 ms."
         )
     if verdicts["dead (mute) connection detected"].startswith("MISSED"):
         notes.append("- Detection: lower FEED_SILENCE_TIMEOUT_S (default 7 s) or the ping timeout.")
