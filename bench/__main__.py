@@ -21,7 +21,7 @@ from typing import Any
 
 from redis import Redis as SyncRedis
 
-from bench import ceiling, decision, decode, health, ingest, recovery, report
+from bench import ceiling, decision, decode, feed_latency, health, ingest, recovery, report
 from bench.env import Knobs, Services, machine, private_redis, service_ready
 from bench.frames import watchlist_instruments
 from libs.common.settings import Settings
@@ -91,6 +91,12 @@ def main() -> int:
                     return out
 
                 _section(results, "ingest", ingest_all, needs=("feed", "sim"))
+                _section(
+                    results,
+                    "feed_latency",
+                    lambda: feed_latency.run(services, url, seconds=knobs.s(20, 8)),
+                    needs=("feed",),
+                )
 
                 def decision_all() -> dict[str, Any]:
                     out: dict[str, Any] = {}

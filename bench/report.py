@@ -20,6 +20,7 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
     bench_ticks = _get(r, "ceiling", "redis_benchmark", "ticks_per_s_equivalent")
     decision = _get(r, "decision", "1000") or {}
     health = _get(r, "health", "5000", "health") or {}
+    to_redis = _get(r, "feed_latency") or {}
     return {
         "ingest_ticks_per_s": feed,
         "ingest_sim_ticks_per_s": _get(r, "ingest", "sim_5000", "ticks_per_s"),
@@ -29,6 +30,7 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
         "redis_benchmark_hset_ops_per_s": _get(r, "ceiling", "redis_benchmark", "hset_ops_per_s"),
         "ingest_to_ceiling_ratio": round(feed / ceiling_ticks, 2) if feed and ceiling_ticks else None,
         "ingest_to_redis_benchmark_ratio": round(feed / bench_ticks, 2) if feed and bench_ticks else None,
+        "tick_to_redis_ms": {k: to_redis[k] for k in ("p50", "p95", "p99") if k in to_redis} or None,
         "tick_to_decision_ms": {k: decision[k] for k in ("p50", "p95", "p99") if k in decision} or None,
         "health_ms": {k: health[k] for k in ("p50", "p99") if k in health} or None,
         "health_rps": health.get("rps"),
@@ -56,6 +58,7 @@ def targets(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append((name, f"{value:,.2f} {unit}".replace(".00 ", " "), f"{target:g} {unit}", verdict))
 
     row("ingest per feed process (5,000 symbols)", s["ingest_ticks_per_s"], 50_000, "ticks/s", True)
+    row("tick -> Redis p99 (10,000 ticks/s)", (s["tick_to_redis_ms"] or {}).get("p99"), 5, "ms", False)
     row("tick -> decision p99 (1,000 positions)", (s["tick_to_decision_ms"] or {}).get("p99"), 5, "ms", False)
     row("health p99 (5,000 symbols)", (s["health_ms"] or {}).get("p99"), 10, "ms", False)
     row("dead (mute) connection detected", s["dead_feed_detect_s"], 10, "s", False)
@@ -203,6 +206,30 @@ def markdown(r: dict[str, Any]) -> str:
                         _fmt(dec["ours"]["ticks_per_s"]),
                     ],
                     sdk_row,
+                ],
+            ),
+            "",
+        ]
+    to_redis = r.get("feed_latency") or {}
+    if to_redis:
+        out += [
+            "## Tick -> Redis (one feed process, 10,000 ticks/s in 100-tick frames), ms",
+            "",
+            "From the frame sent on the WebSocket to the feed's notice received on `ticks` (published right after "
+            "the frame's script wrote it), one clock; frames merged into one write are counted, not timed.",
+            "",
+            _table(
+                ["frames sent", "measured", "merged", "p50", "p95", "p99", "max"],
+                [
+                    [
+                        to_redis["frames_sent"],
+                        to_redis["frames_measured"],
+                        to_redis["merged"],
+                        to_redis.get("p50"),
+                        to_redis.get("p95"),
+                        to_redis.get("p99"),
+                        to_redis.get("max"),
+                    ]
                 ],
             ),
             "",
