@@ -133,12 +133,13 @@ def run(
         base = f"http://127.0.0.1:{env['API_PORT']}"
         meter = CpuMeter(api.pid)
         meter.start()
-        with ThreadPoolExecutor(1) as pool:
-            sampled = pool.submit(profile.sample, api.pid, profile_s) if profile_s > 0 else None
-            result: dict[str, Any] = {"symbols": symbols, "health": asyncio.run(_health(base, requests, rps_window_s))}
-            if sampled is not None:
-                result["profile"] = sampled.result()
+        result: dict[str, Any] = {"symbols": symbols, "health": asyncio.run(_health(base, requests, rps_window_s))}
         result["api_cpu_pct"] = meter.percent()
+        if profile_s > 0:  # profiled apart from the timed requests: py-spy would share the 2 cores with them
+            with ThreadPoolExecutor(1) as pool:
+                sampled = pool.submit(profile.sample, api.pid, profile_s)
+                asyncio.run(_health(base, 0, profile_s))
+                result["profile"] = sampled.result()
         if positions:
             result["emergency_close"] = asyncio.run(_emergency(base, positions))
         return result
