@@ -77,7 +77,7 @@ def main(kind: str) -> None:
             _show(client, api, "after")
         else:
             deadline = time.monotonic() + settings.price_cache_ttl_s + 60
-            while _health(client, api).get("open_positions", {}).get("expired", 0) < 1:
+            while _health(client, api)["price_cache"]["open_positions"]["expired"] < 1:
                 if time.monotonic() > deadline:
                     sys.exit("the cache did not expire in time; is PRICE_CACHE_TTL_S what the services use?")
                 _show(client, api, "waiting")
