@@ -35,6 +35,18 @@ async def eventually(condition: Callable[[], Awaitable[T] | T], timeout_s: float
         await asyncio.sleep(interval_s)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """SIGTERM a child and wait for it; SIGKILL it if it has not exited within `timeout_s`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

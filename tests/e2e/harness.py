@@ -43,7 +43,7 @@ from libs.common.models import FeedStatus, Position
 from libs.common.positions import PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
-from tests.helpers import RedisServer, eventually, free_port
+from tests.helpers import RedisServer, eventually, free_port, terminate
 
 SERVICES = ("sim", "feed", "monitor", "api")
 _STOP_ORDER = ("api", "monitor", "feed", "sim")
@@ -222,14 +222,8 @@ class Stack:
     def stop(self, name: str) -> None:
         """SIGTERM and wait (a clean stop)."""
         proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc)
 
     def kill(self, name: str) -> None:
         """SIGKILL: the process gets no chance to clean up."""
