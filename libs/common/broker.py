@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from libs.common.credentials import Credentials
 from libs.common.models import Position, Side
 from libs.common.money import Paise, to_paise
 from libs.common.settings import Settings
@@ -101,8 +102,11 @@ def _first_error(body: Any) -> str:
 class UpstoxBroker:
     """Closes through Upstox REST (or the simulator, which speaks the same protocol)."""
 
-    def __init__(self, settings: Settings, *, fill_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, settings: Settings, credentials: Credentials | None = None, *, fill_timeout_s: float = 5.0
+    ) -> None:
         self._settings = settings
+        self._credentials = credentials or Credentials(settings)
         self._fill_timeout_s = fill_timeout_s
         verify: str | bool = settings.tls_ca_file or True
         self._http = httpx.AsyncClient(
@@ -111,12 +115,14 @@ class UpstoxBroker:
             headers={"Accept": "application/json"},
         )
 
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._settings.access_token.get_secret_value()}"}
+    async def _auth(self) -> dict[str, str]:
+        # read at the moment of use: a token swapped in a second ago is the one sent
+        return {"Authorization": f"Bearer {await self._credentials.access()}"}
 
     async def _call(self, method: str, url: str, *, may_act: bool = False, **kw: Any) -> Any:
+        headers = await self._auth()
         try:
-            resp = await self._http.request(method, url, headers=self._auth(), **kw)
+            resp = await self._http.request(method, url, headers=headers, **kw)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
             raise BrokerError(f"broker unreachable: {type(exc).__name__}", status_code=503) from None
         except httpx.HTTPError as exc:
@@ -196,6 +202,6 @@ def _fill_of(order: dict[str, Any]) -> Fill | None:
     return Fill(order_id=str(order["order_id"]), price=to_paise(order["average_price"]))
 
 
-def create_broker(settings: Settings) -> Broker:
+def create_broker(settings: Settings, credentials: Credentials) -> Broker:
     """The broker the settings choose (`BROKER=upstox` talks to the simulator in simulator mode)."""
-    return PaperBroker() if settings.broker == "paper" else UpstoxBroker(settings)
+    return PaperBroker() if settings.broker == "paper" else UpstoxBroker(settings, credentials)

@@ -14,12 +14,14 @@ Keys
   events                    stream recent position and alert events (capped)
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
+  auth:access-token         string the hot-swapped access token, encrypted (Fernet, CREDENTIALS_KEY); never plain
 
 Channels
   ticks                     one notice per feed frame: the symbols (and prices) just written
   feed:status:changes       the feed's state transitions
   feed:subscription-requests  "sub SYMBOL KEY" / "unsub SYMBOL" asks the feed to (un)subscribe now
   positions:events          position lifecycle events (opened, closing, closed, close_failed, unmonitored)
+  auth:changes              "access": a new access token was stored (the notice carries no token)
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ CLOSED_JOURNAL: Final = "positions:closed"
 EVENTS_STREAM: Final = "events"
 IDEMPOTENCY_PREFIX: Final = "idempotency:"
 SERVICES_STATUS: Final = "services:status"
+ACCESS_TOKEN: Final = "auth:access-token"  # noqa: S105 (a key name, not a secret)
 
 TICKS_CHANNEL: Final = "ticks"
 FEED_STATUS_CHANNEL: Final = "feed:status:changes"
 SUBSCRIPTION_REQUESTS_CHANNEL: Final = "feed:subscription-requests"
 POSITION_EVENTS_CHANNEL: Final = "positions:events"
+CREDENTIALS_CHANNEL: Final = "auth:changes"
 
 # Fields of a price:SYMBOL hash. Prices are rupee strings ("575.00") so `HGETALL` reads naturally.
 PRICE_FIELDS: Final = ("ltp", "instrument_key", "ltt_ms", "cp", "as_of", "received_at")

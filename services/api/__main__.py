@@ -12,6 +12,7 @@ from loguru import logger
 
 from libs.common.service import run_service
 from libs.common.settings import Settings
+from services.api import cli
 from services.api.app import create_app
 
 
@@ -43,6 +44,8 @@ async def main(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] and sys.argv[1] in cli.COMMANDS:  # `token set`, `login`: a new access token
+        sys.exit(cli.main(sys.argv[1:]))
     sys.exit(
         run_service("api", main, description="Connection health, emergency close, status and positions over HTTP.")
     )

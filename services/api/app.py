@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from libs.common.broker import Broker, create_broker
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer
+from libs.common.credentials import Credentials
 from libs.common.heartbeat import beat_forever
 from libs.common.instruments import instrument_index
 from libs.common.models import MalformedRecord
@@ -28,9 +29,10 @@ from libs.common.settings import Settings
 from services.api.deps import Resources
 from services.api.health import HealthReader
 from services.api.idempotency import Idempotency
-from services.api.routes import monitoring, positions
+from services.api.routes import auth, monitoring, positions
 from services.api.security import BodyLimit, check_bind
 from services.api.token_probe import TokenProbe
+from services.api.token_watch import ExpiryWatch
 
 DESCRIPTION = """Connection health, emergency close, status and positions of the Upstox resilience guard.
 
@@ -55,7 +57,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings)
-        used_broker = broker or create_broker(settings)
+        credentials = Credentials(settings, redis, clock)
+        used_broker = broker or create_broker(settings, credentials)
         probe_http = http or httpx.AsyncClient(timeout=settings.broker_timeout_s, verify=settings.tls_ca_file or True)
         store = PositionStore(redis, clock)
         cache = PriceCache(redis, settings.price_cache_ttl_s)
@@ -68,14 +71,18 @@ def create_app(
             broker=used_broker,
             closer=Closer(store, used_broker, clock),
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
-            token_probe=TokenProbe(settings, clock, probe_http),
+            token_probe=TokenProbe(settings, clock, probe_http, credentials),
+            credentials=credentials,
+            http=probe_http,
             health=HealthReader(redis, settings, clock),
             instruments=instrument_index(settings.sim_extra_instruments),
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
+        expiry = asyncio.create_task(ExpiryWatch(settings, credentials, store, clock).run(), name="api-token-expiry")
         try:
             yield
         finally:
+            await _stop(expiry)
             await _stop(heartbeat)
             await used_broker.aclose()
             await probe_http.aclose()
@@ -95,6 +102,7 @@ def create_app(
     app.add_exception_handler(MalformedRecord, _malformed)
     app.include_router(monitoring.router)
     app.include_router(positions.router)
+    app.include_router(auth.router)
     return app
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
 from libs.common.broker import Broker
 from libs.common.clock import Clock
 from libs.common.closing import Closer
+from libs.common.credentials import Credentials
 from libs.common.instruments import InstrumentIndex
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
@@ -32,6 +34,8 @@ class Resources:
     closer: Closer
     idempotency: Idempotency
     token_probe: TokenProbe
+    credentials: Credentials
+    http: httpx.AsyncClient  # to Upstox (token checks), not to the broker's order host
     health: HealthReader
     instruments: InstrumentIndex
 

@@ -22,10 +22,12 @@ from services.api.emergency import emergency_close
 from services.api.idempotency import KeyInProgress, KeyReused, Stored
 from services.api.schemas import (
     ConnectionHealth,
+    CredentialStatus,
     EmergencyCloseRequest,
     EmergencyCloseResponse,
     ErrorOut,
     FeedDetail,
+    OrdersStatus,
     RedisStatus,
     ServiceStatus,
     Status,
@@ -33,6 +35,7 @@ from services.api.schemas import (
     ValidationErrorOut,
     unprocessable,
 )
+from services.api.token_watch import credential_views
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
 
@@ -129,6 +132,24 @@ async def service_status(res: Res) -> Status:
     now = res.clock.now()
     verdict = await res.token_probe.verdict()
     token = TokenStatus(valid=verdict.valid, checked_at=ist_iso(verdict.checked_at), detail=verdict.detail)
+    warn_s = res.settings.token_expiry_warn_s
+    views = await credential_views(res.credentials, res.token_probe, verdict, now, warn_s)
+    credentials = [
+        CredentialStatus(
+            kind=v.kind,
+            state=v.state,
+            expires_at=None if v.expires_at is None else ist_iso(v.expires_at),
+            expiry_basis=v.expiry_basis,
+            source=v.source,
+            used_for=v.used_for,
+            detail=v.detail,
+        )
+        for v in views
+    ]
+    access = views[0]
+    orders = OrdersStatus(blocked=False, reason="")
+    if access.state in ("expired", "rejected"):
+        orders = OrdersStatus(blocked=True, reason=f"access token {access.state}: {access.detail}")
     started = time.perf_counter()
     try:
         await res.redis.ping()
@@ -162,6 +183,8 @@ async def service_status(res: Res) -> Status:
         market="simulator" if res.settings.simulator_mode else "upstox",
         api_base=res.settings.api_base,
         token=token,
+        credentials=credentials,
+        orders=orders,
         redis=redis,
         services=services,
         feed=feed,

@@ -1,0 +1,124 @@
+"""Expiry awareness: each credential's state for `/status`, and warnings before and at expiry.
+
+States: `valid`; `expiring` within `TOKEN_EXPIRY_WARN_S` of its expiry; `expired` once that passed;
+`rejected` when the broker refuses it before then. The expiry comes from the token's own `exp` claim, else
+the 03:30 IST rule (libs.common.credentials). `ExpiryWatch` runs in the api: one `[WARNING]` line and one
+event (`token_expiring`, `token_expired`) per token and state, so alerts see them too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from loguru import logger
+from redis.exceptions import RedisError
+
+from libs.common.clock import Clock, ist_iso
+from libs.common.credentials import Credentials, CredentialState, Expiry, state_of
+from libs.common.positions import PositionStore
+from libs.common.settings import Settings
+from services.api.token_probe import TokenProbe, TokenVerdict
+
+ACCESS_USE = "orders, GTTs, positions, profile"
+MARKET_USE = "market-data feed, LTP"
+_RENEW = "python -m services.api login, python -m services.api token set, or POST /api/v1/auth/token"
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialView:
+    kind: Literal["access", "analytics"]
+    state: CredentialState
+    expires_at: float | None
+    expiry_basis: str
+    source: str
+    used_for: str
+    detail: str
+
+
+async def credential_views(
+    credentials: Credentials, probe: TokenProbe, access_verdict: TokenVerdict, now: float, warn_s: float
+) -> list[CredentialView]:
+    """The access token's view (given its probe verdict), then the analytics token's when one is configured."""
+    held = await credentials.held_access()
+    expiry = credentials.expiry(held)
+    use = ACCESS_USE if credentials.has_analytics else f"{ACCESS_USE}, {MARKET_USE}"
+    views = [
+        CredentialView(
+            "access",
+            state_of(expiry, now, warn_s, rejected=access_verdict.valid is False),
+            expiry.at,
+            expiry.basis,
+            held.source,
+            use,
+            access_verdict.detail,
+        )
+    ]
+    analytics_verdict = await probe.analytics_verdict()
+    if analytics_verdict is not None:
+        a_expiry = credentials.analytics_expiry()
+        views.append(
+            CredentialView(
+                "analytics",
+                state_of(a_expiry, now, warn_s, rejected=analytics_verdict.valid is False),
+                a_expiry.at,
+                a_expiry.basis,
+                "env",
+                MARKET_USE,
+                analytics_verdict.detail,
+            )
+        )
+    return views
+
+
+class ExpiryWatch:
+    """Announces, once per token, that it is about to expire and that it has expired."""
+
+    def __init__(self, settings: Settings, credentials: Credentials, store: PositionStore, clock: Clock) -> None:
+        self._settings = settings
+        self._credentials = credentials
+        self._store = store
+        self._clock = clock
+        self._announced: dict[tuple[str, str], str] = {}  # (kind, token) -> last state announced
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        while True:
+            try:
+                await self.check_once()
+            except RedisError as exc:
+                logger.warning(f"Token expiry check: Redis unavailable ({type(exc).__name__}); retrying")
+            await self._clock.sleep(interval_s)
+
+    async def check_once(self) -> None:
+        held = await self._credentials.held_access()
+        await self._announce("access", held.token, self._credentials.expiry(held))
+        if self._credentials.has_analytics:
+            await self._announce("analytics", self._credentials.analytics_token, self._credentials.analytics_expiry())
+
+    async def _announce(self, kind: str, token: str, expiry: Expiry) -> None:
+        if expiry.at is None:
+            return
+        now = self._clock.now()
+        state = state_of(expiry, now, self._settings.token_expiry_warn_s, rejected=False)
+        key = (kind, token)
+        if state == "valid" or self._announced.get(key) == state:
+            return
+        if self._announced.get(key) is None:  # a new token: forget the ones it replaced
+            self._announced = {k: v for k, v in self._announced.items() if k[0] != kind}
+        self._announced[key] = state
+        at = ist_iso(expiry.at)
+        if kind == "access":
+            if state == "expiring":
+                minutes = max(0.0, (expiry.at - now) / 60)
+                line = f"The Upstox access token expires at {at} (in {minutes:.0f} min): renew it ({_RENEW})"
+            else:
+                line = (
+                    f"The Upstox access token expired at {at}: orders, GTTs and positions are refused until a new "
+                    f"one is set ({_RENEW})"
+                )
+        elif state == "expiring":
+            line = f"The Upstox analytics token expires at {at}: set a new UPSTOX_ANALYTICS_TOKEN and restart"
+        else:
+            line = f"The Upstox analytics token expired at {at}: market data stops until a new one is set (restart)"
+        logger.bind(tag="WARNING").warning(line)
+        await self._store.publish_event(f"token_{state}", "", credential=kind, expires_at=at)
