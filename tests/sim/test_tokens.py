@@ -141,7 +141,8 @@ async def test_token_request_is_approved_and_posted_to_the_notifier(settings: Se
 
     async def notifier(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = next(int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")) if k.lower() == b"content-length")
+        fields = (line.partition(b":") for line in head.split(b"\r\n"))
+        length = next(int(v) for k, _, v in fields if k.lower() == b"content-length")
         received.append(json.loads(await reader.readexactly(length)))
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
         await writer.drain()
