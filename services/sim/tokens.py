@@ -6,6 +6,7 @@
   (401) on everything but market data (feed authorize + WebSocket, LTP).
 - OAuth: `GET /v2/login/authorization/dialog` (the simulated user approves at once: 302 to the redirect URI
   with a single-use `code`) and `POST /v2/login/authorization/token` (form; the unwrapped profile + token).
+- `DELETE /v2/logout` revokes the token it is sent with.
 - Token request: `POST /v3/login/auth/token/request/{client_id}` `{"client_secret"}`; the simulated user
   approves at once and the simulator POSTs the token to the notifier URL (`SIM_NOTIFIER_URL`, default the
   local api's `/api/v1/auth/notifier`).
@@ -65,6 +66,7 @@ class TokenRegistry:
         self._fixed = fixed_token
         self._secret = secrets.token_bytes(32)
         self._issued: dict[str, Issued] = {}
+        self._revoked: set[str] = set()
         self._codes: dict[str, float] = {}  # OAuth code -> monotonic time issued (single use)
 
     def issue(self, kind: TokenKind, expires_in_s: float | None = None) -> tuple[str, Issued]:
@@ -79,13 +81,19 @@ class TokenRegistry:
         return token, issued
 
     def check(self, token: str, scope: Scope) -> bool:
-        """May `token` be used for a call of `scope` now? (The fixed token always may.)"""
+        """May `token` be used for a call of `scope` now? (The fixed token may until it is logged out.)"""
+        if token in self._revoked:
+            return False
         if hmac.compare_digest(token.encode(), self._fixed.encode()):
             return True
         issued = self._issued.get(token)
         if issued is None or self._clock.now() >= issued.expires_at:
             return False
         return issued.kind == "access" or scope == "market"
+
+    def revoke(self, token: str) -> None:
+        """`DELETE /v2/logout`: the token is dead from now on."""
+        self._revoked.add(token)
 
     def new_code(self) -> str:
         now = time.monotonic()
@@ -158,6 +166,14 @@ def add_token_routes(app: FastAPI, sim: Simulator) -> None:
             raise UpstoxError(401, INVALID_AUTH_CODE, "Invalid Auth code")
         token, _ = tokens.issue("access")
         return {**profile_data(), "access_token": token, "extended_token": None}
+
+    @app.delete("/v2/logout")
+    async def logout(request: Request) -> dict[str, Any]:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not tokens.check(token.strip(), "account"):
+            raise errors.invalid_token()
+        tokens.revoke(token.strip())
+        return success(True)
 
     @app.post("/v3/login/auth/token/request/{client_id}")
     async def token_request(client_id: str, body: TokenRequestBody) -> dict[str, Any]:

@@ -217,3 +217,21 @@ async def test_login_runs_the_oauth_dance_against_the_simulator(
     assert proc.returncode == 0, out
     token, source = await stored(auth_settings, redis)
     assert source == "login" and token.count(".") == 2 and token not in out
+
+
+async def test_status_shows_a_rejected_token_and_the_analytics_token(
+    make_api: ApiFactory, auth_settings: Settings, sim: Simulator
+) -> None:
+    analytics = await issue(sim, "analytics")
+    s = auth_settings.model_copy(
+        update={"upstox_access_token": SecretStr("revoked-token-0001"), "upstox_analytics_token": SecretStr(analytics)}
+    )
+    async with make_api(s, http=httpx.AsyncClient()) as client:
+        status = (await client.get("/api/v1/monitoring/status")).json()
+    access, market = status["credentials"]
+    assert access["state"] == "rejected" and access["source"] == "env" and "UDAPI100050" in access["detail"]
+    assert access["expiry_basis"] == "03:30 IST rule" and access["used_for"] == "orders, GTTs, positions, profile"
+    assert market["kind"] == "analytics" and market["state"] == "valid" and market["expiry_basis"] == "token"
+    assert status["orders"]["blocked"] is True
+    assert status["orders"]["reason"].startswith("access token rejected")
+    assert analytics not in str(status)

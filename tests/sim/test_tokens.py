@@ -105,6 +105,10 @@ async def test_expires_in_s_and_analytics_tokens_only_read_market_data(tsim: Sim
         assert (await calls(http, analytics))["authorize"] == 200
         assert (await http.post("/sim/tokens", json={"kind": "refresh"})).status_code == 422
         assert len((await http.get("/sim/orders")).json()) == 1  # only the live access token's order
+        other = await issue(http, "access")
+        auth = {"Authorization": f"Bearer {other}"}
+        assert (await http.delete("/v2/logout", headers=auth)).json() == {"status": "success", "data": True}
+        assert (await http.get("/v2/user/profile", headers=auth)).status_code == 401
 
 
 async def test_oauth_dialog_and_token_exchange(tsim: Simulator) -> None:
