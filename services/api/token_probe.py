@@ -7,6 +7,7 @@ The token goes only into the Authorization header; the answer names no part of i
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,9 @@ def _reason(resp: httpx.Response) -> str:
         return "no reason given"
 
 
+_Check = Callable[[httpx.AsyncClient, str, str, float], Awaitable[TokenVerdict]]
+
+
 class TokenProbe:
     """The verdicts `/status` shows, cached for `token_probe_cache_s` per token (a new token is probed at once)."""
 
@@ -91,13 +95,13 @@ class TokenProbe:
             return None
         return await self._cached("analytics", self._credentials.analytics_token, check_analytics_token)
 
-    async def _cached(self, kind: str, token: str, check: Any) -> TokenVerdict:
+    async def _cached(self, kind: str, token: str, check: _Check) -> TokenVerdict:
         async with self._lock:
             last = self._last.get(kind)
             now = self._clock.now()
             if last is not None and last[0] == token and now - last[1].checked_at < self._settings.token_probe_cache_s:
                 return last[1]
-            verdict: TokenVerdict = await check(self._http, self._settings.api_base, token, now)
+            verdict = await check(self._http, self._settings.api_base, token, now)
             self._last[kind] = (token, verdict)
             return verdict
 
