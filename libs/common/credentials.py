@@ -40,6 +40,7 @@ from libs.common.settings import Settings
 
 CredentialState = Literal["valid", "expiring", "expired", "rejected"]
 _POLL_S = 2.0  # a waiter re-reads this often too: pub/sub loses notices sent while it was disconnected
+_REDIS_QUIET_S = 5.0  # after a failed read, use the last token this long without asking Redis again
 
 
 class CredentialsLocked(Exception):
@@ -87,6 +88,7 @@ class Credentials:
         self._analytics = settings.upstox_analytics_token.get_secret_value()
         self._decrypted: tuple[bytes, HeldToken] | None = None
         self._last = self._env
+        self._redis_failed_at: float | None = None
         self._warned_undecryptable = False
 
     @property
@@ -109,14 +111,20 @@ class Credentials:
     async def held_access(self) -> HeldToken:
         """The access token in force with its source: the stored one unless `.env` changed since it was stored.
 
-        If Redis cannot be read, the last token read is kept (a Redis blip must not take the order path down).
+        If Redis cannot be read, the last token read is kept (a Redis outage must neither take the order path
+        down nor slow every feed reconnect by a Redis timeout).
         """
         if self._redis is None:
             return self._env
+        failed_at = self._redis_failed_at
+        if failed_at is not None and self._clock.monotonic() - failed_at < _REDIS_QUIET_S:
+            return self._last
         try:
             blob = await self._redis.get(keys.ACCESS_TOKEN)
         except (RedisError, OSError):
+            self._redis_failed_at = self._clock.monotonic()
             return self._last
+        self._redis_failed_at = None
         held = self._open(blob) if blob else None
         self._last = held if held is not None else self._env
         return self._last

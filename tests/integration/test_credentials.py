@@ -127,3 +127,24 @@ async def test_a_runtime_token_never_reaches_a_log_line(real: Settings, redis: R
     await Credentials(real, redis).store_access(NEW, source="api")
     logger.info(f"oops: {NEW}")
     assert NEW not in out.getvalue() and "oops: ***" in out.getvalue()
+
+
+class DownRedis:
+    """Redis that is down: every read fails (counted)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def get(self, key: str) -> str:
+        self.reads += 1
+        raise ConnectionError("Redis is down")
+
+
+async def test_redis_down_keeps_the_last_token_without_asking_again_and_again(real: Settings, redis: Redis) -> None:
+    creds = Credentials(real, redis)
+    await creds.store_access(NEW, source="api")
+    assert await creds.access() == NEW
+    down = DownRedis()
+    creds._redis = down  # type: ignore[assignment]  # the same service, its Redis gone
+    assert [await creds.access() for _ in range(5)] == [NEW] * 5  # the order path keeps the token it had
+    assert down.reads == 1  # and a feed reconnect does not wait on a Redis timeout each time
