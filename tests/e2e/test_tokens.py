@@ -125,7 +125,7 @@ async def test_feed_waits_quietly_for_a_new_token_then_token_set_and_the_notifie
         mark = stack.mark("feed")
         await stack.fault("close", 0)
         await stack.wait_log("feed", "[WARNING] The access token expired at", since=mark, timeout_s=10)
-        assert (await stack.feed_status()).token_ok is False
+        await eventually(lambda: _feed_token_ok_is(stack, False), timeout_s=5)
 
         fresh = await sim_token(stack, "access")
         proc = await asyncio.create_subprocess_exec(
@@ -179,3 +179,7 @@ async def _access_state_is(stack: Stack, state: str) -> bool:
 
 async def _source_is(stack: Stack, source: str) -> bool:
     return (await stack.status())["credentials"][0]["source"] == source
+
+
+async def _feed_token_ok_is(stack: Stack, ok: bool) -> bool:
+    return (await stack.feed_status()).token_ok is ok

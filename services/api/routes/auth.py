@@ -14,6 +14,7 @@ from services.api.token_swap import Swapped, SwapRefused, swap_access_token
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "the body is not readable JSON"},
     422: {"model": ValidationErrorOut, "description": "bad body, or the broker refused the token (nothing changed)"},
     503: {"model": ErrorOut, "description": "the token could not be checked or stored (nothing changed)"},
 }
