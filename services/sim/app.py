@@ -1,7 +1,8 @@
 """The simulator's REST side (Upstox endpoints) and its `/sim/` control API, one FastAPI app.
 
-Every Upstox endpoint checks `Authorization: Bearer <SIM_ACCESS_TOKEN>` (401 UDAPI100050 otherwise),
-except the instrument file, which Upstox serves without a token. The control API needs no token.
+Every Upstox endpoint checks `Authorization: Bearer <token>` (401 UDAPI100050 otherwise): `SIM_ACCESS_TOKEN`,
+or a live token issued by `POST /sim/tokens` (services.sim.tokens); market data (authorize, the feed, LTP)
+also takes an analytics token. The instrument file needs none, as at Upstox; nor does the control API.
 """
 
 from __future__ import annotations
