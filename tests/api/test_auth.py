@@ -235,3 +235,28 @@ async def test_status_shows_a_rejected_token_and_the_analytics_token(
     assert status["orders"]["blocked"] is True
     assert status["orders"]["reason"].startswith("access token rejected")
     assert analytics not in str(status)
+
+
+async def test_login_gives_up_without_a_redirect_and_a_wrong_state_is_ignored(
+    tmp_path: Path, auth_settings: Settings, redis: Redis
+) -> None:
+    code, out = await run_cli(tmp_path, auth_settings, "login", "--timeout", "1")
+    assert code == 1 and "login failed: no redirect within 1 s" in out
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.api", "login", "--timeout", "30",
+        cwd=tmp_path, env=cli_env(auth_settings), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    while b"/v2/login/authorization/dialog?" not in (line := await asyncio.wait_for(proc.stdout.readline(), 30)):
+        assert line
+    callback = auth_settings.upstox_redirect_uri
+    async with httpx.AsyncClient(timeout=10) as browser:
+        for _ in range(50):
+            try:
+                await browser.get(callback, params={"code": "forged-code", "state": "not-this-login"})
+                break
+            except httpx.ConnectError:
+                await asyncio.sleep(0.1)
+    rest, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1 and "state does not match" in rest.decode()
+    assert await redis.get(keys.ACCESS_TOKEN) is None
