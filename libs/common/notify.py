@@ -39,16 +39,16 @@ class Outcome:
 
 def targets(urls: list[SecretStr]) -> list[Target]:
     """One target per URL. Raises InvalidTarget for a URL apprise cannot use."""
-    out = []
-    for index, url in enumerate(urls):
-        sender = apprise.Apprise()
-        if not sender.add(url.get_secret_value()):
-            raise InvalidTarget(f"ALERT_URLS entry {index + 1} is not a valid apprise URL")
-        plugin = next(iter(sender))
-        private_url = str(plugin.url(privacy=True))  # type: ignore[no-untyped-call]
-        label = private_url.split("?", 1)[0].rstrip("/")
-        out.append(Target(index, label, sender))
-    return out
+    return [target(index, url) for index, url in enumerate(urls)]
+
+
+def target(index: int, url: SecretStr) -> Target:
+    """The target of `ALERT_URLS[index]`. Raises InvalidTarget when apprise cannot use the URL."""
+    sender = apprise.Apprise()
+    if not sender.add(url.get_secret_value()):
+        raise InvalidTarget(f"ALERT_URLS entry {index + 1} is not a valid apprise URL")
+    private_url = str(next(iter(sender)).url(privacy=True))  # type: ignore[no-untyped-call]
+    return Target(index, private_url.split("?", 1)[0].rstrip("/"), sender)
 
 
 def _notify(target: Target, title: str, body: str, kind: Kind) -> Outcome:
