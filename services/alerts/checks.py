@@ -49,14 +49,17 @@ class Liveness:
     async def dead(self) -> dict[str, float | None]:
         """The watched services without a fresh heartbeat, with their heartbeat age, after the grace."""
         ttl_s = self._settings.heartbeat_ttl_s
-        in_grace = self._clock.now() - self._started < 3 * ttl_s
         out: dict[str, float | None] = {}
         for name, age in (await self.ages()).items():
             if age is not None and age < ttl_s:
                 self._seen.add(name)
-            elif name in self._seen or not in_grace:
+            elif not self.starting(name):
                 out[name] = age
         return out
+
+    def starting(self, name: str) -> bool:
+        """True while `name` has not beaten yet within the start-up grace (it may still be starting)."""
+        return name not in self._seen and self._clock.now() - self._started < 3 * self._settings.heartbeat_ttl_s
 
 
 class Checks:
@@ -107,6 +110,8 @@ class Checks:
         await self._outbox.apply(condition, changed)
 
     async def _feed(self, now: float, feed_alive: bool) -> None:
+        if self._liveness.starting("feed"):
+            return
         try:
             status = FeedStatus.from_redis(cast(dict[str, str], await self._redis.hgetall(keys.FEED_STATUS)))
         except MalformedRecord:
