@@ -176,6 +176,8 @@ class Checks:
 
     async def _heartbeat(self, name: str, now: float, dead: dict[str, float | None]) -> None:
         condition = f"heartbeat:{name}"
+        if self._liveness.starting(name):  # not known yet: another instance may know better
+            return
         if name not in dead:
             await self._set(condition, False, "heartbeat_back", {"service": name})
             return
