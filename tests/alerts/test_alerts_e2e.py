@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from libs.common import keys
+from libs.common.models import PositionState
 from tests.alerts.receiver import Receiver
 from tests.e2e.harness import Stack
 from tests.helpers import eventually
@@ -82,3 +86,84 @@ async def test_example_2_alerts_arrive_in_order_each_once(tmp_path: Path) -> Non
 
 async def _ltp_is(stack: Stack, symbol: str, ltp: str) -> bool:
     return (await stack.price(symbol)).get("ltp") == ltp
+
+
+async def test_a_failing_receiver_is_retried_and_gets_the_alert_once_the_guard_unaffected(tmp_path: Path) -> None:
+    with Receiver() as receiver:
+        async with Stack(tmp_path, **alert_env(receiver)) as stack:
+            await stack.start("sim", "feed", "monitor", "api")
+            await stack.set_price("KAYNES", 200.0)
+            await stack.open_position("KAYNES", "long", 10, 195.0, stop_loss=190.0, take_profit=230.0)
+            await eventually(lambda: _ltp_is(stack, "KAYNES", "200.00"))
+            await stack.start("alerts")
+            receiver.status = 500
+            await stack.set_price("KAYNES", 185.0)
+            # The guard closes on its own while the alert cannot get out.
+            await stack.wait_log("monitor", "[SL] KAYNES: Price ₹185.00 <= SL ₹190.00")
+            await eventually(lambda: _closed(stack, "KAYNES"), timeout_s=10)
+            await eventually(lambda: len(receiver.requests) >= 3, timeout_s=15)  # retried with backoff
+            assert receiver.delivered() == []
+            await stack.wait_log("alerts", "retrying in")
+            receiver.status = 200
+            await eventually(lambda: "[INFO] KAYNES closed (stop_loss)" in receiver.titles(), timeout_s=10)
+            await eventually(lambda: settled(stack), timeout_s=10)
+            assert receiver.titles() == ["[INFO] KAYNES closed (stop_loss)"]
+            assert len(await stack.orders("KAYNES")) == 1
+            attempts = [r for r in receiver.requests if "KAYNES" in r.title]
+            assert len(attempts) >= 4 and [r.status for r in attempts][-1] == 200
+
+
+async def test_flapping_feed_is_folded_into_a_bounded_number_of_messages(tmp_path: Path) -> None:
+    """Drops every ~2 s for ~30 s: at most one message per ALERT_REPEAT_S (5 s), counts adding up, last one says live."""
+    with Receiver() as receiver:
+        async with Stack(tmp_path, **alert_env(receiver, ALERT_FEED_DOWN_S="0")) as stack:
+            await stack.start("sim", "feed", "monitor", "api")
+            await stack.wait_connected(True)
+            await stack.start("alerts")
+            started = time.monotonic()
+            drops = 0
+            while time.monotonic() - started < 28:
+                await stack.fault("drop", 1.0)
+                await eventually(lambda: _feed_down_is(stack, True), timeout_s=10)  # each change seen by alerts
+                await eventually(lambda: _feed_down_is(stack, False), timeout_s=10)
+                drops += 1
+            flapped_s = time.monotonic() - started
+            await eventually(lambda: settled(stack), timeout_s=15)
+        feed = [t for t in receiver.titles() if "Feed" in t]
+        assert drops >= 8
+        assert 2 <= len(feed) <= flapped_s / 5 + 2, feed
+        assert feed[0].startswith("[WARNING] Feed down for") and feed[-1].startswith("[RECOVERED] Feed live again")
+        folded = sum(int(m.group(1)) for t in feed if (m := re.search(r"\((\d+) more changes?", t)))
+        assert len(feed) + folded == 2 * drops, feed  # every down and every recovery counted once
+
+
+async def test_healthcheck_pings_while_healthy_and_fail_when_a_service_dies(tmp_path: Path) -> None:
+    with Receiver() as receiver, Receiver() as checks:
+        env = alert_env(receiver, HEALTHCHECK_PING_URL=f"{checks.base}/ping/guard-uuid", HEALTHCHECK_PING_S="0.3")
+        async with Stack(tmp_path, **env) as stack:
+            await stack.start("sim", "feed", "monitor", "api", "alerts")
+            await eventually(lambda: [r.path for r in checks.requests[-3:]] == ["/ping/guard-uuid"] * 3)
+            stack.kill("monitor")
+            await eventually(lambda: "[CRITICAL] monitor is not running" in receiver.titles(), timeout_s=15)
+            await eventually(lambda: checks.requests[-1].path == "/ping/guard-uuid/fail", timeout_s=5)
+            first_fail = next(i for i, r in enumerate(checks.requests) if r.path.endswith("/fail"))
+            assert all(r.path.endswith("/fail") for r in checks.requests[first_fail:])
+            assert checks.requests[first_fail].body == b"not running: monitor"
+            await stack.start("monitor")
+            await eventually(lambda: "[RECOVERED] monitor is running again" in receiver.titles(), timeout_s=15)
+            await eventually(lambda: checks.requests[-1].path == "/ping/guard-uuid", timeout_s=5)
+            stack.kill("alerts")  # the switch itself is gone: the pings stop, so the outside service alerts
+            count = len(checks.requests)
+            watch_until = time.monotonic() + 5 * 0.3  # five ping intervals
+            while time.monotonic() < watch_until:
+                assert len(checks.requests) <= count + 1  # at most one ping was in flight
+                await asyncio.sleep(0.1)
+
+
+async def _feed_down_is(stack: Stack, active: bool) -> bool:
+    state = await stack.redis.hget(keys.ALERT_CONDITIONS, "feed_down")
+    return state is not None and json.loads(state)["active"] is active
+
+
+async def _closed(stack: Stack, symbol: str) -> bool:
+    return (await stack.position(symbol)).state is PositionState.CLOSED
