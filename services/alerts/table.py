@@ -309,7 +309,7 @@ def commands(settings: Settings, symbol: str = "") -> dict[str, str]:
     """The exact commands the alerts quote: connection health and the emergency close of `symbol`."""
     host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
     base = f"http://{host}:{settings.api_port}/api/v1/monitoring"
-    key = "" if settings.api_bound_to_loopback else ' -H "X-API-Key: $API_KEY"'
+    key = ' -H "X-API-Key: $API_KEY"' if settings.api_key.get_secret_value() else ""  # the api requires it when set
     body = json.dumps({"symbol": symbol or "SYMBOL", "reason": "emergency"})
     return {
         "health_cmd": f"curl -s {base}/connection-health",

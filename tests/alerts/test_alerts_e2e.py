@@ -77,7 +77,7 @@ async def test_example_2_alerts_arrive_in_order_each_once(tmp_path: Path) -> Non
         assert "BOSCHLTD ₹720.00" in messages[1]["message"] and "SL ₹698.25" in messages[1]["message"]
         curl = (
             f"curl -s -X POST http://127.0.0.1:{stack.api_port}/api/v1/monitoring/emergency-close-position "
-            "-H 'Content-Type: application/json' -d '{\"symbol\": \"BOSCHLTD\", \"reason\": \"emergency\"}'"
+            '-H \'Content-Type: application/json\' -d \'{"symbol": "BOSCHLTD", "reason": "emergency"}\''
         )
         assert f"What to do: Close it by hand: {curl}" in messages[2]["message"]
         assert "Closed by api: 10 at ₹720.00" in messages[3]["message"] and "P&L ₹-150.00" in messages[3]["message"]
