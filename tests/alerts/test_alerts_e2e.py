@@ -114,7 +114,7 @@ async def test_a_failing_receiver_is_retried_and_gets_the_alert_once_the_guard_u
 
 
 async def test_flapping_feed_is_folded_into_a_bounded_number_of_messages(tmp_path: Path) -> None:
-    """Drops every ~2 s for ~30 s: at most one message per ALERT_REPEAT_S (5 s), counts adding up, last one says live."""
+    """Drops every ~2 s for ~30 s: one message per ALERT_REPEAT_S (5 s) at most, counts add up, the last one: live."""
     with Receiver() as receiver:
         async with Stack(tmp_path, **alert_env(receiver, ALERT_FEED_DOWN_S="0")) as stack:
             await stack.start("sim", "feed", "monitor", "api")
