@@ -1,5 +1,6 @@
-"""Conditions the alerts service derives from Redis state on a timer: the feed down for a while, open
-positions on stale prices, a service whose heartbeat is lost. Also the flush of folded messages.
+"""Conditions the alerts service derives from Redis state on a timer: the feed down for a while, the access
+token rejected, open positions on stale prices, a service whose heartbeat is lost. Also the flush of folded
+messages.
 
 Every instance evaluates them; the condition state in Redis decides atomically, so a change is sent once.
 """
@@ -102,7 +103,7 @@ class Checks:
             change,
             active=active,
             alert_type=alert_type,
-            facts=facts,
+            facts={**commands(self._settings), **facts},
             now=self._clock.now(),
             repeat_s=self._settings.alert_repeat_s,
             silent=silent,
@@ -116,6 +117,8 @@ class Checks:
             status = FeedStatus.from_redis(cast(dict[str, str], await self._redis.hgetall(keys.FEED_STATUS)))
         except MalformedRecord:
             return
+        if feed_alive:
+            await self._token(status)
         if feed_alive and status.connected:
             self._feed_down_since = None
             await self._set("feed_down", False, "feed_recovered", {})
@@ -134,9 +137,16 @@ class Checks:
             "attempts": status.reconnect_attempts,
             "error": (status.last_error or "none") if feed_alive else "the feed process is not running",
             "open_positions": await self._redis.scard(keys.OPEN_POSITIONS),
-            **commands(self._settings),
         }
         await self._set("feed_down", True, "feed_down", facts)
+
+    async def _token(self, status: FeedStatus) -> None:
+        if status.token_ok is None:  # not tried yet
+            return
+        if status.token_ok:
+            await self._set("feed_token", False, "feed_token_ok", {})
+        else:
+            await self._set("feed_token", True, "feed_token_rejected", {"error": status.last_error or "HTTP 401"})
 
     async def _stale(self, now: float) -> None:
         positions = [
@@ -170,7 +180,6 @@ class Checks:
             "positions": "; ".join(stale),
             "stale_after_s": f"{self._settings.price_stale_after_s:g}",
             "ttl_s": self._settings.price_cache_ttl_s,
-            **commands(self._settings),
         }
         await self._set("stale_prices", True, "stale_prices", facts)
 

@@ -76,6 +76,21 @@ ALERTS: dict[str, Rule] = {
         condition="stale_prices",
         ends=True,
     ),
+    "feed_token_rejected": Rule(
+        Severity.CRITICAL,
+        "Upstox rejects the access token",
+        "The feed cannot connect: {error}. No live prices until a valid token is set; SL/TP run on cached prices.",
+        "Set a valid UPSTOX_ACCESS_TOKEN in .env, then make restart (it expires daily at 03:30 IST); "
+        "curl -s http://127.0.0.1:{api_port}/api/v1/monitoring/status shows whether it works.",
+        condition="feed_token",
+    ),
+    "feed_token_ok": Rule(
+        Severity.RECOVERED,
+        "Upstox accepts the access token again",
+        "The feed is connected with the access token.",
+        condition="feed_token",
+        ends=True,
+    ),
     "heartbeat_lost": Rule(
         Severity.CRITICAL,
         "{service} is not running",
@@ -312,6 +327,7 @@ def commands(settings: Settings, symbol: str = "") -> dict[str, str]:
     key = ' -H "X-API-Key: $API_KEY"' if settings.api_key.get_secret_value() else ""  # the api requires it when set
     body = json.dumps({"symbol": symbol or "SYMBOL", "reason": "emergency"})
     return {
+        "api_port": str(settings.api_port),
         "health_cmd": f"curl -s {base}/connection-health",
         "close_cmd": (
             f"curl -s -X POST {base}/emergency-close-position -H 'Content-Type: application/json'{key} "

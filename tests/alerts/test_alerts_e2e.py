@@ -175,3 +175,23 @@ async def _feed_down_is(stack: Stack, active: bool) -> bool:
 
 async def _closed(stack: Stack, symbol: str) -> bool:
     return (await stack.position(symbol)).state is PositionState.CLOSED
+
+
+async def test_a_rejected_access_token_is_alerted_and_its_recovery_too(tmp_path: Path) -> None:
+    with Receiver() as receiver:
+        async with Stack(tmp_path, **alert_env(receiver, AUTH_RETRY_DELAY_S="1")) as stack:
+            await stack.start("sim", "feed", "monitor", "api", "alerts")
+            await stack.wait_connected(True)
+            await stack.fault("auth", 4)
+            await stack.fault("close", 0)  # the reconnection meets the rejected token
+            await eventually(lambda: "[CRITICAL] Upstox rejects the access token" in receiver.titles(), timeout_s=10)
+            await stack.wait_connected(True, timeout_s=20)
+            await eventually(lambda: "[RECOVERED] Upstox accepts the access token again" in receiver.titles())
+            await eventually(lambda: settled(stack), timeout_s=10)
+        token = [r for r in receiver.delivered() if "token" in r.title]
+        assert [r.title for r in token] == [
+            "[CRITICAL] Upstox rejects the access token",
+            "[RECOVERED] Upstox accepts the access token again",
+        ]
+        assert "access token rejected (HTTP 401" in token[0].message["message"]
+        assert f"curl -s http://127.0.0.1:{stack.api_port}/api/v1/monitoring/status" in token[0].message["message"]
