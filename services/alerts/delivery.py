@@ -21,7 +21,7 @@ from libs.common.clock import Clock
 from libs.common.logging import tagged
 from libs.common.notify import Kind, Target, send
 from libs.common.settings import Settings
-from services.alerts.group import Entry, ensure_group, read_new, read_own, reclaim, touch
+from services.alerts.group import Entry, ensure_group, forget_gone, read_new, read_own, reclaim, touch
 from services.alerts.table import Alert, Severity
 
 SENT_TTL_S = 7 * 86400
@@ -64,6 +64,7 @@ class Delivery:
                 idle_s = self._settings.alert_claim_idle_s
                 await touch(self._redis, keys.ALERTS_OUTBOX, self._consumer, list(self._messages))
                 await self._take(await reclaim(self._redis, keys.ALERTS_OUTBOX, self._consumer, idle_s))
+                await forget_gone(self._redis, keys.ALERTS_OUTBOX, idle_s)
                 next_reclaim = self._clock.monotonic() + idle_s / 3
             await self.deliver()
             await self._take(await read_new(self._redis, keys.ALERTS_OUTBOX, self._consumer, 50, self._wait_ms()))

@@ -45,6 +45,13 @@ async def reclaim(redis: Redis, stream: str, consumer: str, min_idle_s: float) -
             return out
 
 
+async def forget_gone(redis: Redis, stream: str, min_idle_s: float) -> None:
+    """Remove consumers that hold nothing and have not read for `min_idle_s` (each process is a new consumer)."""
+    for consumer in await redis.xinfo_consumers(stream, keys.ALERTS_GROUP):
+        if int(consumer["pending"]) == 0 and int(consumer["idle"]) >= min_idle_s * 1000:
+            await redis.xgroup_delconsumer(stream, keys.ALERTS_GROUP, consumer["name"])
+
+
 async def touch(redis: Redis, stream: str, consumer: str, ids: list[Any]) -> None:
     """Reset the idle time of entries `consumer` is still working on, so nobody reclaims them."""
     if ids:

@@ -20,7 +20,7 @@ from libs.common.models import MalformedRecord
 from libs.common.positions import PositionStore
 from libs.common.settings import Settings
 from services.alerts.fold import change
-from services.alerts.group import Entry, ensure_group, read_new, reclaim
+from services.alerts.group import Entry, ensure_group, forget_gone, read_new, reclaim
 from services.alerts.outbox import Outbox
 from services.alerts.table import ALERTS, alert_type, facts, fill, render
 
@@ -44,6 +44,7 @@ class Intake:
                     self._redis, keys.EVENTS_STREAM, self._consumer, self._settings.alert_claim_idle_s
                 ):
                     await self.handle(entry)
+                await forget_gone(self._redis, keys.EVENTS_STREAM, self._settings.alert_claim_idle_s)
                 next_reclaim = self._clock.monotonic() + self._settings.alert_claim_idle_s / 2
             for entry in await read_new(self._redis, keys.EVENTS_STREAM, self._consumer, 100, 1000):
                 await self.handle(entry)

@@ -44,6 +44,8 @@ async def test_killed_between_sending_and_acknowledging_the_alert_is_sent_after_
             await eventually(lambda: "[INFO] BOSCHLTD closed (stop_loss)" in receiver.titles(), timeout_s=15)
             await eventually(lambda: settled(stack), timeout_s=10)
             assert receiver.titles().count("[INFO] BOSCHLTD closed (stop_loss)") == 1
+            # The dead process's consumer, holding nothing any more, is forgotten.
+            await eventually(lambda: _consumers(stack, keys.ALERTS_OUTBOX, 1), timeout_s=10)
             message = next(r for r in receiver.delivered() if "BOSCHLTD" in r.title).message["message"]
             assert "Closed by monitor: 10 at ₹720.00 (stale price, 45 s old)" in message
             assert "P&L ₹-150.00" in message
@@ -79,3 +81,7 @@ async def test_two_instances_send_every_alert_once(tmp_path: Path) -> None:
         feed_down = [t for t in titles if t.startswith("[WARNING] Feed down for ")]
         assert len(feed_down) == 1, titles
         assert sorted(t for t in titles if t not in feed_down) == sorted(expected), titles
+
+
+async def _consumers(stack: Stack, stream: str, count: int) -> bool:
+    return len(await stack.redis.xinfo_consumers(stream, keys.ALERTS_GROUP)) == count
