@@ -16,7 +16,7 @@ Keys
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
   alerts:outbox             stream alert messages waiting to be sent (consumer group `alerts`)
   alerts:conditions         hash   condition id -> JSON state of the alert condition (active, last sent, folded)
-  alerts:sent:ID            set    indexes of ALERT_URLS an outbox message already reached (while retrying)
+  alerts:sent:ID            set    digests of the ALERT_URLS an outbox message already reached (while retrying)
 
 Channels
   ticks                     one notice per feed frame: the symbols (and prices) just written
@@ -78,7 +78,7 @@ def idempotency(key: str) -> str:
 
 
 def alert_sent(entry_id: str) -> str:
-    """Key of the set of ALERT_URLS indexes that outbox message `entry_id` already reached."""
+    """Key of the set of ALERT_URLS (digests) that outbox message `entry_id` already reached."""
     return ALERT_SENT_PREFIX + entry_id
 
 

@@ -7,6 +7,7 @@ Each URL is its own `Target`, so a caller knows which ones a message reached. A 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +29,7 @@ class InvalidTarget(ValueError):
 class Target:
     index: int  # position in ALERT_URLS, from 0
     label: str
+    key: str  # a digest of the URL: names the target in Redis, stable when ALERT_URLS is reordered
     _apprise: apprise.Apprise
 
 
@@ -48,7 +50,8 @@ def target(index: int, url: SecretStr) -> Target:
     if not sender.add(url.get_secret_value()):
         raise InvalidTarget(f"ALERT_URLS entry {index + 1} is not a valid apprise URL")
     private_url = str(next(iter(sender)).url(privacy=True))  # type: ignore[no-untyped-call]
-    return Target(index, private_url.split("?", 1)[0].rstrip("/"), sender)
+    digest = hashlib.sha256(url.get_secret_value().encode()).hexdigest()[:16]
+    return Target(index, private_url.split("?", 1)[0].rstrip("/"), digest, sender)
 
 
 def _notify(target: Target, title: str, body: str, kind: Kind) -> Outcome:

@@ -1,7 +1,7 @@
 """Sending the messages of `alerts:outbox` to every `ALERT_URLS` target, each exactly once when possible.
 
-A message is acknowledged only when every target has it; which targets already have it is kept in
-`alerts:sent:ID`, so a retry or a restart sends it only where it is missing. A failing target backs off
+A message is acknowledged only when every target has it; which targets already have it (by a digest of the
+URL) is kept in `alerts:sent:ID`, so a retry or a restart sends it only where it is missing. A failing target backs off
 (exponential with jitter, up to ALERT_RETRY_MAX_S) and holds its later messages back, so each target gets
 them in order and a dead one does not delay the others. Messages of a crashed instance are reclaimed after
 ALERT_CLAIM_IDLE_S; the ones this instance is working on are touched so nobody reclaims them meanwhile.
@@ -36,7 +36,7 @@ _KIND: dict[Severity, Kind] = {
 @dataclass
 class _Message:
     alert: Alert | None  # None: unreadable (trimmed); acknowledged without sending
-    sent: set[int] = field(default_factory=set)
+    sent: set[str] = field(default_factory=set)  # keys of the targets that have it
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Delivery:
         self._clock = clock
         self._consumer = consumer
         self._targets = targets
-        self._backoff = {t.index: _Backoff() for t in targets}
+        self._backoff = {t.key: _Backoff() for t in targets}
         self._messages: dict[str, _Message] = {}
 
     async def run(self) -> None:
@@ -77,7 +77,7 @@ class Delivery:
                 alert: Alert | None = Alert.from_json(fields["alert"])
             except (KeyError, ValueError, TypeError):
                 alert = None
-            sent = {int(i) for i in await self._redis.smembers(keys.alert_sent(entry_id))}
+            sent = {str(k) for k in await self._redis.smembers(keys.alert_sent(entry_id))}
             self._messages[entry_id] = _Message(alert, sent)
             if alert is not None and not sent:
                 _log(alert)
@@ -86,17 +86,17 @@ class Delivery:
     async def deliver(self) -> None:
         """Send every message to every target that is not backing off, oldest first; ack the complete ones."""
         for target in self._targets:
-            backoff = self._backoff[target.index]
+            backoff = self._backoff[target.key]
             if self._clock.monotonic() < backoff.next_at:
                 continue
             for entry_id, message in self._messages.items():
-                if message.alert is None or target.index in message.sent:
+                if message.alert is None or target.key in message.sent:
                     continue
                 if not await self._send(entry_id, message.alert, target, backoff):
                     break  # later messages wait: each target gets them in order
-                message.sent.add(target.index)
+                message.sent.add(target.key)
         for entry_id, message in list(self._messages.items()):
-            if message.alert is None or len(message.sent) == len(self._targets):
+            if message.alert is None or all(t.key in message.sent for t in self._targets):
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.xack(keys.ALERTS_OUTBOX, keys.ALERTS_GROUP, entry_id)
                     pipe.delete(keys.alert_sent(entry_id))
@@ -110,7 +110,7 @@ class Delivery:
                 logger.success(f"Alerts reach {target.label} again (after {backoff.failures} failed attempts)")
             backoff.failures, backoff.next_at = 0, 0.0
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(keys.alert_sent(entry_id), target.index)
+                pipe.sadd(keys.alert_sent(entry_id), target.key)
                 pipe.expire(keys.alert_sent(entry_id), SENT_TTL_S)
                 await pipe.execute()
             return True
