@@ -73,6 +73,7 @@ class Checks:
         self._store = PositionStore(redis, clock)
         self._cache = PriceCache(redis, settings.price_cache_ttl_s)
         self._feed_down_since: float | None = None
+        self._now: dict[str, dict[str, Any]] = {}  # facts of the active conditions as evaluated this round
         self._warned_at = -1e9
 
     async def run(self) -> None:
@@ -87,6 +88,7 @@ class Checks:
 
     async def evaluate(self) -> None:
         now = self._clock.now()
+        self._now.clear()
         dead = await self._liveness.dead()
         await self._feed(now, feed_alive="feed" not in dead)
         await self._stale(now)
@@ -94,16 +96,20 @@ class Checks:
             await self._heartbeat(name, now, dead)
         for condition, state in (await self._outbox.conditions()).items():
             if state.pending:
-                await self._outbox.apply(condition, partial(flush, now=now, repeat_s=self._settings.alert_repeat_s))
+                folded = partial(flush, now=now, repeat_s=self._settings.alert_repeat_s, facts=self._now.get(condition))
+                await self._outbox.apply(condition, folded)
 
     async def _set(
         self, condition: str, active: bool, alert_type: str, facts: dict[str, Any], silent: bool = False
     ) -> None:
+        facts = {**commands(self._settings), **facts}
+        if active:
+            self._now[condition] = facts
         changed = partial(
             change,
             active=active,
             alert_type=alert_type,
-            facts={**commands(self._settings), **facts},
+            facts=facts,
             now=self._clock.now(),
             repeat_s=self._settings.alert_repeat_s,
             silent=silent,

@@ -66,10 +66,15 @@ def change(
     return flush(new, now=now, repeat_s=repeat_s)
 
 
-def flush(state: ConditionState, *, now: float, repeat_s: float) -> tuple[ConditionState, Alert | None]:
-    """Send what was folded once the window since the last message has passed."""
+def flush(
+    state: ConditionState, *, now: float, repeat_s: float, facts: dict[str, Any] | None = None
+) -> tuple[ConditionState, Alert | None]:
+    """Send what was folded once the window since the last message has passed; `facts` (the numbers as they are
+    now) replace those of the last change while the condition is active."""
     if not state.pending or (state.sent_at is not None and now - state.sent_at < repeat_s):
         return state, None
+    if facts is not None and state.active:
+        state = replace(state, facts=facts)
     alert = render(state.type, state.facts, now, folded=state.pending - 1)
     return replace(state, sent_at=now, pending=0), alert
 

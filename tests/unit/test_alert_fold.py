@@ -87,3 +87,11 @@ def test_events_map_to_their_alert_with_money_and_the_exact_close_command() -> N
         """-H 'Content-Type: application/json' -d '{"symbol": "BOSCHLTD", "reason": "emergency"}'"""
     )
     assert human_duration(3725) == "1 h 2 min" and human_duration(44.6) == "45 s"
+
+
+def test_a_folded_message_about_an_active_condition_carries_the_numbers_of_now() -> None:
+    state, _ = _flap(ConditionState(), 0.0, True)
+    state, _ = _flap(state, 1.0, False)
+    state, _ = _flap(state, 2.0, True)
+    state, alert = flush(state, now=10.0, repeat_s=10, facts={"down_for": "10 s"})
+    assert alert is not None and alert.title == "Feed down for 10 s (1 more change since the last message)"
