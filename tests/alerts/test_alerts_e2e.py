@@ -201,3 +201,37 @@ async def test_a_rejected_access_token_is_alerted_and_its_recovery_too(tmp_path:
         ]
         assert "access token rejected (HTTP 401" in token[0].message["message"]
         assert f"curl -s http://127.0.0.1:{stack.api_port}/api/v1/monitoring/status" in token[0].message["message"]
+
+
+async def test_a_close_with_an_unknown_outcome_is_alerted_then_its_settlement(tmp_path: Path) -> None:
+    """The broker hangs with the close order in flight: "outcome unknown" (no second order); once the broker is
+    back the close is settled by its tag and the alert says so, each once."""
+    with Receiver() as receiver:
+        env = alert_env(receiver, BROKER_TIMEOUT_S="1", MONITOR_STUCK_CLOSE_S="2")
+        async with Stack(tmp_path, **env) as stack:
+            await stack.start("sim", "feed", "monitor", "api")
+            await stack.set_price("BOSCHLTD", 720.0)
+            await buy(stack, "BOSCHLTD", 10)
+            await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+            await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"))
+            await stack.start("alerts")
+            stack.pause("sim")  # the broker host hangs: the order is sent, no answer comes
+            resp = await stack.api("PATCH", "/api/v1/positions/BOSCHLTD", json={"stop_loss": 725.0})
+            assert resp.status_code == 200, resp.text
+            unknown = "[CRITICAL] Close of BOSCHLTD: outcome unknown"
+            await eventually(lambda: unknown in receiver.titles(), timeout_s=15)
+            stack.resume("sim")
+            await eventually(lambda: "[INFO] BOSCHLTD closed (stop_loss)" in receiver.titles(), timeout_s=20)
+            await eventually(lambda: settled(stack), timeout_s=10)
+            sells = [o for o in await stack.orders("BOSCHLTD") if o["transaction_type"] == "SELL"]
+        assert len(sells) == 1
+        bosch = [r for r in receiver.delivered() if "BOSCHLTD" in r.title]
+        titles = [r.title for r in bosch]
+        assert "No second order is sent" in bosch[0].message["message"]
+        # The broker decides: it filled the hung order (settled by its tag), or never got it (reopened, closed again).
+        if len(titles) == 2:
+            assert titles == [unknown, "[INFO] BOSCHLTD closed (stop_loss)"]
+            assert "Closed by reconcile" in bosch[1].message["message"]
+        else:
+            assert titles == [unknown, "[WARNING] BOSCHLTD reopened", "[INFO] BOSCHLTD closed (stop_loss)"]
+            assert "Closed by monitor" in bosch[2].message["message"]
