@@ -17,7 +17,7 @@ from loguru import logger
 from redis.asyncio import Redis
 
 from libs.common import keys
-from libs.common.clock import Clock
+from libs.common.clock import Clock, ist_iso
 from libs.common.logging import tagged
 from libs.common.notify import Kind, Target, send
 from libs.common.settings import Settings
@@ -105,19 +105,26 @@ class Delivery:
 
     async def _send(self, entry_id: str, alert: Alert, target: Target, backoff: _Backoff) -> bool:
         outcome = await send(target, alert.heading(), alert.text(), _KIND[alert.severity])
+        note = f"alerts.undelivered.{target.label}"  # shown by GET /api/v1/monitoring/status
         if outcome.sent:
-            if backoff.failures:
-                logger.success(f"Alerts reach {target.label} again (after {backoff.failures} failed attempts)")
-            backoff.failures, backoff.next_at = 0, 0.0
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.sadd(keys.alert_sent(entry_id), target.key)
                 pipe.expire(keys.alert_sent(entry_id), SENT_TTL_S)
+                if backoff.failures:
+                    pipe.hdel(keys.SERVICES_STATUS, note)
                 await pipe.execute()
+            if backoff.failures:
+                logger.success(f"Alerts reach {target.label} again (after {backoff.failures} failed attempts)")
+            backoff.failures, backoff.next_at = 0, 0.0
             return True
         backoff.failures += 1
         base = self._settings.alert_retry_base_s * 2 ** min(backoff.failures - 1, 20)
         delay_s = min(self._settings.alert_retry_max_s, base) * random.uniform(0.8, 1.2)
         backoff.next_at = self._clock.monotonic() + delay_s
+        waiting = sum(target.key not in m.sent for m in self._messages.values())
+        at = ist_iso(self._clock.now())
+        detail = f"{outcome.error} (attempt {backoff.failures} at {at}; {waiting} message(s) waiting)"
+        await self._redis.hset(keys.SERVICES_STATUS, note, detail[:500])
         logger.warning(
             f"Alert not delivered to {target.label} (attempt {backoff.failures}): {outcome.error}; "
             f"retrying in {delay_s:.1f} s"

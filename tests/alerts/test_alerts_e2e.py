@@ -114,10 +114,13 @@ async def test_a_failing_receiver_is_retried_and_gets_the_alerts_once_the_guard_
             await eventually(lambda: len(receiver.requests) >= 3, timeout_s=15)  # retried with backoff
             assert receiver.delivered() == []
             await stack.wait_log("alerts", "retrying in")
+            note = f"alerts.undelivered.json://127.0.0.1:{receiver.port}"
+            assert "error=500" in (await stack.status())["notes"][note]  # /status tells the person
             receiver.status = 200
             await eventually(lambda: "[INFO] KAYNES closed (stop_loss)" in receiver.titles(), timeout_s=10)
             await eventually(lambda: settled(stack), timeout_s=10)
             assert receiver.titles() == ["[CRITICAL] Close of KAYNES failed", "[INFO] KAYNES closed (stop_loss)"]
+            assert note not in (await stack.status())["notes"]
             sells = [o for o in await stack.orders("KAYNES") if o["transaction_type"] == "SELL"]
             assert len(sells) == 1  # one close, however often its alerts were retried
             failed = receiver.delivered()[0].message["message"]
