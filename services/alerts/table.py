@@ -159,7 +159,11 @@ ALERTS: dict[str, Rule] = {
         "The monitor skips position {symbol}: {error}.",
         "Fix or delete position:{symbol} in Redis; the position is not protected meanwhile.",
     ),
-    # Emitted by the broker-truth, safety-net, token and static-IP work (their event names).
+    # For the events the broker-truth, safety-net, token and static-IP work emit. To alert on them, record the event
+    # with `libs.common.events` (`add_event(pipe, encode_event(kind, at, symbol, **fields))`) under these kinds, with
+    # the fields the templates name: `closed` with `record.closed_by` "external"/"safety_net" (the close record);
+    # safety_net_failed(symbol, error); safety_net_placed(symbol); token_expiring/token_expired(token, expires_at);
+    # token_rejected(token, error); token_ok(token); orders_blocked(reason); orders_unblocked.
     "external_close": Rule(
         Severity.WARNING,
         "{symbol} was closed outside the guard",
