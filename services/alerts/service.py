@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -30,7 +30,7 @@ async def run_alerts(settings: Settings, redis: Redis, clock: Clock, targets: li
     where = ", ".join(t.label for t in targets) or "the log only (ALERT_URLS is empty)"
     logger.info(f"Alerts go to {where}; consumer {consumer}")
     async with httpx.AsyncClient(timeout=10) as http:
-        loops: dict[str, Any] = {
+        loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "heartbeat": lambda: beat_forever(redis, "alerts", settings, clock),
             "intake": lambda: Intake(redis, settings, clock, consumer).run(),
             "checks": lambda: Checks(redis, settings, clock, liveness).run(),
@@ -43,12 +43,11 @@ async def run_alerts(settings: Settings, redis: Redis, clock: Clock, targets: li
                 group.create_task(_supervised(name, make, clock), name=f"alerts-{name}")
 
 
-async def _supervised(name: str, make: Any, clock: Clock) -> None:
+async def _supervised(name: str, make: Callable[[], Coroutine[Any, Any, None]], clock: Clock) -> None:
     """Run the loop `make()` forever: on a Redis outage (or a bug) log it and start it again after 1 s."""
     while True:
-        loop: Coroutine[Any, Any, None] = make()
         try:
-            await loop
+            await make()
         except RedisError as exc:
             logger.warning(f"Alerts {name} loop: Redis {type(exc).__name__}: {exc}; restarting it in 1 s")
         except Exception:
