@@ -129,7 +129,7 @@ class Checks:
             self._feed_down_since = None
             await self._set("feed_down", False, "feed_recovered", {})
             return
-        if feed_alive and status.outage_started_at is not None:
+        if status.outage_started_at is not None:  # written by the feed, even if it died since
             self._feed_down_since = status.outage_started_at
         elif self._feed_down_since is None:
             self._feed_down_since = now

@@ -70,7 +70,8 @@ async def test_example_2_alerts_arrive_in_order_each_once(tmp_path: Path) -> Non
             await stack.wait_log("alerts", "Feed live again")
             await eventually(lambda: settled(stack), timeout_s=10)
 
-        titles = receiver.titles()
+        # A heartbeat late beyond the compressed 2 s TTL on a loaded machine is alerted too, rightly: not part of this.
+        titles = [t for t in receiver.titles() if "running" not in t]
         assert titles == [
             titles[0],
             "[WARNING] 1 open position(s) on stale prices",
@@ -79,7 +80,7 @@ async def test_example_2_alerts_arrive_in_order_each_once(tmp_path: Path) -> Non
             "[RECOVERED] Feed live again",
         ], titles
         assert titles[0].startswith("[WARNING] Feed down for ")
-        messages = [r.message for r in receiver.delivered()]
+        messages = [r.message for r in receiver.delivered() if "running" not in r.title]
         assert "BOSCHLTD ₹720.00" in messages[1]["message"] and "SL ₹698.25" in messages[1]["message"]
         curl = (
             f"curl -s -X POST http://127.0.0.1:{stack.api_port}/api/v1/monitoring/emergency-close-position "
