@@ -8,11 +8,12 @@ overriding them. `load_settings()` turns a bad value into one clear line naming 
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import cached_property
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 FeedMode = Literal["ltpc", "full", "option_greeks"]
 
@@ -173,6 +174,10 @@ def load_settings(**overrides: object) -> Settings:
     """Read the settings; on a bad value raise `ConfigError` with one line naming the variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:  # a list setting (FEED_WATCHLIST, ALERT_URLS, ...) that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1).upper() if field else "SETTINGS"
+        raise ConfigError(f'config error: {name}: not a JSON list; write it as ["first", "second"]') from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
