@@ -38,12 +38,15 @@ async def test_killed_between_sending_and_acknowledging_the_alert_is_sent_after_
             await eventually(lambda: receiver.held == 1, timeout_s=10)
             stack.kill("alerts")  # SIGKILL: read, sent, not acknowledged
             receiver.release()
+            await closed_event(stack, "KAYNES")  # recorded while no alerts service runs
             assert receiver.delivered() == []
 
             await stack.start("alerts")
             await eventually(lambda: "[INFO] BOSCHLTD closed (stop_loss)" in receiver.titles(), timeout_s=15)
+            await eventually(lambda: "[INFO] KAYNES closed (stop_loss)" in receiver.titles(), timeout_s=5)
             await eventually(lambda: settled(stack), timeout_s=10)
             assert receiver.titles().count("[INFO] BOSCHLTD closed (stop_loss)") == 1
+            assert receiver.titles().count("[INFO] KAYNES closed (stop_loss)") == 1
             # The dead process's consumer, holding nothing any more, is forgotten.
             await eventually(lambda: _consumers(stack, keys.ALERTS_OUTBOX, 1), timeout_s=10)
             message = next(r for r in receiver.delivered() if "BOSCHLTD" in r.title).message["message"]
@@ -85,3 +88,19 @@ async def test_two_instances_send_every_alert_once(tmp_path: Path) -> None:
 
 async def _consumers(stack: Stack, stream: str, count: int) -> bool:
     return len(await stack.redis.xinfo_consumers(stream, keys.ALERTS_GROUP)) == count
+
+
+async def test_alerts_survive_a_redis_restart(tmp_path: Path) -> None:
+    with Receiver() as receiver:
+        async with Stack(tmp_path, **alert_env(receiver)) as stack:
+            await stack.start("alerts")
+            await closed_event(stack, "BOSCHLTD")
+            await eventually(lambda: "[INFO] BOSCHLTD closed (stop_loss)" in receiver.titles(), timeout_s=10)
+            pid = stack.pid("alerts")
+            await stack.restart_redis()  # AOF keeps the streams, their groups and the condition states
+            await closed_event(stack, "KAYNES")
+            await eventually(lambda: "[INFO] KAYNES closed (stop_loss)" in receiver.titles(), timeout_s=20)
+            await eventually(lambda: settled(stack), timeout_s=10)
+            assert stack.pid("alerts") == pid and stack.alive("alerts")
+        closes = [t for t in receiver.titles() if "closed" in t]
+        assert closes == ["[INFO] BOSCHLTD closed (stop_loss)", "[INFO] KAYNES closed (stop_loss)"]
