@@ -29,7 +29,7 @@ from libs.common.settings import Settings
 from services.api.deps import Resources
 from services.api.health import HealthReader
 from services.api.idempotency import Idempotency
-from services.api.routes import auth, monitoring, positions
+from services.api.routes import alerts, auth, monitoring, positions
 from services.api.security import BodyLimit, check_bind
 from services.api.token_probe import TokenProbe
 from services.api.token_watch import ExpiryWatch
@@ -78,7 +78,8 @@ def create_app(
             instruments=instrument_index(settings.sim_extra_instruments),
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
-        expiry = asyncio.create_task(ExpiryWatch(settings, credentials, store, clock).run(), name="api-token-expiry")
+        watch = ExpiryWatch(settings, credentials, app.state.resources.token_probe, redis, clock)
+        expiry = asyncio.create_task(watch.run(), name="api-token-expiry")
         try:
             yield
         finally:
@@ -102,6 +103,7 @@ def create_app(
     app.add_exception_handler(MalformedRecord, _malformed)
     app.include_router(monitoring.router)
     app.include_router(positions.router)
+    app.include_router(alerts.router)
     app.include_router(auth.router)
     return app
 

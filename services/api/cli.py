@@ -25,7 +25,6 @@ import httpx
 from libs.common.clock import SystemClock
 from libs.common.credentials import Credentials
 from libs.common.logging import setup_logging
-from libs.common.positions import PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.settings import ConfigError, Settings, load_settings
 from services.api.token_swap import SwapRefused, swap_access_token
@@ -83,7 +82,7 @@ async def _swap(settings: Settings, token: str, source: str) -> int:
                 credentials=Credentials(settings, redis, clock),
                 http=http,
                 clock=clock,
-                store=PositionStore(redis, clock),
+                redis=redis,
             )
     except SwapRefused as exc:
         print(f"token not replaced: {exc}", file=sys.stderr)

@@ -241,6 +241,20 @@ class ValidationErrorOut(BaseModel):
     message: str
 
 
+class AlertTestTarget(BaseModel):
+    index: int = Field(description="position in ALERT_URLS, from 1")
+    target: str = Field(description="the URL with its secrets masked (apprise's privacy form)")
+    sent: bool
+    error: str = ""
+
+
+class AlertTestOut(BaseModel):
+    timestamp: str
+    sent: int
+    failed: int
+    targets: list[AlertTestTarget]
+
+
 # --- auth -------------------------------------------------------------------------------------
 
 # A token is printable ASCII without spaces; it is never echoed back, not even in a 422.

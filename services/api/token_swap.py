@@ -2,7 +2,7 @@
 
 One path for every way a token arrives (`POST /api/v1/auth/token`, `token set` on stdin, the OAuth `login`,
 the access-token request notifier): profile check -> encrypted store + notice (libs.common.credentials)
--> a `[SUCCESS]` line and a `token_replaced` event. A refused token changes nothing.
+-> a `[SUCCESS]` line and a `token_ok` event (it ends a token alert). A refused token changes nothing.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import httpx
 from loguru import logger
+from redis.asyncio import Redis
 
 from libs.common.clock import Clock, ist_iso
 from libs.common.credentials import Credentials, CredentialsLocked
-from libs.common.positions import PositionStore
+from libs.common.events import add_event, encode_event
 from libs.common.settings import Settings
 from services.api.token_probe import check_access_token
 
@@ -45,7 +46,7 @@ async def swap_access_token(
     credentials: Credentials,
     http: httpx.AsyncClient,
     clock: Clock,
-    store: PositionStore,
+    redis: Redis,
     expected_user_id: str | None = None,
 ) -> Swapped:
     """Check `token` with the broker's profile endpoint, then make it the access token of every service.
@@ -69,5 +70,5 @@ async def swap_access_token(
         f"Access token replaced (via {source}, user {verdict.user_id or 'unknown'}, "
         f"valid until {until or 'revoked'}); every service uses it from its next call"
     )
-    await store.publish_event("token_replaced", "", source=source, expires_at=until)
+    await add_event(redis, encode_event("token_ok", clock.now(), token="access", source=source, expires_at=until))  # noqa: S106
     return Swapped(source, verdict.user_id, until, expiry.basis)

@@ -3,20 +3,22 @@
 States: `valid`; `expiring` within `TOKEN_EXPIRY_WARN_S` of its expiry; `expired` once that passed;
 `rejected` when the broker refuses it before then. The expiry comes from the token's own `exp` claim, else
 the 03:30 IST rule (libs.common.credentials). `ExpiryWatch` runs in the api: one `[WARNING]` line and one
-event (`token_expiring`, `token_expired`) per token and state, so alerts see them too.
+event (`token_expiring`, `token_expired`, `token_rejected`, then `token_ok`; field `token`: access or
+analytics) per token and state, which the alerts service turns into messages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from loguru import logger
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.common.clock import Clock, ist_iso
 from libs.common.credentials import Credentials, CredentialState, Expiry, state_of
-from libs.common.positions import PositionStore
+from libs.common.events import add_event, encode_event
 from libs.common.settings import Settings
 from services.api.token_probe import TokenProbe, TokenVerdict
 
@@ -72,14 +74,19 @@ async def credential_views(
 
 
 class ExpiryWatch:
-    """Announces, once per token, that it is about to expire and that it has expired."""
+    """Announces, once per token, that it is about to expire, that it has expired, and that the broker
+    refuses it (or accepts it again): a `[WARNING]` line and an event for the alerts service each."""
 
-    def __init__(self, settings: Settings, credentials: Credentials, store: PositionStore, clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, credentials: Credentials, probe: TokenProbe, redis: Redis, clock: Clock
+    ) -> None:
         self._settings = settings
         self._credentials = credentials
-        self._store = store
+        self._probe = probe
+        self._redis = redis
         self._clock = clock
-        self._announced: dict[tuple[str, str], str] = {}  # (kind, token) -> last state announced
+        self._announced: dict[tuple[str, str], str] = {}  # (kind, token) -> last expiry state announced
+        self._refused: dict[tuple[str, str], bool] = {}  # (kind, token) -> the broker refused it at last probe
 
     async def run(self, interval_s: float = 1.0) -> None:
         while True:
@@ -90,19 +97,26 @@ class ExpiryWatch:
             await self._clock.sleep(interval_s)
 
     async def check_once(self) -> None:
+        """Look at each credential once (the probe answers from its cache within TOKEN_PROBE_CACHE_S)."""
         held = await self._credentials.held_access()
-        await self._announce("access", held.token, self._credentials.expiry(held))
-        if self._credentials.has_analytics:
-            await self._announce("analytics", self._credentials.analytics_token, self._credentials.analytics_expiry())
+        expiry = self._credentials.expiry(held)
+        expired = await self._announce("access", held.token, expiry)
+        await self._judge("access", held.token, await self._probe.verdict(), expired)
+        analytics = await self._probe.analytics_verdict()
+        if analytics is not None:
+            token = self._credentials.analytics_token
+            expired = await self._announce("analytics", token, self._credentials.analytics_expiry())
+            await self._judge("analytics", token, analytics, expired)
 
-    async def _announce(self, kind: str, token: str, expiry: Expiry) -> None:
+    async def _announce(self, kind: str, token: str, expiry: Expiry) -> bool:
+        """Say it once when `token` comes within the warning time and when it expires; True once expired."""
         if expiry.at is None:
-            return
+            return False
         now = self._clock.now()
         state = state_of(expiry, now, self._settings.token_expiry_warn_s, rejected=False)
         key = (kind, token)
         if state == "valid" or self._announced.get(key) == state:
-            return
+            return state == "expired"
         if self._announced.get(key) is None:  # a new token: forget the ones it replaced
             self._announced = {k: v for k, v in self._announced.items() if k[0] != kind}
         self._announced[key] = state
@@ -121,4 +135,24 @@ class ExpiryWatch:
         else:
             line = f"The Upstox analytics token expired at {at}: market data stops until a new one is set (restart)"
         logger.bind(tag="WARNING").warning(line)
-        await self._store.publish_event(f"token_{state}", "", credential=kind, expires_at=at)
+        await self._event(f"token_{state}", token=kind, expires_at=at)
+        return state == "expired"
+
+    async def _judge(self, kind: str, token: str, verdict: TokenVerdict, expired: bool) -> None:
+        """`token_rejected` when the broker starts refusing a token that has not simply expired (that was
+        said already), `token_ok` when it accepts it again."""
+        if verdict.valid is None or expired:
+            return
+        key = (kind, token)
+        refused, was = not verdict.valid, self._refused.get(key)
+        self._refused = {k: v for k, v in self._refused.items() if k[0] != kind or k == key}
+        self._refused[key] = refused
+        if refused and was is not True:
+            logger.bind(tag="WARNING").warning(f"Upstox refuses the {kind} token: {verdict.detail}")
+            await self._event("token_rejected", token=kind, error=verdict.detail)
+        elif not refused and was is True:
+            logger.success(f"Upstox accepts the {kind} token again")
+            await self._event("token_ok", token=kind)
+
+    async def _event(self, kind: str, **fields: Any) -> None:
+        await add_event(self._redis, encode_event(kind, self._clock.now(), **fields))

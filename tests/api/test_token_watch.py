@@ -6,6 +6,7 @@ import base64
 import io
 import json
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
@@ -15,6 +16,7 @@ from libs.common.credentials import Credentials
 from libs.common.logging import setup_logging
 from libs.common.positions import PositionStore
 from libs.common.settings import Settings
+from services.api.token_probe import TokenProbe
 from services.api.token_watch import ExpiryWatch
 
 pytestmark = pytest.mark.integration
@@ -39,7 +41,8 @@ async def test_warns_once_before_and_once_at_expiry_per_token(settings: Settings
     setup_logging("api", s, stream=out)
     credentials = Credentials(s, redis, clock)
     store = PositionStore(redis, clock)
-    watch = ExpiryWatch(s, credentials, store, clock)
+    probe = TokenProbe(s, clock, httpx.AsyncClient(transport=httpx.MockTransport(broker)), credentials)
+    watch = ExpiryWatch(s, credentials, probe, redis, clock)
 
     async def step(seconds: float) -> None:
         clock.advance(seconds)
@@ -55,7 +58,7 @@ async def test_warns_once_before_and_once_at_expiry_per_token(settings: Settings
     assert len(lines) == 2, lines
     assert "access token expires at" in lines[0] and "(in 1 min)" in lines[0]
     assert "access token expired at" in lines[1] and "orders, GTTs and positions are refused" in lines[1]
-    events = [(e["kind"], e["credential"]) for e in reversed(await store.recent_events())]
+    events = [(e["kind"], e["token"]) for e in reversed(await store.recent_events())]
     assert events == [("token_expiring", "access"), ("token_expired", "access")]
 
     # A new token starts afresh; the analytics token gets its own warning when its time comes.
@@ -67,3 +70,37 @@ async def test_warns_once_before_and_once_at_expiry_per_token(settings: Settings
     assert "access token expires at" in lines[2] and "access token expired at" in lines[3]
     assert "analytics token expires at" in lines[4]
     assert jwt(clock.now()) not in out.getvalue()
+
+
+REFUSED: set[str] = set()
+
+
+def broker(request: httpx.Request) -> httpx.Response:
+    """Upstox's profile and LTP endpoints: 401 for a token in REFUSED."""
+    if request.headers["authorization"].removeprefix("Bearer ") in REFUSED:
+        return httpx.Response(401, json={"status": "error", "errors": [{"error_code": "UDAPI100050"}]})
+    return httpx.Response(200, json={"status": "success", "data": {"user_id": "SIM001"}})
+
+
+async def test_a_refused_token_is_said_once_and_its_return_too(settings: Settings, redis: Redis) -> None:
+    clock = ManualClock(1_800_000_000.0)
+    token = jwt(clock.now() + 86400)
+    s = settings.model_copy(update={"upstox_access_token": SecretStr(token), "token_probe_cache_s": 0.0})
+    out = io.StringIO()
+    setup_logging("api", s, stream=out)
+    credentials = Credentials(s, redis, clock)
+    probe = TokenProbe(s, clock, httpx.AsyncClient(transport=httpx.MockTransport(broker)), credentials)
+    watch = ExpiryWatch(s, credentials, probe, redis, clock)
+    await watch.check_once()
+    REFUSED.add(token)
+    try:
+        await watch.check_once()
+        await watch.check_once()
+    finally:
+        REFUSED.discard(token)
+    await watch.check_once()
+    await watch.check_once()
+    events = [(e["kind"], e["token"]) for e in reversed(await PositionStore(redis, clock).recent_events())]
+    assert events == [("token_rejected", "access"), ("token_ok", "access")]
+    assert "[WARNING] Upstox refuses the access token: profile endpoint rejected the token (401)" in out.getvalue()
+    assert token not in out.getvalue()

@@ -45,7 +45,7 @@ async def _swap(res: Res, token: str, *, source: str, expected_user_id: str | No
             credentials=res.credentials,
             http=res.http,
             clock=res.clock,
-            store=res.store,
+            redis=res.redis,
             expected_user_id=expected_user_id,
         )
     except SwapRefused as exc:
