@@ -253,6 +253,7 @@ class AlertTestOut(BaseModel):
     sent: int
     failed: int
     targets: list[AlertTestTarget]
+    message: str
 
 
 # --- auth -------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from services.api.token_probe import TokenProbe, TokenVerdict
 
 ACCESS_USE = "orders, GTTs, positions, profile"
 MARKET_USE = "market-data feed, LTP"
+_PROBE_EVERY_S = 60.0  # how often the watch asks the broker itself (the status endpoint asks on demand)
 _RENEW = "python -m services.api login, python -m services.api token set, or POST /api/v1/auth/token"
 
 
@@ -89,24 +90,30 @@ class ExpiryWatch:
         self._refused: dict[tuple[str, str], bool] = {}  # (kind, token) -> the broker refused it at last probe
 
     async def run(self, interval_s: float = 1.0) -> None:
+        probe_every_s = max(_PROBE_EVERY_S, self._settings.token_probe_cache_s)
+        next_probe = self._clock.monotonic() + probe_every_s
         while True:
+            due = self._clock.monotonic() >= next_probe
             try:
-                await self.check_once()
+                await self.check_once(probe=due)
             except RedisError as exc:
                 logger.warning(f"Token expiry check: Redis unavailable ({type(exc).__name__}); retrying")
+            if due:
+                next_probe = self._clock.monotonic() + probe_every_s
             await self._clock.sleep(interval_s)
 
-    async def check_once(self) -> None:
-        """Look at each credential once (the probe answers from its cache within TOKEN_PROBE_CACHE_S)."""
+    async def check_once(self, *, probe: bool = True) -> None:
+        """Look at each credential once; with `probe`, also ask the broker whether it accepts them."""
         held = await self._credentials.held_access()
-        expiry = self._credentials.expiry(held)
-        expired = await self._announce("access", held.token, expiry)
-        await self._judge("access", held.token, await self._probe.verdict(), expired)
-        analytics = await self._probe.analytics_verdict()
-        if analytics is not None:
+        expired = await self._announce("access", held.token, self._credentials.expiry(held))
+        if probe:
+            await self._judge("access", held.token, await self._probe.verdict(), expired)
+        if self._credentials.has_analytics:
             token = self._credentials.analytics_token
             expired = await self._announce("analytics", token, self._credentials.analytics_expiry())
-            await self._judge("analytics", token, analytics, expired)
+            verdict = await self._probe.analytics_verdict() if probe else None
+            if verdict is not None:
+                await self._judge("analytics", token, verdict, expired)
 
     async def _announce(self, kind: str, token: str, expiry: Expiry) -> bool:
         """Say it once when `token` comes within the warning time and when it expires; True once expired."""
