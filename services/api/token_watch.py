@@ -142,8 +142,18 @@ class ExpiryWatch:
         else:
             line = f"The Upstox analytics token expired at {at}: market data stops until a new one is set (restart)"
         logger.bind(tag="WARNING").warning(line)
-        await self._event(f"token_{state}", token=kind, expires_at=at)
+        if state == "expiring":
+            await self._event("token_expiring", token=kind, expires_at=at)
+        else:
+            await self._event("token_expired", token=kind, expires_at=at, effect=self._effect_of_expiry(kind))
         return state == "expired"
+
+    def _effect_of_expiry(self, kind: str) -> str:
+        if kind == "analytics":
+            return "no live prices until a new UPSTOX_ANALYTICS_TOKEN is set (SL/TP run on cached prices)"
+        if self._credentials.has_analytics:
+            return "orders, GTTs and positions are refused (prices still stream on the analytics token)"
+        return "orders, GTTs and positions are refused, and the feed waits for a new token (no live prices)"
 
     async def _judge(self, kind: str, token: str, verdict: TokenVerdict, expired: bool) -> None:
         """`token_rejected` when the broker starts refusing a token that has not simply expired (that was

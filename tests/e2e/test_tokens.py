@@ -83,8 +83,9 @@ async def test_access_token_expires_with_a_position_open_and_a_hot_swap_fires_th
         assert status["credentials"][0]["state"] == "expired" and status["credentials"][0]["source"] == "api"
         assert status["credentials"][1]["state"] == "valid"
         assert status["orders"]["blocked"] is True and "expired" in status["orders"]["reason"]
-        kinds = [e["kind"] for e in await stack.events()]
-        assert "token_expiring" in kinds and "token_expired" in kinds
+        events = {e["kind"]: e for e in await stack.events()}
+        assert events["token_expiring"]["token"] == "access"
+        assert "prices still stream on the analytics token" in events["token_expired"]["effect"]
 
         # The feed streams on, on the analytics token.
         await stack.set_price("BOSCHLTD", 710.0)
