@@ -73,6 +73,19 @@ async def test_price_source_follows_the_layers(
     assert body["exit_price"] == 700.0
 
 
+async def test_connected_status_with_an_expired_feed_heartbeat_is_a_cached_price_not_live(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    """The feed died while connected: `feed:status` still says so, but without a heartbeat the price is cached."""
+    now = time.time()
+    await feed_live(redis, now)
+    await redis.delete(keys.heartbeat("feed"))
+    await write_prices(redis, now - 5, {"BOSCHLTD": "700.00"})
+    await opened(client)
+    body = (await client.post(CLOSE, json={"symbol": "BOSCHLTD", "reason": "emergency"})).json()
+    assert (body["price_source"], body["exit_price"]) == ("cached", 700.0)
+
+
 async def test_unknown_symbol_is_404_and_a_closed_one_409(client: httpx.AsyncClient, redis: Redis) -> None:
     missing = await client.post(CLOSE, json={"symbol": "NOSUCH", "reason": "emergency"})
     assert missing.status_code == 404

@@ -136,6 +136,28 @@ async def test_example_1_brief_disconnection_tp_on_a_10s_old_cached_price(
     assert (record.price_source, record.price_age_s) == (PriceSource.CACHED, 10.0)
 
 
+async def test_connected_status_with_an_expired_feed_heartbeat_is_not_live(
+    redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore, logs: LogLines, make_monitor: Any
+) -> None:
+    """A feed killed while connected leaves `feed:status` saying connected: its expired heartbeat is what tells."""
+    await set_feed(redis, settings, clock, live=True)
+    await store.open(long_kaynes())
+    await write_price(redis, settings, "KAYNES", "204.10", clock.now(), publish=False)
+    await redis.delete(keys.heartbeat("feed"))  # expired: the process is gone, nobody rewrote its status
+    clock.advance(10)
+    monitor = make_monitor()
+    report = await monitor.sweep_once()
+    await monitor.drain()
+    assert report.feed_live is False
+    assert logs.lines("FALLBACK", "TP") == [
+        "[FALLBACK] Using cached price for KAYNES: ₹204.10 (10s old)",
+        "[TP] KAYNES: Price ₹204.10 >= TP ₹197.76 (FALLBACK)",
+    ]
+    assert logs.lines("WARNING") == ["[WARNING] Feed is not live: checking SL/TP on cached prices"]
+    record = await closed_record(store, "KAYNES")
+    assert (record.price_source, record.price_age_s) == (PriceSource.CACHED, 10.0)
+
+
 async def test_example_2_extended_outage_warns_once_then_again_for_the_next_outage(
     redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore, logs: LogLines, make_monitor: Any
 ) -> None:
