@@ -10,7 +10,7 @@ import pytest
 from redis import Redis as SyncRedis
 
 from libs.common.settings import Settings, load_settings
-from tests.helpers import REPO_ROOT, redis_server, sealed_child
+from tests.helpers import REPO_ROOT, RedisServer, redis_server, sealed_child
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +76,14 @@ def test_tests_run_in_a_developers_shell_pass_and_touch_nothing_of_theirs(tmp_pa
         assert client.info("stats")["total_connections_received"] == before
         assert client.keys("*") == ["position:BOSCHLTD"]
         assert client.hgetall("position:BOSCHLTD") == {"state": "open", "quantity": "39"}
+
+
+def test_the_private_redis_refuses_a_server_that_is_not_its_own_child(tmp_path: Path) -> None:
+    """A redis-server already on the port (say, the developer's): never adopted, and left running untouched."""
+    with redis_server() as theirs, SyncRedis(port=theirs.port) as client:
+        client.set("their:key", "1")
+        ours = RedisServer(theirs.port, str(tmp_path))
+        with pytest.raises(RuntimeError, match=f"port {theirs.port}"):
+            ours.start()
+        assert ours.proc is None or ours.proc.poll() is not None
+        assert client.get("their:key") == b"1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from libs.common.clock import SystemClock
 from libs.common.closing import TAG_PREFIX, Closer, CloseRequest
 from libs.common.models import CloseReason, CloseRecord, Position, PositionState, PriceSource
 from libs.common.money import Paise
-from libs.common.positions import PositionConflict, PositionStore
+from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
 from services.monitor import Monitor
@@ -32,6 +33,7 @@ from tests.monitor.conftest import (
     short_reliance,
     write_price,
 )
+from tests.races import released_together
 
 pytestmark = pytest.mark.integration
 CLOCK = SystemClock()
@@ -122,16 +124,24 @@ async def test_a_hundred_racing_closes_from_monitors_and_the_api_send_one_order(
     await write_price(redis, msettings, "BOSCHLTD", "575.00", CLOCK.now() - 45)
     await set_feed(redis, msettings, CLOCK, live=False)
     sim.market.set_price("BOSCHLTD", 57500)
-    broker = UpstoxBroker(msettings)
-    monitors = [Monitor(msettings, redis, broker, CLOCK) for _ in range(50)]
-    api = Closer(store, broker, CLOCK)
     request = CloseRequest("BOSCHLTD", CloseReason.EMERGENCY, "api", 57500, PriceSource.STALE, 45.0)
-    results = await asyncio.gather(
-        *(m.sweep_once() for m in monitors), *(api.close(request) for _ in range(50)), return_exceptions=True
+    broker = UpstoxBroker(msettings)
+    clients = [create_redis(msettings) for _ in range(100)]  # separate connections, warmed below
+    monitors = [Monitor(msettings, client, broker, CLOCK) for client in clients[:50]]
+    apis = [Closer(PositionStore(client, CLOCK), broker, CLOCK) for client in clients[50:]]
+    for monitor in monitors:
+        assert await monitor.feed_live() is False
+    for api in apis:
+        with contextlib.suppress(PositionNotFound):
+            await api.close(dataclasses.replace(request, symbol="WARMUP"))  # connects, loads the claim script
+    results = await released_together(
+        [*(m.sweep_once for m in monitors), *(lambda a=a: a.close(request) for a in apis)]
     )
     for monitor in monitors:
         await monitor.drain(timeout_s=5)
     await broker.aclose()
+    for client in clients:
+        await client.aclose()
     assert not [r for r in results if isinstance(r, Exception) and not isinstance(r, PositionConflict)]
     assert len(await sim_orders(sim)) == 1
     assert await redis.llen(keys.CLOSED_JOURNAL) == 1
