@@ -118,6 +118,20 @@ async def test_price_ttl_follows_the_setting(settings: Settings, sim: Simulator,
         await eventually(vouched_with_the_setting, timeout_s=5)
 
 
+async def test_the_feed_trims_expired_symbols_from_the_index(
+    sim: Simulator, feed_settings: Settings, redis: Redis
+) -> None:
+    expired_as_of = time.time() - feed_settings.price_cache_ttl_s - 5
+    await redis.zadd(keys.PRICE_INDEX, {"GONE": expired_as_of, "RECENT": time.time() - 5})
+    async with running_feed(feed_settings, redis):
+
+        async def trimmed() -> bool:
+            return await redis.zscore(keys.PRICE_INDEX, "GONE") is None
+
+        await eventually(trimmed, timeout_s=5)
+        assert await redis.zscore(keys.PRICE_INDEX, "RECENT") is not None
+
+
 async def test_drop_reconnects_with_backoff_resubscribes_and_prices_are_fresh_again(
     sim: Simulator, feed_settings: Settings, redis: Redis, logs: Logs
 ) -> None:
