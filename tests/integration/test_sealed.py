@@ -12,8 +12,6 @@ from redis import Redis as SyncRedis
 from libs.common.settings import Settings, load_settings
 from tests.helpers import REPO_ROOT, RedisServer, redis_server, sealed_child
 
-pytestmark = pytest.mark.integration
-
 # What a developer's shell holds after the README's Example 2 and a Compose `make up` (its `.env`).
 DEVELOPER = {
     "PRICE_STALE_AFTER_S": "10",
@@ -52,6 +50,7 @@ def test_a_child_gets_the_allow_list_and_the_given_settings_only(
         sealed_child(tmp_path)
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_tests_run_in_a_developers_shell_pass_and_touch_nothing_of_theirs(tmp_path: Path) -> None:
     """The README's exports, a `.env` and a running Redis on REDIS_URL: settings-sensitive tests and the ones
@@ -78,6 +77,7 @@ def test_tests_run_in_a_developers_shell_pass_and_touch_nothing_of_theirs(tmp_pa
         assert client.hgetall("position:BOSCHLTD") == {"state": "open", "quantity": "39"}
 
 
+@pytest.mark.integration
 def test_the_private_redis_refuses_a_server_that_is_not_its_own_child(tmp_path: Path) -> None:
     """A redis-server already on the port (say, the developer's): never adopted, and left running untouched."""
     with redis_server() as theirs, SyncRedis(port=theirs.port) as client:

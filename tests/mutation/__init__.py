@@ -1,0 +1,135 @@
+"""Deliberate bugs in the code that guards money; `make mutation` checks the fast tiers catch every one.
+
+Each `Mutation` replaces one exact piece of text (it must occur exactly once in its file) in a scratch copy
+of the checkout; the fast tiers (`pytest -m "not e2e"`) must then fail. A mutation that survives is a hole in
+the suite. `tests/unit/test_mutations.py` keeps this list in step with the code: when code moves, update
+`find` here rather than delete the mutation.
+
+To add one (e.g. once the broker-position cap and the safety-net cancel exist, see `LATER`), append a
+`Mutation` with the file, the exact text, its broken replacement and the test files most likely to catch it
+(they run first, so a caught mutant stops early; every fast test still runs for one that is not caught).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str  # the bug, as a reviewer would name it
+    path: str  # file, relative to the repository root
+    find: str  # exact text, present exactly once in `path`
+    replace: str  # the broken version
+    hints: tuple[str, ...] = ()  # test files to run first
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # --- SL / TP comparisons ------------------------------------------------------------------------
+    Mutation(
+        "long stop-loss fires only below the level (< instead of <=)",
+        "libs/common/models.py",
+        "if self.stop_loss is not None and price <= self.stop_loss:",
+        "if self.stop_loss is not None and price < self.stop_loss:",
+        ("tests/monitor/test_decision.py", "tests/unit/test_models.py", "tests/monitor/test_monitor.py"),
+    ),
+    Mutation(
+        "long take-profit fires only above the level (> instead of >=)",
+        "libs/common/models.py",
+        "if self.take_profit is not None and price >= self.take_profit:",
+        "if self.take_profit is not None and price > self.take_profit:",
+        ("tests/monitor/test_decision.py", "tests/unit/test_models.py", "tests/monitor/test_monitor.py"),
+    ),
+    Mutation(
+        "short stop-loss compared like a long one (<= instead of >=)",
+        "libs/common/models.py",
+        "if self.stop_loss is not None and price >= self.stop_loss:",
+        "if self.stop_loss is not None and price <= self.stop_loss:",
+        ("tests/monitor/test_decision.py", "tests/unit/test_models.py", "tests/monitor/test_monitor.py"),
+    ),
+    Mutation(
+        "short take-profit compared like a long one (>= instead of <=)",
+        "libs/common/models.py",
+        "if self.take_profit is not None and price <= self.take_profit:",
+        "if self.take_profit is not None and price >= self.take_profit:",
+        ("tests/monitor/test_decision.py", "tests/unit/test_models.py", "tests/monitor/test_monitor.py"),
+    ),
+    Mutation(
+        "an expired cached price is still acted on (Layer 3 ignored)",
+        "services/monitor/decision.py",
+        "if age_s >= expire_after_s:",
+        "if age_s >= expire_after_s * 1000:",
+        ("tests/monitor/test_decision.py", "tests/monitor/test_monitor.py"),
+    ),
+    # --- the claim that makes a close happen at most once -------------------------------------------
+    Mutation(
+        "claim is check-then-set (read the state, then write it: two round trips)",
+        "libs/common/positions.py",
+        "        result = await self._claim(keys=[keys.position(symbol)], args=[claim_id, repr(self._clock.now()), "
+        "reason.value])\n",
+        "        state = await self._redis.hget(keys.position(symbol), 'state')\n"
+        "        result = 'missing' if state is None else ('ok' if state == 'open' else state)\n"
+        "        if result == 'ok':\n"
+        "            await self._redis.hset(keys.position(symbol), mapping={'state': 'closing', 'claim_id': claim_id,"
+        " 'claimed_at': repr(self._clock.now()), 'close_reason': reason.value})\n",
+        ("tests/integration/test_closing.py", "tests/monitor/test_monitor_sim.py", "tests/api/test_emergency.py"),
+    ),
+    Mutation(
+        "claim does not check the state (a closing position can be claimed again)",
+        "libs/common/positions.py",
+        "if state ~= 'open' then return state end",
+        "",
+        ("tests/integration/test_closing.py", "tests/api/test_emergency.py"),
+    ),
+    # --- the price cache's expiry -------------------------------------------------------------------
+    Mutation(
+        "the feed's price TTL ignores PRICE_CACHE_TTL_S (hard-coded 300 s)",
+        "services/feed/service.py",
+        "self.cache = PriceCache(redis, settings.price_cache_ttl_s)",
+        "self.cache = PriceCache(redis, 300)",
+        ("tests/feed/test_feed_sim.py",),
+    ),
+    # --- reconnect jitter ---------------------------------------------------------------------------
+    Mutation(
+        "no jitter within the attempt budget (always the upper bound)",
+        "services/feed/backoff.py",
+        "delay = self.rng.uniform(self.base_s, upper)",
+        "delay = upper",
+        ("tests/feed/test_backoff.py",),
+    ),
+    Mutation(
+        "no jitter once the attempt budget is spent (lock-step at the cap)",
+        "services/feed/backoff.py",
+        "delay = self.rng.uniform(max(self.base_s, 0.8 * self.cap_s), self.cap_s)",
+        "delay = self.cap_s",
+        ("tests/feed/test_backoff.py",),
+    ),
+    # --- the feed's heartbeat: `connected` in feed:status outlives a killed feed ----------------------
+    Mutation(
+        "the monitor trusts feed:status and ignores the feed's heartbeat",
+        "services/monitor/monitor.py",
+        'return await heartbeat_age_s(self._redis, "feed", self._clock) is not None',
+        "return True",
+        ("tests/monitor/test_monitor.py",),
+    ),
+    Mutation(
+        "the emergency close calls a price live without the feed's heartbeat",
+        "services/api/emergency.py",
+        'live = feed.connected and await heartbeat_age_s(res.redis, "feed", res.clock) is not None',
+        "live = feed.connected",
+        ("tests/api/test_emergency.py",),
+    ),
+    Mutation(
+        "connection-health says connected without the feed's heartbeat",
+        "services/api/health.py",
+        "connected = feed.connected and feed_alive",
+        "connected = feed.connected",
+        ("tests/api/test_health.py",),
+    ),
+)
+
+# Bugs to plant once the code exists (issue #13): write them as above, with the exact text of that code.
+LATER = (
+    "a close sells the position's quantity even when the broker holds less (the broker-position cap removed)",
+    "the safety-net GTT is not cancelled when the guard closes the position (a second exit can fire)",
+)
