@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from libs.common.broker import UpstoxBroker
-from libs.common.closing import close_tag
+from libs.common.closing import TAG_PREFIX, close_tag
 from libs.common.models import CloseReason, PositionState
 from tests.e2e.harness import Stack
 from tests.helpers import eventually
@@ -52,8 +52,9 @@ async def test_monitor_killed_mid_close_is_reconciled_never_closed_twice(tmp_pat
     # A claim younger than MONITOR_STUCK_CLOSE_S may be a close still running elsewhere: compressed to 2 s.
     async with Stack(tmp_path, MONITOR_STUCK_CLOSE_S="2") as stack:
         await stack.start("sim", "feed", "monitor", "api")
-        for symbol, ltp in (("BOSCHLTD", 720.0), ("KAYNES", 200.0), ("SBIN", 800.0)):
+        for symbol, ltp, quantity in (("BOSCHLTD", 720.0, 10), ("KAYNES", 200.0, 10), ("SBIN", 800.0, 5)):
             await stack.set_price(symbol, ltp)
+            await stack.sim("POST", "/sim/trade", json={"symbol": symbol, "side": "buy", "quantity": quantity})
         await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
         await stack.open_position("KAYNES", "long", 10, 195.0, stop_loss=190.0)
         await stack.open_position("SBIN", "long", 5, 810.0, stop_loss=790.0)
@@ -82,7 +83,7 @@ async def test_monitor_killed_mid_close_is_reconciled_never_closed_twice(tmp_pat
         await stack.set_price("SBIN", 780.0)
         await eventually(lambda: _ltp_is(stack, "SBIN", "780.00"))
         await stack.store.claim("SBIN", CloseReason.STOP_LOSS)
-        in_flight = {s: len(await stack.orders(s)) for s in ("BOSCHLTD", "KAYNES", "SBIN")}
+        in_flight = {s: len(await _close_orders(stack, s)) for s in ("BOSCHLTD", "KAYNES", "SBIN")}
         assert in_flight == {"BOSCHLTD": 1, "KAYNES": 1, "SBIN": 0}
 
         await stack.start("monitor")
@@ -92,16 +93,17 @@ async def test_monitor_killed_mid_close_is_reconciled_never_closed_twice(tmp_pat
         await stack.wait_log("monitor", "Reconciled SBIN: no filled order carries its close tag", since=mark)
         await stack.wait_log("monitor", "[SL] SBIN: Price ₹780.00 <= SL ₹790.00", since=mark)
         for symbol in ("BOSCHLTD", "KAYNES", "SBIN"):
-            orders = await stack.orders(symbol)
+            orders = await _close_orders(stack, symbol)
             assert len(orders) == 1, (symbol, orders)  # never closed twice
         closes = {c["symbol"]: c for c in await stack.closes()}
         assert sorted(closes) == ["BOSCHLTD", "KAYNES", "SBIN"]
         assert closes["KAYNES"]["order_id"] == fill.order_id and closes["KAYNES"]["closed_by"] == "reconcile"
         assert closes["BOSCHLTD"]["closed_by"] == "reconcile"  # the killed monitor's order, found by its tag
-        assert closes["BOSCHLTD"]["order_id"] == (await stack.orders("BOSCHLTD"))[0]["order_id"]
+        assert closes["BOSCHLTD"]["order_id"] == (await _close_orders(stack, "BOSCHLTD"))[0]["order_id"]
         await stack.wait_log("monitor", "Reconciled BOSCHLTD: the broker had filled its close", since=mark)
 
         # 3. The api: killed and restarted, it serves the same positions and journal (all state is in Redis).
+        await stack.sim("POST", "/sim/trade", json={"symbol": "RELIANCE", "side": "buy", "quantity": 1})
         await stack.open_position("RELIANCE", "long", 1, 1400.0, stop_loss=1300.0)
         before = [await _get(stack, "/api/v1/positions"), await _get(stack, "/api/v1/positions/closed")]
         stack.kill("api")
@@ -122,8 +124,13 @@ async def _ltp_is(stack: Stack, symbol: str, ltp: str) -> bool:
     return (await stack.price(symbol)).get("ltp") == ltp
 
 
+async def _close_orders(stack: Stack, symbol: str) -> list[dict[str, object]]:
+    """The guard's closing orders at the broker (not the trades that opened the positions)."""
+    return [o for o in await stack.orders(symbol) if str(o.get("tag") or "").startswith(TAG_PREFIX)]
+
+
 async def _filled(stack: Stack, symbol: str) -> bool:
-    return [o["status"] for o in await stack.orders(symbol)] == ["complete"]
+    return [o["status"] for o in await _close_orders(stack, symbol)] == ["complete"]
 
 
 async def _state_is(stack: Stack, symbol: str, state: PositionState) -> bool:
