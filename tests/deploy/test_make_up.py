@@ -16,6 +16,8 @@ from tests.helpers import free_port, sealed_child
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+# Local mode even where a Docker engine answers: Compose's fixed container names would take over a developer's stack.
+LOCAL = ("MODE=local",)
 
 
 def _processes_under(folder: Path) -> list[str]:
@@ -56,7 +58,7 @@ def test_make_up_on_a_clean_checkout_then_make_down_leaves_nothing_behind(tmp_pa
     )
     api = f"http://127.0.0.1:{api_port}/api/v1"
     try:
-        up = subprocess.run(["make", "up"], capture_output=True, text=True, timeout=200, **place)
+        up = subprocess.run(["make", "up", *LOCAL], capture_output=True, text=True, timeout=200, **place)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "mode: local" in up.stdout
         assert "starting a local Redis" in up.stdout
@@ -83,10 +85,10 @@ def test_make_up_on_a_clean_checkout_then_make_down_leaves_nothing_behind(tmp_pa
         assert (checkout / "logs" / "feed.log").read_text().count("[SUCCESS] WebSocket connection established!") >= 1
         assert (checkout / "data" / "appendonly.aof").exists() or (checkout / "data" / "appendonlydir").exists()
 
-        status = subprocess.run(["make", "status"], capture_output=True, text=True, timeout=60, **place)
+        status = subprocess.run(["make", "status", *LOCAL], capture_output=True, text=True, timeout=60, **place)
         assert "feed: healthy" in status.stdout
     finally:
-        down = subprocess.run(["make", "down"], capture_output=True, text=True, timeout=120, **place)
+        down = subprocess.run(["make", "down", *LOCAL], capture_output=True, text=True, timeout=120, **place)
     assert down.returncode == 0, down.stdout + down.stderr
     deadline = time.monotonic() + 15
     while _processes_under(checkout) and time.monotonic() < deadline:
