@@ -148,15 +148,6 @@ async def test_a_hundred_racing_closes_from_monitors_and_the_api_send_one_order(
     assert await state_of(store, "BOSCHLTD") is PositionState.CLOSED
 
 
-class PlacesThenHangs(UpstoxBroker):
-    """Sends the order to the simulator, then never comes back: the process dies before recording it."""
-
-    async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
-        await super().close(position, tag, decision_price)
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-
 class HangsBeforeSending(UpstoxBroker):
     async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
         await asyncio.Event().wait()
@@ -172,14 +163,17 @@ async def test_killed_between_claim_and_result_is_reconciled_on_restart(
     await write_price(redis, msettings, "BOSCHLTD", "575.00", CLOCK.now() - 45)
     await set_feed(redis, msettings, CLOCK, live=False)
     sim.market.set_price("BOSCHLTD", 57500)
-    dying = (PlacesThenHangs if order_sent else HangsBeforeSending)(msettings)
-    first = Monitor(msettings.model_copy(update={"broker_timeout_s": 0.2}), redis, dying, CLOCK)
+    if order_sent:  # the broker fills the order at once and holds its answer: the monitor dies waiting for it
+        await sim.inject("reply_delay", 60, delay_s=60)
+    dying = UpstoxBroker(msettings) if order_sent else HangsBeforeSending(msettings)
+    first = Monitor(msettings.model_copy(update={"broker_timeout_s": 30 if order_sent else 0.2}), redis, dying, CLOCK)
     async with running(first):
         await eventually(lambda: _state_is(store, PositionState.CLOSING), timeout_s=5)
         if order_sent:
             await eventually(lambda: _orders_count(sim, 1), timeout_s=5)
     assert await state_of(store, "BOSCHLTD") is PositionState.CLOSING  # the "kill" left it mid-close
     await dying.aclose()
+    await sim.inject("reply_delay", 0)
 
     broker = UpstoxBroker(msettings)
     second = Monitor(msettings, redis, broker, CLOCK)
