@@ -165,6 +165,8 @@ async def test_fifty_concurrent_closes_one_success_one_order(
     broker = CountingBroker(delay_s=0.05)
     async with make_api(api_settings, broker=broker) as client:
         await opened(client)
+        # Warm the app's Redis pool: 50 requests at once leave 50 open connections for the racing closes.
+        await asyncio.gather(*(client.get("/api/v1/positions/BOSCHLTD") for _ in range(50)))
         responses = await asyncio.gather(
             *(client.post(CLOSE, json={"symbol": "BOSCHLTD", "reason": "emergency"}) for _ in range(50))
         )
