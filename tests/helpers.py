@@ -29,6 +29,8 @@ INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE"
 
 
 class ChildPlace(TypedDict):
+    """Keyword arguments for `subprocess.Popen`/`run` and `asyncio.create_subprocess_exec` (see `sealed_child`)."""
+
     env: dict[str, str]
     cwd: str
 

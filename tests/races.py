@@ -5,6 +5,8 @@ a read then a write (check-then-set) passes it. Here every contender has its own
 and with the claim script loaded, and all are released at once by a barrier: an `asyncio.Barrier` inside a
 process and a `multiprocessing` barrier across processes (the monitor and the api are separate processes).
 `CheckThenSetStore` is the non-atomic claim the race tests must catch; tests assert that they do.
+A contending process is spawned from this one (its environment already cleared of settings by the session's
+fixture) and builds its `Settings` without reading `.env`.
 
     result = await race_closes(settings, contenders=100)                 # in this process
     result = await race_closes(settings, contenders=100, processes=4)    # 4 processes x 25
