@@ -10,7 +10,7 @@ LINT_PATHS := libs services tests deploy $(wildcard bench)
         logs-feed logs-monitor logs-api logs-sim demo-outage demo-outage-extended bench
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-22s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-22s %s\n", $$1, $$2}'
 
 $(PY):
 	python3 -m venv $(VENV)
