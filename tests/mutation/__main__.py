@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.helpers import REPO_ROOT, sealed_child
-from tests.mutation import MUTATIONS, Mutation
+from tests.mutation import LATER, MUTATIONS, Mutation
 
 FAST_TIERS = ("-m", "not e2e")
 
@@ -107,6 +107,8 @@ def main() -> int:
         f"{len(chosen)} mutations: {len(chosen) - survived - errors} caught, {survived} survived, {errors} errors",
         flush=True,
     )
+    for bug in LATER:
+        print(f"not planted yet (its code does not exist): {bug}", flush=True)
     return 1 if survived or errors else 0
 
 
