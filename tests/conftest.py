@@ -68,3 +68,15 @@ def _reset_logging() -> Iterator[None]:
     from loguru import logger
 
     logger.remove()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The unit tier needs no Redis: a test that uses the private Redis must say its tier."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "redis_srv" in getattr(item, "fixturenames", ())
+        and not (item.get_closest_marker("integration") or item.get_closest_marker("e2e"))
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"tests that use Redis must be marked integration or e2e: {unmarked}")
