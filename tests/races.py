@@ -5,8 +5,8 @@ a read then a write (check-then-set) passes it. Here every contender has its own
 and with the claim script loaded, and all are released at once by a barrier: an `asyncio.Barrier` inside a
 process and a `multiprocessing` barrier across processes (the monitor and the api are separate processes).
 `CheckThenSetStore` is the non-atomic claim the race tests must catch; tests assert that they do.
-A contending process is spawned from this one (its environment already cleared of settings by the session's
-fixture) and builds its `Settings` without reading `.env`.
+A contending process is spawned from this one and seals itself first (`tests.helpers.sealed_child`: allow-listed
+environment, a temporary working directory), then builds its `Settings` without reading `.env`.
 
     result = await race_closes(settings, contenders=100)                 # in this process
     result = await race_closes(settings, contenders=100, processes=4)    # 4 processes x 25
@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from libs.common.models import CloseReason, Position, PriceSource, Side
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
+from tests.helpers import ChildPlace, sealed_child
 
 T = TypeVar("T")
 
@@ -127,9 +130,12 @@ async def _contend(
             await client.aclose()
 
 
-def _process_main(redis_url: str, contenders: int, check_then_set: bool, barrier: ProcessBarrier) -> None:
+def _process_main(place: ChildPlace, contenders: int, check_then_set: bool, barrier: ProcessBarrier) -> None:
     """One contending process: its results are counted in Redis (`OUTCOMES_KEY`)."""
-    settings = Settings(_env_file=None, redis_url=redis_url)  # type: ignore[call-arg]
+    os.chdir(place["cwd"])  # multiprocessing starts a child with the parent's environment and directory
+    os.environ.clear()
+    os.environ.update(place["env"])
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
 
     async def main() -> None:
         results = await _contend(settings, contenders, check_then_set, barrier)
@@ -166,15 +172,17 @@ async def race_closes(
             spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no event loop copied by fork
             barrier = spawn.Barrier(processes)
             each = contenders // processes
-            children = [
-                spawn.Process(target=_process_main, args=(settings.redis_url, each, check_then_set, barrier))
-                for _ in range(processes)
-            ]
-            for child in children:
-                child.start()
-            for child in children:
-                await asyncio.to_thread(child.join, 60)
-                assert child.exitcode == 0, f"contending process exited with {child.exitcode}"
+            with tempfile.TemporaryDirectory(prefix="guard-race-") as workdir:
+                place = sealed_child(workdir, REDIS_URL=settings.redis_url)
+                children = [
+                    spawn.Process(target=_process_main, args=(place, each, check_then_set, barrier))
+                    for _ in range(processes)
+                ]
+                for child in children:
+                    child.start()
+                for child in children:
+                    await asyncio.to_thread(child.join, 60)
+                    assert child.exitcode == 0, f"contending process exited with {child.exitcode}"
             counts = await redis.hgetall(OUTCOMES_KEY)
             outcomes = [name for name, n in counts.items() for _ in range(int(n))]
         return RaceResult(
