@@ -9,7 +9,7 @@ from libs.common import keys
 from libs.common.broker import BrokerError, Fill, PaperBroker
 from libs.common.clock import SystemClock
 from libs.common.closing import Closer, CloseRequest, close_tag
-from libs.common.models import CloseReason, Position, PositionState, PriceSource, Side
+from libs.common.models import CloseReason, CloseRecord, Position, PositionState, PriceSource, Side
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.settings import Settings
 from tests.races import race_closes
@@ -135,6 +135,29 @@ async def test_reconcile_finishes_a_filled_close_and_reopens_an_unsent_one(redis
     closed = await store.get("BOSCHLTD")
     assert closed is not None
     assert closed.state is PositionState.CLOSED
+
+
+async def test_a_stale_claim_can_neither_finish_nor_reopen_the_next_claim(redis: Redis) -> None:
+    """A closer whose claim was settled (reopened) and claimed again by another must not touch the new claim."""
+    store = PositionStore(redis, SystemClock())
+    await store.open(bosch())
+    stale_id, position = await store.claim("BOSCHLTD", CloseReason.STOP_LOSS)
+    assert await store.release("BOSCHLTD", stale_id, "reconciled: no order", None)
+    current_id, _ = await store.claim("BOSCHLTD", CloseReason.EMERGENCY)
+    record = CloseRecord(
+        symbol="BOSCHLTD", instrument_key=position.instrument_key, side=position.side, quantity=position.quantity,
+        entry_price=position.entry_price, exit_price=57500, pnl=position.pnl(57500), reason=CloseReason.STOP_LOSS,
+        closed_at=2.0, order_id="stale-order", price_source=PriceSource.STALE, price_age_s=45.0, closed_by="monitor",
+    )  # fmt: skip
+
+    assert not await store.complete(stale_id, record)
+    assert not await store.release("BOSCHLTD", stale_id, "late failure of the stale closer", None)
+    held = await store.get("BOSCHLTD")
+    assert held is not None
+    assert (held.state, held.claim_id) == (PositionState.CLOSING, current_id)
+    assert await redis.llen(keys.CLOSED_JOURNAL) == 0
+    assert await store.complete(current_id, record)
+    assert await redis.llen(keys.CLOSED_JOURNAL) == 1
 
 
 async def test_levels_move_only_while_open(redis: Redis) -> None:

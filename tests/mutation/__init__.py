@@ -24,6 +24,13 @@ class Mutation:
     hints: tuple[str, ...] = ()  # test files to run first
 
 
+# The check at the top of the complete and release scripts (libs/common/positions.py), and the same without the id.
+_OWN_CLAIM_CHECK = (
+    "if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'closing' then\n"
+    "  return 0\nend\n"
+)
+_STATE_CHECK = "if redis.call('HGET', KEYS[1], 'state') ~= 'closing' then\n  return 0\nend\n"
+
 MUTATIONS: tuple[Mutation, ...] = (
     # --- SL / TP comparisons ------------------------------------------------------------------------
     Mutation(
@@ -55,6 +62,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/monitor/test_decision.py", "tests/unit/test_models.py", "tests/monitor/test_monitor.py"),
     ),
     Mutation(
+        "a price exactly PRICE_STALE_AFTER_S old counts as fresh",
+        "services/monitor/decision.py",
+        "source = PriceSource.CACHED if age_s < stale_after_s else PriceSource.STALE",
+        "source = PriceSource.CACHED if age_s <= stale_after_s else PriceSource.STALE",
+        ("tests/monitor/test_decision.py",),
+    ),
+    Mutation(
         "an expired cached price is still acted on (Layer 3 ignored)",
         "services/monitor/decision.py",
         "if age_s >= expire_after_s:",
@@ -80,6 +94,42 @@ MUTATIONS: tuple[Mutation, ...] = (
         "if state ~= 'open' then return state end",
         "",
         ("tests/integration/test_closing.py", "tests/api/test_emergency.py"),
+    ),
+    Mutation(
+        "a stale claim can finish the next claimant's close (complete ignores the claim id)",
+        "libs/common/positions.py",
+        _OWN_CLAIM_CHECK + "redis.call('HSET', KEYS[1], 'state', 'closed'",
+        _STATE_CHECK + "redis.call('HSET', KEYS[1], 'state', 'closed'",
+        ("tests/integration/test_closing.py",),
+    ),
+    Mutation(
+        "a stale claim can reopen the next claimant's close (release ignores the claim id)",
+        "libs/common/positions.py",
+        _OWN_CLAIM_CHECK + "redis.call('HSET', KEYS[1], 'state', 'open'",
+        _STATE_CHECK + "redis.call('HSET', KEYS[1], 'state', 'open'",
+        ("tests/integration/test_closing.py",),
+    ),
+    Mutation(
+        "an unknown order outcome reopens the position (the retry sends a second order)",
+        "libs/common/closing.py",
+        '                outcome="unknown",\n            )  # fmt: skip\n            raise',
+        '                outcome="unknown",\n            )  # fmt: skip\n'
+        "            await self._store.release(request.symbol, claim_id, str(exc), retry_at)\n            raise",
+        ("tests/monitor/test_unconfirmed_close.py",),
+    ),
+    Mutation(
+        "reconcile finishes a close that has no filled order",
+        "libs/common/closing.py",
+        "        if fill is None:\n",
+        "        if fill is None and False:\n",
+        ("tests/integration/test_closing.py",),
+    ),
+    Mutation(
+        "a young claim is reconciled as stuck (a close still in flight elsewhere is reopened)",
+        "services/monitor/monitor.py",
+        "return claimed_at is None or now - claimed_at >= self._settings.monitor_stuck_close_s",
+        "return True",
+        ("tests/monitor/test_monitor.py",),
     ),
     # --- the price cache's expiry -------------------------------------------------------------------
     Mutation(
