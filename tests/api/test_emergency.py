@@ -158,6 +158,19 @@ async def test_no_cached_price_reaches_the_broker_without_one(
         assert "none is cached" in resp.json()["detail"]
 
 
+async def test_a_price_older_than_the_cache_ttl_is_not_a_decision_price(
+    make_api: ApiFactory, api_settings: Settings, redis: Redis
+) -> None:
+    """Layer 3 in the emergency path: a price past PRICE_CACHE_TTL_S (still in Redis: the feed's expiry can be
+    longer than the api's setting) is not used; the broker prices the close (PaperBroker cannot: 503)."""
+    await write_prices(redis, time.time() - api_settings.price_cache_ttl_s - 1, {"BOSCHLTD": "700.00"}, ttl_s=1000)
+    async with make_api(api_settings) as client:
+        await opened(client)
+        resp = await client.post(CLOSE, json={"symbol": "BOSCHLTD", "reason": "emergency"})
+        assert resp.status_code == 503
+        assert "none is cached" in resp.json()["detail"]
+
+
 async def test_fifty_concurrent_closes_one_success_one_order(
     make_api: ApiFactory, api_settings: Settings, redis: Redis
 ) -> None:

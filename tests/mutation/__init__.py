@@ -62,6 +62,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/monitor/test_decision.py", "tests/unit/test_models.py", "tests/monitor/test_monitor.py"),
     ),
     Mutation(
+        "a short's P&L has a long's sign",
+        "libs/common/models.py",
+        "return per_unit * self.quantity if self.side is Side.LONG else -per_unit * self.quantity",
+        "return per_unit * self.quantity",
+        ("tests/unit/test_models.py",),
+    ),
+    Mutation(
         "a price exactly PRICE_STALE_AFTER_S old counts as fresh",
         "services/monitor/decision.py",
         "source = PriceSource.CACHED if age_s < stale_after_s else PriceSource.STALE",
@@ -74,6 +81,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "if age_s >= expire_after_s:",
         "if age_s >= expire_after_s * 1000:",
         ("tests/monitor/test_decision.py", "tests/monitor/test_monitor.py"),
+    ),
+    Mutation(
+        "the emergency close decides on a price older than PRICE_CACHE_TTL_S",
+        "services/api/emergency.py",
+        "    if age_s >= res.settings.price_cache_ttl_s:\n        return None, PriceSource.BROKER, None\n",
+        "",
+        ("tests/api/test_emergency.py",),
     ),
     # --- the claim that makes a close happen at most once -------------------------------------------
     Mutation(
@@ -130,6 +144,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         "return claimed_at is None or now - claimed_at >= self._settings.monitor_stuck_close_s",
         "return True",
         ("tests/monitor/test_monitor.py",),
+    ),
+    Mutation(
+        "an emergency close retried with the same Idempotency-Key acts again",
+        "services/api/idempotency.py",
+        "if await self._redis.set(keys.idempotency(key), pending, nx=True, ex=PENDING_TTL_S):",
+        "if await self._redis.set(keys.idempotency(key), pending, ex=PENDING_TTL_S):",
+        ("tests/api/test_emergency.py",),
+    ),
+    Mutation(
+        "a wrong API key is accepted",
+        "services/api/security.py",
+        "    if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):",
+        "    if presented is None:",
+        ("tests/api/test_security.py",),
     ),
     # --- the price cache's expiry -------------------------------------------------------------------
     Mutation(
