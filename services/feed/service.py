@@ -27,9 +27,9 @@ from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions, watchlist
-from services.feed.tasks import cancel_and_wait
 from services.feed.websocket import FeedConnection
 
 RESTART_DELAY_S = 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.helpers import eventually
 from tests.monitor.conftest import (
     LogLines,
     ScriptedBroker,
+    compressed,
     long_bosch,
     long_kaynes,
     set_feed,
@@ -370,3 +372,19 @@ async def test_startup_leaves_a_young_claim_to_its_closer(
 async def _state(store: PositionStore, state: PositionState) -> bool:
     position = await store.get("BOSCHLTD")
     return position is not None and position.state is state
+
+
+async def test_a_stop_that_meets_a_sweep_request_still_stops(settings: Settings, make_monitor: Any) -> None:
+    """SIGTERM landing just as a sweep is requested (a tick, a resubscribe) stops the monitor: the cancel must
+    not be swallowed by the wait between sweeps (Python 3.11's `asyncio.wait_for` loses it), or `run()` hangs."""
+    monitor = make_monitor(settings_=compressed(settings, monitor_sweep_interval_s=30))
+    task = asyncio.create_task(monitor.run())
+    try:
+        await eventually(lambda: monitor.sweeps >= 1 and monitor._wake._waiters, timeout_s=5)  # waiting for a sweep
+        monitor.request_sweep()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert task in done, "the monitor swallowed its stop"
+    finally:
+        for leftover in [t for t in asyncio.all_tasks() if t.get_name().startswith("monitor.")] + [task]:
+            leftover.cancel()

@@ -21,6 +21,7 @@ from libs.common.money import Paise
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.monitor import Monitor
 from services.sim.server import Simulator, running_simulator
 from tests.helpers import eventually, redis_server
@@ -60,14 +61,18 @@ async def sim_orders(sim: Simulator) -> list[dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def running(monitor: Monitor) -> AsyncIterator[asyncio.Task[None]]:
+async def running(monitor: Monitor, drain_s: float = 2.0) -> AsyncIterator[asyncio.Task[None]]:
+    """`monitor.run()` as a task; stopped on exit. `drain_s`: its broker timeout, for which a stop waits on closes."""
     task = asyncio.create_task(monitor.run())
     try:
         yield task
     finally:
-        task.cancel()
+        # Re-cancelled until it ends (on Python 3.11 a cancel can be swallowed inside redis-py: a blocked test),
+        # but only after the drain had its time, so no close is left running behind the "kill".
+        await cancel_and_wait([task], grace_s=drain_s + 5)
+        assert task.done(), "the monitor did not stop"
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await task  # re-raises a crash of the monitor
 
 
 async def state_of(store: PositionStore, symbol: str) -> PositionState | None:
@@ -166,8 +171,9 @@ async def test_killed_between_claim_and_result_is_reconciled_on_restart(
     if order_sent:  # the broker fills the order at once and holds its answer: the monitor dies waiting for it
         await sim.inject("reply_delay", 60, delay_s=60)
     dying = UpstoxBroker(msettings) if order_sent else HangsBeforeSending(msettings)
-    first = Monitor(msettings.model_copy(update={"broker_timeout_s": 30 if order_sent else 0.2}), redis, dying, CLOCK)
-    async with running(first):
+    drain_s = 30 if order_sent else 0.2
+    first = Monitor(msettings.model_copy(update={"broker_timeout_s": drain_s}), redis, dying, CLOCK)
+    async with running(first, drain_s):
         await eventually(lambda: _state_is(store, PositionState.CLOSING), timeout_s=5)
         if order_sent:
             await eventually(lambda: _orders_count(sim, 1), timeout_s=5)
