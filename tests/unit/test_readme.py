@@ -39,16 +39,21 @@ def _table_rows(section: str) -> list[list[str]]:
 
 
 def test_every_scenario_of_the_resilience_table_names_tests_that_exist() -> None:
-    """A file named once (`test_kills.py::test_a`) holds the bare names after it (`test_b`), as the table reads."""
+    """`test_kills.py::test_a` (in tests/e2e) or `tests/alerts/x.py::test_a`; a bare `test_b` after it is in the
+    same file, as the table reads; a bare `tests/alerts/x.py` names every test of that file."""
     rows = _table_rows(_section("Resilience suite"))
     assert len(rows) >= 9
     current_file = ""
     for scenario, tests, _claim in rows:
-        named = re.findall(r"`([\w./]+::)?(test_\w+)`", tests)
+        named = re.findall(r"`(?:([\w./]+\.py)(?:::)?)?(test_\w+)?`", tests)
+        named = [(file, name) for file, name in named if file or name]
         assert named, f"resilience scenario {scenario!r} names no test"
-        for file_part, name in named:
-            current_file = file_part.removesuffix("::") or current_file
-            assert name in _tests_in(f"e2e/{current_file}"), f"{scenario}: {current_file}::{name} does not exist"
+        for file, name in named:
+            if file:
+                current_file = file.removeprefix("tests/") if file.startswith("tests/") else f"e2e/{file}"
+            defined = _tests_in(current_file)
+            assert defined, f"{scenario}: tests/{current_file} holds no test"
+            assert not name or name in defined, f"{scenario}: tests/{current_file}::{name} does not exist"
 
 
 def test_every_test_path_the_readme_names_exists() -> None:
