@@ -44,7 +44,8 @@ class Faults:
         wait_s = min(self.reply_delay_s, self.remaining_s("reply_delay"))
         if wait_s > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._replies_released.wait(), wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self._replies_released.wait()
 
     def release_replies(self) -> None:
         """Send every held answer now (a new reply_delay window, or a reset)."""
