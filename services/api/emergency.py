@@ -9,6 +9,7 @@ from loguru import logger
 from libs.common import keys
 from libs.common.clock import ist_iso
 from libs.common.closing import CloseRequest
+from libs.common.heartbeat import heartbeat_age_s
 from libs.common.models import CloseReason, FeedStatus, MalformedRecord, PriceSource
 from libs.common.money import Paise, fmt_inr, rupees
 from services.api.deps import Resources
@@ -33,7 +34,9 @@ async def decision_price(res: Resources, symbol: str) -> tuple[Paise | None, Pri
         feed = FeedStatus.from_redis(cast(dict[str, str], await res.redis.hgetall(keys.FEED_STATUS)))
     except MalformedRecord:
         feed = FeedStatus()
-    return entry.ltp, PriceSource.LIVE if feed.connected else PriceSource.CACHED, age_s
+    # A feed killed while connected leaves its status saying so: only a fresh heartbeat makes the price live.
+    live = feed.connected and await heartbeat_age_s(res.redis, "feed", res.clock) is not None
+    return entry.ltp, PriceSource.LIVE if live else PriceSource.CACHED, age_s
 
 
 async def emergency_close(res: Resources, symbol: str, reason: CloseReason) -> EmergencyCloseResponse:

@@ -27,9 +27,9 @@ from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions, watchlist
-from services.feed.tasks import cancel_and_wait
 from services.feed.websocket import FeedConnection
 
 RESTART_DELAY_S = 1.0
@@ -97,10 +97,13 @@ class Feed:
                 await self.status.transition(FeedState.CLOSED, "stopped")
 
     async def _vouch_forever(self) -> None:
-        """While the link is healthy, mark every subscribed symbol's price current (and refresh its expiry)."""
+        """While the link is healthy, mark every subscribed symbol's price current (and refresh its expiry);
+        always trim expired symbols from `prices:index`."""
         last_as_of = 0.0
         while True:
             await self.clock.sleep(self.settings.vouch_interval_s)
+            with contextlib.suppress(RedisError):  # expired prices leave the index, outage or not
+                await self.cache.trim_index(self.clock.now())
             as_of = self.connection.vouch_as_of()
             if as_of is None or as_of <= last_as_of:
                 continue

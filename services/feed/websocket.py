@@ -37,12 +37,12 @@ from libs.common.logging import tagged
 from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
 from services.feed.backoff import Outage
 from services.feed.decode import CorruptFrame, decode, market_open
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
-from services.feed.tasks import cancel_and_wait
 from services.feed.writer import FrameWriter
 
 verbose = tagged("VERBOSE")

@@ -37,6 +37,7 @@ from libs.common.money import to_paise
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.price_cache import parse_tick_notice
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.monitor.decision import (
     PriceView,
     closed_line,
@@ -584,8 +585,11 @@ class Monitor:
                 self._redis_lost(exc)
             except Exception:
                 logger.exception("Sweep failed; the next one runs as scheduled")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that lands as the wake
+            # event is set (a stop would then wait for a second cancel).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.monitor_sweep_interval_s)
+                async with asyncio.timeout(self._settings.monitor_sweep_interval_s):
+                    await self._wake.wait()
 
     async def _listen_loop(self) -> None:
         delay_s = _PUBSUB_RETRY_S[0]
@@ -617,13 +621,21 @@ class Monitor:
 
     async def run(self) -> None:
         """The service: heartbeat, sweep loop and tick listener until cancelled; closes in flight get to finish."""
+        loops = [
+            asyncio.create_task(
+                beat_forever(self._redis, SERVICE, self._settings, self._clock), name="monitor.heartbeat"
+            ),
+            asyncio.create_task(self._sweep_loop(), name="monitor.sweep"),
+            asyncio.create_task(self._listen_loop(), name="monitor.ticks"),
+        ]
         try:
-            async with asyncio.TaskGroup() as tg:
-                heartbeat = beat_forever(self._redis, SERVICE, self._settings, self._clock)
-                tg.create_task(heartbeat, name="monitor.heartbeat")
-                tg.create_task(self._sweep_loop(), name="monitor.sweep")
-                tg.create_task(self._listen_loop(), name="monitor.ticks")
+            ended, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for loop in ended:
+                loop.result()  # the loops run forever: one that ended has crashed
         finally:
+            # Not a TaskGroup: it cancels its tasks once, and a cancel lost inside redis-py (Python 3.11) would
+            # keep a loop, and so the service, running after SIGTERM. cancel_and_wait cancels again.
+            await cancel_and_wait(loops)
             await self.drain(timeout_s=self._settings.broker_timeout_s, cancel_after=True)
 
     async def drain(self, timeout_s: float | None = None, *, cancel_after: bool = False) -> None:

@@ -113,6 +113,7 @@ def create_app(sim: Simulator) -> FastAPI:
                 f"sim order {order.order_id} {order.transaction_type} {order.quantity} "
                 f"{order.instrument.trading_symbol} {order.order_type}: {order.status}"
             )
+        await sim.faults.hold_reply()  # reply_delay: filled above, the answer waits
         return placed, (sim.clock.monotonic() - started) * 1000
 
     @app.post("/v2/order/place")
@@ -188,6 +189,7 @@ class FaultControl(BaseModel):
     kind: FaultKind
     duration_s: float = Field(0.0, ge=0)
     code: Literal[1000, 1011] = 1000
+    delay_s: float = Field(0.0, ge=0, le=600)  # reply_delay: how long an order's answer is held
 
 
 class MarketControl(BaseModel):
@@ -238,7 +240,7 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
 
     @app.post("/sim/faults")
     async def fault(body: FaultControl) -> dict[str, Any]:
-        await sim.inject(body.kind, body.duration_s, code=body.code)
+        await sim.inject(body.kind, body.duration_s, code=body.code, delay_s=body.delay_s)
         return {"kind": body.kind, "duration_s": body.duration_s, "active": sim.faults.snapshot()}
 
     @app.post("/sim/market")
