@@ -44,7 +44,20 @@ SUBSCRIPTION_REQUESTS_CHANNEL: Final = "feed:subscription-requests"
 POSITION_EVENTS_CHANNEL: Final = "positions:events"
 
 # Fields of a price:SYMBOL hash. Prices are rupee strings ("575.00") so `HGETALL` reads naturally.
-PRICE_FIELDS: Final = ("ltp", "instrument_key", "ltt_ms", "cp", "as_of", "received_at")
+# `received_at` is the arrival of the last real tick; `as_of` also moves when the feed vouches for a quiet symbol.
+# `silent_since`/`silent_reason`: the feed found the instrument silent while its segment trades (see freshness).
+# `rest_at`: when the REST LTP poll last wrote the price (its source is `rest` while `rest_at` >= `as_of`).
+PRICE_FIELDS: Final = (
+    "ltp",
+    "instrument_key",
+    "ltt_ms",
+    "cp",
+    "as_of",
+    "received_at",
+    "silent_since",
+    "silent_reason",
+    "rest_at",
+)
 
 SERVICES: Final = ("feed", "monitor", "api", "sim")
 

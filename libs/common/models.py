@@ -12,7 +12,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from libs.common.money import Paise, rupees, rupees_str, to_paise
+from libs.common.money import Paise, ltp_paise, rupees, rupees_str, to_paise
 
 
 class MalformedRecord(ValueError):
@@ -48,6 +48,7 @@ class PriceSource(StrEnum):
     """Where the price a decision used came from (the guide's layers)."""
 
     LIVE = "live"
+    REST = "rest"  # WebSocket down, price from the REST LTP poll (Layer 2b), age < stale threshold
     CACHED = "cached"  # feed down, age < stale threshold
     STALE = "stale"  # feed down, stale threshold <= age < cache expiry
     BROKER = "broker"  # no usable cached price; the broker's fill decides
@@ -116,7 +117,7 @@ class PriceEntry(BaseModel):
             return cls(
                 symbol=symbol,
                 instrument_key=data["instrument_key"],
-                ltp=to_paise(data["ltp"]),
+                ltp=ltp_paise(data["ltp"]),
                 as_of=float(data["as_of"]),
                 ltt_ms=int(data["ltt_ms"]) if data.get("ltt_ms") else None,
                 cp=to_paise(data["cp"]) if data.get("cp") else None,
