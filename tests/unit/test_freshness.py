@@ -87,10 +87,10 @@ def test_a_rest_price_is_layer_2b_while_the_websocket_is_down() -> None:
 
 @pytest.mark.parametrize("ltp", ["1e26", "-5.00", "0", "nan", "inf", "abc"])
 def test_absurd_values_are_refused(ltp: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="price"):
         PriceTruth.from_fields({"ltp": ltp, "as_of": repr(NOW)})
 
 
 def test_a_corrupt_time_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a time"):
         PriceTruth.from_fields({"ltp": "575.00", "as_of": "nan"})
