@@ -65,6 +65,9 @@ class FeedStatus(BaseModel):
     reconnect_attempts: int = 0
     network_errors: int = 0
     corrupt_frames: int = 0
+    absurd_prices: int = 0  # ticks refused as not a price (see services/feed/decode.py)
+    out_of_order_ticks: int = 0  # ticks older (exchange time) than the cached one, dropped
+    silent_symbols: int = 0  # subscribed instruments found silent while their segment trades
     last_message_at: float | None = None  # any frame or pong: the connection is alive
     last_data_at: float | None = None  # last frame carrying prices
     market_open: bool | None = None

@@ -118,6 +118,7 @@ class FeedConnection:
         self.link = Link()
         self.writer = FrameWriter(cache, clock)
         self._warned_at: dict[str, float] = {}
+        self._absurd_logged: set[str] = set()
 
     # --- the reconnect loop --------------------------------------------------------------------
     async def run(self) -> None:
@@ -363,6 +364,8 @@ class FeedConnection:
                     continue
                 if frame.segment_status is not None and self._market_info(frame.segment_status):
                     await status.flush()
+                if frame.absurd:
+                    self._refuse(frame.absurd)
                 if frame.ticks:
                     link.last_data_at = now
                     status.last_data_at = now
@@ -374,6 +377,14 @@ class FeedConnection:
         except ConnectionClosed as exc:
             return _close_reason(ws, exc)
         return _close_reason(ws, None)
+
+    def _refuse(self, absurd: list[tuple[str, float]]) -> None:
+        """Count ticks that are not prices; say so once per symbol (a stuck bad source would flood the log)."""
+        self._status.absurd_prices += len(absurd)
+        for symbol, ltp in absurd:
+            if symbol not in self._absurd_logged:
+                self._absurd_logged.add(symbol)
+                warning.warning(f"Skipping absurd price for {symbol}: {ltp!r} (counted in feed:status absurd_prices)")
 
     def _market_info(self, segment_status: dict[str, int]) -> bool:
         """Record whether the market is open; True when that changed."""

@@ -185,6 +185,11 @@ class PriceControl(BaseModel):
     release: bool = False
 
 
+class InstrumentControl(BaseModel):
+    symbol: str
+    halted: bool
+
+
 class FaultControl(BaseModel):
     kind: FaultKind
     duration_s: float = Field(0.0, ge=0)
@@ -213,6 +218,14 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
         sim.market.set_price(body.symbol, to_paise(body.ltp))
         logger.info(f"sim control: {body.symbol} set to ₹{body.ltp:.2f} and pinned")
         return {"symbol": body.symbol, "ltp": rupees(to_paise(body.ltp)), "pinned": True}
+
+    @app.post("/sim/instrument")
+    async def instrument(body: InstrumentControl) -> dict[str, Any]:
+        if sim.market.by_symbol.get(body.symbol) is None:
+            return JSONResponse({"detail": f"unknown symbol {body.symbol}"}, 404)  # type: ignore[return-value]
+        sim.market.halt(body.symbol, body.halted)
+        logger.info(f"sim control: {body.symbol} {'halted' if body.halted else 'trading again'}")
+        return {"symbol": body.symbol, "halted": body.halted}
 
     @app.post("/sim/faults")
     async def fault(body: FaultControl) -> dict[str, Any]:

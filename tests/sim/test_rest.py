@@ -235,3 +235,13 @@ async def test_control_price_pin_release_and_reset(sim: Simulator, rest: httpx.A
     await rest.post("/sim/reset")
     state = (await rest.get("/sim/state")).json()
     assert state["pinned"] == [] and state["orders"] == 0 and state["prices"]["KAYNES"] == 195.0
+
+
+async def test_control_halt_one_instrument(rest: httpx.AsyncClient) -> None:
+    resp = await rest.post("/sim/instrument", json={"symbol": "BOSCHLTD", "halted": True})
+    assert resp.json() == {"symbol": "BOSCHLTD", "halted": True}
+    assert (await rest.get("/sim/state")).json()["halted"] == ["BOSCHLTD"]
+    assert (await rest.post("/sim/instrument", json={"symbol": "NOPE", "halted": True})).status_code == 404
+    assert (await rest.post("/sim/instrument", json={"symbol": "BOSCHLTD"})).status_code == 422
+    await rest.post("/sim/instrument", json={"symbol": "BOSCHLTD", "halted": False})
+    assert (await rest.get("/sim/state")).json()["halted"] == []
