@@ -3,6 +3,7 @@ the tick path, or another symbol's protection."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ async def test_an_absurd_price_never_stops_another_symbols_stop_loss(
 
     # The tick path: one notice carries the absurd price first and BOSCHLTD crossing its SL after it.
     await redis.hset(keys.price("KAYNES"), mapping={"ltp": bad, "as_of": repr(clock.now()), "instrument_key": "x"})
-    notice = '{"as_of": %r, "prices": {"KAYNES": "%s", "BOSCHLTD": "690.00"}}' % (clock.now(), bad)
+    notice = json.dumps({"as_of": clock.now(), "prices": {"KAYNES": bad, "BOSCHLTD": "690.00"}})
     assert monitor.on_notice(notice) == 1
     await monitor.drain()
     assert monitor.bad_notices == 1
