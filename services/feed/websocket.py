@@ -19,7 +19,6 @@ import json
 import random
 import ssl
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -39,6 +38,7 @@ from libs.common.settings import Settings
 from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
 from services.feed.backoff import Outage
 from services.feed.decode import CorruptFrame, decode, market_open
+from services.feed.silence import InstrumentWatch
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
 from services.feed.tasks import cancel_and_wait
@@ -64,6 +64,7 @@ class Link:
     last_data_at: float | None = None  # last frame carrying feeds (this connection only)
     last_alive_at: float | None = None  # last frame or pong (this connection only)
     market_open: bool | None = None  # None until the first market_info frame
+    segments: dict[str, int] | None = None  # the last market_info: segment -> MarketStatus
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -117,6 +118,7 @@ class FeedConnection:
         self._api = Endpoint.parse(settings.api_base)
         self.link = Link()
         self.writer = FrameWriter(cache, clock)
+        self.instruments = InstrumentWatch(settings.halt_detect_s, settings.vouch_interval_s)
         self._warned_at: dict[str, float] = {}
         self._absurd_logged: set[str] = set()
 
@@ -351,6 +353,7 @@ class FeedConnection:
         symbol_of = self._subs.symbol_of
         now_fn = self._clock.now
         add = self.writer.add
+        saw = self.instruments.saw
         try:
             async for message in ws:
                 now = now_fn()
@@ -370,6 +373,7 @@ class FeedConnection:
                     link.last_data_at = now
                     status.last_data_at = now
                     add(frame.ticks, now)
+                    saw(frame.ticks, now)
                     await asyncio.sleep(0)  # let the writer run: a busy socket never suspends this loop
                 elif frame.unknown_keys:
                     link.last_data_at = now
@@ -390,6 +394,7 @@ class FeedConnection:
         """Record whether the market is open; True when that changed."""
         segments = {key.partition("|")[0] for key in self._subs.wanted.values()}
         is_open = market_open(segment_status, segments)
+        self.link.segments = segment_status
         changed = is_open != self.link.market_open
         if changed:
             logger.info(f"Market is {'open' if is_open else 'closed'} (per market_info)")
@@ -446,9 +451,6 @@ class FeedConnection:
         if not link.live:
             return None
         return link.last_alive_at if link.market_open is False else link.last_data_at
-
-    def symbols(self) -> Iterable[str]:
-        return self._subs.wanted.keys()
 
     def _warn(self, what: str, message: str) -> None:
         now = self._clock.monotonic()
