@@ -65,9 +65,8 @@ async def test_a_halted_instrument_among_ticking_ones_is_reported_and_ages_truly
     sim: Simulator, settings: Settings, redis: Redis, logs: Logs
 ) -> None:
     halt_detect_s = 1.5
-    feed_settings = fast(
-        settings, upstox_api_base=sim.rest_url, halt_detect_s=halt_detect_s, feed_watchlist=["BOSCHLTD", "KAYNES", "SBIN"]
-    )
+    watchlist = ["BOSCHLTD", "KAYNES", "SBIN"]
+    feed_settings = fast(settings, upstox_api_base=sim.rest_url, halt_detect_s=halt_detect_s, feed_watchlist=watchlist)
     async with running_feed(feed_settings, redis):
         await eventually(lambda: redis.hget(keys.price("BOSCHLTD"), "ltp"))
         sim.market.halt("BOSCHLTD", True)
