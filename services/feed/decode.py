@@ -23,7 +23,7 @@ from libs.common.proto import MarketDataFeedV3_pb2 as pb
 
 _from_string = pb.FeedResponse.FromString
 MARKET_INFO = pb.market_info
-_NORMAL_OPEN = pb.NORMAL_OPEN
+NORMAL_OPEN = pb.NORMAL_OPEN
 _MAX_LTP = MAX_LTP_PAISE / 100
 _CLOSE_BAND = (0.5, 1.5)  # equities and indices: ltp / previous close must be inside this
 _banded: dict[str, bool] = {}  # instrument key -> whether the close band applies (equity or index)
@@ -55,7 +55,7 @@ class Frame:
 def market_open(segment_status: Mapping[str, int], segments: set[str]) -> bool:
     """True when any of `segments` (or any segment, when none of them is listed) is NORMAL_OPEN."""
     relevant = [status for seg, status in segment_status.items() if seg in segments]
-    return any(status == _NORMAL_OPEN for status in (relevant or segment_status.values()))
+    return any(status == NORMAL_OPEN for status in (relevant or segment_status.values()))
 
 
 def decode(data: bytes | str, symbol_of: Mapping[str, str]) -> Frame:

@@ -20,9 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from libs.common.price_cache import Tick
-from libs.common.proto import MarketDataFeedV3_pb2 as pb
-
-_NORMAL_OPEN = pb.NORMAL_OPEN
+from services.feed.decode import NORMAL_OPEN
 
 
 @dataclass(slots=True)
@@ -67,7 +65,7 @@ class InstrumentWatch:
             segment = key.partition("|")[0]
             quiet_s = now - last_of[symbol]
             reason = None
-            if quiet_s >= window_s and (segments is None or segments.get(segment, _NORMAL_OPEN) == _NORMAL_OPEN):
+            if quiet_s >= window_s and (segments is None or segments.get(segment, NORMAL_OPEN) == NORMAL_OPEN):
                 others = [at for at, other in newest[segment] if other != symbol]
                 if others and now - others[0] < window_s:
                     reason = f"no tick for {quiet_s:.0f}s while {segment} trades (halted, suspended or dropped)"

@@ -37,7 +37,7 @@ from libs.common.price_cache import PriceCache
 from libs.common.settings import Settings
 from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
 from services.feed.backoff import Outage
-from services.feed.decode import CorruptFrame, decode, market_open
+from services.feed.decode import NORMAL_OPEN, CorruptFrame, decode, market_open
 from services.feed.silence import InstrumentWatch
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
@@ -419,16 +419,37 @@ class FeedConnection:
             self._status.last_message_at = now
 
     async def _watch_silence(self) -> tuple[str, bool]:
+        """A live link is one that answers pings (`_ping`). Data silence alone ends it only when the subscribed set
+        must tick: it holds an index whose segment trades (an index moves every second while its market is open).
+        A set of stocks may be quiet for minutes (Upstox sends data only on trades): that is reported, not acted on."""
         timeout_s = self._s.feed_silence_timeout_s
         step_s = min(0.5, timeout_s / 4)
         link = self.link
+        reported = False
         while True:
             await self._clock.sleep(step_s)
             if link.market_open is False:
                 continue  # a closed market sends nothing; pings alone prove the link
             since = link.last_data_at or link.connected_at or self._clock.now()
-            if self._clock.now() - since > timeout_s:
+            quiet_s = self._clock.now() - since
+            if quiet_s <= timeout_s:
+                reported = False
+            elif self._must_tick():
                 return f"no data for {timeout_s:.1f} s while the market is open (mute connection)", True
+            elif not reported:
+                reported = True
+                warning.warning(
+                    f"No market data for {timeout_s:.1f} s, pings answered: the subscribed instruments are quiet "
+                    "(no index subscribed to prove the market ticks); not reconnecting"
+                )
+
+    def _must_tick(self) -> bool:
+        segments = self.link.segments
+        for key in self._subs.wanted.values():
+            segment = key.partition("|")[0]
+            if segment.endswith("_INDEX") and (segments is None or segments.get(segment) == NORMAL_OPEN):
+                return True
+        return False
 
     async def _close(self, ws: ClientConnection, *, abort: bool) -> None:
         if abort:
