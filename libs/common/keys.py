@@ -10,7 +10,8 @@ Keys
   heartbeat:SERVICE         string epoch s of the service's last beat; expires after HEARTBEAT_TTL_S
   position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed)
   positions:open            set    symbols whose position is open or closing
-  positions:closed          list   journal of closes, newest first (JSON close records)
+  positions:closed          list   journal of closes, newest first (JSON close records), at most JOURNAL_MAXLEN
+  positions:closed:archive  stream older closes moved out of the journal, oldest first (field `record`)
   events                    stream recent position and alert events (capped)
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
@@ -34,6 +35,7 @@ HEARTBEAT_PREFIX: Final = "heartbeat:"
 POSITION_PREFIX: Final = "position:"
 OPEN_POSITIONS: Final = "positions:open"
 CLOSED_JOURNAL: Final = "positions:closed"
+CLOSED_ARCHIVE: Final = "positions:closed:archive"
 EVENTS_STREAM: Final = "events"
 IDEMPOTENCY_PREFIX: Final = "idempotency:"
 SERVICES_STATUS: Final = "services:status"

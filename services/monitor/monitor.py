@@ -32,6 +32,7 @@ from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
 from libs.common.freshness import FeedLiveness, FreshnessPolicy, PriceTruth, read_feed_liveness
 from libs.common.heartbeat import beat_forever
+from libs.common.journal import JournalCap
 from libs.common.logging import tagged
 from libs.common.models import MalformedRecord, Position, PositionState, PriceSource
 from libs.common.money import ltp_paise, to_paise
@@ -86,6 +87,7 @@ class Monitor:
         self._clock: Clock = clock or SystemClock()
         self._store = PositionStore(redis, self._clock)
         self._snapshots = SnapshotReader(redis)
+        self._journal_cap = JournalCap(redis, settings.journal_maxlen)
         self._closer = Closer(self._store, broker, self._clock)
         self._jitter = jitter
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
@@ -200,6 +202,7 @@ class Monitor:
                 else:
                     fresh[symbol] = known
         self._watch = fresh
+        await self._journal_cap.enforce()
         # older changes are in this read; keep one sweep's worth more for a sweep still running (tests overlap them)
         self._touched = {s: n for s, n in self._touched.items() if n > self._last_sweep_began}
         self._last_sweep_began = began
