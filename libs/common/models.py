@@ -68,6 +68,7 @@ class FeedStatus(BaseModel):
     absurd_prices: int = 0  # ticks refused as not a price (see services/feed/decode.py)
     out_of_order_ticks: int = 0  # ticks older (exchange time) than the cached one, dropped
     silent_symbols: int = 0  # subscribed instruments found silent while their segment trades
+    rest_polling: bool = False  # WebSocket down, REST answers: open positions' prices come from LTP V3 (Layer 2b)
     last_message_at: float | None = None  # any frame or pong: the connection is alive
     last_data_at: float | None = None  # last frame carrying prices
     market_open: bool | None = None

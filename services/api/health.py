@@ -185,6 +185,7 @@ class HealthReader:
                 feed_heartbeat_age_s=beat_age,
                 seconds_since_last_message=quiet_s,
                 last_error=feed_error,
+                price_source="websocket" if liveness.live else "rest" if feed_alive and feed.rest_polling else "none",
             ),
             price_cache=PriceCacheHealth(
                 cached_symbols=int(count),

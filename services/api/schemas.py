@@ -33,6 +33,10 @@ class WebSocketHealth(BaseModel):
     feed_heartbeat_age_s: float | None
     seconds_since_last_message: float | None = Field(description="since the feed last heard anything (frame or pong)")
     last_error: str
+    price_source: Literal["websocket", "rest", "none"] = Field(
+        "none",
+        description="where fresh prices come from now: the WebSocket, the REST LTP poll (Layer 2b), or nowhere",
+    )
 
 
 class CacheEntry(BaseModel):

@@ -3,7 +3,8 @@
 Tasks: `feed:connection` (the WebSocket and its reconnect loop), `feed:writer` (ticks to Redis),
 `feed:vouch` (keeps quiet symbols fresh while the link is healthy, reports silent ones, trims `prices:index`),
 `feed:subscriptions` (subscribe and unsubscribe requests, and the periodic re-read of `feed:subscriptions`),
-`feed:status` (writes `feed:status` on a timer) and `feed:heartbeat`. A task that fails is logged with its error
+`feed:rest-poll` (LTP over REST for open positions while the WebSocket is down, Layer 2b), `feed:status` (writes
+`feed:status` on a timer) and `feed:heartbeat`. A task that fails is logged with its error
 and restarted after a short delay; none dies silently.
 """
 
@@ -28,6 +29,7 @@ from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
+from services.feed.rest_poll import RestPoller
 from services.feed.silence import Review
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions, watchlist
@@ -65,6 +67,7 @@ class Feed:
         self.connection = FeedConnection(
             settings, self.clock, redis, self.cache, self.status, self.subscriptions, self.resolver
         )
+        self.rest_poller = RestPoller(settings, self.clock, redis, self.cache, self.status, self.connection)
         self.restarts: dict[str, int] = {}
 
     async def run(self) -> None:
@@ -73,6 +76,7 @@ class Feed:
             "feed:connection": self.connection.run,
             "feed:writer": self.connection.writer.run,
             "feed:vouch": self._vouch_forever,
+            "feed:rest-poll": self.rest_poller.run,
             "feed:subscriptions": self._follow_requests,
             "feed:status": self._status_forever,
             "feed:heartbeat": lambda: beat_forever(self.redis, "feed", self.settings, self.clock),
