@@ -27,8 +27,11 @@ from libs.common.models import FeedStatus, MalformedRecord, PriceSource
 from libs.common.money import Paise, ltp_paise
 from libs.common.settings import Settings
 
-# A feed that missed this many heartbeats in a row is not vouching for anything (stalled or killed).
+# A feed that missed this many heartbeats in a row (and at least HEARTBEAT_FLOOR_S) is not vouching for anything:
+# stalled or killed. The floor keeps a loaded machine's late beat (tests compress beats to 0.2 s) from reading as
+# an outage.
 MISSED_BEATS = 3
+HEARTBEAT_FLOOR_S = 1.0
 
 # Fields of `price:SYMBOL` the verdict reads, in this order (readers HMGET them in one call).
 TRUTH_FIELDS = ("ltp", "as_of", "silent_since", "silent_reason", "rest_at")
@@ -132,7 +135,9 @@ class FreshnessPolicy:
         return cls(
             stale_after_s=settings.price_stale_after_s,
             expire_after_s=settings.price_cache_ttl_s,
-            heartbeat_max_age_s=min(settings.heartbeat_interval_s * MISSED_BEATS, settings.heartbeat_ttl_s),
+            heartbeat_max_age_s=min(
+                max(settings.heartbeat_interval_s * MISSED_BEATS, HEARTBEAT_FLOOR_S), settings.heartbeat_ttl_s
+            ),
         )
 
     def feed(self, status: FeedStatus, heartbeat_age_s: float | None) -> FeedLiveness:
