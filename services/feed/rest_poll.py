@@ -25,7 +25,7 @@ from libs.common.money import ltp_paise, rupees_str
 from libs.common.price_cache import PriceCache, Tick
 from libs.common.settings import Settings
 from services.feed.status import StatusBoard
-from services.feed.websocket import FeedConnection
+from services.feed.websocket import FeedConnection, tls_context
 
 LTP_PATH = "/v3/market-quote/ltp"
 MAX_KEYS_PER_CALL = 500
@@ -55,7 +55,7 @@ class RestPoller:
         self._status = status
         self._connection = connection
         self._http = http or httpx.AsyncClient(
-            base_url=settings.api_base, timeout=settings.broker_timeout_s, verify=settings.tls_ca_file or True
+            base_url=settings.api_base, timeout=settings.broker_timeout_s, verify=tls_context(settings), trust_env=False
         )
         self._warned_at = -1e9
         self.polls = 0
