@@ -12,9 +12,12 @@ Keys
   positions:open            set    symbols whose position is open or closing
   positions:closed          list   journal of closes, newest first (JSON close records), at most JOURNAL_MAXLEN
   positions:closed:archive  stream older closes moved out of the journal, oldest first (field `record`)
-  events                    stream recent position and alert events (capped)
+  events                    stream every event that matters to a person: positions, closes, feed states (capped)
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
+  alerts:outbox             stream alert messages waiting to be sent (consumer group `alerts`)
+  alerts:conditions         hash   condition id -> JSON state of the alert condition (active, last sent, folded)
+  alerts:sent:ID            set    digests of the ALERT_URLS an outbox message already reached (while retrying)
 
 Channels
   ticks                     one notice per feed frame: the symbols (and prices) just written
@@ -39,6 +42,11 @@ CLOSED_ARCHIVE: Final = "positions:closed:archive"
 EVENTS_STREAM: Final = "events"
 IDEMPOTENCY_PREFIX: Final = "idempotency:"
 SERVICES_STATUS: Final = "services:status"
+ALERTS_OUTBOX: Final = "alerts:outbox"
+ALERT_CONDITIONS: Final = "alerts:conditions"
+ALERT_SENT_PREFIX: Final = "alerts:sent:"
+# The consumer group the alerts service reads `events` and `alerts:outbox` with.
+ALERTS_GROUP: Final = "alerts"
 
 TICKS_CHANNEL: Final = "ticks"
 FEED_STATUS_CHANNEL: Final = "feed:status:changes"
@@ -61,7 +69,7 @@ PRICE_FIELDS: Final = (
     "rest_at",
 )
 
-SERVICES: Final = ("feed", "monitor", "api", "sim")
+SERVICES: Final = ("feed", "monitor", "api", "sim", "alerts")
 
 
 def price(symbol: str) -> str:
@@ -82,6 +90,11 @@ def heartbeat(service: str) -> str:
 def idempotency(key: str) -> str:
     """Key holding the first result of an emergency close sent with Idempotency-Key `key`."""
     return IDEMPOTENCY_PREFIX + key
+
+
+def alert_sent(entry_id: str) -> str:
+    """Key of the set of ALERT_URLS (digests) that outbox message `entry_id` already reached."""
+    return ALERT_SENT_PREFIX + entry_id
 
 
 def all_names() -> dict[str, str]:
