@@ -31,7 +31,7 @@ from libs.common.settings import Settings
 # stalled or killed. The floor keeps a loaded machine's late beat (tests compress beats to 0.2 s) from reading as
 # an outage.
 MISSED_BEATS = 3
-HEARTBEAT_FLOOR_S = 1.0
+HEARTBEAT_FLOOR_S = 2.0
 
 # Fields of `price:SYMBOL` the verdict reads, in this order (readers HMGET them in one call).
 TRUTH_FIELDS = ("ltp", "as_of", "silent_since", "silent_reason", "rest_at")

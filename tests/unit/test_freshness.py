@@ -6,6 +6,7 @@ import pytest
 
 from libs.common.freshness import FeedLiveness, FreshnessPolicy, PriceTruth, Verdict
 from libs.common.models import FeedState, FeedStatus, PriceSource
+from libs.common.settings import Settings
 
 NOW = 1_000_000.0
 POLICY = FreshnessPolicy(stale_after_s=30, expire_after_s=300, heartbeat_max_age_s=3)
@@ -94,3 +95,12 @@ def test_absurd_values_are_refused(ltp: str) -> None:
 def test_a_corrupt_time_is_refused() -> None:
     with pytest.raises(ValueError, match="not a time"):
         PriceTruth.from_fields({"ltp": "575.00", "as_of": "nan"})
+
+
+def test_the_heartbeat_limit_is_three_beats_at_least_two_seconds_within_the_ttl() -> None:
+    def limit(**values: float) -> float:
+        return FreshnessPolicy.from_settings(Settings(_env_file=None, **values)).heartbeat_max_age_s  # type: ignore[call-arg,arg-type]
+
+    assert limit() == 3.0  # the defaults: 1 s beats, 10 s TTL
+    assert limit(heartbeat_interval_s=0.2, heartbeat_ttl_s=2) == 2.0
+    assert limit(heartbeat_interval_s=5, heartbeat_ttl_s=10) == 10.0
