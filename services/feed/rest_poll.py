@@ -20,10 +20,12 @@ from redis.exceptions import RedisError
 
 from libs.common import keys
 from libs.common.clock import Clock
+from libs.common.dns import DnsFailure, HostResolver
 from libs.common.logging import tagged
 from libs.common.money import ltp_paise, rupees_str
 from libs.common.price_cache import PriceCache, Tick
 from libs.common.settings import Settings
+from services.feed.authorize import Endpoint, netloc
 from services.feed.status import StatusBoard
 from services.feed.websocket import FeedConnection, tls_context
 
@@ -46,6 +48,7 @@ class RestPoller:
         cache: PriceCache,
         status: StatusBoard,
         connection: FeedConnection,
+        resolver: HostResolver,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self._s = settings
@@ -54,8 +57,10 @@ class RestPoller:
         self._cache = cache
         self._status = status
         self._connection = connection
+        self._resolver = resolver
+        self._api = Endpoint.parse(settings.api_base)
         self._http = http or httpx.AsyncClient(
-            base_url=settings.api_base, timeout=settings.broker_timeout_s, verify=tls_context(settings), trust_env=False
+            timeout=settings.broker_timeout_s, verify=tls_context(settings), trust_env=False
         )
         self._warned_at = -1e9
         self.polls = 0
@@ -70,7 +75,7 @@ class RestPoller:
                     continue
                 try:
                     await self.poll_once()
-                except (httpx.HTTPError, ValueError, RedisError) as exc:
+                except (httpx.HTTPError, ValueError, RedisError, DnsFailure) as exc:
                     self._set_polling(False)
                     self._warn(f"REST LTP poll failed ({type(exc).__name__}: {exc}); retrying")
         finally:
@@ -79,11 +84,18 @@ class RestPoller:
     async def poll_once(self) -> int:
         """One round over every open position's instrument; returns how many prices were written.
 
-        Raises httpx.HTTPError (REST down or refusing), ValueError (an unreadable answer) or RedisError."""
+        Raises httpx.HTTPError (REST down or refusing), ValueError (an unreadable answer), DnsFailure or RedisError.
+        The host is resolved like the WebSocket's (system DNS, the fallback servers, the remembered address) and
+        keeps its name in the Host header, the TLS SNI and the certificate check."""
         wanted = {str(k): str(s) for s, k in (await self._redis.hgetall(keys.FEED_SUBSCRIPTIONS)).items() if k}
         if not wanted:
             return 0
         token = self._s.access_token.get_secret_value()
+        api = self._api
+        resolution = await self._resolver.resolve(api.host)
+        url = f"{'https' if api.secure else 'http'}://{netloc(resolution.address, api.port)}{api.path}{LTP_PATH}"
+        headers = {"Host": api.host_header, "Authorization": f"Bearer {token}", "Accept": "application/json"}
+        extensions = {"sni_hostname": api.host} if api.secure else {}
         instrument_keys = list(wanted)
         written = 0
         for start in range(0, len(instrument_keys), MAX_KEYS_PER_CALL):
@@ -91,9 +103,7 @@ class RestPoller:
                 await self._clock.sleep(_MIN_CALL_SPACING_S)
             part = instrument_keys[start : start + MAX_KEYS_PER_CALL]
             response = await self._http.get(
-                LTP_PATH,
-                params={"instrument_key": ",".join(part)},
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                url, params={"instrument_key": ",".join(part)}, headers=headers, extensions=extensions
             )
             response.raise_for_status()
             ticks = self._ticks(response.json(), wanted)

@@ -67,7 +67,9 @@ class Feed:
         self.connection = FeedConnection(
             settings, self.clock, redis, self.cache, self.status, self.subscriptions, self.resolver
         )
-        self.rest_poller = RestPoller(settings, self.clock, redis, self.cache, self.status, self.connection)
+        self.rest_poller = RestPoller(
+            settings, self.clock, redis, self.cache, self.status, self.connection, self.resolver
+        )
         self.restarts: dict[str, int] = {}
 
     async def run(self) -> None:
