@@ -101,3 +101,16 @@ async def _moved(redis: Redis, symbol: str, before: str | None) -> bool:
 
 async def _status_says_silent(redis: Redis) -> bool:
     return FeedStatus.from_redis(await redis.hgetall(keys.FEED_STATUS)).silent_symbols == 1
+
+
+@pytest.mark.integration
+async def test_the_feed_trims_expired_symbols_from_the_index(sim: Simulator, settings: Settings, redis: Redis) -> None:
+    await redis.zadd(keys.PRICE_INDEX, {"GONE": time.time() - 400})  # its price expired long ago (TTL 300 s)
+    feed_settings = fast(settings, upstox_api_base=sim.rest_url, feed_watchlist=["BOSCHLTD"])
+    async with running_feed(feed_settings, redis):
+        await eventually(lambda: _not_indexed(redis, "GONE"), timeout_s=3)
+        await eventually(lambda: redis.zscore(keys.PRICE_INDEX, "BOSCHLTD"))  # live symbols stay
+
+
+async def _not_indexed(redis: Redis, symbol: str) -> bool:
+    return await redis.zscore(keys.PRICE_INDEX, symbol) is None
