@@ -69,7 +69,7 @@ class RestPoller:
     async def run(self) -> None:
         try:
             while True:
-                await self._clock.sleep(self._s.rest_poll_interval_s)
+                await self._clock.sleep(max(self._s.rest_poll_interval_s, _MIN_CALL_SPACING_S))
                 if self._connection.link.live:
                     self._set_polling(False)
                     continue
