@@ -90,6 +90,7 @@ async def test_a_halted_instrument_among_ticking_ones_ages_truly_and_its_sl_fire
         assert health["websocket"]["connected"] is True  # the connection is healthy; only KAYNES is silent
         assert health["price_cache"]["cache_entries"]["BOSCHLTD"]["is_stale"] is False
         await stack.wait_log("feed", "[WARNING] KAYNES: no tick for")
+        await stack.wait_log("monitor", "[WARNING] KAYNES: no tick for", since=mark)  # checked with its true age
         events = [e for e in await stack.events() if e["kind"] == "instrument_silent"]
         assert [e["symbol"] for e in events] == ["KAYNES"]
 
