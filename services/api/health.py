@@ -2,9 +2,9 @@
 
 One script call reads the feed's status hash, its heartbeat, the cache count and newest entry (from the
 index), the open-position symbols, picks the listed symbols (open positions first, then the requested ones
-or the newest from the index) and returns `ltp` and `as_of` of each. A pipeline of the same reads costs
-~1.5 ms more of redis-py's client-side work per request. No keyspace scan, nothing per symbol on the wire,
-whatever the cache size.
+or the newest from the index) and returns each one's freshness fields (`ltp`, `as_of`, silence, REST); the
+verdict per entry is `libs.common.freshness`'s. A pipeline of the same reads costs ~1.5 ms more of redis-py's
+client-side work per request. No keyspace scan, nothing per symbol on the wire, whatever the cache size.
 """
 
 from __future__ import annotations
