@@ -239,6 +239,7 @@ class Simulator:
             "steps": self.market.steps,
             "segment_status": self.market.segment_status(),
             "pinned": sorted(self.instruments[i].trading_symbol for i in self.market.pinned),
+            "halted": sorted(self.instruments[i].trading_symbol for i in self.market.halted),
             "faults": self.faults.snapshot(),
             "fault_counts": self.faults.counts,
             "connections": self.feeder.state(),

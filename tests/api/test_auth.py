@@ -4,7 +4,6 @@ against a running simulator (the profile call is real), never showing the token.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from libs.common.credentials import Credentials, token_exp
 from libs.common.settings import Settings
 from services.sim.server import Simulator, running_simulator
 from tests.api.conftest import ApiFactory
-from tests.helpers import free_port
+from tests.helpers import free_port, sealed_child
 
 pytestmark = pytest.mark.integration
 
@@ -141,9 +140,8 @@ async def test_the_notifier_checks_the_client_id_and_the_user(
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTOX_", "API_", "SIM_", "REDIS_"))}
+    """The settings a CLI child needs (sealed: nothing else of this process's environment reaches it)."""
     return {
-        **env,
         "REDIS_URL": settings.redis_url,
         "CREDENTIALS_KEY": KEY,
         "UPSTOX_API_BASE": settings.api_base,
@@ -160,8 +158,7 @@ async def run_cli(tmp_path: Path, settings: Settings, *args: str, stdin: bytes =
         "-m",
         "services.api",
         *args,
-        cwd=tmp_path,
-        env=cli_env(settings),
+        **sealed_child(tmp_path, **cli_env(settings)),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -191,8 +188,7 @@ async def test_login_runs_the_oauth_dance_against_the_simulator(
         "login",
         "--timeout",
         "30",
-        cwd=tmp_path,
-        env=cli_env(auth_settings),
+        **sealed_child(tmp_path, **cli_env(auth_settings)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -244,7 +240,8 @@ async def test_login_gives_up_without_a_redirect_and_a_wrong_state_is_ignored(
     assert code == 1 and "login failed: no redirect within 1 s" in out
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.api", "login", "--timeout", "30",
-        cwd=tmp_path, env=cli_env(auth_settings), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        **sealed_child(tmp_path, **cli_env(auth_settings)), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert proc.stdout is not None
     while b"/v2/login/authorization/dialog?" not in (line := await asyncio.wait_for(proc.stdout.readline(), 30)):

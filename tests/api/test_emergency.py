@@ -229,3 +229,18 @@ async def test_a_failed_attempt_does_not_use_up_its_key(
     assert retried.status_code == 200
     assert "Idempotent-Replayed" not in retried.headers
     assert broker.orders == 2
+
+
+async def test_a_killed_feed_is_not_live_even_though_its_status_says_connected(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    """SIGKILL leaves `connected` in feed:status; the heartbeat stops: the close records cached, with its true age."""
+    now = time.time()
+    await feed_live(redis, now - 20)  # the last beat and status write of a feed killed 20 s ago
+    await write_prices(redis, now - 20, {"BOSCHLTD": "700.00"})
+    await opened(client)
+    body = (await client.post(CLOSE, json={"symbol": "BOSCHLTD", "reason": "emergency"})).json()
+    assert body["price_source"] == "cached"
+    assert 19 <= body["price_age_seconds"] <= 22
+    journal = (await client.get("/api/v1/positions/closed")).json()["closes"]
+    assert [(c["price_source"], 19 <= c["price_age_s"] <= 22) for c in journal] == [("cached", True)]

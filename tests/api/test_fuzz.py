@@ -30,7 +30,13 @@ EXAMPLES_PER_OPERATION = 25
 
 def test_no_request_the_spec_allows_gets_a_5xx(settings: Settings) -> None:
     app = create_app(
-        settings.model_copy(update={"broker": "paper", "credentials_key": SecretStr("fuzz-credentials-key")}),
+        settings.model_copy(
+            update={
+                "broker": "paper",
+                "api_allowed_hosts": ["testserver"],  # schemathesis' Host
+                "credentials_key": SecretStr("fuzz-credentials-key"),
+            }
+        ),
         broker=PaperBroker(),
         http=httpx.AsyncClient(transport=httpx.MockTransport(profile_ok)),
     )

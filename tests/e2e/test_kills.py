@@ -28,8 +28,8 @@ async def test_killed_feed_switches_the_monitor_to_fallback(tmp_path: Path) -> N
 
         stack.kill("feed")
         await stack.wait_log("monitor", "Feed is not live: checking SL/TP on cached prices", since=mark)
-        health = await stack.wait_connected(False)
-        assert health["websocket"]["feed_alive"] is False
+        await stack.wait_connected(False)  # after 3 missed beats (libs/common/freshness.py)
+        await eventually(lambda: _feed_alive_is(stack, False), timeout_s=5)  # once the heartbeat key expires
         assert stack.check("feed") == 1  # `python -m services.feed --check`, as a healthcheck runs it
         # The feed:status hash still says connected (nobody wrote it): the heartbeat is what tells.
         assert (await stack.feed_status()).connected is True
@@ -118,6 +118,10 @@ async def test_monitor_killed_mid_close_is_reconciled_never_closed_twice(tmp_pat
 
 
 # --- small readers -------------------------------------------------------------------------------
+
+
+async def _feed_alive_is(stack: Stack, alive: bool) -> bool:
+    return bool((await stack.health())["websocket"]["feed_alive"] is alive)
 
 
 async def _ltp_is(stack: Stack, symbol: str, ltp: str) -> bool:

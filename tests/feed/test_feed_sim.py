@@ -370,3 +370,21 @@ async def test_market_closed_keeps_vouching_on_pings_alone(
 
 async def _market_closed(redis: Redis) -> bool:
     return (await status(redis)).market_open is False
+
+
+async def test_a_quiet_watchlist_with_pings_answered_is_reported_not_reconnected(
+    sim: Simulator, settings: Settings, redis: Redis, logs: Logs
+) -> None:
+    """Stocks only (no index proves the market ticks): data silence with pings answered is no outage."""
+    feed_settings = fast(settings, upstox_api_base=sim.rest_url, feed_watchlist=["BOSCHLTD", "KAYNES"])
+    async with running_feed(feed_settings, redis):
+        await eventually(lambda: is_live(redis))
+        mark = len(logs.lines)
+        await sim.inject("mute", 3.5)  # data stops; the simulator still pings and answers ours
+        quiet = "[WARNING] No market data for 1.0 s, pings answered"
+        await eventually(lambda: any(line.startswith(quiet) for line in logs.after(mark)), timeout_s=3)
+        await asyncio.sleep(2.0)  # twice the silence timeout more: still no reconnect
+        assert await is_live(redis)
+        assert "[WARNING] WebSocket connection closed" not in logs.after(mark)
+        assert sum(line.startswith(quiet) for line in logs.after(mark)) == 1  # reported once per silence
+        assert (await status(redis)).reconnect_attempts == 0

@@ -53,7 +53,8 @@ async def test_live_tick_at_the_level_closes_without_fallback(
 ) -> None:  # fmt: skip
     await set_feed(redis, settings, clock, live=True)
     await store.open(position)
-    await write_price(redis, settings, position.symbol, "1400.00" if position.symbol == "RELIANCE" else "735.00", 1)
+    opening = "1400.00" if position.symbol == "RELIANCE" else "735.00"
+    await write_price(redis, settings, position.symbol, opening, clock.now() - 1)
     monitor = make_monitor()
     await monitor.start()
     report = await monitor.sweep_once()
