@@ -126,6 +126,11 @@ class FeedConnection:
         self._warned_at: dict[str, float] = {}
         self._absurd_logged: set[str] = set()
 
+    @property
+    def credentials(self) -> Credentials:
+        """The tokens this feed presents (the REST LTP poll shares them)."""
+        return self._credentials
+
     # --- the reconnect loop --------------------------------------------------------------------
     async def run(self) -> None:
         outage: Outage | None = None
