@@ -12,6 +12,7 @@ from loguru import logger
 
 from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import Clock
+from libs.common.metrics import CLOSE_FAILURES, observe_close
 from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
 from libs.common.positions import PositionConflict, PositionStore
@@ -65,12 +66,14 @@ class Closer:
             fill = await self._broker.close(position, close_tag(claim_id), request.decision_price)
         except BrokerOutcomeUnknown as exc:
             # The order may still fill: keep the claim so no retry sends a second one; reconcile() settles it.
+            CLOSE_FAILURES.labels(kind="unknown").inc()
             await self._store.publish_event(
                 "close_failed", request.symbol, reason=request.reason.value, by=request.closed_by, error=str(exc),
                 outcome="unknown",
             )  # fmt: skip
             raise
         except BrokerError as exc:
+            CLOSE_FAILURES.labels(kind="rejected").inc()
             await self._store.release(request.symbol, claim_id, str(exc), retry_at)
             await self._store.publish_event(
                 "close_failed", request.symbol, reason=request.reason.value, by=request.closed_by, error=str(exc)
@@ -90,6 +93,7 @@ class Closer:
             )
             await self._store.publish_event("close_unrecorded", request.symbol, record=record.public())
             raise PositionConflict(request.symbol, "settled elsewhere while its order was in flight")
+        observe_close(record.reason, record.closed_by, record.price_source, request.decided_at, record.closed_at)
         await self._store.publish_event("closed", request.symbol, record=record.public())
         return record
 
@@ -133,6 +137,7 @@ class Closer:
         )
         record = self._record(position, request, fill.order_id, fill.price)
         if await self._store.complete(position.claim_id, record):
+            observe_close(record.reason, record.closed_by, record.price_source, None, record.closed_at)
             await self._store.publish_event("closed", position.symbol, record=record.public())
             return record
         return None

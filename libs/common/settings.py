@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(16384, gt=0)
     idempotency_ttl_s: int = Field(86400, gt=0)
 
+    # --- Metrics (Prometheus; the api serves its own on GET /metrics) ------------------------
+    metrics_host: str = "127.0.0.1"
+    feed_metrics_port: int = Field(9101, ge=0, le=65535)
+    monitor_metrics_port: int = Field(9102, ge=0, le=65535)
+
     # --- Logging -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -32,6 +32,7 @@ from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
 from libs.common.heartbeat import beat_forever, heartbeat_age_s
 from libs.common.logging import tagged
+from libs.common.metrics import TICK_TO_DECISION
 from libs.common.models import FeedStatus, MalformedRecord, Position, PositionState, PriceSource
 from libs.common.money import to_paise
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
@@ -328,6 +329,7 @@ class Monitor:
             # A notice is published only for a frame the feed just received: the price is live.
             if self._evaluate(watch[symbol], PriceView(price, PriceSource.LIVE, age_s), now):
                 started += 1
+                TICK_TO_DECISION.observe(max(0.0, self._clock.now() - as_of))
         return started
 
     def _evaluate(self, position: Position, view: PriceView, now: float) -> bool:

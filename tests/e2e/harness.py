@@ -69,6 +69,8 @@ FAST = {
     "REDIS_RETRIES": "2",
     "REDIS_CONNECT_TIMEOUT_S": "0.5",
     "REDIS_SOCKET_TIMEOUT_S": "2",
+    "FEED_METRICS_PORT": "0",  # metrics off unless a test asks (tests run side by side; 9101/9102 may be taken)
+    "MONITOR_METRICS_PORT": "0",
 }
 
 

@@ -1,0 +1,92 @@
+"""The dashboard: the page at `/` and the Server-Sent Events stream that keeps it live.
+
+The page and its script and style are files shipped in this package (`services/api/dashboard/`); nothing is
+built and nothing comes from elsewhere (the Content-Security-Policy says so to the browser). The stream sends
+a snapshot of everything the page shows at once when a position event or a feed state change is published,
+and at least every second otherwise (prices age). Pub/sub only wakes it: every snapshot is re-read from
+Redis, so a lost notice costs at most a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from libs.common import keys
+from libs.common.models import FeedStatus, MalformedRecord
+from services.api.deps import Res
+from services.api.routes.positions import closed_positions, list_positions
+
+router = APIRouter(tags=["dashboard"])
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+# Everything the page loads comes from the api itself.
+_CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+REFRESH_S = 1.0
+RECONNECT_MS = 1000  # how soon a browser retries a lost stream
+_CLOSES = 10
+_EVENTS = 15
+
+
+@router.get("/", include_in_schema=False)
+async def dashboard() -> FileResponse:
+    """The dashboard page."""
+    return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": _CSP})
+
+
+@router.get("/api/v1/dashboard/stream", response_class=EventSourceResponse)
+async def dashboard_stream(res: Res) -> EventSourceResponse:
+    """Server-Sent Events: `snapshot` (the whole dashboard state as JSON) on every change and every second;
+    `unavailable` while Redis cannot be read."""
+    return EventSourceResponse(_updates(res), ping=15, send_timeout=10)
+
+
+async def snapshot(res: Res) -> dict[str, Any]:
+    """What the dashboard shows: connection health, the feed's details, open positions, closes and events."""
+    health = await res.health.read(0, None)
+    raw = cast(dict[str, str], await res.redis.hgetall(keys.FEED_STATUS))
+    try:
+        feed = FeedStatus.from_redis(raw)
+        dns = {"resolver": feed.dns_resolver, "address": feed.resolved_address, "next_retry_at": feed.next_retry_at}
+    except MalformedRecord:
+        dns = {"resolver": "", "address": "", "next_retry_at": None}
+    positions = await list_positions(res)
+    closes = await closed_positions(res, limit=_CLOSES)
+    return {
+        "at": res.clock.now(),
+        "health": health.model_dump(mode="json"),
+        "feed": dns,
+        "positions": [p.model_dump(mode="json") for p in positions.positions],
+        "closes": closes.model_dump(mode="json")["closes"],
+        "events": await res.store.recent_events(_EVENTS),
+        "api_key_required": bool(res.settings.api_key.get_secret_value()),
+    }
+
+
+async def _updates(res: Res) -> AsyncIterator[ServerSentEvent]:
+    while True:
+        pubsub = res.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.POSITION_EVENTS_CHANNEL, keys.FEED_STATUS_CHANNEL)
+            while True:
+                data = json.dumps(await snapshot(res), separators=(",", ":"), default=str)
+                yield ServerSentEvent(data=data, event="snapshot", retry=RECONNECT_MS)
+                message = await pubsub.get_message(timeout=REFRESH_S)
+                while message is not None:  # a burst of notices makes one snapshot
+                    message = await pubsub.get_message(timeout=0.01)
+        except RedisError as exc:
+            detail = {"detail": f"Redis unreachable ({type(exc).__name__}); the guard's state is unknown"}
+            yield ServerSentEvent(data=json.dumps(detail), event="unavailable", retry=RECONNECT_MS)
+            await asyncio.sleep(REFRESH_S)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

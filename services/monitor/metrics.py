@@ -1,0 +1,98 @@
+"""The monitor's Prometheus metrics: the open positions by state and layer, and the age of their prices.
+
+They are read from Redis when Prometheus scrapes (the exporter's thread asks the monitor's event loop), so
+nobody pays for them between scrapes and they are as current as the scrape. The layer is the guide's:
+`live` (feed live), `cached` (feed down, a fresh or stale cached price), `manual` (the price expired).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from loguru import logger
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from libs.common.clock import Clock
+from libs.common.models import Position, PositionState, PriceSource
+from libs.common.settings import Settings
+from services.monitor.decision import view_of
+from services.monitor.monitor import Monitor
+from services.monitor.snapshot import CachedPrice, SnapshotReader
+
+LAYERS = ("live", "cached", "manual")
+_STATES = (PositionState.OPEN, PositionState.CLOSING)
+_SCRAPE_TIMEOUT_S = 5.0
+
+
+def layer_of(cached: CachedPrice | None, now: float, *, feed_live: bool, settings: Settings) -> str:
+    """The guide's layer a position's price puts it in."""
+    if cached is None:
+        return "manual"
+    view = view_of(
+        cached.ltp,
+        cached.as_of,
+        now,
+        feed_live=feed_live,
+        stale_after_s=settings.price_stale_after_s,
+        expire_after_s=settings.price_cache_ttl_s,
+    )
+    if view is None:
+        return "manual"
+    return "live" if view.source is PriceSource.LIVE else "cached"
+
+
+class PositionsCollector(Collector):
+    """`guard_positions{state,layer}` and `guard_price_age_seconds{symbol}`, read at scrape time."""
+
+    def __init__(
+        self, monitor: Monitor, redis: Redis, settings: Settings, clock: Clock, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._monitor = monitor
+        self._settings = settings
+        self._clock = clock
+        self._loop = loop
+        self._reader = SnapshotReader(redis)
+
+    async def read(self) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+        """(position count per (state, layer), price age in s per open symbol with a cached price)."""
+        feed_live = await self._monitor.feed_live()
+        snapshot = await self._reader.read()
+        now = self._clock.now()
+        counts = {(str(state), layer): 0 for state in _STATES for layer in LAYERS}
+        ages: dict[str, float] = {}
+        for symbol, position in snapshot.positions.items():
+            if not isinstance(position, Position) or position.state not in _STATES:
+                continue
+            cached = snapshot.prices.get(symbol)
+            price = cached if isinstance(cached, CachedPrice) else None
+            layer = layer_of(price, now, feed_live=feed_live, settings=self._settings)
+            counts[(str(position.state), layer)] += 1
+            if price is not None:
+                ages[symbol] = max(0.0, now - price.as_of)
+        return counts, ages
+
+    def collect(self) -> Iterator[Metric]:
+        future = asyncio.run_coroutine_threadsafe(self.read(), self._loop)
+        try:
+            counts, ages = future.result(timeout=_SCRAPE_TIMEOUT_S)
+        except (FutureTimeout, RedisError, OSError) as exc:
+            future.cancel()
+            logger.warning(f"Position metrics unavailable this scrape: {type(exc).__name__}")
+            return
+        positions = GaugeMetricFamily(
+            "guard_positions", "Guarded positions by state and the guide's layer", labels=["state", "layer"]
+        )
+        for (state, layer), count in sorted(counts.items()):
+            positions.add_metric([state, layer], count)
+        yield positions
+        age = GaugeMetricFamily(
+            "guard_price_age_seconds", "Age of the cached price of each open position's symbol", labels=["symbol"]
+        )
+        for symbol, seconds in sorted(ages.items()):
+            age.add_metric([symbol], round(seconds, 3))
+        yield age
