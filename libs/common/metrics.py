@@ -47,6 +47,9 @@ TICK_TO_DECISION = Histogram(
     "From receiving a tick to deciding its SL/TP (live prices), seconds",
     buckets=_FAST_BUCKETS,
 )
+# Series that exist at 0 from the start, so `increase()` sees the first failure.
+for _kind in ("rejected", "unknown"):
+    CLOSE_FAILURES.labels(kind=_kind)
 REDIS_ERRORS = Counter("guard_redis_errors", "Redis connection errors and timeouts (each failed attempt)", ["service"])
 
 _service = "unknown"
@@ -56,6 +59,7 @@ def set_service(name: str) -> None:
     """Name this process for the `service` label (`run_service` calls it)."""
     global _service  # one name per process, set once at start
     _service = name
+    REDIS_ERRORS.labels(service=name)
 
 
 def start_exporter(port: int, host: str) -> bool:

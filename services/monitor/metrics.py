@@ -76,6 +76,10 @@ class PositionsCollector(Collector):
                 ages[symbol] = max(0.0, now - price.as_of)
         return counts, ages
 
+    def describe(self) -> Iterator[Metric]:
+        # Registering calls this instead of collect(), which would wait on the very loop that registers.
+        yield from self._families({}, {})
+
     def collect(self) -> Iterator[Metric]:
         future = asyncio.run_coroutine_threadsafe(self.read(), self._loop)
         try:
@@ -84,6 +88,10 @@ class PositionsCollector(Collector):
             future.cancel()
             logger.warning(f"Position metrics unavailable this scrape: {type(exc).__name__}")
             return
+        yield from self._families(counts, ages)
+
+    @staticmethod
+    def _families(counts: dict[tuple[str, str], int], ages: dict[str, float]) -> Iterator[Metric]:
         positions = GaugeMetricFamily(
             "guard_positions", "Guarded positions by state and the guide's layer", labels=["state", "layer"]
         )
