@@ -126,8 +126,8 @@ async def test_prometheus_sees_the_outage_the_closes_and_layer_3(tmp_path: Path)
             await stack.start("sim", "feed", "monitor", "api")
             await stack.set_price("KAYNES", 204.10)
             await stack.set_price("BOSCHLTD", 720.0)
-            await stack.open_position("KAYNES", "long", 10, 190.0, stop_loss=180.0, take_profit=210.0)
-            await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25, take_profit=800.0)
+            await _open(stack, "KAYNES", 10, 190.0, stop_loss=180.0, take_profit=210.0)
+            await _open(stack, "BOSCHLTD", 10, 735.0, stop_loss=698.25, take_profit=800.0)
             await stack.wait_connected(True)
 
             # Live: every target up, the feed connected and ticking, both positions on Layer 1 with young prices.
@@ -166,7 +166,7 @@ async def test_prometheus_sees_the_outage_the_closes_and_layer_3(tmp_path: Path)
 
             # A live stop-loss: tick -> decision and decision -> fill are measured.
             await stack.set_price("TCS", 3400.0)
-            await stack.open_position("TCS", "long", 1, 3400.0, stop_loss=3300.0, take_profit=3600.0)
+            await _open(stack, "TCS", 1, 3400.0, stop_loss=3300.0, take_profit=3600.0)
             await eventually(lambda: _is_watched(stack, "TCS"), timeout_s=10)
             await stack.set_price("TCS", 3250.0)
             await stack.wait_log("monitor", "[SL] TCS: Price ₹3250.00 <= SL ₹3300.00")
@@ -181,6 +181,12 @@ async def test_prometheus_sees_the_outage_the_closes_and_layer_3(tmp_path: Path)
             exported = await prom.names()
             missing = {n for n in _used_names() if not {n, f"{n}_bucket", f"{n}_count"} & exported}
             assert not missing, missing
+
+
+async def _open(stack: Stack, symbol: str, quantity: int, entry: float, **levels: float) -> None:
+    """A long position bought at the broker (a trade outside the guard), then registered with the guard."""
+    await stack.sim("POST", "/sim/trade", json={"symbol": symbol, "side": "buy", "quantity": quantity})
+    await stack.open_position(symbol, "long", quantity, entry, **levels)
 
 
 async def _closes_of(stack: Stack, symbol: str) -> list[dict[str, Any]]:
