@@ -101,6 +101,7 @@ up() {
   cat <<TXT
 
 Up (local processes under supervisord). Try:
+  open $api/          # the live dashboard
   curl -s $api/api/v1/monitoring/connection-health | jq
   curl -s $api/api/v1/monitoring/status | jq
   redis-cli HGETALL price:BOSCHLTD

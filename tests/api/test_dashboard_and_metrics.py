@@ -5,6 +5,7 @@ The live stream itself, driven by a real browser, is in `tests/e2e/test_dashboar
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from html.parser import HTMLParser
@@ -16,8 +17,9 @@ from redis.asyncio import Redis
 
 from libs.common.models import FeedState
 from libs.common.settings import Settings
-from services.api.routes.dashboard import snapshot
+from services.api.routes.dashboard import REFRESH_S, snapshot, updates
 from tests.api.conftest import BOSCH, ApiFactory, CountingBroker, feed_live, set_feed, write_prices
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +97,29 @@ async def test_metrics_count_the_api_closes_with_their_labels(
         assert _sample(after, "guard_closes_total", **labels) == counted + 1
         assert (_sample(after, "guard_close_seconds_count") or 0) >= 1
         assert "guard_redis_errors_total" in after
+
+
+async def test_the_stream_pushes_a_snapshot_at_once_on_an_event(make_api: ApiFactory, api_settings: Settings) -> None:
+    async with make_api(api_settings) as client:
+        res = client._transport.app.state.resources  # type: ignore[attr-defined]
+        stream = updates(res)
+        first = await anext(stream)
+        assert first.event == "snapshot" and json.loads(first.data)["positions"] == []
+        assert (await client.post("/api/v1/positions", json=BOSCH)).status_code == 201
+        started = time.monotonic()
+        second = await anext(stream)
+        assert time.monotonic() - started < 0.8 * REFRESH_S  # woken by the "opened" event, not the timer
+        assert [p["symbol"] for p in json.loads(second.data)["positions"]] == ["BOSCHLTD"]
+        await stream.aclose()
+
+
+async def test_the_stream_says_when_redis_cannot_be_read(make_api: ApiFactory, api_settings: Settings) -> None:
+    unreachable = api_settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "redis_retries": 0}
+    )
+    async with make_api(unreachable) as client:
+        stream = updates(client._transport.app.state.resources)  # type: ignore[attr-defined]
+        event = await anext(stream)
+        assert event.event == "unavailable"
+        assert "Redis unreachable" in json.loads(event.data)["detail"]
+        await stream.aclose()

@@ -47,7 +47,7 @@ async def dashboard() -> FileResponse:
 async def dashboard_stream(res: Res) -> EventSourceResponse:
     """Server-Sent Events: `snapshot` (the whole dashboard state as JSON) on every change and every second;
     `unavailable` while Redis cannot be read."""
-    return EventSourceResponse(_updates(res), ping=15, send_timeout=10)
+    return EventSourceResponse(updates(res), ping=15, send_timeout=10)
 
 
 async def snapshot(res: Res) -> dict[str, Any]:
@@ -72,7 +72,8 @@ async def snapshot(res: Res) -> dict[str, Any]:
     }
 
 
-async def _updates(res: Res) -> AsyncIterator[ServerSentEvent]:
+async def updates(res: Res) -> AsyncIterator[ServerSentEvent]:
+    """The stream's events, forever: a snapshot, then the next one when woken by a notice or after REFRESH_S."""
     while True:
         pubsub = res.redis.pubsub(ignore_subscribe_messages=True)
         try:
