@@ -123,7 +123,7 @@ function renderPositions(positions, entries, connected) {
     const long = p.side === "long";
     const toSl = price === null || p.stop_loss === null ? null : ((long ? price - p.stop_loss : p.stop_loss - price) / price) * 100;
     const toTp = price === null || p.take_profit === null ? null : ((long ? p.take_profit - price : price - p.take_profit) / price) * 100;
-    const layer = connected ? "live" : entry.status === "expired" ? "manual" : "cached";
+    const layer = entry.status === "expired" ? "manual" : connected && entry.status === "fresh" ? "live" : "cached";
     const row = el("tr");
     row.dataset.symbol = p.symbol;
     row.dataset.state = p.state;
@@ -132,9 +132,10 @@ function renderPositions(positions, entries, connected) {
       el("td", p.symbol, "symbol"), el("td", p.side), el("td", p.quantity), el("td", rupees(p.entry_price)),
       el("td", rupees(p.stop_loss)), el("td", rupees(p.take_profit)), el("td", rupees(price)),
       el("td", age + " · " + entry.status, "age " + entry.status), el("td", percent(toSl)), el("td", percent(toTp)),
-      el("td", layer, "layer " + layer), el("td", p.safety_net || "none"), el("td", p.state, "state"),
+      el("td", layer, "layer " + layer), el("td", p.safety_net || "none"),
+      el("td", p.state + (p.last_error ? " · close failed" : ""), p.last_error ? "state expired" : "state"),
     ];
-    if (p.last_error) cells[12].title = p.last_error;
+    if (p.last_error) cells[12].title = p.last_error; // why the last close failed
     const action = el("td");
     if (p.state === "open") {
       const button = el("button", "Close…", "danger close");
@@ -166,7 +167,9 @@ function renderEvents(events) {
   const list = $("#events");
   list.replaceChildren();
   for (const e of events) {
-    const detail = e.message || e.error || [e.reason, e.by].filter(Boolean).join(" by ");
+    const r = e.record;
+    const closed = r ? r.reason + " by " + r.closed_by + " at " + rupees(r.exit_price) + " (" + r.price_source + " price)" : "";
+    const detail = closed || e.message || e.error || [e.reason, e.by].filter(Boolean).join(" by ");
     const item = el("li");
     item.append(el("time", ist(e.at)), el("strong", " " + e.kind + " "), el("span", e.symbol + (detail ? ": " + detail : "")));
     list.append(item);

@@ -43,7 +43,7 @@ async def dashboard() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": _CSP})
 
 
-@router.get("/api/v1/dashboard/stream", response_class=EventSourceResponse)
+@router.get("/api/v1/dashboard/stream", response_class=EventSourceResponse, include_in_schema=False)  # endless
 async def dashboard_stream(res: Res) -> EventSourceResponse:
     """Server-Sent Events: `snapshot` (the whole dashboard state as JSON) on every change and every second;
     `unavailable` while Redis cannot be read."""
