@@ -61,7 +61,14 @@ async def test_the_page_loads_nothing_from_elsewhere(client: httpx.AsyncClient) 
 
 async def test_the_snapshot_has_what_the_page_shows(client: httpx.AsyncClient, redis: Redis) -> None:
     now = time.time()
-    await set_feed(redis, state=FeedState.RECONNECTING, connected=False, network_errors=3, dns_resolver="Google DNS")
+    await set_feed(
+        redis,
+        state=FeedState.RECONNECTING,
+        connected=False,
+        network_errors=3,
+        dns_resolver="Google DNS",
+        outage_started_at=now - 50,
+    )
     await write_prices(redis, now - 45, {"BOSCHLTD": "720.00"})
     assert (await client.post("/api/v1/positions", json=BOSCH)).status_code == 201
 
@@ -71,7 +78,7 @@ async def test_the_snapshot_has_what_the_page_shows(client: httpx.AsyncClient, r
     assert snap["health"]["websocket"]["network_errors"] == 3
     assert snap["health"]["advice_branch"] == "stale_cache"
     assert snap["health"]["price_cache"]["cache_entries"]["BOSCHLTD"]["status"] == "stale"
-    assert snap["feed"]["resolver"] == "Google DNS"
+    assert snap["feed"]["resolver"] == "Google DNS" and snap["feed"]["outage_started_at"] == pytest.approx(now - 50)
     [position] = snap["positions"]
     assert (position["symbol"], position["ltp"], position["state"]) == ("BOSCHLTD", 720.0, "open")
     assert [e["kind"] for e in snap["events"]] == ["opened"]

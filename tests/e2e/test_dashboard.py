@@ -81,6 +81,7 @@ async def test_the_dashboard_follows_an_outage_closes_by_hand_and_survives_an_ap
             await expect(boschltd_age).to_have_class(re.compile("stale"), timeout=10_000)
             await expect(page.locator("#layer-title")).to_contain_text("stale cached prices")
             await expect(page.locator("#ws-attempts")).not_to_have_text("0")
+            await expect(page.locator("#ws-down-for")).to_have_text(re.compile(r"^\d+ s$"))
             await page.screenshot(path=str(tmp_path / "dashboard-outage.png"), full_page=True)
 
             # By hand: without the key the api refuses and the dialog says so; with it the position closes

@@ -95,6 +95,10 @@ function render(snap) {
   connected.className = ws.connected ? "fresh" : "expired";
   $("#ws-state").textContent = ws.state;
   $("#ws-attempts").textContent = ws.reconnect_attempts;
+  const down = snap.feed.outage_started_at;
+  $("#ws-down-for").textContent = ws.connected || !down ? "–" : Math.round(snap.at - down) + " s";
+  const next = snap.feed.next_retry_at;
+  $("#ws-next-retry").textContent = ws.connected || !next ? "–" : "in " + Math.max(0, next - snap.at).toFixed(1) + " s";
   $("#ws-errors").textContent = ws.network_errors;
   $("#ws-quiet").textContent =
     ws.seconds_since_last_message === null ? "never" : ws.seconds_since_last_message.toFixed(1) + " s ago";

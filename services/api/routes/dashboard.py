@@ -56,15 +56,20 @@ async def snapshot(res: Res) -> dict[str, Any]:
     raw = cast(dict[str, str], await res.redis.hgetall(keys.FEED_STATUS))
     try:
         feed = FeedStatus.from_redis(raw)
-        dns = {"resolver": feed.dns_resolver, "address": feed.resolved_address, "next_retry_at": feed.next_retry_at}
+        details = {
+            "resolver": feed.dns_resolver,
+            "address": feed.resolved_address,
+            "outage_started_at": feed.outage_started_at,
+            "next_retry_at": feed.next_retry_at,
+        }
     except MalformedRecord:
-        dns = {"resolver": "", "address": "", "next_retry_at": None}
+        details = {"resolver": "", "address": "", "outage_started_at": None, "next_retry_at": None}
     positions = await list_positions(res)
     closes = await closed_positions(res, limit=_CLOSES)
     return {
         "at": res.clock.now(),
         "health": health.model_dump(mode="json"),
-        "feed": dns,
+        "feed": details,
         "positions": [p.model_dump(mode="json") for p in positions.positions],
         "closes": closes.model_dump(mode="json")["closes"],
         "events": await res.store.recent_events(_EVENTS),
