@@ -104,6 +104,11 @@ async def prometheus(tmp: Path, targets: dict[str, str]) -> AsyncIterator[Promet
         terminate(proc)
 
 
+def _dashboard_queries() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "guard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
 def _used_names() -> set[str]:
     """Every guard_* metric the shipped alert rules and Grafana dashboard query."""
     text = (DEPLOY / "alerts.rules.yml").read_text()
@@ -181,6 +186,10 @@ async def test_prometheus_sees_the_outage_the_closes_and_layer_3(tmp_path: Path)
             exported = await prom.names()
             missing = {n for n in _used_names() if not {n, f"{n}_bucket", f"{n}_count"} & exported}
             assert not missing, missing
+            # Every Grafana query is valid PromQL (a bad one answers 400) and has data, but the price ages:
+            # no position is open any more.
+            empty = [expr for expr in _dashboard_queries() if not await prom.query(expr)]
+            assert all("guard_price_age_seconds" in expr for expr in empty), empty
 
 
 async def _open(stack: Stack, symbol: str, quantity: int, entry: float, **levels: float) -> None:
