@@ -37,7 +37,7 @@ async def main(settings: Settings) -> None:
     except asyncio.CancelledError:
         # SIGTERM: let uvicorn finish in-flight requests and run the lifespan's shutdown.
         server.should_exit = True
-        AppStatus.should_exit = True  # end the dashboard's event streams, or uvicorn would wait for them forever
+        AppStatus.should_exit = True  # end the dashboard's event streams first: a clean stop, no cancelled sends
         await serving
         raise
     if not server.started:
