@@ -57,11 +57,13 @@ class PositionsCollector(Collector):
         self._clock = clock
         self._loop = loop
         self._reader = SnapshotReader(redis)
+        self._reading = asyncio.Lock()  # two scrapers at once share one reader's caches: one read at a time
 
     async def read(self) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
         """(position count per (state, layer), price age in s per open symbol with a cached price)."""
-        feed_live = await self._monitor.feed_live()
-        snapshot = await self._reader.read()
+        async with self._reading:
+            feed_live = await self._monitor.feed_live()
+            snapshot = await self._reader.read()
         now = self._clock.now()
         counts = {(str(state), layer): 0 for state in _STATES for layer in LAYERS}
         ages: dict[str, float] = {}
