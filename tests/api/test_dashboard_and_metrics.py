@@ -57,6 +57,7 @@ async def test_the_page_loads_nothing_from_elsewhere(client: httpx.AsyncClient) 
     script = (await client.get("/dashboard/dashboard.js")).text
     assert not re.search(r"https?://", script)  # no CDN, no third party
     assert "new EventSource(" in script  # live updates are pushed, not polled
+    assert "innerHTML" not in script and "textContent" in script  # data from Redis is never parsed as HTML
 
 
 async def test_the_snapshot_has_what_the_page_shows(client: httpx.AsyncClient, redis: Redis) -> None:
