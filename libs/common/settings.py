@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     feed_metrics_port: int = Field(9101, ge=0, le=65535)
     monitor_metrics_port: int = Field(9102, ge=0, le=65535)
+    alerts_metrics_port: int = Field(9103, ge=0, le=65535)
     # --- Alerts and the dead man's switch ------------------------------------------------------
     alert_urls: list[SecretStr] = Field(default_factory=list)
     alert_feed_down_s: float = Field(20.0, ge=0)

@@ -48,7 +48,8 @@ def test_the_alerts_cover_the_outage_layers() -> None:
 def test_prometheus_scrapes_every_service_on_its_port() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert targets == {"feed": ["feed:9101"], "monitor": ["monitor:9102"], "api": ["api:8000"]}
+    expected = {"feed": ["feed:9101"], "monitor": ["monitor:9102"], "alerts": ["alerts:9103"], "api": ["api:8000"]}
+    assert targets == expected
 
 
 def _compose() -> dict[str, Any]:
@@ -67,9 +68,9 @@ def test_compose_runs_prometheus_and_grafana_provisioned_under_a_profile() -> No
     mounted = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
     assert mounted["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus.yml"
     assert mounted["/etc/prometheus/alerts.rules.yml"] == "./deploy/alerts.rules.yml"  # rule_files is relative
-    for name in ("feed", "monitor", "api"):  # the exporters listen on the compose network, unpublished
+    for name in ("feed", "monitor", "alerts", "api"):  # the exporters listen on the compose network, unpublished
         assert services[name]["environment"]["METRICS_HOST"] == "0.0.0.0"
-    assert "ports" not in services["feed"] and "ports" not in services["monitor"]
+    assert all("ports" not in services[name] for name in ("feed", "monitor", "alerts"))
 
 
 def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> None:

@@ -72,6 +72,7 @@ FAST = {
     "REDIS_SOCKET_TIMEOUT_S": "2",
     "FEED_METRICS_PORT": "0",  # metrics off unless a test asks (tests run side by side; 9101/9102 may be taken)
     "MONITOR_METRICS_PORT": "0",
+    "ALERTS_METRICS_PORT": "0",
 }
 
 

@@ -117,18 +117,19 @@ def _used_names() -> set[str]:
 
 
 async def test_prometheus_sees_the_outage_the_closes_and_layer_3(tmp_path: Path) -> None:
-    feed_port, monitor_port = free_port(), free_port()
+    feed_port, monitor_port, alerts_port = free_port(), free_port(), free_port()
     async with Stack(
         tmp_path,
         FEED_METRICS_PORT=str(feed_port),
         MONITOR_METRICS_PORT=str(monitor_port),
+        ALERTS_METRICS_PORT=str(alerts_port),
         PRICE_STALE_AFTER_S="2",
         PRICE_CACHE_TTL_S="4",
     ) as stack:
         targets = {"feed": f"127.0.0.1:{feed_port}", "monitor": f"127.0.0.1:{monitor_port}"}
-        targets["api"] = f"127.0.0.1:{stack.api_port}"
+        targets |= {"alerts": f"127.0.0.1:{alerts_port}", "api": f"127.0.0.1:{stack.api_port}"}
         async with prometheus(tmp_path, targets) as prom:
-            await stack.start("sim", "feed", "monitor", "api")
+            await stack.start("sim", "feed", "monitor", "api", "alerts")
             await stack.set_price("KAYNES", 204.10)
             await stack.set_price("BOSCHLTD", 720.0)
             await _open(stack, "KAYNES", 10, 190.0, stop_loss=180.0, take_profit=210.0)
@@ -139,6 +140,7 @@ async def test_prometheus_sees_the_outage_the_closes_and_layer_3(tmp_path: Path)
             assert await prom.wait('up{job="feed"} == 1') == 1
             assert await prom.wait('up{job="monitor"} == 1') == 1
             assert await prom.wait('up{job="api"} == 1') == 1
+            assert await prom.wait('up{job="alerts"} == 1') == 1
             assert await prom.wait('guard_feed_connected{job="feed"} == 1') == 1
             assert await prom.wait('sum(guard_positions{state="open", layer="live"}) == 2') == 2
             assert await prom.wait('guard_price_age_seconds{symbol="BOSCHLTD"} < 2') < 2
