@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from libs.common import keys
 from libs.common.models import FeedState
 from libs.common.settings import Settings
 from services.api.routes.dashboard import REFRESH_S, snapshot, updates
@@ -71,6 +72,7 @@ async def test_the_snapshot_has_what_the_page_shows(client: httpx.AsyncClient, r
         outage_started_at=now - 50,
     )
     await write_prices(redis, now - 45, {"BOSCHLTD": "720.00"})
+    await redis.xadd(keys.EVENTS_STREAM, {"event": "not json"})  # a corrupt entry is skipped, not fatal
     assert (await client.post("/api/v1/positions", json=BOSCH)).status_code == 201
 
     snap = await snapshot(client._transport.app.state.resources)  # type: ignore[attr-defined]

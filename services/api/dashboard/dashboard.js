@@ -173,9 +173,11 @@ function renderEvents(events) {
   for (const e of events) {
     const r = e.record;
     const closed = r ? r.reason + " by " + r.closed_by + " at " + rupees(r.exit_price) + " (" + r.price_source + " price)" : "";
-    const detail = closed || e.message || e.error || [e.reason, e.by].filter(Boolean).join(" by ");
+    const feed = e.kind === "feed_state" ? e.previous + " → " + e.state + (e.reason ? " (" + e.reason + ")" : "") : "";
+    const detail = closed || feed || e.message || e.error || [e.reason, e.by].filter(Boolean).join(" by ");
+    const text = [e.symbol, detail].filter(Boolean).join(": ");
     const item = el("li");
-    item.append(el("time", ist(e.at)), el("strong", " " + e.kind + " "), el("span", e.symbol + (detail ? ": " + detail : "")));
+    item.append(el("time", ist(e.at)), el("strong", " " + e.kind + " "), el("span", text));
     list.append(item);
   }
 }
