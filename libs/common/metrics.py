@@ -44,7 +44,7 @@ CLOSE_SECONDS = Histogram(
 )
 TICK_TO_DECISION = Histogram(
     "guard_tick_to_decision_seconds",
-    "From receiving a tick to deciding its SL/TP (live prices), seconds",
+    "From the feed receiving a frame to the monitor's SL/TP decisions on it (frames with open positions), seconds",
     buckets=_FAST_BUCKETS,
 )
 # Series that exist at 0 from the start, so `increase()` sees the first failure.

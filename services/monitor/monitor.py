@@ -329,7 +329,7 @@ class Monitor:
             # A notice is published only for a frame the feed just received: the price is live.
             if self._evaluate(watch[symbol], PriceView(price, PriceSource.LIVE, age_s), now):
                 started += 1
-                TICK_TO_DECISION.observe(max(0.0, self._clock.now() - as_of))
+        TICK_TO_DECISION.observe(max(0.0, self._clock.now() - as_of))  # one per notice: its last decision
         return started
 
     def _evaluate(self, position: Position, view: PriceView, now: float) -> bool:
