@@ -3,7 +3,7 @@
 Every service is a real process (`harness.Stack`). The page must show the outage as it happens (connected
 false, the Layer banner, prices turning stale, the close the monitor made on a cached price), close a position
 by hand with the API key, show it closed without a reload, say when its own link to the api is lost and
-recover by itself when the api is back. The README's screenshot is taken here, during the outage:
+recover by itself when the api is back, and say when the api cannot read Redis. The README's screenshot is taken here, during the outage:
 `GUARD_UPDATE_SCREENSHOT=1 pytest tests/e2e/test_dashboard.py` writes it to docs/dashboard-outage.png.
 """
 
@@ -114,6 +114,13 @@ async def test_the_dashboard_follows_an_outage_closes_by_hand_and_survives_an_ap
             # The feed comes back: Layer 1 again.
             await expect(page.locator("#ws-connected")).to_have_text("true", timeout=30_000)
             await expect(page.locator("#layer-banner")).to_have_attribute("data-layer", "1")
+
+            # Redis gone: the api is there but cannot read the guard's state, and the page says so.
+            stack.stop_redis()
+            await expect(page.locator("#redis-banner")).to_contain_text("Redis unreachable", timeout=15_000)
+            stack.start_redis()
+            await expect(page.locator("#redis-banner")).to_be_hidden(timeout=15_000)
+            await expect(_row(page, "positions", "INFY")).to_have_count(1)
             assert await page.evaluate("window.sameDocument") is True
             await browser.close()
 
