@@ -3,8 +3,9 @@
 Every service is a real process (`harness.Stack`). The page must show the outage as it happens (connected
 false, the Layer banner, prices turning stale, the close the monitor made on a cached price), close a position
 by hand with the API key, show it closed without a reload, say when its own link to the api is lost and
-recover by itself when the api is back, and say when the api cannot read Redis. The README's screenshot is taken here, during the outage:
-`GUARD_UPDATE_SCREENSHOT=1 pytest tests/e2e/test_dashboard.py` writes it to docs/dashboard-outage.png.
+recover by itself when the api is back, and say when the api cannot read Redis. The README's screenshot is
+taken here, during the outage: `GUARD_UPDATE_SCREENSHOT=1 pytest tests/e2e/test_dashboard.py` writes it to
+docs/dashboard-outage.png.
 """
 
 from __future__ import annotations
