@@ -86,6 +86,8 @@ async def test_the_snapshot_has_what_the_page_shows(client: httpx.AsyncClient, r
     assert (position["symbol"], position["ltp"], position["state"]) == ("BOSCHLTD", 720.0, "open")
     assert [e["kind"] for e in snap["events"]] == ["opened"]
     assert snap["closes"] == [] and snap["api_key_required"] is False
+    assert snap["services"]["api"]["alive"] is True  # the app's own heartbeat
+    assert snap["services"]["monitor"] == {"alive": False, "heartbeat_age_s": None}
 
 
 async def test_metrics_count_the_api_closes_with_their_labels(

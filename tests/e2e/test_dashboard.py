@@ -44,7 +44,7 @@ def _row(page: Page, table: str, symbol: str) -> object:
 async def test_the_dashboard_follows_an_outage_closes_by_hand_and_survives_an_api_restart(tmp_path: Path) -> None:
     assert shutil.which(CHROMIUM.rsplit("/", 1)[1]), "chromium is not installed (bash .ci/run installs it)"
     async with Stack(tmp_path, API_KEY=KEY, PRICE_STALE_AFTER_S="3", MONITOR_FALLBACK_LOG_INTERVAL_S="1") as stack:
-        await stack.start("sim", "feed", "monitor", "api")
+        await stack.start("sim", "feed", "monitor", "api", "alerts")
         for symbol, price in (("BOSCHLTD", 720.0), ("KAYNES", 204.1), ("INFY", 1500.0)):
             await stack.set_price(symbol, price)
         await _open(stack, "BOSCHLTD", "long", 735.0, 698.25, 800.0)
@@ -62,6 +62,9 @@ async def test_the_dashboard_follows_an_outage_closes_by_hand_and_survives_an_ap
             await expect(page.locator("#api-link")).to_have_attribute("data-state", "live")
             await expect(page.locator("#ws-connected")).to_have_text("true")
             await expect(page.locator("#layer-banner")).to_have_attribute("data-layer", "1")
+            for name in ("feed", "monitor", "api", "sim", "alerts"):
+                await expect(page.locator(f"#service-{name}")).to_have_text("running")
+            await expect(page.locator("#monitor-banner")).to_be_hidden()
             for symbol in ("BOSCHLTD", "KAYNES", "INFY"):
                 await expect(_row(page, "positions", symbol).locator("td.age")).to_have_class(re.compile("fresh"))
             await expect(_row(page, "positions", "BOSCHLTD").locator("td").nth(6)).to_have_text("₹720.00")

@@ -112,6 +112,7 @@ function render(snap) {
   $("#count-expired").textContent = cache.open_positions.expired;
   $("#cached-symbols").textContent = cache.cached_symbols;
 
+  renderServices(snap.services);
   renderPositions(snap.positions, cache.cache_entries, ws.connected);
   renderCloses(snap.closes);
   renderEvents(snap.events);
@@ -150,6 +151,19 @@ function renderPositions(positions, entries, connected) {
     row.append(...cells, action);
     body.append(row);
   }
+}
+
+function renderServices(services) {
+  const list = $("#services");
+  list.replaceChildren();
+  for (const [name, s] of Object.entries(services)) {
+    const state = s.alive ? "running" : "NOT RUNNING";
+    const dd = el("dd", state, s.alive ? "fresh" : "expired");
+    dd.id = "service-" + name;
+    if (s.heartbeat_age_s !== null) dd.title = "last heartbeat " + s.heartbeat_age_s + " s ago";
+    list.append(el("dt", name), dd);
+  }
+  $("#monitor-banner").hidden = !services.monitor || services.monitor.alive;
 }
 
 function renderCloses(closes) {

@@ -66,15 +66,28 @@ async def snapshot(res: Res) -> dict[str, Any]:
         details = {"resolver": "", "address": "", "outage_started_at": None, "next_retry_at": None}
     positions = await list_positions(res)
     closes = await closed_positions(res, limit=_CLOSES)
+    names = [s for s in keys.SERVICES if s != "sim" or res.settings.simulator_mode]
+    beats = cast(list[str | None], await res.redis.mget([keys.heartbeat(name) for name in names]))
+    now = res.clock.now()
+    ttl_s = res.settings.heartbeat_ttl_s
+    services = {
+        name: {"alive": beat is not None and now - float(beat) < ttl_s, "heartbeat_age_s": _age(now, beat)}
+        for name, beat in zip(names, beats, strict=True)
+    }
     return {
         "at": res.clock.now(),
         "health": health.model_dump(mode="json"),
         "feed": details,
+        "services": services,
         "positions": [p.model_dump(mode="json") for p in positions.positions],
         "closes": closes.model_dump(mode="json")["closes"],
         "events": await res.store.recent_events(_EVENTS),
         "api_key_required": bool(res.settings.api_key.get_secret_value()),
     }
+
+
+def _age(now: float, beat: str | None) -> float | None:
+    return None if beat is None else round(max(0.0, now - float(beat)), 1)
 
 
 async def updates(res: Res) -> AsyncIterator[ServerSentEvent]:
