@@ -119,6 +119,13 @@ async def test_the_dashboard_follows_an_outage_closes_by_hand_and_survives_an_ap
             await expect(page.locator("#ws-connected")).to_have_text("true", timeout=30_000)
             await expect(page.locator("#layer-banner")).to_have_attribute("data-layer", "1")
 
+            # The monitor killed: nothing fires any more, and the page says so until it is back.
+            stack.kill("monitor")
+            await expect(page.locator("#monitor-banner")).to_be_visible(timeout=10_000)
+            await expect(page.locator("#service-monitor")).to_have_text("NOT RUNNING")
+            await stack.start("monitor")
+            await expect(page.locator("#monitor-banner")).to_be_hidden(timeout=10_000)
+
             # Redis gone: the api is there but cannot read the guard's state, and the page says so.
             stack.stop_redis()
             await expect(page.locator("#redis-banner")).to_contain_text("Redis unreachable", timeout=15_000)
