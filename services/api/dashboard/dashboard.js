@@ -45,6 +45,7 @@ function setLink(up) {
   pill.textContent = up ? "api connected" : "api connection lost";
   $("#lost-banner").hidden = up;
   document.body.classList.toggle("offline", !up);
+  if (!up) document.title = "⚠ api connection lost · Upstox guard";
 }
 
 function connect() {
@@ -89,6 +90,7 @@ function render(snap) {
   banner.dataset.layer = layer;
   $("#layer-title").textContent = title;
   $("#advice").textContent = health.advice;
+  document.title = (layer === "1" ? "" : "⚠ ") + title + " · Upstox guard"; // a background tab shows trouble
 
   const connected = $("#ws-connected");
   connected.textContent = ws.connected ? "true" : "false";
