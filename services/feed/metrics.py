@@ -1,8 +1,8 @@
 """The feed's Prometheus metrics.
 
 Counters that change on the hot path are incremented where they happen (`RECONNECTS`, `TICKS`); what the
-feed already keeps on its `StatusBoard` (connected, network errors, corrupt frames) is read from it at scrape
-time, so the metrics and `connection-health` can never disagree.
+feed already keeps on its `StatusBoard` (connected, network errors, corrupt frames, absurd prices) is read from
+it at scrape time, so the metrics and `connection-health` can never disagree.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ TICKS = Counter("guard_ticks", "Ticks received from the market-data feed")
 
 
 class StatusCollector(Collector):
-    """`guard_feed_connected`, `guard_feed_network_errors_total` and `guard_frames_dropped_total` from the board."""
+    """`guard_feed_connected`, `guard_feed_network_errors_total`, `guard_frames_dropped_total` and
+    `guard_ticks_dropped_total` from the board."""
 
     def __init__(self, status: StatusBoard) -> None:
         self._status = status
@@ -40,3 +41,8 @@ class StatusCollector(Collector):
         )
         dropped.add_metric(["corrupt"], status.corrupt_frames)
         yield dropped
+        refused = CounterMetricFamily(
+            "guard_ticks_dropped", "Ticks counted and dropped instead of cached", labels=["reason"]
+        )
+        refused.add_metric(["absurd_price"], status.absurd_prices)
+        yield refused

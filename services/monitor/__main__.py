@@ -27,7 +27,7 @@ async def main(settings: Settings) -> None:
     try:
         clock = SystemClock()
         monitor = Monitor(settings, redis, broker, clock)
-        REGISTRY.register(PositionsCollector(monitor, redis, settings, clock, asyncio.get_running_loop()))
+        REGISTRY.register(PositionsCollector(redis, settings, clock, asyncio.get_running_loop()))
         start_exporter(settings.monitor_metrics_port, settings.metrics_host)
         await monitor.run()
     finally:

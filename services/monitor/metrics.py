@@ -1,8 +1,9 @@
 """The monitor's Prometheus metrics: the open positions by state and layer, and the age of their prices.
 
 They are read from Redis when Prometheus scrapes (the exporter's thread asks the monitor's event loop), so
-nobody pays for them between scrapes and they are as current as the scrape. The layer is the guide's:
-`live` (feed live), `cached` (feed down, a fresh or stale cached price), `manual` (the price expired).
+nobody pays for them between scrapes and they are as current as the scrape. The layer is the guide's, by the one
+freshness rule (`libs.common.freshness`): `live`, `cached` (a fresh or stale cached price: feed down, or the
+instrument silent), `manual` (expired: Layer 3).
 """
 
 from __future__ import annotations
@@ -18,51 +19,37 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.common.clock import Clock
-from libs.common.models import Position, PositionState, PriceSource
+from libs.common.freshness import FreshnessPolicy, PriceTruth, Verdict, read_feed_liveness
+from libs.common.models import Position, PositionState
 from libs.common.settings import Settings
-from services.monitor.decision import view_of
-from services.monitor.monitor import Monitor
-from services.monitor.snapshot import CachedPrice, SnapshotReader
+from services.monitor.snapshot import SnapshotReader
 
 LAYERS = ("live", "cached", "manual")
+_LAYER_OF = {
+    Verdict.LIVE: "live",
+    Verdict.CACHED_FRESH: "cached",
+    Verdict.CACHED_STALE: "cached",
+    Verdict.EXPIRED: "manual",
+}
 _STATES = (PositionState.OPEN, PositionState.CLOSING)
 _SCRAPE_TIMEOUT_S = 5.0
-
-
-def layer_of(cached: CachedPrice | None, now: float, *, feed_live: bool, settings: Settings) -> str:
-    """The guide's layer a position's price puts it in."""
-    if cached is None:
-        return "manual"
-    view = view_of(
-        cached.ltp,
-        cached.as_of,
-        now,
-        feed_live=feed_live,
-        stale_after_s=settings.price_stale_after_s,
-        expire_after_s=settings.price_cache_ttl_s,
-    )
-    if view is None:
-        return "manual"
-    return "live" if view.source is PriceSource.LIVE else "cached"
 
 
 class PositionsCollector(Collector):
     """`guard_positions{state,layer}` and `guard_price_age_seconds{symbol}`, read at scrape time."""
 
-    def __init__(
-        self, monitor: Monitor, redis: Redis, settings: Settings, clock: Clock, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self._monitor = monitor
-        self._settings = settings
+    def __init__(self, redis: Redis, settings: Settings, clock: Clock, loop: asyncio.AbstractEventLoop) -> None:
+        self._redis = redis
+        self._policy = FreshnessPolicy.from_settings(settings)
         self._clock = clock
         self._loop = loop
         self._reader = SnapshotReader(redis)
         self._reading = asyncio.Lock()  # two scrapers at once share one reader's caches: one read at a time
 
     async def read(self) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
-        """(position count per (state, layer), price age in s per open symbol with a cached price)."""
+        """(position count per (state, layer), true price age in s per open symbol with a cached price)."""
         async with self._reading:
-            feed_live = await self._monitor.feed_live()
+            feed = await read_feed_liveness(self._redis, self._policy, self._clock)
             snapshot = await self._reader.read()
         now = self._clock.now()
         counts = {(str(state), layer): 0 for state in _STATES for layer in LAYERS}
@@ -71,11 +58,10 @@ class PositionsCollector(Collector):
             if not isinstance(position, Position) or position.state not in _STATES:
                 continue
             cached = snapshot.prices.get(symbol)
-            price = cached if isinstance(cached, CachedPrice) else None
-            layer = layer_of(price, now, feed_live=feed_live, settings=self._settings)
-            counts[(str(position.state), layer)] += 1
-            if price is not None:
-                ages[symbol] = max(0.0, now - price.as_of)
+            freshness = self._policy.judge(cached if isinstance(cached, PriceTruth) else None, now, feed)
+            counts[(str(position.state), _LAYER_OF[freshness.verdict])] += 1
+            if freshness.age_s is not None:
+                ages[symbol] = freshness.age_s
         return counts, ages
 
     def describe(self) -> Iterator[Metric]:

@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from libs.common import keys
@@ -135,3 +136,11 @@ async def test_the_stream_says_when_redis_cannot_be_read(make_api: ApiFactory, a
         assert event.event == "unavailable"
         assert "Redis unreachable" in json.loads(event.data)["detail"]
         await stream.aclose()
+
+
+async def test_metrics_are_readable_without_the_key_other_reads_are_not(
+    make_api: ApiFactory, api_settings: Settings
+) -> None:
+    async with make_api(api_settings.model_copy(update={"api_key": SecretStr("k3y")})) as client:
+        assert (await client.get("/metrics")).status_code == 200  # Prometheus scrapes it like the exporters
+        assert (await client.get("/api/v1/positions")).status_code == 401

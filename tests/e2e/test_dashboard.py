@@ -43,7 +43,13 @@ def _row(page: Page, table: str, symbol: str) -> object:
 
 async def test_the_dashboard_follows_an_outage_closes_by_hand_and_survives_an_api_restart(tmp_path: Path) -> None:
     assert shutil.which(CHROMIUM.rsplit("/", 1)[1]), "chromium is not installed (bash .ci/run installs it)"
-    async with Stack(tmp_path, API_KEY=KEY, PRICE_STALE_AFTER_S="3", MONITOR_FALLBACK_LOG_INTERVAL_S="1") as stack:
+    async with Stack(
+        tmp_path,
+        API_KEY=KEY,
+        PRICE_STALE_AFTER_S="3",
+        MONITOR_FALLBACK_LOG_INTERVAL_S="1",
+        REST_POLL_INTERVAL_S="3600",  # no REST LTP poll (Layer 2b): prices age through the outage as the guide says
+    ) as stack:
         await stack.start("sim", "feed", "monitor", "api", "alerts")
         for symbol, price in (("BOSCHLTD", 720.0), ("KAYNES", 204.1), ("INFY", 1500.0)):
             await stack.set_price(symbol, price)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.e2e.harness import Stack
-from tests.helpers import eventually, free_port, terminate
+from tests.helpers import eventually, free_port, sealed_child, terminate
 
 pytestmark = pytest.mark.e2e
 
@@ -87,6 +87,7 @@ async def prometheus(tmp: Path, targets: dict[str, str]) -> AsyncIterator[Promet
             ],
             stdout=log,
             stderr=log,
+            **sealed_child(tmp),
         )
     prom = Prometheus(f"http://127.0.0.1:{port}")
     try:
@@ -125,6 +126,7 @@ async def test_prometheus_sees_the_outage_the_closes_and_layer_3(tmp_path: Path)
         ALERTS_METRICS_PORT=str(alerts_port),
         PRICE_STALE_AFTER_S="2",
         PRICE_CACHE_TTL_S="4",
+        REST_POLL_INTERVAL_S="3600",  # no REST LTP poll (Layer 2b) during the outage: the guide's layers as written
     ) as stack:
         targets = {"feed": f"127.0.0.1:{feed_port}", "monitor": f"127.0.0.1:{monitor_port}"}
         targets |= {"alerts": f"127.0.0.1:{alerts_port}", "api": f"127.0.0.1:{stack.api_port}"}

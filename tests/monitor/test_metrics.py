@@ -13,9 +13,7 @@ from libs.common.models import CloseReason
 from libs.common.positions import PositionStore
 from libs.common.settings import Settings
 from services.monitor.metrics import PositionsCollector
-from services.monitor.monitor import Monitor
 from tests.monitor.conftest import (
-    ScriptedBroker,
     compressed,
     long_bosch,
     long_kaynes,
@@ -43,8 +41,7 @@ async def test_positions_by_layer_and_their_price_ages_as_a_scrape_sees_them(
     await store.claim("KAYNES", CloseReason.TAKE_PROFIT)  # a close in flight
     # RELIANCE has no price at all: Layer 3
     await set_feed(redis, msettings, clock, live=False)
-    monitor = Monitor(msettings, redis, ScriptedBroker(), clock)
-    collector = PositionsCollector(monitor, redis, msettings, clock, asyncio.get_running_loop())
+    collector = PositionsCollector(redis, msettings, clock, asyncio.get_running_loop())
 
     # The exporter's thread asks the monitor's loop, as a Prometheus scrape does.
     samples = _samples(await asyncio.to_thread(lambda: list(collector.collect())))

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
 
-router = APIRouter(tags=["metrics"])
 
-
-@router.get("/metrics", response_class=Response, include_in_schema=False)
-def metrics() -> Response:
+async def metrics(request: Request) -> Response:
     """The Prometheus text exposition of this process's metrics."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
