@@ -107,6 +107,7 @@ def create_app(
     # without the key (Prometheus scrapes it; it holds counts, no positions or secrets).
     app.add_route("/metrics", metrics.metrics, include_in_schema=False)
     app.include_router(dashboard.router)
+    app.add_route("/", dashboard.page, include_in_schema=False)
     app.mount("/dashboard", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard")
     return app
 

@@ -58,7 +58,7 @@ async def test_the_page_loads_nothing_from_elsewhere(client: httpx.AsyncClient) 
         assert resp.status_code == 200 and resp.content, url
     script = (await client.get("/dashboard/dashboard.js")).text
     assert not re.search(r"https?://", script)  # no CDN, no third party
-    assert "new EventSource(" in script  # live updates are pushed, not polled
+    assert "fetch(STREAM_URL" in script and "setInterval(connect" not in script  # pushed by the api, not polled
     assert "innerHTML" not in script and "textContent" in script  # data from Redis is never parsed as HTML
 
 

@@ -50,6 +50,7 @@ async def test_the_dashboard_follows_an_outage_closes_by_hand_and_survives_an_ap
         MONITOR_FALLBACK_LOG_INTERVAL_S="1",
         REST_POLL_INTERVAL_S="3600",  # no REST LTP poll (Layer 2b): prices age through the outage as the guide says
     ) as stack:
+        stack.http.headers["X-API-Key"] = KEY  # reads are private too: the harness's own api calls send the key
         await stack.start("sim", "feed", "monitor", "api", "alerts")
         for symbol, price in (("BOSCHLTD", 720.0), ("KAYNES", 204.1), ("INFY", 1500.0)):
             await stack.set_price(symbol, price)
@@ -63,6 +64,11 @@ async def test_the_dashboard_follows_an_outage_closes_by_hand_and_survives_an_ap
             page = await browser.new_page(viewport={"width": 1360, "height": 700})
             await page.goto(stack.api_url + "/")
             await page.evaluate("window.sameDocument = true")  # gone if the page ever reloads
+
+            # Reads are private (API_KEY set): the page asks for the key, then goes live with it.
+            await expect(page.locator("#key-banner")).to_be_visible()
+            await page.locator("#key-input").fill(KEY)
+            await page.locator("#key-banner button").click()
 
             # Live: the link is up, Layer 1, every position listed with a fresh price.
             await expect(page.locator("#api-link")).to_have_attribute("data-state", "live")
@@ -99,7 +105,8 @@ async def test_the_dashboard_follows_an_outage_closes_by_hand_and_survives_an_ap
             # and the page shows it closed, without a reload.
             await _row(page, "positions", "BOSCHLTD").locator("button.close").click()
             await expect(page.locator("#close-dialog")).to_be_visible()
-            await expect(page.locator("#api-key")).to_be_visible()
+            await expect(page.locator("#api-key")).to_have_value(KEY)  # the key given for reads, reused
+            await page.locator("#api-key").fill("wrong-key")
             await page.locator("#close-confirm").click()
             await expect(page.locator("#close-error")).to_contain_text("HTTP 401")
             await page.locator("#api-key").fill(KEY)

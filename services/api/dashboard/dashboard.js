@@ -4,6 +4,7 @@
 const STREAM_URL = "/api/v1/dashboard/stream";
 const CLOSE_URL = "/api/v1/monitoring/emergency-close-position";
 const SILENCE_MS = 4000; // snapshots come every second: this long without one means the link is gone
+const RETRY_MS = 1000;
 const LAYERS = {
   live: ["1", "Layer 1 · live prices"],
   fallback: ["1", "Layer 1 · live, catching up"],
@@ -14,7 +15,6 @@ const LAYERS = {
 
 const $ = (selector) => document.querySelector(selector);
 let lastSnapshotAt = 0;
-let source = null;
 let apiKeyRequired = false;
 
 function el(tag, text, className) {
@@ -48,28 +48,57 @@ function setLink(up) {
   if (!up) document.title = "⚠ api connection lost · Upstox guard";
 }
 
-function connect() {
-  source = new EventSource(STREAM_URL);
-  source.addEventListener("snapshot", (event) => {
-    lastSnapshotAt = Date.now();
-    setLink(true);
+function onEvent(kind, data) {
+  lastSnapshotAt = Date.now();
+  setLink(true);
+  if (kind === "snapshot") {
     $("#redis-banner").hidden = true;
-    render(JSON.parse(event.data));
-  });
-  source.addEventListener("unavailable", (event) => {
-    lastSnapshotAt = Date.now();
-    setLink(true);
+    render(JSON.parse(data));
+  } else if (kind === "unavailable") {
     const banner = $("#redis-banner");
-    banner.textContent = JSON.parse(event.data).detail;
+    banner.textContent = JSON.parse(data).detail;
     banner.hidden = false;
-  });
-  source.onerror = () => {
-    setLink(false);
-    if (source.readyState === EventSource.CLOSED) {
-      // The browser gave up (e.g. an error page instead of a stream): start again ourselves.
-      setTimeout(connect, 2000);
+  }
+}
+
+// The Server-Sent Events stream read with fetch (EventSource cannot send the API key a private api needs).
+async function connect() {
+  const key = sessionStorage.getItem("apiKey");
+  try {
+    const response = await fetch(STREAM_URL, { headers: key ? { "X-API-Key": key } : {}, cache: "no-store" });
+    $("#key-banner").hidden = response.status !== 401;
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let kind = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) kind = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (data.length) onEvent(kind, data.join("\n"));
+      }
     }
-  };
+  } catch (error) {
+    // connection refused, reset, or an error answer: fall through and retry
+  }
+  setLink(false);
+  setTimeout(connect, RETRY_MS);
+}
+
+function useKey(event) {
+  event.preventDefault();
+  sessionStorage.setItem("apiKey", $("#key-input").value);
+  $("#api-key").value = $("#key-input").value;
+  $("#key-banner").hidden = true;
 }
 
 setInterval(() => {
@@ -212,7 +241,7 @@ async function confirmClose(event) {
   event.preventDefault();
   const symbol = $("#close-symbol").textContent;
   const headers = { "Content-Type": "application/json", "Idempotency-Key": "dashboard-" + Date.now() + "-" + Math.random().toString(36).slice(2) };
-  const key = $("#api-key").value;
+  const key = $("#api-key").value || sessionStorage.getItem("apiKey");
   if (apiKeyRequired && key) headers["X-API-Key"] = key;
   $("#close-confirm").disabled = true;
   try {
@@ -238,5 +267,6 @@ async function confirmClose(event) {
 document.addEventListener("DOMContentLoaded", () => {
   $("#close-form").addEventListener("submit", confirmClose);
   $("#close-cancel").addEventListener("click", () => $("#close-dialog").close());
+  $("#key-banner").addEventListener("submit", useKey);
   connect();
 });
