@@ -71,6 +71,7 @@ def test_compose_runs_prometheus_and_grafana_provisioned_under_a_profile() -> No
     for name in ("feed", "monitor", "alerts", "api"):  # the exporters listen on the compose network, unpublished
         assert services[name]["environment"]["METRICS_HOST"] == "0.0.0.0"
     assert all("ports" not in services[name] for name in ("feed", "monitor", "alerts"))
+    assert json.loads(services["api"]["environment"]["API_ALLOWED_HOSTS"]) == ["api"]  # the Host Prometheus sends
 
 
 def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> None:
