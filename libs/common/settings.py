@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     sim_tls_ca_path: str = ""
     sim_hostnames: list[str] = Field(default_factory=list)
     sim_order_rate_limit_per_s: int = Field(10, ge=0)
+    sim_order_rate_limit_per_min: int = Field(500, ge=0)
+    sim_require_algo_name: str = ""
     sim_ws_ping_interval_s: float = Field(5.0, gt=0)
     sim_ticks_per_interval: int = Field(0, ge=0)
 

@@ -77,7 +77,13 @@ class Simulator:
         )
         self.faults = Faults()
         self.codes = AuthCodes()
-        self.orders = OrderBook(self.market, self.clock, rate_limit_per_s=settings.sim_order_rate_limit_per_s)
+        self.orders = OrderBook(
+            self.market,
+            self.clock,
+            faults=self.faults,
+            rate_limit_per_s=settings.sim_order_rate_limit_per_s,
+            rate_limit_per_min=settings.sim_order_rate_limit_per_min,
+        )
         self.tls: SimTLS | None = None
         if settings.sim_tls:
             self.tls = make_tls(settings.sim_tls_ca_path, settings.sim_hostnames)
@@ -198,9 +204,25 @@ class Simulator:
             await asyncio.sleep(next_at - loop.time())
 
     # --- control -------------------------------------------------------------------------------
-    async def inject(self, kind: FaultKind, duration_s: float, *, code: int = 1000) -> None:
-        """Start a fault (see `POST /sim/faults`)."""
+    async def inject(
+        self,
+        kind: FaultKind,
+        duration_s: float,
+        *,
+        code: int = 1000,
+        ratio: float | None = None,
+        delay_s: float | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Start a fault (see `POST /sim/faults`); `ratio` (partial_fill), `delay_s` (slow_fill) and `message`
+        (reject) shape the order faults."""
         logger.warning(f"sim fault injected: {kind} for {duration_s}s")
+        if ratio is not None:
+            self.faults.fill_ratio = ratio
+        if delay_s is not None:
+            self.faults.fill_delay_s = delay_s
+        if message is not None:
+            self.faults.reject_message = message
         if kind == "drop":
             self.faults.start(kind, duration_s)
             await self.feeder.drop(duration_s)
