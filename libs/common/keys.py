@@ -14,12 +14,16 @@ Keys
   events                    stream recent position and alert events (capped)
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
+  broker:positions          string JSON snapshot of the broker's day positions (as_of, holdings), last good read
+  broker:unguarded          string JSON list of broker positions no guard record covers (the reconcile's finding)
+  orders:blocked            hash   set while order calls are refused for the static IP (reason, since)
 
 Channels
   ticks                     one notice per feed frame: the symbols (and prices) just written
   feed:status:changes       the feed's state transitions
   feed:subscription-requests  "sub SYMBOL KEY" / "unsub SYMBOL" asks the feed to (un)subscribe now
-  positions:events          position lifecycle events (opened, closing, closed, close_failed, unmonitored)
+  positions:events          position lifecycle events (opened, closing, closed, close_failed, unmonitored,
+                            reduced, removed, reopened)
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ CLOSED_JOURNAL: Final = "positions:closed"
 EVENTS_STREAM: Final = "events"
 IDEMPOTENCY_PREFIX: Final = "idempotency:"
 SERVICES_STATUS: Final = "services:status"
+BROKER_POSITIONS: Final = "broker:positions"
+BROKER_UNGUARDED: Final = "broker:unguarded"
+ORDERS_BLOCKED: Final = "orders:blocked"
 
 TICKS_CHANNEL: Final = "ticks"
 FEED_STATUS_CHANNEL: Final = "feed:status:changes"

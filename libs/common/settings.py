@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     close_retry_base_s: float = Field(1.0, gt=0)
     close_retry_max_s: float = Field(30.0, gt=0)
     broker_timeout_s: float = Field(5.0, gt=0)
+    broker_fill_timeout_s: float = Field(5.0, gt=0)
+    broker_positions_max_age_s: float = Field(10.0, ge=0)
+    upstox_algo_name: str = ""
+    order_blocked_retry_s: float = Field(15.0, gt=0)
+    reconcile_interval_s: float = Field(30.0, gt=0)
 
     # --- API ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

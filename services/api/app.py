@@ -16,11 +16,13 @@ from loguru import logger
 from redis.exceptions import RedisError
 
 from libs.common.broker import Broker, create_broker
+from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer
 from libs.common.heartbeat import beat_forever
 from libs.common.instruments import instrument_index
 from libs.common.models import MalformedRecord
+from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
@@ -55,9 +57,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings)
-        used_broker = broker or create_broker(settings)
+        used_broker = broker or create_broker(settings, clock)
         probe_http = http or httpx.AsyncClient(timeout=settings.broker_timeout_s, verify=settings.tls_ca_file or True)
         store = PositionStore(redis, clock)
+        holdings = BrokerPositions(redis, used_broker, clock, max_age_s=settings.broker_positions_max_age_s)
+        gate = OrderGate(redis, clock)
         cache = PriceCache(redis, settings.price_cache_ttl_s)
         app.state.resources = Resources(
             settings=settings,
@@ -66,7 +70,9 @@ def create_app(
             store=store,
             cache=cache,
             broker=used_broker,
-            closer=Closer(store, used_broker, clock),
+            closer=Closer(store, used_broker, clock, holdings=holdings, gate=gate, settings=settings),
+            holdings=holdings,
+            gate=gate,
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
             token_probe=TokenProbe(settings, clock, probe_http),
             health=HealthReader(redis, settings, clock),

@@ -9,9 +9,11 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 
 from libs.common.broker import Broker
+from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock
 from libs.common.closing import Closer
 from libs.common.instruments import InstrumentIndex
+from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.settings import Settings
@@ -34,6 +36,8 @@ class Resources:
     token_probe: TokenProbe
     health: HealthReader
     instruments: InstrumentIndex
+    holdings: BrokerPositions
+    gate: OrderGate
 
 
 def get_resources(request: Request) -> Resources:

@@ -86,6 +86,28 @@ class EmergencyCloseResponse(BaseModel):
     price_age_seconds: float | None
     price_source: PriceSource
     closed_at: str
+    closed_by: str = Field("api", description='"external" when the broker already held none: no order was sent')
+
+
+class EmergencyClosePending(BaseModel):
+    """The order was sent but its outcome is unknown (a 5xx or timeout): it is settled with the broker by tag."""
+
+    status: Literal["pending"]
+    symbol: str
+    claim_id: str
+    message: str
+
+
+class OrdersStatus(BaseModel):
+    blocked: bool
+    reason: str | None = None
+    since: str | None = None
+    static_ips: dict[str, Any] | None = Field(None, description="GET /v2/user/ip (Upstox only)")
+
+
+class BrokerPositionsStatus(BaseModel):
+    as_of: str | None
+    unguarded: list[dict[str, Any]] = Field(description="broker positions no guard record covers (not adopted)")
 
 
 class TokenStatus(BaseModel):
@@ -123,6 +145,8 @@ class Status(BaseModel):
     feed: FeedDetail | None
     notes: dict[str, str] = Field(description="services:status notes, e.g. the monitor's last broker error")
     recent_events: list[dict[str, Any]]
+    orders: OrdersStatus | None = None
+    broker_positions: BrokerPositionsStatus | None = None
 
 
 # --- positions --------------------------------------------------------------------------------
@@ -182,6 +206,7 @@ class PositionOut(BaseModel):
     ltp: float | None = Field(description="the cached price in rupees, null when none is cached")
     price_age_seconds: float | None
     unrealized_pnl: float | None
+    warning: str | None = Field(None, description="set when the broker's positions could not confirm the position")
 
 
 class PositionList(BaseModel):

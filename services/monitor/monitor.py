@@ -27,13 +27,15 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from libs.common import keys
-from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown
+from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown, OrdersBlocked
+from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
 from libs.common.heartbeat import beat_forever, heartbeat_age_s
 from libs.common.logging import tagged
 from libs.common.models import FeedStatus, MalformedRecord, Position, PositionState, PriceSource
 from libs.common.money import to_paise
+from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.price_cache import parse_tick_notice
 from libs.common.settings import Settings
@@ -46,12 +48,13 @@ from services.monitor.decision import (
     trigger_tag,
     view_of,
 )
+from services.monitor.reconcile import BrokerReconciler
 from services.monitor.snapshot import CachedPrice, SnapshotReader
 
 SERVICE = "monitor"
 # Events that may change what the tick path must know about a symbol's position.
-_REFRESH_ON = frozenset({"opened", "levels_changed", "reopened", "close_failed", "monitored_again"})
-_FORGET_ON = frozenset({"closing", "closed"})
+_REFRESH_ON = frozenset({"opened", "levels_changed", "reopened", "close_failed", "monitored_again", "reduced"})
+_FORGET_ON = frozenset({"closing", "closed", "removed"})
 _PUBSUB_RETRY_S = (0.1, 2.0)  # first and capped delay between pub/sub reconnects
 
 
@@ -85,7 +88,10 @@ class Monitor:
         self._clock: Clock = clock or SystemClock()
         self._store = PositionStore(redis, self._clock)
         self._snapshots = SnapshotReader(redis)
-        self._closer = Closer(self._store, broker, self._clock)
+        holdings = BrokerPositions(redis, broker, self._clock, max_age_s=settings.broker_positions_max_age_s)
+        gate = OrderGate(redis, self._clock)
+        self._closer = Closer(self._store, broker, self._clock, holdings=holdings, gate=gate, settings=settings)
+        self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, self._clock)
         self._jitter = jitter
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
@@ -408,6 +414,18 @@ class Monitor:
             )
             self._forget(symbol, begun)
             await self._note_broker_error(str(exc), now)
+        except OrdersBlocked as exc:
+            # A configuration error (logged once as [ERROR] by the gate): retry at the slow, capped cadence.
+            retry_s = self._settings.order_blocked_retry_s
+            logger.warning(
+                f"Close of {symbol} refused (order calls blocked); position stays open, retry in {retry_s:g}s"
+            )
+            self._watch[symbol] = position.model_copy(
+                update={"next_attempt_at": now + retry_s, "close_attempts": position.close_attempts + 1,
+                        "last_error": str(exc)}
+            )  # fmt: skip
+            self._touched[symbol] = next(self._changes)
+            await self._note_broker_error(str(exc), now)
         except BrokerError as exc:
             attempt = position.close_attempts + 1
             logger.error(
@@ -610,6 +628,7 @@ class Monitor:
                 tg.create_task(heartbeat, name="monitor.heartbeat")
                 tg.create_task(self._sweep_loop(), name="monitor.sweep")
                 tg.create_task(self._listen_loop(), name="monitor.ticks")
+                tg.create_task(self.reconciler.run(), name="monitor.reconcile")
         finally:
             await self.drain(timeout_s=self._settings.broker_timeout_s, cancel_after=True)
 

@@ -6,8 +6,10 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
+from loguru import logger
 from pydantic import ValidationError
 
+from libs.common.broker_positions import PositionsUnavailable
 from libs.common.clock import ist_iso
 from libs.common.models import MalformedRecord, Position, PriceEntry, Side
 from libs.common.money import Paise, rupees, to_paise
@@ -140,13 +142,66 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
         )
     except ValidationError as exc:
         raise unprocessable(_validation_message(exc)) from None
+    warning = await _check_broker_holds(res, position)
     try:
         await res.store.open(position)
     except PositionConflict as exc:
         raise HTTPException(409, f"a position on {body.symbol} is already {exc.state}") from None
     response.headers["Location"] = f"{router.prefix}/{position.symbol}"
     price = await res.cache.read([position.symbol])
-    return _out(position, price[position.symbol], res.clock.now())
+    return _out(position, price[position.symbol], res.clock.now()).model_copy(update={"warning": warning})
+
+
+async def _check_broker_holds(res: Res, position: Position) -> str | None:
+    """409 unless the broker holds at least the quantity, in the same direction and product. When its
+    positions cannot be read now, the position is accepted with the returned warning (the reconcile checks)."""
+    try:
+        snapshot = await res.holdings.read()
+    except PositionsUnavailable as exc:
+        return _unconfirmed(position, str(exc))
+    if snapshot is None:
+        return None  # the broker keeps no positions (paper)
+    if not snapshot.fresh:
+        return _unconfirmed(position, "the broker could not be asked now; only an older snapshot is available")
+    product = res.settings.order_product
+    if snapshot.held(position.instrument_key, product, position.side) < position.quantity:
+        holds = snapshot.describe(position.instrument_key, product)
+        raise HTTPException(
+            409,
+            f"the broker holds {holds} of {position.symbol}; cannot guard {position.quantity} {position.side} "
+            "(place the entry first, or register the quantity held)",
+        )
+    return None
+
+
+def _unconfirmed(position: Position, reason: str) -> str:
+    warning = f"not confirmed with the broker ({reason}); checked at the next reconcile"
+    logger.warning(f"Position {position.symbol} registered {warning}")
+    return warning
+
+
+@router.delete(
+    "/{symbol}",
+    response_model=PositionOut,
+    dependencies=[ApiKey],
+    responses={
+        404: {"model": ErrorOut, "description": "no position on the symbol"},
+        409: {"model": ErrorOut, "description": "the position is closing (an order may be in flight) or closed"},
+        401: {"model": ErrorOut, "description": "API key required"},
+        **_422,
+    },
+)
+async def stop_guarding(symbol: SymbolPath, res: Res) -> PositionOut:
+    """Stop guarding an open position without sending any order (the feed unsubscribes it)."""
+    try:
+        removed = await res.store.remove(symbol)
+    except PositionNotFound:
+        raise HTTPException(404, f"no position for {symbol}") from None
+    except PositionConflict as exc:
+        raise HTTPException(409, f"position {symbol} is {exc.state}; it cannot be dropped now") from None
+    logger.warning(f"{symbol}: no longer guarded (removed through the API; no order sent)")
+    price = await res.cache.read([symbol])
+    return _out(removed, price[symbol], res.clock.now()).model_copy(update={"state": "removed"})
 
 
 @router.patch(
