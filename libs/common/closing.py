@@ -27,6 +27,7 @@ from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionStore, new_claim_id
+from libs.common.safety_net import SafetyNet
 from libs.common.settings import Settings
 
 TAG_PREFIX = "guard-close-"
@@ -79,12 +80,14 @@ class Closer:
         holdings: BrokerPositions | None = None,
         gate: OrderGate | None = None,
         settings: Settings | None = None,
+        safety_net: SafetyNet | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
         self._clock = clock
         self._holdings = holdings
         self._gate = gate
+        self._safety_net = safety_net
         s = settings or Settings()
         self._limits = _Limits(s.order_product, s.monitor_stuck_close_s / 2, s.order_blocked_retry_s)
         self._background: set[asyncio.Task[None]] = set()
@@ -128,6 +131,10 @@ class Closer:
     async def _sell(
         self, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
     ) -> CloseRecord:
+        if self._safety_net is not None:  # Layer 0 first, so the broker's stop cannot sell too
+            settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, retry_at)
+            if settled is not None:
+                return settled
         tag = close_tag(claim_id)
         fills: list[Fill] = []
         sold = 0
@@ -233,7 +240,12 @@ class Closer:
         return record
 
     async def _finish_external(self, position: Position, claim_id: str, request: CloseRequest) -> CloseRecord:
-        """The broker holds nothing of it: closed outside the guard (the app, the bot, auto square-off)."""
+        """The broker holds nothing of it: closed outside the guard (the app, the bot, auto square-off), unless
+        our own safety net did it."""
+        if self._safety_net is not None:
+            settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, None)
+            if settled is not None:
+                return settled
         exit_price = request.decision_price or position.entry_price
         record = self._record(position, request, "", exit_price, "external")
         logger.warning(
@@ -241,6 +253,28 @@ class Closer:
             "guard); no order sent, marked closed (external)"
         )
         await self._complete(position.symbol, claim_id, record)
+        return record
+
+    async def _disarm_safety_net(
+        self, net: SafetyNet, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
+    ) -> CloseRecord | None:
+        """Cancel the position's GTT; if it already fired and its order filled the position, that is the close
+        (`closed_by` "safety_net"). When the GTT cannot be made harmless, release the claim and raise: no order
+        may go out beside a stop that can still fire."""
+        try:
+            fired = await net.disarm(position)
+        except BrokerError as exc:
+            blocked = isinstance(exc, OrdersBlocked)
+            if blocked and self._gate is not None:
+                await self._gate.blocked(str(exc))
+            when = self._clock.now() + self._limits.blocked_retry_s if blocked else retry_at
+            error = f"safety net not disarmed, nothing sent: {exc}"
+            await self._store.release(position.symbol, claim_id, error, when)
+            raise (OrdersBlocked(error) if blocked else BrokerError(error, status_code=503)) from None
+        if fired is None or not fired.complete or fired.fill is None:
+            return None
+        record = await self._finish(position, claim_id, request, [fired.fill], "safety_net")
+        await net.announce(self._store, record, fired)
         return record
 
     async def _complete(self, symbol: str, claim_id: str, record: CloseRecord) -> None:

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     upstox_algo_name: str = ""
     order_blocked_retry_s: float = Field(15.0, gt=0)
     reconcile_interval_s: float = Field(30.0, gt=0)
+    safety_net: Literal["on", "off"] = "on"
+    safety_net_buffer_pct: float = Field(0.5, ge=0, le=20)
 
     # --- API ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -26,6 +26,7 @@ from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
+from libs.common.safety_net import create_safety_net
 from libs.common.settings import Settings
 from services.api.deps import Resources
 from services.api.health import HealthReader
@@ -63,6 +64,7 @@ def create_app(
         holdings = BrokerPositions(redis, used_broker, clock, max_age_s=settings.broker_positions_max_age_s)
         gate = OrderGate(redis, clock)
         cache = PriceCache(redis, settings.price_cache_ttl_s)
+        net = create_safety_net(settings, redis, used_broker, clock)
         app.state.resources = Resources(
             settings=settings,
             clock=clock,
@@ -70,13 +72,14 @@ def create_app(
             store=store,
             cache=cache,
             broker=used_broker,
-            closer=Closer(store, used_broker, clock, holdings=holdings, gate=gate, settings=settings),
+            closer=Closer(store, used_broker, clock, holdings=holdings, gate=gate, settings=settings, safety_net=net),
             holdings=holdings,
             gate=gate,
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
             token_probe=TokenProbe(settings, clock, probe_http),
             health=HealthReader(redis, settings, clock),
             instruments=instrument_index(settings.sim_extra_instruments),
+            safety_net=net,
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
         try:
