@@ -7,7 +7,7 @@ LINT_PATHS := libs services tests deploy $(wildcard bench)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint fmt test test-unit test-integration test-e2e proto up down restart status logs \
-        logs-feed logs-monitor logs-api logs-sim demo-outage demo-outage-extended bench
+        logs-feed logs-monitor logs-api logs-sim demo-outage demo-outage-extended demo-blackout bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-22s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ demo-outage: ## the guide's Example 1 on the simulator (brief disconnect, TP on 
 
 demo-outage-extended: ## the guide's Example 2 with compressed time (needs PRICE_CACHE_TTL_S small: see README)
 	@$(PY) -m deploy.demo_outage extended
+
+demo-blackout: ## Layer 0: the whole guard stopped, the price falls through a stop, the broker's GTT fires
+	@$(PY) -m deploy.demo_blackout $(RUNNER)
 
 bench: ## run the benchmarks, write bench/results/latest.json and a Markdown report
 	$(PY) -m bench

@@ -234,9 +234,11 @@ def _gtt_routes(app: FastAPI, sim: Simulator) -> None:
             raise UpstoxError(400, errors.INVALID_INPUT, "Request body must be JSON") from None
 
     @app.post("/v3/order/gtt/place")
-    async def gtt_place(request: Request, token: Token) -> dict[str, Any]:
+    async def gtt_place(request: Request, token: Token) -> Any:
         gtt = sim.gtt.place(await _body(request, token))
         logger.info(f"sim GTT {gtt.gtt_order_id} placed: {gtt.instrument.trading_symbol} {gtt.quantity}")
+        if sim.faults.active("reply_lost"):  # the GTT stands; only the gateway's answer is lost
+            return Response("<html><body><h1>504 Gateway Time-out</h1></body></html>", 504, media_type="text/html")
         return success({"gtt_order_ids": [gtt.gtt_order_id]}, metadata={"latency": 1})
 
     @app.put("/v3/order/gtt/modify")

@@ -191,6 +191,12 @@ async def test_ip_block_during_placement_is_visible_retried_and_placed_once_lift
         assert len(await gtts(stack)) == 1, "placed once"
         assert (await stack.status())["safety_net"]["failing"] == []
         assert stack.count("monitor", "Safety net for BOSCHLTD not in place (attempt 1)") == 1
+        # Stop guarding: the GTT goes with the position, no order is sent.
+        resp = await stack.api("DELETE", "/api/v1/positions/BOSCHLTD")
+        assert resp.status_code == 200 and resp.json()["safety_net"]["state"] == "cancelled", resp.text
+        (gtt,) = await gtts(stack)
+        assert gtt["rules"][0]["status"] == "CANCELLED"
+        assert await exits(stack) == [] and await held(stack) == 10
 
 
 async def test_safety_net_off_makes_no_gtt_call(tmp_path: Path) -> None:

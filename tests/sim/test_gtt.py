@@ -240,3 +240,12 @@ async def test_multiple_arms_its_exit_legs_once_the_entry_fills_and_one_cancels_
     assert await listed(rest) == []
     statuses = [r["status"] for r in (await history_of(rest, gtt_id))["rules"]]
     assert statuses == ["COMPLETED", "CANCELLED", "COMPLETED"]
+
+
+async def test_reply_lost_keeps_the_gtt_and_loses_the_answer(sim: Simulator, rest: httpx.AsyncClient) -> None:
+    sim.market.set_price("BOSCHLTD", 73500)
+    await rest.post("/sim/faults", json={"kind": "reply_lost", "duration_s": 30})
+    lost = await rest.post("/v3/order/gtt/place", json=gtt())
+    assert lost.status_code == 504
+    (row,) = await listed(rest)
+    assert row["rules"][0]["status"] == "SCHEDULED", "the GTT was placed all the same"
