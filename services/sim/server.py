@@ -76,6 +76,7 @@ class Simulator:
             moves_per_step=settings.sim_ticks_per_interval,
         )
         self.faults = Faults()
+        self.blocked_order_calls = 0  # order calls refused by the ip_block fault
         self.codes = AuthCodes()
         self.orders = OrderBook(
             self.market,
@@ -238,6 +239,7 @@ class Simulator:
         self.market.reset()
         self.faults.clear()
         self.orders.reset()
+        self.blocked_order_calls = 0
         self.feeder.send_market_info()
 
     def state(self) -> dict[str, Any]:
@@ -260,6 +262,7 @@ class Simulator:
             "handshakes_accepted": self.feeder.accepted,
             "handshakes_refused": self.feeder.handshakes_refused,
             "orders": len(self.orders.orders),
+            "blocked_order_calls": self.blocked_order_calls,
             "positions": self.orders.position_rows(),
             "prices": prices,
         }
