@@ -11,6 +11,7 @@ as the feed does. With no token it talks to the simulator, so the whole path run
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -162,7 +163,7 @@ class UpstoxBroker:
         self._settings = settings
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
-        verify: str | bool = settings.tls_ca_file or True
+        verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
         self._http = httpx.AsyncClient(
             timeout=settings.broker_timeout_s, verify=verify, headers={"Accept": "application/json"}, trust_env=False
         )

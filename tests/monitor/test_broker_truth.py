@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from libs.common import keys
-from libs.common.broker import OrdersBlocked, UpstoxBroker
+from libs.common.broker import BrokerError, OrdersBlocked, UpstoxBroker
 from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import SystemClock
 from libs.common.closing import Closer, CloseRequest, PartialClose
@@ -20,7 +20,7 @@ from libs.common.positions import PositionStore
 from libs.common.settings import Settings
 from services.monitor import Monitor
 from services.sim.server import Simulator, running_simulator
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 from tests.monitor.conftest import LogLines, compressed, long_bosch, set_feed, write_price
 from tests.monitor.test_monitor_sim import held_at_broker, running, sim_orders
 
@@ -226,3 +226,61 @@ async def test_a_retried_release_answers_as_the_first(redis: Redis) -> None:
     assert await store.release("BOSCHLTD", claim_id, "down", None)
     position = await store.get("BOSCHLTD")
     assert position is not None and position.state is PositionState.OPEN and position.close_attempts == 1
+
+
+async def test_the_broker_path_resolves_through_the_dns_fallback_over_verified_tls(
+    redis: Redis, settings: Settings
+) -> None:
+    host = "api.upstox.invalid"  # the system resolver can never resolve it; the DNS server on loopback can
+    sim_settings = settings.model_copy(
+        update={"sim_tls": True, "sim_dns_port": free_port(), "sim_order_rate_limit_per_s": 0}
+    )
+    async with running_simulator(sim_settings, auto_tick=False) as tls_sim:
+        tls_sim.market.set_price("BOSCHLTD", 69500)
+        held_at_broker(tls_sim, long_bosch())
+        bsettings = compressed(
+            settings,
+            upstox_api_base=f"https://{host}:{tls_sim.rest_port}",
+            upstox_order_base=f"https://{host}:{tls_sim.rest_port}",
+            tls_ca_file=str(tls_sim.ca_path),
+            dns_fallback_servers=["127.0.0.1"],
+            dns_port=tls_sim.dns_port,
+            dns_timeout_s=0.5,
+            monitor_stuck_close_s=10.0,
+        )
+        broker = UpstoxBroker(bsettings)
+        store = PositionStore(redis, CLOCK)
+        await store.open(long_bosch())
+        holdings = BrokerPositions(redis, broker, CLOCK, max_age_s=10)
+        record = await Closer(store, broker, CLOCK, holdings=holdings, settings=bsettings).close(SL)
+        await broker.aclose()
+        assert record.quantity == 39 and record.closed_by == "monitor"
+        assert tls_sim.orders.positions.net("NSE_EQ|INE323A01026", "I") == 0
+
+
+@pytest.mark.parametrize(("algo_name", "closes"), [("my-algo", True), ("", False)])
+async def test_the_algo_name_goes_with_every_order_call(
+    redis: Redis, settings: Settings, algo_name: str, closes: bool
+) -> None:
+    sim_settings = settings.model_copy(update={"sim_require_algo_name": "my-algo", "sim_order_rate_limit_per_s": 0})
+    async with running_simulator(sim_settings, auto_tick=False) as named_sim:
+        named_sim.market.set_price("BOSCHLTD", 69500)
+        held_at_broker(named_sim, long_bosch())
+        bsettings = compressed(
+            settings,
+            upstox_api_base=named_sim.rest_url,
+            upstox_order_base=named_sim.rest_url,
+            upstox_algo_name=algo_name,
+            monitor_stuck_close_s=10.0,
+        )
+        broker = UpstoxBroker(bsettings)
+        store = PositionStore(redis, CLOCK)
+        await store.open(long_bosch())
+        closer = Closer(store, broker, CLOCK, settings=bsettings)
+        if closes:
+            assert (await closer.close(SL)).quantity == 39
+        else:
+            with pytest.raises(BrokerError, match="UDAPI1156"):
+                await closer.close(SL)
+            assert (await store.get("BOSCHLTD")).state is PositionState.OPEN  # type: ignore[union-attr]
+        await broker.aclose()
