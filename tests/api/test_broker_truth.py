@@ -4,6 +4,7 @@ an emergency close with an unknown outcome answered 202 pending, and blocked ord
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from libs.common import keys
@@ -149,3 +150,19 @@ async def test_status_shows_blocked_order_calls_with_the_reason(
         assert orders["blocked"] is True and "UDAPI1154" in orders["reason"] and orders["since"].endswith("+05:30")
         await OrderGate(redis, SystemClock()).accepted()
         assert (await client.get("/api/v1/monitoring/status")).json()["orders"]["blocked"] is False
+
+
+class UpstoxLikeBroker(HoldingBroker):
+    async def static_ips(self) -> dict[str, object] | None:
+        return {"primary_ip": "203.0.113.7", "secondary_ip": None}
+
+
+async def test_status_shows_the_registered_static_ips_when_the_broker_is_upstox(
+    make_api: ApiFactory, api_settings: Settings
+) -> None:
+    upstox = api_settings.model_copy(update={"upstox_access_token": SecretStr("a-real-token"), "broker": "upstox"})
+    async with make_api(upstox, broker=UpstoxLikeBroker([])) as client:
+        orders = (await client.get("/api/v1/monitoring/status")).json()["orders"]
+    assert orders["static_ips"] == {"primary_ip": "203.0.113.7", "secondary_ip": None}
+    async with make_api(api_settings, broker=UpstoxLikeBroker([])) as client:  # simulator mode: not asked
+        assert (await client.get("/api/v1/monitoring/status")).json()["orders"]["static_ips"] is None

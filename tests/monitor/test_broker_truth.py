@@ -284,3 +284,27 @@ async def test_the_algo_name_goes_with_every_order_call(
                 await closer.close(SL)
             assert (await store.get("BOSCHLTD")).state is PositionState.OPEN  # type: ignore[union-attr]
         await broker.aclose()
+
+
+async def test_a_slow_fill_is_waited_for_with_one_order(redis: Redis, sim: Simulator, closer: Closer) -> None:
+    store = PositionStore(redis, CLOCK)
+    held_at_broker(sim, long_bosch())
+    await store.open(long_bosch())
+    await sim.inject("slow_fill", 30, delay_s=0.8)
+    record = await closer.close(SL)
+    (order,) = await sim_orders(sim)
+    assert order["status"] == "complete" and record.order_id == order["order_id"] and net(sim) == 0
+
+
+async def test_a_rejected_close_reopens_with_the_reason_and_no_fill(
+    redis: Redis, sim: Simulator, closer: Closer
+) -> None:
+    store = PositionStore(redis, CLOCK)
+    held_at_broker(sim, long_bosch())
+    await store.open(long_bosch())
+    await sim.inject("reject", 30, message="Insufficient funds")
+    with pytest.raises(BrokerError, match="Insufficient funds"):
+        await closer.close(SL)
+    position = await store.get("BOSCHLTD")
+    assert position is not None and position.state is PositionState.OPEN and position.quantity == 39
+    assert "Insufficient funds" in position.last_error and net(sim) == 39
