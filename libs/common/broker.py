@@ -50,6 +50,7 @@ class Holding:
     quantity: int
     trading_symbol: str = ""
     last_price: Paise | None = None
+    average_price: Paise | None = None
 
 
 class BrokerError(Exception):
@@ -296,7 +297,7 @@ class UpstoxBroker:
         out = []
         for row in body.get("data") or []:
             try:
-                last = row.get("last_price")
+                last, average = row.get("last_price"), row.get("average_price")
                 out.append(
                     Holding(
                         instrument_key=str(row["instrument_token"]),
@@ -304,6 +305,7 @@ class UpstoxBroker:
                         quantity=int(row["quantity"]),
                         trading_symbol=str(row.get("trading_symbol") or row.get("tradingsymbol") or ""),
                         last_price=to_paise(last) if last not in (None, "") else None,
+                        average_price=to_paise(average) if average not in (None, "", 0, 0.0) else None,
                     )
                 )
             except (KeyError, TypeError, ValueError) as exc:

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     upstox_algo_name: str = ""
     order_blocked_retry_s: float = Field(15.0, gt=0)
     reconcile_interval_s: float = Field(30.0, gt=0)
+    reconcile_adopt: bool = False
+    reconcile_adopt_stop_loss_pct: float = Field(2.0, gt=0, lt=100)
+    reconcile_adopt_take_profit_pct: float = Field(4.0, gt=0, lt=100)
 
     # --- API ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -308,3 +308,21 @@ async def test_a_rejected_close_reopens_with_the_reason_and_no_fill(
     position = await store.get("BOSCHLTD")
     assert position is not None and position.state is PositionState.OPEN and position.quantity == 39
     assert "Insufficient funds" in position.last_error and net(sim) == 39
+
+
+async def test_reconcile_adopts_unguarded_positions_only_when_asked(
+    redis: Redis, sim: Simulator, bsettings: Settings
+) -> None:
+    sim.market.set_price("KAYNES", 20000)
+    sim.orders.trade("KAYNES", "sell", 5)  # a short nobody registered
+    store = PositionStore(redis, CLOCK)
+    broker = UpstoxBroker(bsettings)
+    assert (await Monitor(bsettings, redis, broker, CLOCK).reconciler.once())["unguarded"] == 1
+    assert await store.get("KAYNES") is None
+    adopting = bsettings.model_copy(update={"reconcile_adopt": True})
+    counts = await Monitor(adopting, redis, broker, CLOCK).reconciler.once()
+    await broker.aclose()
+    assert counts == {"closed_external": 0, "reduced": 0, "unguarded": 0, "adopted": 1}
+    position = await store.get("KAYNES")
+    assert position is not None and (position.side.value, position.quantity) == ("short", 5)
+    assert (position.entry_price, position.stop_loss, position.take_profit) == (20000, 20400, 19200)
