@@ -170,8 +170,9 @@ class Closer:
             break
         if not fills:
             return await self._finish_external(position, claim_id, request)
-        if sold < position.quantity and (await self._held(position)) != 0:
-            left = position.quantity - sold
+        still_held = await self._held(position) if sold < position.quantity else 0
+        if still_held != 0:
+            left = position.quantity - sold if still_held is None else min(position.quantity - sold, still_held)
             error = f"sold {sold} of {position.quantity}; {left} still held and guarded"
             await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left)
             await self._publish("reduced", position.symbol, claim_id, quantity=left, sold=sold)
