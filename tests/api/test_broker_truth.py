@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.broker import BrokerError, BrokerOutcomeUnknown, Fill, Holding, PaperBroker
+from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import SystemClock
 from libs.common.models import Position
 from libs.common.money import Paise
@@ -166,3 +167,33 @@ async def test_status_shows_the_registered_static_ips_when_the_broker_is_upstox(
     assert orders["static_ips"] == {"primary_ip": "203.0.113.7", "secondary_ip": None}
     async with make_api(api_settings, broker=UpstoxLikeBroker([])) as client:  # simulator mode: not asked
         assert (await client.get("/api/v1/monitoring/status")).json()["orders"]["static_ips"] is None
+
+
+async def test_unreadable_positions_decide_from_a_recent_snapshot_else_the_guarded_quantity(
+    make_api: ApiFactory, api_settings: Settings, redis: Redis
+) -> None:
+    broker = HoldingBroker([Holding(BOSCH_KEY, "I", 10)])
+    await write_prices(redis, SystemClock().now(), {"BOSCHLTD": "700.00"})
+    async with make_api(api_settings, broker=broker) as client:
+        await client.post(POSITIONS, json=BOSCH)  # the registration's read leaves a snapshot: 10 held
+        broker.holdings = None  # from now on the broker's positions cannot be read
+        first = await client.post(EMERGENCY, json={"symbol": "BOSCHLTD", "reason": "emergency"})
+        assert first.status_code == 200 and first.json()["quantity"] == 10 and broker.orders == 1
+
+        await redis.delete(keys.BROKER_POSITIONS)  # no snapshot either: close the guarded quantity, say so
+        await client.post(POSITIONS, json={**BOSCH, "quantity": 3})
+        second = await client.post(EMERGENCY, json={"symbol": "BOSCHLTD", "reason": "emergency"})
+        assert second.status_code == 200 and second.json()["quantity"] == 3 and broker.orders == 2
+
+
+async def test_a_recent_snapshot_saying_flat_closes_as_external(
+    make_api: ApiFactory, api_settings: Settings, redis: Redis
+) -> None:
+    broker = HoldingBroker([Holding(BOSCH_KEY, "I", 10)])
+    async with make_api(api_settings, broker=broker) as client:
+        await client.post(POSITIONS, json=BOSCH)
+        broker.holdings = [Holding(BOSCH_KEY, "I", 0)]
+        await BrokerPositions(redis, broker, SystemClock(), max_age_s=10).read()  # the reconcile's read: flat
+        broker.holdings = None
+        resp = await client.post(EMERGENCY, json={"symbol": "BOSCHLTD", "reason": "emergency"})
+    assert resp.status_code == 200 and resp.json()["closed_by"] == "external" and broker.orders == 0

@@ -70,8 +70,9 @@ def test_make_up_on_a_clean_checkout_then_make_down_leaves_nothing_behind(tmp_pa
             assert time.monotonic() < deadline, health
             time.sleep(0.5)
 
+        # the bot's entry: the broker holds the position before the guard is told about it
         entry = _curl("-X", "POST", f"http://127.0.0.1:{sim_port}/sim/trade", "-H", "Content-Type: application/json",
-                      "-d", '{"symbol": "BOSCHLTD", "side": "buy", "quantity": 39}')  # the bot's entry; fmt: skip
+                      "-d", '{"symbol": "BOSCHLTD", "side": "buy", "quantity": 39}')  # fmt: skip
         assert entry["position"]["quantity"] == 39
         opened = _curl("-X", "POST", f"{api}/positions", "-H", "Content-Type: application/json",
                        "-d", '{"symbol": "BOSCHLTD", "side": "long", "quantity": 39, "entry_price": 735.0, '
