@@ -2,7 +2,8 @@
 
 `UpstoxBroker` sends a MARKET order through `/v3/order/place` (the order host) with a `tag` naming the
 close (`X-Algo-Name` when `UPSTOX_ALGO_NAME` is set), then polls `/v2/order/details` with backoff until
-the order is complete, rejected or cancelled (a partial fill comes back as a `Fill` of fewer units).
+the order is complete, rejected or cancelled (a partial fill comes back as a `Fill` of fewer units). Calls
+are paced under Upstox's per-second and per-minute limits (`libs.common.pacing`).
 Hosts are resolved through `libs.common.dns` (system DNS, the fallback servers, the remembered address),
 as the feed does. With no token it talks to the simulator, so the whole path runs in tests and demos.
 `PaperBroker` fills at the price the decision used and has no positions to report.
@@ -22,6 +23,7 @@ from libs.common.clock import Clock, SystemClock
 from libs.common.dns import DnsFailure, HostResolver
 from libs.common.models import Position, Side
 from libs.common.money import Paise, to_paise
+from libs.common.pacing import Pacer
 from libs.common.settings import Settings
 
 _FILLED = "complete"
@@ -29,6 +31,12 @@ _DEAD = {"rejected", "cancelled", "not cancelled", "cancelled after market order
 STATIC_IP_BLOCKED = "UDAPI1154"
 _POLL_FIRST_S = 0.1
 _POLL_MAX_S = 1.0
+# Upstox order calls per user (unregistered algo): 10/s, 500/min; the windows are paced 20% / 5% longer so a
+# request that travels faster than the one before it still arrives inside the broker's window.
+ORDER_CALL_LIMITS = ((1.2, 10), (63.0, 500))
+# Upstox standard calls per user; its 500/min for them is from a third-party source and not paced here, so a
+# burst of closes is not held back (fill polling backs off instead).
+READ_CALL_LIMITS = ((1.2, 50),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +172,8 @@ class UpstoxBroker:
         self._settings = settings
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
+        self._order_pacer = Pacer(*ORDER_CALL_LIMITS)
+        self._read_pacer = Pacer(*READ_CALL_LIMITS)
         verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
         self._http = httpx.AsyncClient(
             timeout=settings.broker_timeout_s, verify=verify, headers={"Accept": "application/json"}, trust_env=False
@@ -193,6 +203,7 @@ class UpstoxBroker:
         return urlunsplit(parts._replace(netloc=netloc)), headers, extensions
 
     async def _call(self, method: str, url: str, *, order_call: bool = False, **kw: Any) -> Any:
+        await (self._order_pacer if order_call else self._read_pacer).wait()
         target, host_headers, extensions = await self._route(url)
         headers = {**self._headers(order_call=order_call), **host_headers}
         try:

@@ -3,6 +3,7 @@ outside the guard, the reconcile, blocked order calls and retried claim scripts 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -326,3 +327,26 @@ async def test_reconcile_adopts_unguarded_positions_only_when_asked(
     position = await store.get("KAYNES")
     assert position is not None and (position.side.value, position.quantity) == ("short", 5)
     assert (position.entry_price, position.stop_loss, position.take_profit) == (20000, 20400, 19200)
+
+
+async def test_a_burst_of_closes_is_paced_under_the_order_rate_limit(redis: Redis, settings: Settings) -> None:
+    symbols = [f"SIMEQ{i:03d}" for i in range(1, 16)]
+    limited = settings.model_copy(update={"sim_order_rate_limit_per_s": 10})
+    async with running_simulator(limited, auto_tick=False) as paced_sim:
+        bsettings = compressed(
+            settings, upstox_api_base=paced_sim.rest_url, upstox_order_base=paced_sim.rest_url, monitor_stuck_close_s=60
+        )
+        store = PositionStore(redis, CLOCK)
+        for symbol in symbols:
+            key = f"NSE_EQ|{symbol}"
+            paced_sim.orders.trade(symbol, "buy", 1)
+            await store.open(
+                long_bosch(symbol=symbol, instrument_key=key, quantity=1, stop_loss=None, take_profit=None)
+            )
+        broker = UpstoxBroker(bsettings)
+        closer = Closer(store, broker, CLOCK, settings=bsettings)
+        requests = [CloseRequest(s, CloseReason.EMERGENCY, "api", None, PriceSource.BROKER, None) for s in symbols]
+        records = await asyncio.gather(*(closer.close(r) for r in requests))
+        await broker.aclose()
+        assert len(records) == 15 and all(r.quantity == 1 for r in records)  # none refused with a 429
+        assert sum(1 for o in paced_sim.orders.orders.values() if o.tag) == 15
