@@ -17,6 +17,7 @@ from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.settings import Settings
 from tests.api.conftest import BOSCH, ApiFactory, write_prices
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +198,13 @@ async def test_a_recent_snapshot_saying_flat_closes_as_external(
         broker.holdings = None
         resp = await client.post(EMERGENCY, json={"symbol": "BOSCHLTD", "reason": "emergency"})
     assert resp.status_code == 200 and resp.json()["closed_by"] == "external" and broker.orders == 0
+
+
+async def test_status_still_answers_when_redis_is_down(make_api: ApiFactory, api_settings: Settings) -> None:
+    down = api_settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "redis_retries": 0, "redis_connect_timeout_s": 0.2}
+    )
+    async with make_api(down) as client:
+        resp = await client.get("/api/v1/monitoring/status")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["redis"]["reachable"] is False and resp.json()["orders"] is None

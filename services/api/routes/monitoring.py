@@ -158,6 +158,8 @@ async def service_status(res: Res) -> Status:
     feed: FeedDetail | None = None
     notes: dict[str, str] = {}
     events: list[dict[str, Any]] = []
+    orders: OrdersStatus | None = None
+    broker_positions: BrokerPositionsStatus | None = None
     if redis.reachable:
         for name in keys.SERVICES:
             age = await heartbeat_age_s(res.redis, name, res.clock)
