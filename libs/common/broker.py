@@ -29,6 +29,7 @@ from libs.common.settings import Settings
 _FILLED = "complete"
 _DEAD = {"rejected", "cancelled", "not cancelled", "cancelled after market order"}
 STATIC_IP_BLOCKED = "UDAPI1154"
+INVALID_ALGO_NAME = "UDAPI1156"
 _POLL_FIRST_S = 0.1
 _POLL_MAX_S = 1.0
 # Upstox order calls per user (unregistered algo): 10/s, 500/min; the windows are paced 20% / 5% longer so a
@@ -80,8 +81,8 @@ class BrokerOutcomeUnknown(BrokerError):
 
 
 class OrdersBlocked(BrokerError):
-    """403 UDAPI1154: order calls are refused because this machine's IP is not the registered static IP.
-    A configuration error: retrying fast cannot help."""
+    """Order calls are refused for the configuration: 403 UDAPI1154 (this machine's IP is not the registered
+    static IP) or UDAPI1156 (the algo name is missing or wrong). Retrying fast cannot help."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status_code=503)
@@ -219,8 +220,8 @@ class UpstoxBroker:
         except ValueError:
             body = resp.text
         code, described = _first_error(body)
-        if resp.status_code == 403 and code == STATIC_IP_BLOCKED:
-            raise OrdersBlocked(f"broker refused the order call: 403 ({described})")
+        if code in (STATIC_IP_BLOCKED, INVALID_ALGO_NAME):
+            raise OrdersBlocked(f"broker refused the order call: {resp.status_code} ({described})")
         if resp.status_code >= 500 and order_call:  # a gateway 502/504 says nothing about the order behind it
             raise BrokerOutcomeUnknown(f"broker answered {resp.status_code} ({described}); the order may stand")
         if resp.status_code >= 500 or resp.status_code == 429:
