@@ -51,7 +51,9 @@ def main(kind: str) -> None:
         _post(client, sim + "/sim/price", {"symbol": "BOSCHLTD", "ltp": 735.0}, "")
         _post(client, sim + "/sim/price", {"symbol": "KAYNES", "ltp": 204.10}, "")
         time.sleep(1.5)
-        print("==> opening BOSCHLTD long 39 @ 735.00, SL 698.25")
+        print("==> the bot buys BOSCHLTD 39 at the broker (simulator: POST /sim/trade), then has it guarded")
+        _post(client, sim + "/sim/trade", {"symbol": "BOSCHLTD", "side": "buy", "quantity": 39}, "")
+        print("==> registering BOSCHLTD long 39 @ 735.00, SL 698.25")
         _post(
             client,
             api + "/api/v1/positions",
@@ -67,6 +69,7 @@ def main(kind: str) -> None:
         if kind == "brief":
             print("==> the bot registers KAYNES long @ 190.00 with TP 197.76 while the feed is down;")
             print("    the cached price ₹204.10 is already past TP, so the monitor closes it on the cached price")
+            _post(client, sim + "/sim/trade", {"symbol": "KAYNES", "side": "buy", "quantity": 100}, "")
             _post(
                 client,
                 api + "/api/v1/positions",

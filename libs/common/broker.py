@@ -2,7 +2,8 @@
 
 `UpstoxBroker` sends a MARKET order through `/v3/order/place` (the order host) with a `tag` naming the
 close (`X-Algo-Name` when `UPSTOX_ALGO_NAME` is set), then polls `/v2/order/details` with backoff until
-the order is complete, rejected or cancelled (a partial fill comes back as a `Fill` of fewer units).
+the order is complete, rejected or cancelled (a partial fill comes back as a `Fill` of fewer units). Calls
+are paced under Upstox's per-second and per-minute limits (`libs.common.pacing`).
 Hosts are resolved through `libs.common.dns` (system DNS, the fallback servers, the remembered address),
 as the feed does. With no token it talks to the simulator, so the whole path runs in tests and demos.
 `PaperBroker` fills at the price the decision used and has no positions to report.
@@ -11,6 +12,7 @@ as the feed does. With no token it talks to the simulator, so the whole path run
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -21,13 +23,21 @@ from libs.common.clock import Clock, SystemClock
 from libs.common.dns import DnsFailure, HostResolver
 from libs.common.models import Position, Side
 from libs.common.money import Paise, to_paise
+from libs.common.pacing import Pacer
 from libs.common.settings import Settings
 
 _FILLED = "complete"
 _DEAD = {"rejected", "cancelled", "not cancelled", "cancelled after market order"}
 STATIC_IP_BLOCKED = "UDAPI1154"
+INVALID_ALGO_NAME = "UDAPI1156"
 _POLL_FIRST_S = 0.1
 _POLL_MAX_S = 1.0
+# Upstox order calls per user (unregistered algo): 10/s, 500/min; the windows are paced 20% / 5% longer so a
+# request that travels faster than the one before it still arrives inside the broker's window.
+ORDER_CALL_LIMITS = ((1.2, 10), (63.0, 500))
+# Upstox standard calls per user; its 500/min for them is from a third-party source and not paced here, so a
+# burst of closes is not held back (fill polling backs off instead).
+READ_CALL_LIMITS = ((1.2, 50),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,7 @@ class Holding:
     quantity: int
     trading_symbol: str = ""
     last_price: Paise | None = None
+    average_price: Paise | None = None
 
 
 class BrokerError(Exception):
@@ -70,8 +81,8 @@ class BrokerOutcomeUnknown(BrokerError):
 
 
 class OrdersBlocked(BrokerError):
-    """403 UDAPI1154: order calls are refused because this machine's IP is not the registered static IP.
-    A configuration error: retrying fast cannot help."""
+    """Order calls are refused for the configuration: 403 UDAPI1154 (this machine's IP is not the registered
+    static IP) or UDAPI1156 (the algo name is missing or wrong). Retrying fast cannot help."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status_code=503)
@@ -162,7 +173,9 @@ class UpstoxBroker:
         self._settings = settings
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
-        verify: str | bool = settings.tls_ca_file or True
+        self._order_pacer = Pacer(*ORDER_CALL_LIMITS)
+        self._read_pacer = Pacer(*READ_CALL_LIMITS)
+        verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
         self._http = httpx.AsyncClient(
             timeout=settings.broker_timeout_s, verify=verify, headers={"Accept": "application/json"}, trust_env=False
         )
@@ -191,6 +204,7 @@ class UpstoxBroker:
         return urlunsplit(parts._replace(netloc=netloc)), headers, extensions
 
     async def _call(self, method: str, url: str, *, order_call: bool = False, **kw: Any) -> Any:
+        await (self._order_pacer if order_call else self._read_pacer).wait()
         target, host_headers, extensions = await self._route(url)
         headers = {**self._headers(order_call=order_call), **host_headers}
         try:
@@ -206,8 +220,8 @@ class UpstoxBroker:
         except ValueError:
             body = resp.text
         code, described = _first_error(body)
-        if resp.status_code == 403 and code == STATIC_IP_BLOCKED:
-            raise OrdersBlocked(f"broker refused the order call: 403 ({described})")
+        if code in (STATIC_IP_BLOCKED, INVALID_ALGO_NAME):
+            raise OrdersBlocked(f"broker refused the order call: {resp.status_code} ({described})")
         if resp.status_code >= 500 and order_call:  # a gateway 502/504 says nothing about the order behind it
             raise BrokerOutcomeUnknown(f"broker answered {resp.status_code} ({described}); the order may stand")
         if resp.status_code >= 500 or resp.status_code == 429:
@@ -300,7 +314,7 @@ class UpstoxBroker:
         out = []
         for row in body.get("data") or []:
             try:
-                last = row.get("last_price")
+                last, average = row.get("last_price"), row.get("average_price")
                 out.append(
                     Holding(
                         instrument_key=str(row["instrument_token"]),
@@ -308,6 +322,7 @@ class UpstoxBroker:
                         quantity=int(row["quantity"]),
                         trading_symbol=str(row.get("trading_symbol") or row.get("tradingsymbol") or ""),
                         last_price=to_paise(last) if last not in (None, "") else None,
+                        average_price=to_paise(average) if average not in (None, "", 0, 0.0) else None,
                     )
                 )
             except (KeyError, TypeError, ValueError) as exc:

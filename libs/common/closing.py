@@ -147,8 +147,8 @@ class Closer:
             try:
                 part = position.model_copy(update={"quantity": want})
                 fill = await self._broker.close(part, tag, request.decision_price)
-            except BrokerOutcomeUnknown:
-                fill = await self._settle_unknown(tag, fills)
+            except BrokerOutcomeUnknown as exc:
+                fill = await self._settle_unknown(tag, fills, str(exc))
             except OrdersBlocked as exc:
                 if self._gate is not None:
                     await self._gate.blocked(str(exc))
@@ -177,8 +177,9 @@ class Closer:
             break
         if not fills:
             return await self._finish_external(position, claim_id, request)
-        if sold < position.quantity and (await self._held(position)) != 0:
-            left = position.quantity - sold
+        still_held = await self._held(position) if sold < position.quantity else 0
+        if still_held != 0:
+            left = position.quantity - sold if still_held is None else min(position.quantity - sold, still_held)
             error = f"sold {sold} of {position.quantity}; {left} still held and guarded"
             await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left)
             await self._publish("reduced", position.symbol, claim_id, quantity=left, sold=sold)
@@ -211,7 +212,7 @@ class Closer:
             )
             raise ClaimFenced(symbol, "closing (claim too old to act on; being reconciled)")
 
-    async def _settle_unknown(self, tag: str, fills: list[Fill]) -> Fill:
+    async def _settle_unknown(self, tag: str, fills: list[Fill], cause: str) -> Fill:
         """The fill of the order whose place call had no clear answer, found by its tag; raises
         BrokerOutcomeUnknown when the broker cannot show one yet (the reconcile settles it later)."""
         before_qty = sum(f.quantity or 0 for f in fills)
@@ -227,7 +228,7 @@ class Closer:
                 price = round(((total.quantity or 0) * total.price - before_value) / got)
                 logger.warning(f"Order with tag {tag} had no clear answer; the broker shows it filled {got}")
                 return Fill(order_id=total.order_id.split(",")[-1], price=price, quantity=got)
-        raise BrokerOutcomeUnknown(f"order with tag {tag} had no clear answer and the broker shows no fill yet")
+        raise BrokerOutcomeUnknown(f"order with tag {tag} had no clear answer ({cause}); no fill shows yet")
 
     async def _finish(
         self, position: Position, claim_id: str, request: CloseRequest, fills: list[Fill], closed_by: str
@@ -369,7 +370,7 @@ class Closer:
         left = position.quantity - sold
         if held is not None:
             left = min(left, held)
-        note = "closer stopped before the order was placed; reopened" if fill is None else f"sold {sold}; reopened"
+        note = "no order of its close tag filled at the broker; reopened" if fill is None else f"sold {sold}; reopened"
         if await self._store.release(position.symbol, position.claim_id, note, None, quantity=left):
             await self._store.publish_event("reopened", position.symbol, claim_id=position.claim_id, quantity=left)
         return None

@@ -30,9 +30,12 @@ class OrderGate:
 
     async def blocked(self, reason: str) -> None:
         """Order calls are refused: record why; the first process to notice logs the one `[ERROR]` line."""
-        if await self._redis.hsetnx(keys.ORDERS_BLOCKED, "since", repr(self._clock.now())):
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(keys.ORDERS_BLOCKED, "since", repr(self._clock.now()))
+            pipe.hset(keys.ORDERS_BLOCKED, "reason", reason[:500])
+            first, _ = await pipe.execute()
+        if first:
             logger.error(f"Order calls are blocked by the broker: {reason}. To fix: {FIX}")
-        await self._redis.hset(keys.ORDERS_BLOCKED, "reason", reason[:500])
 
     async def accepted(self) -> None:
         """An order call went through: the block (if any) is over."""

@@ -260,9 +260,9 @@ class PositionStore:
         result = await self._remove(
             keys=[keys.position(symbol), keys.OPEN_POSITIONS, keys.FEED_SUBSCRIPTIONS], args=[symbol]
         )
-        if result == "missing":
+        if result == "missing" and current.state is not PositionState.OPEN:
             raise PositionNotFound(symbol)
-        if result != "ok":
+        if result not in ("ok", "missing"):  # missing after reading it open: a resent call that already removed it
             raise PositionConflict(symbol, str(result))
         await self._redis.publish(keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"unsub {symbol}")
         await self.publish_event("removed", symbol, position=current.public())

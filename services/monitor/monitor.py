@@ -505,7 +505,10 @@ class Monitor:
         except RedisError as exc:
             self._redis_lost(exc)
             return
-        if record is not None:
+        if record is not None and record.closed_by == "external":
+            logger.warning(f"Reconciled {symbol}: no order of its close filled and the broker holds none of it")
+            self._forget(symbol, begun)
+        elif record is not None:
             logger.success(f"Reconciled {symbol}: the broker had filled its close. " + closed_line(record))
             self._forget(symbol, begun)
         else:

@@ -3,7 +3,8 @@
 A guarded position the broker no longer holds (closed in the Upstox app, by the bot, by the broker's
 intraday square-off) is closed as `external` with no order; one the broker holds less of is guarded for
 the remainder; a broker position no guard record covers is reported (`broker:unguarded`, shown in the api's
-`/status`), never adopted. Only a fresh read acts, and only on positions registered before that read.
+`/status`) and adopted only when `RECONCILE_ADOPT` asks (with the `RECONCILE_ADOPT_*_PCT` levels around its
+average price). Only a fresh read acts, and only on positions registered before that read.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.common import keys
-from libs.common.broker import BrokerError
+from libs.common.broker import BrokerError, Holding
 from libs.common.broker_positions import BrokerPositions, PositionsUnavailable, Snapshot
 from libs.common.clock import Clock
 from libs.common.closing import Closer
-from libs.common.models import Position, PositionState
+from libs.common.models import Position, PositionState, Side, level_at_pct
+from libs.common.money import fmt_inr
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.settings import Settings
 
@@ -58,7 +60,7 @@ class BrokerReconciler:
             await asyncio.sleep(self._settings.reconcile_interval_s)
 
     async def once(self) -> dict[str, int]:
-        """One round. Returns counts: closed_external, reduced, unguarded."""
+        """One round. Returns counts: closed_external, reduced, unguarded (and adopted with RECONCILE_ADOPT)."""
         counts = {"closed_external": 0, "reduced": 0, "unguarded": 0}
         try:
             snapshot = await self._holdings.read()
@@ -88,19 +90,43 @@ class BrokerReconciler:
                     f"guarding the remainder {held}"
                 )
                 await self._store.publish_event("reduced", item.symbol, quantity=held, was=item.quantity)
-        unguarded = [
-            {
-                "symbol": h.trading_symbol,
-                "instrument_key": h.instrument_key,
-                "product": h.product,
-                "quantity": h.quantity,
-            }
-            for h in snapshot.holdings
-            if h.quantity != 0 and h.instrument_key not in guarded
-        ]
+        loose = [h for h in snapshot.holdings if h.quantity != 0 and h.instrument_key not in guarded]
+        if self._settings.reconcile_adopt:
+            adopted = [h for h in loose if await self._adopt(h)]
+            counts["adopted"] = len(adopted)
+            loose = [h for h in loose if h not in adopted]
+        unguarded = [_listed(h) for h in loose]
         counts["unguarded"] = len(unguarded)
         await self._report_unguarded(unguarded, snapshot.as_of)
         return counts
+
+    async def _adopt(self, holding: Holding) -> bool:
+        """Guard a broker position nobody registered (RECONCILE_ADOPT), around its average price."""
+        entry = holding.average_price or holding.last_price
+        if holding.product != self._settings.order_product or not holding.trading_symbol or not entry:
+            return False
+        side = Side.LONG if holding.quantity > 0 else Side.SHORT
+        s = self._settings
+        try:
+            position = Position(
+                symbol=holding.trading_symbol,
+                instrument_key=holding.instrument_key,
+                side=side,
+                quantity=abs(holding.quantity),
+                entry_price=entry,
+                stop_loss=level_at_pct(entry, side, s.reconcile_adopt_stop_loss_pct, stop=True),
+                take_profit=level_at_pct(entry, side, s.reconcile_adopt_take_profit_pct, stop=False),
+                opened_at=self._clock.now(),
+            )
+            await self._store.open(position)
+        except (ValueError, PositionConflict) as exc:
+            logger.warning(f"Could not adopt the broker position {holding.trading_symbol}: {exc}")
+            return False
+        logger.warning(
+            f"Adopted the broker position {position.symbol}: {side} {position.quantity} @ {fmt_inr(entry)}, "
+            f"SL {fmt_inr(position.stop_loss or 0)}, TP {fmt_inr(position.take_profit or 0)} (RECONCILE_ADOPT)"
+        )
+        return True
 
     async def _closed_outside(self, position: Position, snapshot: Snapshot) -> int:
         try:
@@ -122,3 +148,12 @@ class BrokerReconciler:
         if rows and rows != before:
             listed = ", ".join(f"{r['symbol'] or r['instrument_key']} {r['quantity']} ({r['product']})" for r in rows)
             logger.warning(f"Broker positions with no guard (not adopted; register them to protect them): {listed}")
+
+
+def _listed(holding: Holding) -> dict[str, Any]:
+    return {
+        "symbol": holding.trading_symbol,
+        "instrument_key": holding.instrument_key,
+        "product": holding.product,
+        "quantity": holding.quantity,
+    }

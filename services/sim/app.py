@@ -71,6 +71,7 @@ def create_app(sim: Simulator) -> FastAPI:
             return error_response(errors.rest_down())
         if is_order_call(request.url.path, request.method):
             if sim.faults.active("ip_block"):
+                sim.blocked_order_calls += 1
                 return error_response(errors.ip_blocked())
             required = sim.settings.sim_require_algo_name
             if required and request.headers.get("x-algo-name") != required:

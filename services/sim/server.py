@@ -77,6 +77,7 @@ class Simulator:
             moves_per_step=settings.sim_ticks_per_interval,
         )
         self.faults = Faults()
+        self.blocked_order_calls = 0  # order calls refused by the ip_block fault
         self.codes = AuthCodes()
         self.orders = OrderBook(
             self.market,
@@ -241,6 +242,7 @@ class Simulator:
         self.faults.clear()
         self.orders.reset()
         self.gtt.reset()
+        self.blocked_order_calls = 0
         self.feeder.send_market_info()
 
     def state(self) -> dict[str, Any]:
@@ -264,6 +266,7 @@ class Simulator:
             "handshakes_refused": self.feeder.handshakes_refused,
             "orders": len(self.orders.orders),
             "gtts_live": sum(1 for g in self.gtt.gtts.values() if g.live),
+            "blocked_order_calls": self.blocked_order_calls,
             "positions": self.orders.position_rows(),
             "prices": prices,
         }

@@ -25,8 +25,7 @@ NET = {"RECONCILE_INTERVAL_S": "1", "ORDER_BLOCKED_RETRY_S": "1", "SAFETY_NET": 
 async def entry(stack: Stack, quantity: int = 10, stop_loss: float = 698.25) -> None:
     """The bot's entry at the broker, then the guard is told about it."""
     await stack.set_price("BOSCHLTD", 735.0)
-    await stack.sim("POST", "/sim/trade", json={"symbol": "BOSCHLTD", "side": "buy", "quantity": quantity})
-    await stack.open_position("BOSCHLTD", "long", quantity, 735.0, stop_loss=stop_loss)
+    await stack.open_position("BOSCHLTD", "long", quantity, 735.0, stop_loss=stop_loss)  # trades at the broker first
 
 
 async def net_of(stack: Stack) -> dict[str, Any]:
@@ -53,8 +52,9 @@ async def held(stack: Stack) -> int:
 
 
 async def exits(stack: Stack) -> list[dict[str, Any]]:
-    """Every order that sold BOSCHLTD (the entry was a buy)."""
-    return [o for o in await stack.orders("BOSCHLTD") if o["transaction_type"] == "SELL"]
+    """Every order that sold BOSCHLTD (the guard's and the GTT's; the entry was a buy)."""
+    rows = await stack.sim("GET", "/sim/orders")
+    return [o for o in rows if o["trading_symbol"] == "BOSCHLTD" and o["transaction_type"] == "SELL"]
 
 
 async def closed(stack: Stack) -> dict[str, Any]:
@@ -173,7 +173,7 @@ async def test_ip_block_during_placement_is_visible_retried_and_placed_once_lift
         await stack.set_price("BOSCHLTD", 735.0)
         await stack.sim("POST", "/sim/trade", json={"symbol": "BOSCHLTD", "side": "buy", "quantity": 10})
         await stack.fault("ip_block", 4)
-        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, at_broker=False, stop_loss=698.25)
 
         async def refused() -> dict[str, Any] | None:
             net = await net_of(stack)

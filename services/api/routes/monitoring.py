@@ -160,6 +160,8 @@ async def service_status(res: Res) -> Status:
     notes: dict[str, str] = {}
     events: list[dict[str, Any]] = []
     safety_net: SafetyNetStatus | None = None
+    orders: OrdersStatus | None = None
+    broker_positions: BrokerPositionsStatus | None = None
     if redis.reachable:
         for name in keys.SERVICES:
             age = await heartbeat_age_s(res.redis, name, res.clock)

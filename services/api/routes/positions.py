@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
@@ -12,8 +11,8 @@ from pydantic import ValidationError
 from libs.common.broker import BrokerError
 from libs.common.broker_positions import PositionsUnavailable
 from libs.common.clock import ist_iso
-from libs.common.models import MalformedRecord, Position, PositionState, PriceEntry, Side
-from libs.common.money import Paise, rupees, to_paise
+from libs.common.models import MalformedRecord, Position, PositionState, PriceEntry, level_at_pct
+from libs.common.money import rupees, to_paise
 from libs.common.positions import PositionConflict, PositionNotFound
 from services.api.deps import ApiKey, Res
 from services.api.schemas import (
@@ -39,13 +38,6 @@ _MUTATING: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "API key required"},
     413: {"model": ErrorOut, "description": "body too large"},
 }
-
-
-def _level(entry: Paise, side: Side, pct: float, *, stop: bool) -> Paise:
-    """SL/TP as a percentage away from entry: a stop below a long's entry (above a short's), a target beyond it."""
-    below = stop == (side is Side.LONG)
-    factor = Decimal(1) - Decimal(str(pct)) / 100 if below else Decimal(1) + Decimal(str(pct)) / 100
-    return to_paise(Decimal(entry) / 100 * factor)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -145,9 +137,9 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
     stop_loss = to_paise(body.stop_loss) if body.stop_loss is not None else None
     take_profit = to_paise(body.take_profit) if body.take_profit is not None else None
     if body.stop_loss_pct is not None:
-        stop_loss = _level(entry, body.side, body.stop_loss_pct, stop=True)
+        stop_loss = level_at_pct(entry, body.side, body.stop_loss_pct, stop=True)
     if body.take_profit_pct is not None:
-        take_profit = _level(entry, body.side, body.take_profit_pct, stop=False)
+        take_profit = level_at_pct(entry, body.side, body.take_profit_pct, stop=False)
     try:
         position = Position(
             symbol=body.symbol,
@@ -248,9 +240,9 @@ async def update_levels(symbol: SymbolPath, body: UpdateLevelsRequest, res: Res)
     stop_loss = to_paise(body.stop_loss) if body.stop_loss is not None else None
     take_profit = to_paise(body.take_profit) if body.take_profit is not None else None
     if body.stop_loss_pct is not None:
-        stop_loss = _level(current.entry_price, current.side, body.stop_loss_pct, stop=True)
+        stop_loss = level_at_pct(current.entry_price, current.side, body.stop_loss_pct, stop=True)
     if body.take_profit_pct is not None:
-        take_profit = _level(current.entry_price, current.side, body.take_profit_pct, stop=False)
+        take_profit = level_at_pct(current.entry_price, current.side, body.take_profit_pct, stop=False)
     try:
         updated = await res.store.update_levels(symbol, stop_loss, take_profit)
     except PositionNotFound:
