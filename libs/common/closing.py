@@ -262,6 +262,7 @@ class Closer:
         """Cancel the position's GTT; if it already fired and its order filled the position, that is the close
         (`closed_by` "safety_net"). When the GTT cannot be made harmless, release the claim and raise: no order
         may go out beside a stop that can still fire."""
+        await self._still_ours(position.symbol, claim_id)  # a stale closer must not touch a reopened position's GTT
         try:
             fired = await net.disarm(position)
         except BrokerError as exc:
@@ -272,11 +273,17 @@ class Closer:
             error = f"safety net not disarmed, nothing sent: {exc}"
             await self._store.release(position.symbol, claim_id, error, when)
             raise (OrdersBlocked(error) if blocked else BrokerError(error, status_code=503)) from None
+        await self._still_ours(position.symbol, claim_id)  # it may have waited long on the broker
         if fired is None or not fired.complete or fired.fill is None:
             return None
         record = await self._finish(position, claim_id, request, [fired.fill], "safety_net")
         await net.announce(self._store, record, fired)
         return record
+
+    async def _still_ours(self, symbol: str, claim_id: str) -> None:
+        state, holder, _ = await self._store.claim_holder(symbol)
+        if state != "closing" or holder != claim_id:
+            raise ClaimFenced(symbol, "settled elsewhere (this closer's claim was taken over)")
 
     async def _complete(self, symbol: str, claim_id: str, record: CloseRecord) -> None:
         if not await self._store.complete(claim_id, record):

@@ -76,6 +76,17 @@ return state
 """
 
 
+# KEYS: position. ARGV: the GTT id a disarm acted on ('' = none), then field/value pairs. Written only while the
+# hash still names that GTT (or none): a closer that was stalled must not overwrite a newer GTT's state.
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local current = redis.call('HGET', KEYS[1], 'net_gtt_id')
+if current and current ~= '' and current ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class NetState:
     """The safety net of one position as stored (and as the api shows it)."""
@@ -170,6 +181,7 @@ class SafetyNet:
         self._instruments = instruments or instrument_index()
         self._begin = redis.register_script(_BEGIN)
         self._end = redis.register_script(_END)
+        self._settle = redis.register_script(_SETTLE)
 
     # --- stored state --------------------------------------------------------------------------
     async def state(self, symbol: str) -> NetState:
@@ -193,6 +205,12 @@ class SafetyNet:
         state ('missing' when it is gone)."""
         args = [x for name, value in fields.items() for x in (f"net_{name}", "" if value is None else str(value))]
         return str(await self._end(keys=[keys.position(symbol)], args=args))
+
+    async def settle(self, symbol: str, known_id: str, /, **fields: Any) -> bool:
+        """Record what a disarm found (`net_` is prefixed to each name), unless the position names another GTT
+        than `known_id` (the one it read) by now. False when nothing was written."""
+        args = [x for name, value in fields.items() for x in (f"net_{name}", "" if value is None else str(value))]
+        return bool(await self._settle(keys=[keys.position(symbol)], args=[known_id, *args]))
 
     # --- GTT calls -----------------------------------------------------------------------------
     def tick_of(self, instrument_key: str) -> int:
@@ -310,18 +328,18 @@ class SafetyNet:
         if not gtt_id and net.intent is not None:  # a place call with an unknown outcome: ask the broker
             gtt_id = await self.find_stray(position, net.intent) or ""
             if not gtt_id:
-                await self.end(position.symbol, state="cancelled")
+                await self.settle(position.symbol, "", state="cancelled")
                 return None
         if net.state != "fired" and await self.cancel(gtt_id):
-            await self.end(position.symbol, state="cancelled", gtt_id=gtt_id)
+            await self.settle(position.symbol, net.gtt_id, state="cancelled", gtt_id=gtt_id)
             return None
         outcome, order = await self.inspect(gtt_id)
         if outcome == "live":  # not cancellable yet reported live: do not guess
             raise BrokerError(f"GTT {gtt_id} could not be cancelled and is still live", status_code=503)
         if order is None:
-            await self.end(position.symbol, state="cancelled", gtt_id=gtt_id)
+            await self.settle(position.symbol, net.gtt_id, state="cancelled", gtt_id=gtt_id)
             return None
-        return await self._take_over(position, gtt_id, order)
+        return await self._take_over(position, net.gtt_id, gtt_id, order)
 
     async def _settled_state(self, position: Position) -> NetState:
         """The stored state once no keeper call is in flight (waits up to a broker timeout and a half for one;
@@ -335,7 +353,7 @@ class SafetyNet:
                 return NetState(state="unknown", gtt_id=net.gtt_id, trigger=net.trigger, intent=net.intent)
             await asyncio.sleep(_BUSY_POLL_S)
 
-    async def _take_over(self, position: Position, gtt_id: str, order: dict[str, Any]) -> Fired:
+    async def _take_over(self, position: Position, known_id: str, gtt_id: str, order: dict[str, Any]) -> Fired:
         order_id = str(order.get("order_id") or "")
         if str(order.get("status")) in _ORDER_WORKING:  # a gap left its LIMIT open: the live guard takes over
             try:
@@ -357,7 +375,7 @@ class SafetyNet:
         filled = int(order.get("filled_quantity") or 0)
         price = order.get("average_price")
         fill = Fill(order_id, to_paise(price), filled) if filled and price not in (None, "", 0) else None
-        await self.end(position.symbol, state="fired", gtt_id=gtt_id, order_id=order_id)
+        await self.settle(position.symbol, known_id, state="fired", gtt_id=gtt_id, order_id=order_id)
         complete = fill is not None and filled >= position.quantity and order.get("status") == "complete"
         return Fired(gtt_id, order_id, fill, complete)
 

@@ -63,10 +63,25 @@ class SafetyNetKeeper:
         """Look at the positions now (one was opened, moved or reopened)."""
         self._wake.set()
 
+    async def recover(self) -> int:
+        """At start: a broker call marked in flight belongs to a keeper that is gone (this one is the only one),
+        so its outcome is unknown and settled from what the broker lists. Returns how many were marked."""
+        symbols = await self._store.open_symbols()  # open or closing
+        marked = 0
+        for symbol, net in (await self._net.states(symbols)).items():
+            if net.busy_since is not None:
+                await self._net.end(symbol, state="unknown")
+                marked += 1
+        return marked
+
     async def run(self) -> None:
+        recovered = False
         while True:
             self._wake.clear()
             try:
+                if not recovered:
+                    await self.recover()
+                    recovered = True
                 now = self._clock.monotonic()
                 if self._checked_at is None or now - self._checked_at >= self._settings.reconcile_interval_s:
                     await self.check_fired()
@@ -176,13 +191,14 @@ class SafetyNetKeeper:
 
     async def _placed(self, position: Position, gtt_id: str, trigger: int, how: str) -> None:
         symbol = position.symbol
-        expires_at = await self._expiry(gtt_id)
         state = await self._net.end(
             symbol, state="active", gtt_id=gtt_id, trigger=f"{trigger / 100:.2f}", quantity=position.quantity,
-            expires_at=expires_at, last_error="", attempts=0, next_at="", order_id="",
+            expires_at="", last_error="", attempts=0, next_at="", order_id="",
         )  # fmt: skip
         if self._gate is not None:
             await self._gate.accepted()
+        if state == "open":  # when it lapses, read after the call is over so no closer waits for it
+            await self._net.end(symbol, expires_at=await self._expiry(gtt_id))
         if state != "open":  # closed or removed while the call was out: this GTT must not outlive it
             logger.warning(f"{symbol}: {state} while its safety net was being {how}; cancelling GTT {gtt_id}")
             with contextlib.suppress(BrokerError):
