@@ -27,7 +27,7 @@ from loguru import logger
 from redis.asyncio import Redis
 
 from libs.common import keys
-from libs.common.broker import BrokerError, Fill, UpstoxBroker
+from libs.common.broker import BrokerError, BrokerOutcomeUnknown, Fill, UpstoxBroker
 from libs.common.clock import Clock
 from libs.common.instruments import InstrumentIndex, instrument_index
 from libs.common.logging import tagged
@@ -247,6 +247,9 @@ class SafetyNet:
         cancelled, expired or gone: `inspect` tells which). Raises BrokerError when it cannot be asked."""
         try:
             await self._gtt("DELETE", "/v3/order/gtt/cancel", json={"gtt_order_id": gtt_id})
+        except BrokerOutcomeUnknown as exc:  # asking again settles it: a cancelled GTT answers "not active"
+            detail = str(exc).removesuffix("; the order may stand")
+            raise BrokerError(f"cancel of GTT {gtt_id} had no clear answer ({detail})", status_code=503) from None
         except BrokerError as exc:
             if any(code in str(exc) for code in _GONE_CODES):
                 return False

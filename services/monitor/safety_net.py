@@ -33,6 +33,8 @@ from libs.common.settings import Settings
 _REPLACE = ("", "cancelled", "fired", "ended")  # no GTT can act for the position: place one
 _RENEW_BEFORE_S = {"I": 0.0}  # intraday GTTs are re-placed once expired; longer ones a day before their end
 _RENEW_DEFAULT_S = 86400.0
+# At most 5 keeper calls a second: half of Upstox's 10 order calls/s (GTTs count among them) stays free for closes.
+_CALL_GAP_S = 0.2
 
 
 class SafetyNetKeeper:
@@ -134,6 +136,8 @@ class SafetyNetKeeper:
             action = self._action(position, net, trigger, now)
             if action is None:
                 continue
+            if calls:
+                await asyncio.sleep(_CALL_GAP_S)
             if await self._net.begin(position.symbol, trigger) != "ok":
                 continue
             calls += 1

@@ -130,3 +130,17 @@ async def test_disarm_waits_for_a_keeper_call_in_flight(rig: Rig) -> None:
     assert await disarm is None
     assert (await rig.state()).state == "cancelled"
     assert rig.sim.gtt.gtts[gtt_id].rules[0].status == "CANCELLED"
+
+
+async def test_a_short_gets_a_buy_stop_above_and_its_close_cancels_it(rig: Rig) -> None:
+    short = long_bosch(side=Side.SHORT, quantity=5, stop_loss=77000, take_profit=70000, opened_at=START)
+    await rig.open(short)
+    await rig.keeper.keep_once()
+    net = await rig.state()
+    (gtt,) = rig.sim.gtt.everything()
+    rule = gtt["rules"][0]
+    assert (rule["transaction_type"], rule["trigger_type"], rule["trigger_price"]) == ("BUY", "ABOVE", 773.85)
+    assert net.state == "active" and net.trigger == 77385 and gtt["quantity"] == 5
+    assert await rig.net.disarm(short) is None
+    assert rig.sim.gtt.gtts[net.gtt_id].rules[0].status == "CANCELLED"
+    assert rig.sim.orders.positions.net("NSE_EQ|INE323A01026", "I") == -5, "disarming sends no order"
