@@ -12,7 +12,11 @@ as the feed does. With no token it talks to the simulator, so the whole path run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +42,21 @@ ORDER_CALL_LIMITS = ((1.2, 10), (63.0, 500))
 # Upstox standard calls per user; its 500/min for them is from a third-party source and not paced here, so a
 # burst of closes is not held back (fill polling backs off instead).
 READ_CALL_LIMITS = ((1.2, 50),)
+
+
+# Monotonic s after which an order call must not leave this task (its close claim may be taken over by then).
+_send_deadline: ContextVar[float | None] = ContextVar("send_deadline", default=None)
+
+
+@contextlib.contextmanager
+def sending_before(deadline_monotonic_s: float) -> Iterator[None]:
+    """Order calls made inside refuse to go out after `deadline_monotonic_s` (time.monotonic), checked right
+    before the request is written, after pacing and DNS: a closer that stalled there sends nothing."""
+    token = _send_deadline.set(deadline_monotonic_s)
+    try:
+        yield
+    finally:
+        _send_deadline.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +226,11 @@ class UpstoxBroker:
         await (self._order_pacer if order_call else self._read_pacer).wait()
         target, host_headers, extensions = await self._route(url)
         headers = {**self._headers(order_call=order_call), **host_headers}
+        deadline = _send_deadline.get()
+        if order_call and deadline is not None and time.monotonic() > deadline:
+            raise BrokerError(
+                "the close claim got too old before the order could go out; nothing sent", status_code=503
+            )
         try:
             resp = await self._http.request(method, target, headers=headers, extensions=extensions, **kw)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent

@@ -6,13 +6,14 @@ the position and the next check sent a second order while the first could still 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
-from libs.common.broker import BrokerError, BrokerOutcomeUnknown, Fill, UpstoxBroker
+from libs.common.broker import BrokerError, BrokerOutcomeUnknown, Fill, UpstoxBroker, sending_before
 from libs.common.clock import ManualClock
 from libs.common.closing import Closer, CloseRequest, close_tag
 from libs.common.dns import HostResolver
@@ -148,3 +149,21 @@ async def test_the_api_path_keeps_the_claim_too(redis: Redis, clock: ManualClock
     assert position.state is PositionState.CLOSING
     broker.hidden = False
     assert await broker.find_by_tag(close_tag(position.claim_id)) is not None
+
+
+async def test_an_order_call_past_its_claim_deadline_is_never_sent(settings: Settings) -> None:
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        filled = {"status": "success", "data": {**details("complete")["data"], "filled_quantity": 39}}
+        return httpx.Response(200, json=ORDER if request.method == "POST" else filled)
+
+    broker = upstox_with(settings, handler)
+    with sending_before(time.monotonic() - 0.001), pytest.raises(BrokerError, match="nothing sent") as info:
+        await broker.close(long_bosch(), "guard-close-x", 57500)
+    assert not isinstance(info.value, BrokerOutcomeUnknown) and sent == []
+    with sending_before(time.monotonic() + 5):
+        assert (await broker.close(long_bosch(), "guard-close-x", 57500)).quantity == 39
+    await broker.aclose()
+    assert sent == ["POST", "GET"]
