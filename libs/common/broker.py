@@ -137,6 +137,10 @@ class Broker(Protocol):
         """The registered static IPs (`GET /v2/user/ip`), None when not applicable. Raises BrokerError."""
         ...
 
+    async def remember_hosts(self) -> None:
+        """Resolve the broker's hosts now, so a DNS outage finds their last good addresses remembered."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -162,6 +166,9 @@ class PaperBroker:
         return None
 
     async def static_ips(self) -> dict[str, Any] | None:
+        return None
+
+    async def remember_hosts(self) -> None:
         return None
 
     async def aclose(self) -> None:
@@ -352,6 +359,11 @@ class UpstoxBroker:
         body = await self._call("GET", f"{self._settings.api_base}/v2/user/ip")
         data = body.get("data") if isinstance(body, dict) else None
         return dict(data) if isinstance(data, dict) else None
+
+    async def remember_hosts(self) -> None:
+        for base in {self._settings.api_base, self._settings.order_base}:
+            with contextlib.suppress(DnsFailure):
+                await self._resolver.resolve(urlsplit(base).hostname or "")
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -91,7 +91,7 @@ class Monitor:
         holdings = BrokerPositions(redis, broker, self._clock, max_age_s=settings.broker_positions_max_age_s)
         gate = OrderGate(redis, self._clock)
         self._closer = Closer(self._store, broker, self._clock, holdings=holdings, gate=gate, settings=settings)
-        self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, self._clock)
+        self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, broker, self._clock)
         self._jitter = jitter
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
