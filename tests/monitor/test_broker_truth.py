@@ -17,7 +17,7 @@ from libs.common.clock import SystemClock
 from libs.common.closing import Closer, CloseRequest, PartialClose
 from libs.common.models import CloseReason, CloseRecord, PositionState, PriceSource
 from libs.common.order_gate import OrderGate
-from libs.common.positions import PositionStore
+from libs.common.positions import PositionConflict, PositionStore
 from libs.common.settings import Settings
 from services.monitor import Monitor
 from services.sim.server import Simulator, running_simulator
@@ -356,3 +356,12 @@ async def test_a_burst_of_closes_is_paced_under_the_order_rate_limit(redis: Redi
         await broker.aclose()
         assert len(records) == 15 and all(r.quantity == 1 for r in records)  # none refused with a 429
         assert sum(1 for o in paced_sim.orders.orders.values() if o.tag) == 15
+
+
+async def test_a_resent_open_answers_as_the_first_and_another_open_is_refused(redis: Redis) -> None:
+    store = PositionStore(redis, CLOCK)
+    position = long_bosch(opened_at=CLOCK.now())
+    await store.open(position)
+    await store.open(position)  # redis-py resending the script whose reply was lost
+    with pytest.raises(PositionConflict, match="is open"):
+        await store.open(long_bosch(opened_at=CLOCK.now() + 1))
