@@ -42,6 +42,7 @@ ORDER_CALL_LIMITS = ((1.2, 10), (63.0, 500))
 # Upstox standard calls per user; its 500/min for them is from a third-party source and not paced here, so a
 # burst of closes is not held back (fill polling backs off instead).
 READ_CALL_LIMITS = ((1.2, 50),)
+STATIC_IPS_CACHE_S = 60.0
 
 
 # Monotonic s after which an order call must not leave this task (its close claim may be taken over by then).
@@ -199,6 +200,7 @@ class UpstoxBroker:
         self._settings = settings
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
+        self._static_ips: tuple[float, dict[str, Any] | None] | None = None
         self._order_pacer = Pacer(*ORDER_CALL_LIMITS)
         self._read_pacer = Pacer(*READ_CALL_LIMITS)
         verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
@@ -356,9 +358,14 @@ class UpstoxBroker:
         return out
 
     async def static_ips(self) -> dict[str, Any] | None:
+        """Cached for STATIC_IPS_CACHE_S: /status may be polled, the registration changes at most weekly."""
+        if self._static_ips is not None and time.monotonic() - self._static_ips[0] < STATIC_IPS_CACHE_S:
+            return self._static_ips[1]
         body = await self._call("GET", f"{self._settings.api_base}/v2/user/ip")
         data = body.get("data") if isinstance(body, dict) else None
-        return dict(data) if isinstance(data, dict) else None
+        ips = dict(data) if isinstance(data, dict) else None
+        self._static_ips = (time.monotonic(), ips)
+        return ips
 
     async def remember_hosts(self) -> None:
         for base in {self._settings.api_base, self._settings.order_base}:

@@ -167,3 +167,17 @@ async def test_an_order_call_past_its_claim_deadline_is_never_sent(settings: Set
         assert (await broker.close(long_bosch(), "guard-close-x", 57500)).quantity == 39
     await broker.aclose()
     assert sent == ["POST", "GET"]
+
+
+async def test_static_ips_are_read_once_a_minute(settings: Settings) -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, json={"status": "success", "data": {"primary_ip": "203.0.113.7"}})
+
+    broker = upstox_with(settings, handler)
+    assert await broker.static_ips() == {"primary_ip": "203.0.113.7"}
+    assert await broker.static_ips() == {"primary_ip": "203.0.113.7"}
+    await broker.aclose()
+    assert calls == ["/v2/user/ip"]
