@@ -264,7 +264,7 @@ class UpstoxBroker:
         return body
 
     async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
-        order = {
+        order: dict[str, Any] = {
             "quantity": position.quantity,
             "product": self._settings.order_product,
             "validity": "DAY",
@@ -278,6 +278,8 @@ class UpstoxBroker:
             "is_amo": False,
             "slice": False,
         }
+        if self._settings.order_market_protection:  # -1: the broker's automatic band; a clipped rest is cancelled
+            order["market_protection"] = self._settings.order_market_protection
         body = await self._call("POST", f"{self._settings.order_base}/v3/order/place", order_call=True, json=order)
         try:
             order_id = str(body["data"]["order_ids"][0])
