@@ -23,6 +23,8 @@ def _post(client: httpx.Client, url: str, body: dict[str, Any], key: str) -> dic
     resp = client.post(url, json=body, headers=headers)
     if resp.status_code >= 400 and resp.status_code != 409:
         sys.exit(f"{url} answered {resp.status_code}: {resp.text}")
+    if resp.status_code == 409:  # already open from an earlier run, or not held at the broker: say which
+        print(f"  409: {resp.json().get('detail')}")
     return dict(resp.json())
 
 

@@ -12,7 +12,11 @@ as the feed does. With no token it talks to the simulator, so the whole path run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +42,22 @@ ORDER_CALL_LIMITS = ((1.2, 10), (63.0, 500))
 # Upstox standard calls per user; its 500/min for them is from a third-party source and not paced here, so a
 # burst of closes is not held back (fill polling backs off instead).
 READ_CALL_LIMITS = ((1.2, 50),)
+STATIC_IPS_CACHE_S = 60.0
+
+
+# Monotonic s after which an order call must not leave this task (its close claim may be taken over by then).
+_send_deadline: ContextVar[float | None] = ContextVar("send_deadline", default=None)
+
+
+@contextlib.contextmanager
+def sending_before(deadline_monotonic_s: float) -> Iterator[None]:
+    """Order calls made inside refuse to go out after `deadline_monotonic_s` (time.monotonic), checked right
+    before the request is written, after pacing and DNS: a closer that stalled there sends nothing."""
+    token = _send_deadline.set(deadline_monotonic_s)
+    try:
+        yield
+    finally:
+        _send_deadline.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +138,10 @@ class Broker(Protocol):
         """The registered static IPs (`GET /v2/user/ip`), None when not applicable. Raises BrokerError."""
         ...
 
+    async def remember_hosts(self) -> None:
+        """Resolve the broker's hosts now, so a DNS outage finds their last good addresses remembered."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -143,6 +167,9 @@ class PaperBroker:
         return None
 
     async def static_ips(self) -> dict[str, Any] | None:
+        return None
+
+    async def remember_hosts(self) -> None:
         return None
 
     async def aclose(self) -> None:
@@ -173,6 +200,7 @@ class UpstoxBroker:
         self._settings = settings
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
+        self._static_ips: tuple[float, dict[str, Any] | None] | None = None
         self._order_pacer = Pacer(*ORDER_CALL_LIMITS)
         self._read_pacer = Pacer(*READ_CALL_LIMITS)
         verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
@@ -207,6 +235,11 @@ class UpstoxBroker:
         await (self._order_pacer if order_call else self._read_pacer).wait()
         target, host_headers, extensions = await self._route(url)
         headers = {**self._headers(order_call=order_call), **host_headers}
+        deadline = _send_deadline.get()
+        if order_call and deadline is not None and time.monotonic() > deadline:
+            raise BrokerError(
+                "the close claim got too old before the order could go out; nothing sent", status_code=503
+            )
         try:
             resp = await self._http.request(method, target, headers=headers, extensions=extensions, **kw)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
@@ -236,7 +269,7 @@ class UpstoxBroker:
         return await self._call(method, url, order_call=order_call, **kw)
 
     async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
-        order = {
+        order: dict[str, Any] = {
             "quantity": position.quantity,
             "product": self._settings.order_product,
             "validity": "DAY",
@@ -250,6 +283,8 @@ class UpstoxBroker:
             "is_amo": False,
             "slice": False,
         }
+        if self._settings.order_market_protection:  # -1: the broker's automatic band; a clipped rest is cancelled
+            order["market_protection"] = self._settings.order_market_protection
         body = await self._call("POST", f"{self._settings.order_base}/v3/order/place", order_call=True, json=order)
         try:
             order_id = str(body["data"]["order_ids"][0])
@@ -330,9 +365,19 @@ class UpstoxBroker:
         return out
 
     async def static_ips(self) -> dict[str, Any] | None:
+        """Cached for STATIC_IPS_CACHE_S: /status may be polled, the registration changes at most weekly."""
+        if self._static_ips is not None and time.monotonic() - self._static_ips[0] < STATIC_IPS_CACHE_S:
+            return self._static_ips[1]
         body = await self._call("GET", f"{self._settings.api_base}/v2/user/ip")
         data = body.get("data") if isinstance(body, dict) else None
-        return dict(data) if isinstance(data, dict) else None
+        ips = dict(data) if isinstance(data, dict) else None
+        self._static_ips = (time.monotonic(), ips)
+        return ips
+
+    async def remember_hosts(self) -> None:
+        for base in {self._settings.api_base, self._settings.order_base}:
+            with contextlib.suppress(DnsFailure):
+                await self._resolver.resolve(urlsplit(base).hostname or "")
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -14,13 +14,14 @@ many callers race, and never for more than the broker holds:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
-from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown, Fill, OrdersBlocked
+from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown, Fill, OrdersBlocked, sending_before
 from libs.common.broker_positions import BrokerPositions, PositionsUnavailable
 from libs.common.clock import Clock
 from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
@@ -143,10 +144,11 @@ class Closer:
             want = position.quantity - sold if held is None else min(position.quantity - sold, held)
             if want <= 0:
                 break
-            await self._fence(position.symbol, claim_id)
+            left_s = await self._fence(position.symbol, claim_id)
             try:
                 part = position.model_copy(update={"quantity": want})
-                fill = await self._broker.close(part, tag, request.decision_price)
+                with sending_before(time.monotonic() + left_s):
+                    fill = await self._broker.close(part, tag, request.decision_price)
             except BrokerOutcomeUnknown as exc:
                 fill = await self._settle_unknown(tag, fills, str(exc))
             except OrdersBlocked as exc:
@@ -199,7 +201,8 @@ class Closer:
             return None
         return snapshot.held(position.instrument_key, self._limits.product, position.side)
 
-    async def _fence(self, symbol: str, claim_id: str) -> None:
+    async def _fence(self, symbol: str, claim_id: str) -> float:
+        """Seconds this closer may still send an order on its claim; raises ClaimFenced when none."""
         state, holder, claimed_at = await self._store.claim_holder(symbol)
         if state != "closing" or holder != claim_id:
             logger.error(f"Close of {symbol}: its claim was taken over while this closer waited; no order sent")
@@ -211,6 +214,7 @@ class Closer:
                 "no order sent, the reconcile settles it"
             )
             raise ClaimFenced(symbol, "closing (claim too old to act on; being reconciled)")
+        return self._limits.fence_after_s - age_s
 
     async def _settle_unknown(self, tag: str, fills: list[Fill], cause: str) -> Fill:
         """The fill of the order whose place call had no clear answer, found by its tag; raises
@@ -249,11 +253,13 @@ class Closer:
                 return settled
         exit_price = request.decision_price or position.entry_price
         record = self._record(position, request, "", exit_price, "external")
+        if not await self._store.complete(claim_id, record):
+            raise ClaimFenced(position.symbol, "settled elsewhere (this closer's claim was taken over)")
         logger.warning(
             f"{position.symbol}: the broker holds none of this {position.side} position (closed outside the "
             "guard); no order sent, marked closed (external)"
         )
-        await self._complete(position.symbol, claim_id, record)
+        await self._publish("closed", position.symbol, claim_id, record=record.public())
         return record
 
     async def _disarm_safety_net(

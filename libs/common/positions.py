@@ -21,9 +21,17 @@ from libs.common.models import CloseReason, CloseRecord, MalformedRecord, Positi
 EVENTS_MAXLEN = 10_000
 
 # KEYS: position, open set, subscriptions hash. ARGV: symbol, instrument_key, then field/value pairs.
+# A resent call of our own (same opened_at) answers 'ok' again.
 _OPEN = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'open' or state == 'closing' then return state end
+if state == 'open' or state == 'closing' then
+  for i = 3, #ARGV, 2 do
+    if ARGV[i] == 'opened_at' and state == 'open' and redis.call('HGET', KEYS[1], 'opened_at') == ARGV[i + 1] then
+      return 'ok'
+    end
+  end
+  return state
+end
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SADD', KEYS[2], ARGV[1])

@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     monitor_fallback_log_interval_s: float = Field(10.0, ge=0)
     broker: Literal["upstox", "paper"] = "upstox"
     order_product: Literal["I", "D", "MTF"] = "I"
+    order_market_protection: float = Field(-1, ge=-1, le=25)
     close_retry_base_s: float = Field(1.0, gt=0)
     close_retry_max_s: float = Field(30.0, gt=0)
     broker_timeout_s: float = Field(5.0, gt=0)
@@ -117,6 +118,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     log_dir: str = ""
+
+    @model_validator(mode="after")
+    def _market_protection_is_auto_or_a_percentage(self) -> Settings:
+        if -1 < self.order_market_protection < 0:
+            raise ValueError("ORDER_MARKET_PROTECTION must be -1 (auto), 0 (none) or a percentage up to 25")
+        return self
 
     @model_validator(mode="after")
     def _backoff_cap_not_below_base(self) -> Settings:

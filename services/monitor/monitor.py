@@ -102,7 +102,7 @@ class Monitor:
             self.safety_net = SafetyNetKeeper(
                 settings, redis, net, self._store, self._clock, close_fired=self.close_fired_safety_net, gate=gate
             )
-        self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, self._clock)
+        self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, broker, self._clock)
         self._jitter = jitter
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.common import keys
-from libs.common.broker import BrokerError, Holding
+from libs.common.broker import Broker, BrokerError, Holding
 from libs.common.broker_positions import BrokerPositions, PositionsUnavailable, Snapshot
 from libs.common.clock import Clock
 from libs.common.closing import Closer
@@ -38,8 +38,10 @@ class BrokerReconciler:
         store: PositionStore,
         closer: Closer,
         holdings: BrokerPositions,
+        broker: Broker,
         clock: Clock,
     ) -> None:
+        self._broker = broker
         self._settings = settings
         self._redis = redis
         self._store = store
@@ -52,6 +54,7 @@ class BrokerReconciler:
         """Reconcile now and then every RECONCILE_INTERVAL_S until cancelled; a failed round is logged."""
         while True:
             try:
+                await self._broker.remember_hosts()  # the order host too, before any order needs it
                 await self.once()
             except (RedisError, OSError) as exc:
                 logger.warning(f"Reconcile with the broker skipped: Redis unreachable ({type(exc).__name__})")

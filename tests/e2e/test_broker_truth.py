@@ -47,7 +47,7 @@ async def test_an_api_stopped_between_claim_and_order_past_the_stuck_threshold_s
             stack.resume("api")
             answer = await emergency
         assert answer.status_code == 409, answer.text
-        assert "taken over" in answer.json()["detail"] or "closed" in answer.json()["detail"]
+        assert "taken over" in answer.json()["detail"]
         orders = await stack.orders("BOSCHLTD")
         assert len(orders) == 1 and orders[0]["quantity"] == 10
         closes = await stack.closes()
@@ -84,3 +84,29 @@ async def test_a_position_no_longer_guarded_gets_no_order(tmp_path: Path) -> Non
 
 async def _closed(stack: Stack, symbol: str) -> bool:
     return (await stack.position(symbol)).state is PositionState.CLOSED
+
+
+async def test_an_ip_block_is_shown_retried_slowly_and_the_close_goes_through_once_lifted(tmp_path: Path) -> None:
+    """403 UDAPI1154 on every order call: /status says why, one [ERROR] line, a handful of calls (not a storm),
+    the position stays open; once the block lifts the next retry closes it, once."""
+    async with Stack(tmp_path, ORDER_BLOCKED_RETRY_S="1") as stack:
+        await stack.start("sim", "feed", "monitor", "api")
+        await stack.set_price("BOSCHLTD", 720.0)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await stack.wait_connected(True)
+        await stack.fault("ip_block", 4)
+        await stack.set_price("BOSCHLTD", 690.0)
+
+        async def blocked() -> dict[str, object] | None:
+            orders = (await stack.status())["orders"]
+            return orders if orders["blocked"] else None
+
+        shown = await eventually(blocked, timeout_s=10)
+        assert "UDAPI1154" in str(shown["reason"]) and "static IP" in str(shown["reason"])
+        assert await _state(stack, "BOSCHLTD") is PositionState.OPEN
+        await eventually(lambda: _closed(stack, "BOSCHLTD"), timeout_s=15)
+        assert (await stack.status())["orders"]["blocked"] is False
+        assert 2 <= (await stack.sim_state())["blocked_order_calls"] <= 8  # ~1 per second for 4 s
+        assert len(await stack.orders("BOSCHLTD")) == 1
+    assert stack.count("monitor", "Order calls are blocked by the broker") == 1
+    assert stack.count("monitor", "Order calls are accepted again") == 1

@@ -17,7 +17,7 @@ from libs.common.clock import SystemClock
 from libs.common.closing import Closer, CloseRequest, PartialClose
 from libs.common.models import CloseReason, CloseRecord, PositionState, PriceSource
 from libs.common.order_gate import OrderGate
-from libs.common.positions import PositionStore
+from libs.common.positions import PositionConflict, PositionStore
 from libs.common.settings import Settings
 from services.monitor import Monitor
 from services.sim.server import Simulator, running_simulator
@@ -229,20 +229,22 @@ async def test_a_retried_release_answers_as_the_first(redis: Redis) -> None:
     assert position is not None and position.state is PositionState.OPEN and position.close_attempts == 1
 
 
+@pytest.mark.parametrize("dns_down_later", [False, True])
 async def test_the_broker_path_resolves_through_the_dns_fallback_over_verified_tls(
-    redis: Redis, settings: Settings
+    redis: Redis, settings: Settings, dns_down_later: bool
 ) -> None:
-    host = "api.upstox.invalid"  # the system resolver can never resolve it; the DNS server on loopback can
-    sim_settings = settings.model_copy(
-        update={"sim_tls": True, "sim_dns_port": free_port(), "sim_order_rate_limit_per_s": 0}
-    )
+    """The system resolver can never resolve these hosts; the DNS server on loopback can. With `dns_down_later`
+    that server is gone by the time of the close: the addresses remembered at the reconcile's start serve."""
+    host, order_host = "api.upstox.invalid", "api-hft.upstox.invalid"
+    tls = {"sim_tls": True, "sim_dns_port": free_port(), "sim_order_rate_limit_per_s": 0, "sim_hostnames": [order_host]}
+    sim_settings = settings.model_copy(update=tls)
     async with running_simulator(sim_settings, auto_tick=False) as tls_sim:
         tls_sim.market.set_price("BOSCHLTD", 69500)
         held_at_broker(tls_sim, long_bosch())
         bsettings = compressed(
             settings,
             upstox_api_base=f"https://{host}:{tls_sim.rest_port}",
-            upstox_order_base=f"https://{host}:{tls_sim.rest_port}",
+            upstox_order_base=f"https://{order_host}:{tls_sim.rest_port}",
             tls_ca_file=str(tls_sim.ca_path),
             dns_fallback_servers=["127.0.0.1"],
             dns_port=tls_sim.dns_port,
@@ -250,6 +252,10 @@ async def test_the_broker_path_resolves_through_the_dns_fallback_over_verified_t
             monitor_stuck_close_s=10.0,
         )
         broker = UpstoxBroker(bsettings)
+        if dns_down_later:
+            await broker.remember_hosts()
+            assert tls_sim.dns is not None
+            tls_sim.dns.stop()
         store = PositionStore(redis, CLOCK)
         await store.open(long_bosch())
         holdings = BrokerPositions(redis, broker, CLOCK, max_age_s=10)
@@ -350,3 +356,12 @@ async def test_a_burst_of_closes_is_paced_under_the_order_rate_limit(redis: Redi
         await broker.aclose()
         assert len(records) == 15 and all(r.quantity == 1 for r in records)  # none refused with a 429
         assert sum(1 for o in paced_sim.orders.orders.values() if o.tag) == 15
+
+
+async def test_a_resent_open_answers_as_the_first_and_another_open_is_refused(redis: Redis) -> None:
+    store = PositionStore(redis, CLOCK)
+    position = long_bosch(opened_at=CLOCK.now())
+    await store.open(position)
+    await store.open(position)  # redis-py resending the script whose reply was lost
+    with pytest.raises(PositionConflict, match="is open"):
+        await store.open(long_bosch(opened_at=CLOCK.now() + 1))

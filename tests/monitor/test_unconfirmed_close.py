@@ -6,13 +6,15 @@ the position and the next check sent a second order while the first could still 
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
-from libs.common.broker import BrokerError, BrokerOutcomeUnknown, Fill, UpstoxBroker
+from libs.common.broker import BrokerError, BrokerOutcomeUnknown, Fill, UpstoxBroker, sending_before
 from libs.common.clock import ManualClock
 from libs.common.closing import Closer, CloseRequest, close_tag
 from libs.common.dns import HostResolver
@@ -40,6 +42,10 @@ def upstox_with(settings: Settings, handler: Any) -> UpstoxBroker:
     )
     broker._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return broker
+
+
+def filled(quantity: int) -> dict[str, Any]:
+    return {"status": "success", "data": {**details("complete")["data"], "filled_quantity": quantity}}
 
 
 def details(status: str) -> dict[str, Any]:
@@ -148,3 +154,52 @@ async def test_the_api_path_keeps_the_claim_too(redis: Redis, clock: ManualClock
     assert position.state is PositionState.CLOSING
     broker.hidden = False
     assert await broker.find_by_tag(close_tag(position.claim_id)) is not None
+
+
+async def test_an_order_call_past_its_claim_deadline_is_never_sent(settings: Settings) -> None:
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        return httpx.Response(200, json=ORDER if request.method == "POST" else filled(39))
+
+    broker = upstox_with(settings, handler)
+    with sending_before(time.monotonic() - 0.001), pytest.raises(BrokerError, match="nothing sent") as info:
+        await broker.close(long_bosch(), "guard-close-x", 57500)
+    assert not isinstance(info.value, BrokerOutcomeUnknown) and sent == []
+    with sending_before(time.monotonic() + 5):
+        assert (await broker.close(long_bosch(), "guard-close-x", 57500)).quantity == 39
+    await broker.aclose()
+    assert sent == ["POST", "GET"]
+
+
+async def test_static_ips_are_read_once_a_minute(settings: Settings) -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, json={"status": "success", "data": {"primary_ip": "203.0.113.7"}})
+
+    broker = upstox_with(settings, handler)
+    assert await broker.static_ips() == {"primary_ip": "203.0.113.7"}
+    assert await broker.static_ips() == {"primary_ip": "203.0.113.7"}
+    await broker.aclose()
+    assert calls == ["/v2/user/ip"]
+
+
+@pytest.mark.parametrize(("protection", "sent"), [(-1, -1), (5, 5), (0, None)])
+async def test_closing_orders_carry_the_market_protection(settings: Settings, protection: float, sent: object) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            bodies.append(json.loads(request.content))
+            return httpx.Response(200, json=ORDER)
+        return httpx.Response(
+            200, json={"status": "success", "data": {**details("complete")["data"], "filled_quantity": 39}}
+        )
+
+    broker = upstox_with(settings.model_copy(update={"order_market_protection": protection}), handler)
+    await broker.close(long_bosch(), "guard-close-x", 57500)
+    await broker.aclose()
+    assert bodies[0].get("market_protection") == sent and bodies[0]["order_type"] == "MARKET"

@@ -64,3 +64,10 @@ def test_backoff_cap_below_base_is_rejected() -> None:
 )
 def test_loopback_detection(host: str, loopback: bool) -> None:
     assert make(api_host=host).api_bound_to_loopback is loopback
+
+
+@pytest.mark.parametrize("value", ["-0.5", "26", "-2"])
+def test_market_protection_is_auto_none_or_a_percentage(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ORDER_MARKET_PROTECTION", value)
+    with pytest.raises(ConfigError, match="ORDER_MARKET_PROTECTION"):
+        load_settings()
