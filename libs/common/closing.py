@@ -283,7 +283,7 @@ class Closer:
         if fired is None or not fired.complete or fired.fill is None:
             return None
         record = await self._finish(position, claim_id, request, [fired.fill], "safety_net")
-        await net.announce(self._store, record, fired)
+        net.announce(record, fired)
         return record
 
     async def _still_ours(self, symbol: str, claim_id: str) -> None:

@@ -33,7 +33,6 @@ from libs.common.instruments import InstrumentIndex, instrument_index
 from libs.common.logging import tagged
 from libs.common.models import CloseRecord, Position, Side
 from libs.common.money import Paise, fmt_inr, rupees_str, to_paise
-from libs.common.positions import PositionStore
 from libs.common.settings import Settings
 
 # Fields of position:SYMBOL that belong to the safety net.
@@ -382,14 +381,13 @@ class SafetyNet:
         complete = fill is not None and filled >= position.quantity and order.get("status") == "complete"
         return Fired(gtt_id, order_id, fill, complete)
 
-    async def announce(self, store: PositionStore, record: CloseRecord, fired: Fired) -> None:
-        """The `[SAFETY]` line and the event of a position the broker's stop closed."""
+    @staticmethod
+    def announce(record: CloseRecord, fired: Fired) -> None:
+        """The `[SAFETY]` line of a position the broker's stop closed (its event is the `closed` event, whose
+        record says `closed_by: "safety_net"`; the alerts service names it "Safety net closed SYMBOL")."""
         tagged("SAFETY").warning(
             f"{record.symbol}: closed by the safety net at the broker (GTT {fired.gtt_id}, order {fired.order_id}): "
             f"{record.quantity} at {fmt_inr(record.exit_price)}, P&L {fmt_inr(record.pnl)}"
-        )
-        await store.publish_event(
-            "safety_net_fired", record.symbol, gtt_id=fired.gtt_id, order_id=fired.order_id, record=record.public()
         )
 
 

@@ -121,8 +121,8 @@ async def test_guard_down_gtt_fires_then_restart_reports_the_safety_net_close(tm
         assert only["order_ref_id"] == gtt["gtt_order_id"] and only["tag"] is None
         line = await stack.wait_log("monitor", "[SAFETY] BOSCHLTD: closed by the safety net", since=mark)
         assert "10 at ₹694.00, P&L ₹-410.00" in line
-        fired = [e for e in await stack.events() if e["kind"] == "safety_net_fired"]
-        assert fired and fired[0]["gtt_id"] == gtt["gtt_order_id"] and fired[0]["order_id"] == only["order_id"]
+        fired = [e for e in await stack.events() if e["kind"] == "closed" and e["record"]["closed_by"] == "safety_net"]
+        assert len(fired) == 1 and fired[0]["record"]["order_id"] == only["order_id"]
         assert (await net_of(stack))["state"] == "fired"
         assert len(await exits(stack)) == 1 and await held(stack) == 0
 
