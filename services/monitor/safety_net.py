@@ -30,7 +30,7 @@ from libs.common.positions import PositionStore
 from libs.common.safety_net import NetState, SafetyNet, trigger_for
 from libs.common.settings import Settings
 
-_REPLACE = ("", "cancelled", "fired", "ended")  # no GTT can act for the position: place one
+_REPLACE = ("", "cancelled", "ended")  # no GTT can act for the position: place one
 _RENEW_BEFORE_S = {"I": 0.0}  # intraday GTTs are re-placed once expired; longer ones a day before their end
 _RENEW_DEFAULT_S = 86400.0
 # At most 5 keeper calls a second: half of Upstox's 10 order calls/s (GTTs count among them) stays free for closes.
@@ -126,6 +126,10 @@ class SafetyNetKeeper:
             if trigger is None:
                 if net.state != "none":
                     await self._net.end(position.symbol, state="none", last_error="no stop-loss to keep at the broker")
+                continue
+            if net.state == "fired":  # its stop was hit at the broker: the guard finishes the exit, never re-arms
+                if position.next_attempt_at is None or now >= position.next_attempt_at:
+                    self._close_fired(position)
                 continue
             if net.busy_since is not None:
                 if now - net.busy_since > self._settings.broker_timeout_s * 3:  # a keeper died mid-call

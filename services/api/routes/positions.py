@@ -207,9 +207,12 @@ async def stop_guarding(symbol: SymbolPath, res: Res) -> PositionOut:
     current = await res.store.get(symbol)
     if res.safety_net is not None and current is not None and current.state is PositionState.OPEN:
         try:
-            await res.safety_net.disarm(current)
+            fired = await res.safety_net.disarm(current)
         except BrokerError as exc:
             raise HTTPException(503, f"could not cancel the safety net of {symbol} ({exc}); still guarded") from None
+        if fired is not None:  # the stop was hit at the broker: the guard settles that exit, nothing is dropped
+            detail = f"the safety net of {symbol} fired at the broker (order {fired.order_id}); the guard settles it"
+            raise HTTPException(409, detail)
     try:
         removed = await res.store.remove(symbol)
     except PositionNotFound:
