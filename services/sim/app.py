@@ -67,6 +67,8 @@ def create_app(sim: Simulator) -> FastAPI:
 
     @app.middleware("http")
     async def _rest_down(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith("/v3/order/gtt"):
+            sim.gtt.calls += 1  # every GTT call that reached the "broker", answered or refused
         if sim.faults.active("rest_down") and not request.url.path.startswith("/sim/"):
             return error_response(errors.rest_down())
         if is_order_call(request.url.path, request.method):

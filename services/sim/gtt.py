@@ -126,6 +126,7 @@ class GttBook:
         self.orders = orders
         self.clock = clock
         self.gtts: dict[str, Gtt] = {}
+        self.calls = 0  # GTT calls received (counted by the app)
         self._seq = 0
         self._expiry_checked_at = 0.0
         market.listeners.append(self._on_ticks)
@@ -133,6 +134,7 @@ class GttBook:
 
     def reset(self) -> None:
         self.gtts.clear()
+        self.calls = 0
         self._seq = 0
 
     # --- the four calls ------------------------------------------------------------------------

@@ -266,6 +266,7 @@ class Simulator:
             "handshakes_refused": self.feeder.handshakes_refused,
             "orders": len(self.orders.orders),
             "gtts_live": sum(1 for g in self.gtt.gtts.values() if g.live),
+            "gtt_calls": self.gtt.calls,
             "blocked_order_calls": self.blocked_order_calls,
             "positions": self.orders.position_rows(),
             "prices": prices,

@@ -189,6 +189,7 @@ async def test_ip_block_during_placement_is_visible_retried_and_placed_once_lift
         placed = await active(stack)
         assert placed["last_error"] is None
         assert len(await gtts(stack)) == 1, "placed once"
+        assert (await stack.sim_state())["gtt_calls"] >= 3, "refused, retried, placed"
         assert (await stack.status())["safety_net"]["failing"] == []
         assert stack.count("monitor", "Safety net for BOSCHLTD not in place (attempt 1)") == 1
         # Stop guarding: the GTT goes with the position, no order is sent.
@@ -208,4 +209,4 @@ async def test_safety_net_off_makes_no_gtt_call(tmp_path: Path) -> None:
         resp = await stack.emergency_close("BOSCHLTD")
         assert resp.status_code == 200, resp.text
         assert (await closed(stack))["closed_by"] == "api"
-        assert await gtts(stack) == []
+        assert await gtts(stack) == [] and (await stack.sim_state())["gtt_calls"] == 0
