@@ -327,8 +327,9 @@ class SafetyNet:
         if net.state == "cancelled" or (not net.gtt_id and net.state != "unknown"):
             return None
         gtt_id = net.gtt_id
-        if not gtt_id and net.intent is not None:  # a place call with an unknown outcome: ask the broker
-            gtt_id = await self.find_stray(position, net.intent) or ""
+        if not gtt_id:  # a place call with an unknown outcome: ask the broker what it holds
+            if net.intent is not None:
+                gtt_id = await self.find_stray(position, net.intent) or ""
             if not gtt_id:
                 await self.settle(position.symbol, "", state="cancelled")
                 return None

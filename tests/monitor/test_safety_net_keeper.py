@@ -144,3 +144,15 @@ async def test_a_short_gets_a_buy_stop_above_and_its_close_cancels_it(rig: Rig) 
     assert await rig.net.disarm(short) is None
     assert rig.sim.gtt.gtts[net.gtt_id].rules[0].status == "CANCELLED"
     assert rig.sim.orders.positions.net("NSE_EQ|INE323A01026", "I") == -5, "disarming sends no order"
+
+
+async def test_a_close_after_a_lost_place_reply_cancels_the_gtt_the_broker_holds(rig: Rig) -> None:
+    position = long_bosch(opened_at=START)
+    await rig.open(position)
+    await rig.sim.inject("reply_lost", 30)
+    await rig.keeper.keep_once()
+    assert (await rig.state()).state == "unknown"
+    (stray,) = rig.sim.gtt.gtts.values()
+    assert stray.rules[0].status == "SCHEDULED", "placed though the answer was lost"
+    assert await rig.net.disarm(position) is None  # what a close runs first
+    assert stray.rules[0].status == "CANCELLED" and (await rig.state()).state == "cancelled"
