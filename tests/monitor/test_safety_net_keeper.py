@@ -156,3 +156,14 @@ async def test_a_close_after_a_lost_place_reply_cancels_the_gtt_the_broker_holds
     assert stray.rules[0].status == "SCHEDULED", "placed though the answer was lost"
     assert await rig.net.disarm(position) is None  # what a close runs first
     assert stray.rules[0].status == "CANCELLED" and (await rig.state()).state == "cancelled"
+
+
+async def test_a_restarted_keeper_settles_a_call_its_predecessor_left_in_flight(rig: Rig) -> None:
+    await rig.open(long_bosch(opened_at=START))
+    assert await rig.net.begin("BOSCHLTD", 69475) == "ok"  # then the monitor was SIGKILLed mid-call
+    assert (await rig.state()).busy_since is not None
+    assert await rig.keeper.recover() == 1
+    recovered = await rig.state()
+    assert recovered.busy_since is None and recovered.state == "unknown" and recovered.intent == 69475
+    await rig.keeper.keep_once()  # nothing at the broker: placed now, once
+    assert (await rig.state()).state == "active" and len(rig.sim.gtt.gtts) == 1
