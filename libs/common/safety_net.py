@@ -37,7 +37,7 @@ from libs.common.settings import Settings
 
 # Fields of position:SYMBOL that belong to the safety net.
 FIELDS = (
-    "net_state",  # placing | active | retrying | unknown | fired | cancelled | none (no stop-loss)
+    "net_state",  # placing | active | retrying | unknown | fired | cancelled | ended | none (no stop-loss)
     "net_gtt_id",
     "net_trigger",  # rupee string of the GTT's trigger
     "net_intent",  # rupee string of the trigger a call in flight (or one with an unknown outcome) asked for
