@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 
 from libs.common.broker import UpstoxBroker
 from libs.common.clock import ManualClock
-from libs.common.models import Position, Side
+from libs.common.closing import Closer, CloseRequest
+from libs.common.models import CloseReason, Position, PriceSource, Side
 from libs.common.positions import PositionStore
 from libs.common.safety_net import NetState, SafetyNet, trigger_for
 from libs.common.settings import Settings
@@ -34,6 +35,7 @@ class Rig:
     net: SafetyNet
     keeper: SafetyNetKeeper
     fired: list[str]
+    closer: Closer
 
     async def state(self, symbol: str = "BOSCHLTD") -> NetState:
         return await self.net.state(symbol)
@@ -56,8 +58,9 @@ async def rig(settings: Settings, redis: Redis) -> AsyncIterator[Rig]:
         net = SafetyNet(s, redis, broker, clock)
         fired: list[str] = []
         keeper = SafetyNetKeeper(s, redis, net, store, clock, close_fired=lambda p: fired.append(p.symbol))
+        closer = Closer(store, broker, clock, settings=s, safety_net=net)
         try:
-            yield Rig(sim, clock, store, net, keeper, fired)
+            yield Rig(sim, clock, store, net, keeper, fired, closer)
         finally:
             await broker.aclose()
 
@@ -167,3 +170,28 @@ async def test_a_restarted_keeper_settles_a_call_its_predecessor_left_in_flight(
     assert recovered.busy_since is None and recovered.state == "unknown" and recovered.intent == 69475
     await rig.keeper.keep_once()  # nothing at the broker: placed now, once
     assert (await rig.state()).state == "active" and len(rig.sim.gtt.gtts) == 1
+
+
+def _sells(rig: Rig) -> list[str]:
+    return [o.order_id for o in rig.sim.orders.orders.values() if o.transaction_type == "SELL"]
+
+
+async def test_a_guard_close_cancels_the_gtt_first_and_a_fired_gtt_is_the_exit(rig: Rig) -> None:
+    await rig.open(long_bosch(opened_at=START))
+    await rig.keeper.keep_once()
+    gtt_id = (await rig.state()).gtt_id
+    rig.sim.market.set_price("BOSCHLTD", 69700)  # between the stop (698.25) and the GTT's trigger (694.75)
+    stop = CloseRequest("BOSCHLTD", CloseReason.STOP_LOSS, "monitor", 69700, PriceSource.LIVE, 0.0)
+    record = await rig.closer.close(stop)
+    assert record.closed_by == "monitor" and len(_sells(rig)) == 1
+    assert rig.sim.gtt.gtts[gtt_id].rules[0].status == "CANCELLED", "cancelled before the guard's order"
+    rig.sim.market.set_price("BOSCHLTD", 69000)
+    assert len(_sells(rig)) == 1, "no second exit"
+    # Again, but the GTT fires first: its order is the exit, the guard sends nothing.
+    rig.sim.market.set_price("BOSCHLTD", 73500)
+    await rig.open(long_bosch(opened_at=START + 1))
+    await rig.keeper.keep_once()
+    rig.sim.market.set_price("BOSCHLTD", 69400)
+    record = await rig.closer.close(stop)
+    assert record.closed_by == "safety_net" and record.exit_price == 69400 and record.pnl == (69400 - 73500) * 39
+    assert len(_sells(rig)) == 2 and rig.sim.orders.positions.net("NSE_EQ|INE323A01026", "I") == 0
