@@ -215,6 +215,4 @@ MUTATIONS: tuple[Mutation, ...] = (
 )
 
 # Bugs to plant once the code exists (issue #13): write them as above, with the exact text of that code.
-LATER = (
-    "a close sells the position's quantity even when the broker holds less (the broker-position cap removed)",
-)
+LATER = ("a close sells the position's quantity even when the broker holds less (the broker-position cap removed)",)
