@@ -604,8 +604,16 @@ class Monitor:
                 self._redis_lost(exc)
             except Exception:
                 logger.exception("Sweep failed; the next one runs as scheduled")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.monitor_sweep_interval_s)
+            # On Python 3.11 a cancel can be swallowed inside redis-py (its wait_for): stop on a pending one
+            # anyway, or a stopped service's TaskGroup would wait for this loop forever.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=self._settings.monitor_sweep_interval_s)
+            finally:
+                waiter.cancel()
 
     async def _listen_loop(self) -> None:
         delay_s = _PUBSUB_RETRY_S[0]

@@ -70,7 +70,10 @@ async def running(monitor: Monitor) -> AsyncIterator[asyncio.Task[None]]:
     try:
         yield task
     finally:
-        task.cancel()
+        # Cancel until it ends, as run_service does: on Python 3.11 a cancel can be swallowed inside redis-py.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.2)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
