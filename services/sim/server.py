@@ -215,12 +215,12 @@ class Simulator:
         delay_s: float | None = None,
         message: str | None = None,
     ) -> None:
-        """Start a fault (see `POST /sim/faults`); `ratio` (partial_fill), `delay_s` (slow_fill) and `message`
-        (reject) shape the order faults."""
+        """Start a fault (see `POST /sim/faults`); `ratio` (partial_fill), `delay_s` (slow_fill: how long orders
+        rest open; reply_delay: how long an answer is held) and `message` (reject) shape the order faults."""
         logger.warning(f"sim fault injected: {kind} for {duration_s}s")
         if ratio is not None:
             self.faults.fill_ratio = ratio
-        if delay_s is not None:
+        if delay_s is not None and kind == "slow_fill":
             self.faults.fill_delay_s = delay_s
         if message is not None:
             self.faults.reject_message = message
@@ -231,6 +231,10 @@ class Simulator:
             self.faults.close_code = code
             self.faults.start(kind, duration_s)
             await self.feeder.close_all(code)
+        elif kind == "reply_delay":
+            self.faults.release_replies()  # answers held by an earlier window go now
+            self.faults.reply_delay_s = delay_s or 0.0
+            self.faults.start(kind, duration_s)
         else:
             self.faults.start(kind, duration_s)
 
@@ -256,6 +260,7 @@ class Simulator:
             "steps": self.market.steps,
             "segment_status": self.market.segment_status(),
             "pinned": sorted(self.instruments[i].trading_symbol for i in self.market.pinned),
+            "halted": sorted(self.instruments[i].trading_symbol for i in self.market.halted),
             "faults": self.faults.snapshot(),
             "fault_counts": self.faults.counts,
             "connections": self.feeder.state(),

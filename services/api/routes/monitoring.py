@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from libs.common import keys
 from libs.common.broker import BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import ist_iso
+from libs.common.freshness import FreshnessPolicy
 from libs.common.heartbeat import heartbeat_age_s
 from libs.common.models import FeedStatus, MalformedRecord
 from libs.common.positions import PositionConflict, PositionNotFound
@@ -161,15 +162,16 @@ async def service_status(res: Res) -> Status:
     orders: OrdersStatus | None = None
     broker_positions: BrokerPositionsStatus | None = None
     if redis.reachable:
+        ages: dict[str, float | None] = {}
         for name in keys.SERVICES:
-            age = await heartbeat_age_s(res.redis, name, res.clock)
+            age = ages[name] = await heartbeat_age_s(res.redis, name, res.clock)
             alive = age is not None and age < res.settings.heartbeat_ttl_s
             services[name] = ServiceStatus(alive=alive, heartbeat_age_s=None if age is None else round(age, 3))
         try:
             status = FeedStatus.from_redis(cast(dict[str, str], await res.redis.hgetall(keys.FEED_STATUS)))
             feed = FeedDetail(
                 state=status.state.value,
-                connected=status.connected and services["feed"].alive,
+                connected=FreshnessPolicy.from_settings(res.settings).feed(status, ages["feed"]).live,
                 token_ok=status.token_ok,
                 last_error=status.last_error,
                 dns_resolver=status.dns_resolver,
