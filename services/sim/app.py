@@ -282,7 +282,7 @@ class FaultControl(BaseModel):
     duration_s: float = Field(0.0, ge=0)
     code: Literal[1000, 1011] = 1000
     ratio: float | None = Field(None, ge=0, lt=1)  # partial_fill: the share that fills
-    delay_s: float | None = Field(None, ge=0, le=600)  # slow_fill: orders rest open; reply_delay: answer held
+    delay_s: float | None = Field(None, ge=0, le=600)  # slow_fill: orders rest open; reply_delay: answers held
     message: str | None = Field(None, min_length=1, max_length=200)  # reject: the status_message
 
 
