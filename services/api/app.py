@@ -18,14 +18,17 @@ from redis.exceptions import RedisError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from libs.common.broker import Broker, create_broker
+from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer
 from libs.common.heartbeat import beat_forever
 from libs.common.instruments import instrument_index
 from libs.common.models import MalformedRecord
+from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
+from libs.common.safety_net import create_safety_net
 from libs.common.settings import Settings
 from services.api.deps import Resources
 from services.api.health import HealthReader
@@ -58,10 +61,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings)
-        used_broker = broker or create_broker(settings)
+        used_broker = broker or create_broker(settings, clock)
         probe_http = http or httpx.AsyncClient(timeout=settings.broker_timeout_s, verify=settings.tls_ca_file or True)
         store = PositionStore(redis, clock)
+        holdings = BrokerPositions(redis, used_broker, clock, max_age_s=settings.broker_positions_max_age_s)
+        gate = OrderGate(redis, clock)
         cache = PriceCache(redis, settings.price_cache_ttl_s)
+        net = create_safety_net(settings, redis, used_broker, clock)
         app.state.resources = Resources(
             settings=settings,
             clock=clock,
@@ -69,11 +75,14 @@ def create_app(
             store=store,
             cache=cache,
             broker=used_broker,
-            closer=Closer(store, used_broker, clock),
+            closer=Closer(store, used_broker, clock, holdings=holdings, gate=gate, settings=settings, safety_net=net),
+            holdings=holdings,
+            gate=gate,
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
             token_probe=TokenProbe(settings, clock, probe_http),
             health=HealthReader(redis, settings, clock),
             instruments=instrument_index(settings.sim_extra_instruments),
+            safety_net=net,
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
         try:
