@@ -8,7 +8,7 @@ Keys
   feed:status               hash   feed connection state, counters, last message time, DNS resolver in use
   feed:subscriptions        hash   SYMBOL -> instrument key the feed must subscribe besides its watchlist
   heartbeat:SERVICE         string epoch s of the service's last beat; expires after HEARTBEAT_TTL_S
-  position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed)
+  position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed); `net_*` fields: its safety net
   positions:open            set    symbols whose position is open or closing
   positions:closed          list   journal of closes, newest first (JSON close records), at most JOURNAL_MAXLEN
   positions:closed:archive  stream older closes moved out of the journal, oldest first (field `record`)
@@ -16,6 +16,9 @@ Keys
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
   auth:access-token         string the hot-swapped access token, encrypted (Fernet, CREDENTIALS_KEY); never plain
+  broker:positions          string JSON snapshot of the broker's day positions (as_of, holdings), last good read
+  broker:unguarded          string JSON list of broker positions no guard record covers (the reconcile's finding)
+  orders:blocked            hash   set while order calls are refused for the static IP (reason, since)
   alerts:outbox             stream alert messages waiting to be sent (consumer group `alerts`)
   alerts:conditions         hash   condition id -> JSON state of the alert condition (active, last sent, folded)
   alerts:sent:ID            set    digests of the ALERT_URLS an outbox message already reached (while retrying)
@@ -24,7 +27,8 @@ Channels
   ticks                     one notice per feed frame: the symbols (and prices) just written
   feed:status:changes       the feed's state transitions
   feed:subscription-requests  "sub SYMBOL KEY" / "unsub SYMBOL" asks the feed to (un)subscribe now
-  positions:events          position lifecycle events (opened, closing, closed, close_failed, unmonitored)
+  positions:events          position lifecycle events (opened, closing, closed, close_failed, unmonitored,
+                            reduced, removed, reopened)
   auth:changes              "access": a new access token was stored (the notice carries no token)
 """
 
@@ -45,6 +49,9 @@ EVENTS_STREAM: Final = "events"
 IDEMPOTENCY_PREFIX: Final = "idempotency:"
 SERVICES_STATUS: Final = "services:status"
 ACCESS_TOKEN: Final = "auth:access-token"  # noqa: S105 (a key name, not a secret)
+BROKER_POSITIONS: Final = "broker:positions"
+BROKER_UNGUARDED: Final = "broker:unguarded"
+ORDERS_BLOCKED: Final = "orders:blocked"
 ALERTS_OUTBOX: Final = "alerts:outbox"
 ALERT_CONDITIONS: Final = "alerts:conditions"
 ALERT_SENT_PREFIX: Final = "alerts:sent:"
