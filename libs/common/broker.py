@@ -263,6 +263,11 @@ class UpstoxBroker:
             raise BrokerError(f"broker rejected the request: {resp.status_code} ({described})")
         return body
 
+    async def call(self, method: str, url: str, *, order_call: bool = False, **kw: Any) -> Any:
+        """One REST call through this client (resolver, token, `X-Algo-Name` on order calls) for the broker's
+        other features (the safety net's GTTs); raises like the close path (BrokerError and its subclasses)."""
+        return await self._call(method, url, order_call=order_call, **kw)
+
     async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
         order: dict[str, Any] = {
             "quantity": position.quantity,

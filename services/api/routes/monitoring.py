@@ -17,7 +17,7 @@ from libs.common.broker import BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import ist_iso
 from libs.common.freshness import FreshnessPolicy
 from libs.common.heartbeat import heartbeat_age_s
-from libs.common.models import FeedStatus, MalformedRecord
+from libs.common.models import FeedStatus, MalformedRecord, Position
 from libs.common.positions import PositionConflict, PositionNotFound
 from services.api.deps import ApiKey, Res
 from services.api.emergency import emergency_close
@@ -32,6 +32,7 @@ from services.api.schemas import (
     FeedDetail,
     OrdersStatus,
     RedisStatus,
+    SafetyNetStatus,
     ServiceStatus,
     Status,
     TokenStatus,
@@ -159,6 +160,7 @@ async def service_status(res: Res) -> Status:
     feed: FeedDetail | None = None
     notes: dict[str, str] = {}
     events: list[dict[str, Any]] = []
+    safety_net: SafetyNetStatus | None = None
     orders: OrdersStatus | None = None
     broker_positions: BrokerPositionsStatus | None = None
     if redis.reachable:
@@ -181,6 +183,7 @@ async def service_status(res: Res) -> Status:
         notes = cast(dict[str, str], await res.redis.hgetall(keys.SERVICES_STATUS))
         events = await res.store.recent_events(10)
         orders, broker_positions = await _orders_status(res), await _broker_positions_status(res)
+        safety_net = await _safety_net_status(res)
     return Status(
         timestamp=ist_iso(now),
         market="simulator" if res.settings.simulator_mode else "upstox",
@@ -193,7 +196,24 @@ async def service_status(res: Res) -> Status:
         recent_events=events,
         orders=orders,
         broker_positions=broker_positions,
+        safety_net=safety_net,
     )
+
+
+async def _safety_net_status(res: Res) -> SafetyNetStatus:
+    settings = res.settings
+    if res.safety_net is None:
+        return SafetyNetStatus(enabled=False, buffer_pct=settings.safety_net_buffer_pct, states={}, failing=[])
+    positions = [p for p in await res.store.list_open() if isinstance(p, Position)]
+    nets = await res.safety_net.states([p.symbol for p in positions])
+    states: dict[str, int] = {}
+    failing = []
+    for symbol, net in nets.items():
+        shown = net.public()
+        states[shown["state"]] = states.get(shown["state"], 0) + 1
+        if net.last_error and shown["state"] not in ("active", "none"):
+            failing.append({"symbol": symbol, **shown, "attempts": net.attempts})
+    return SafetyNetStatus(enabled=True, buffer_pct=settings.safety_net_buffer_pct, states=states, failing=failing)
 
 
 async def _orders_status(res: Res) -> OrdersStatus:
