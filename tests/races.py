@@ -59,13 +59,13 @@ async def released_together(contenders: Sequence[Callable[[], Awaitable[T]]]) ->
 class CheckThenSetStore(PositionStore):
     """A deliberately broken claim: read the state, then write it (two round trips). Must lose the race test."""
 
-    async def claim(self, symbol: str, reason: CloseReason) -> tuple[str, Position]:
+    async def claim(self, symbol: str, reason: CloseReason, claim_id: str | None = None) -> tuple[str, Position]:
         state = await self._redis.hget(keys.position(symbol), "state")
         if state is None:
             raise PositionNotFound(symbol)
         if state != "open":
             raise PositionConflict(symbol, str(state))
-        claim_id = uuid.uuid4().hex[:16]
+        claim_id = claim_id or uuid.uuid4().hex[:16]
         fields = {"state": "closing", "claim_id": claim_id, "close_reason": reason.value}
         await self._redis.hset(keys.position(symbol), mapping=fields)
         position = await self.get(symbol)
