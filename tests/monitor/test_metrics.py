@@ -8,6 +8,7 @@ import pytest
 from prometheus_client.core import Metric
 from redis.asyncio import Redis
 
+from libs.common import keys
 from libs.common.clock import ManualClock
 from libs.common.models import CloseReason
 from libs.common.positions import PositionStore
@@ -58,4 +59,45 @@ async def test_positions_by_layer_and_their_price_ages_as_a_scrape_sees_them(
     samples = _samples(await asyncio.to_thread(lambda: list(collector.collect())))
     assert samples[("guard_positions", (("layer", "live"), ("state", "open")))] == 1  # BOSCHLTD
     assert samples[("guard_positions", (("layer", "manual"), ("state", "open")))] == 1  # still no price
-    assert [f.name for f in collector.describe()] == ["guard_positions", "guard_price_age_seconds"]
+    assert [f.name for f in collector.describe()] == [
+        "guard_positions",
+        "guard_price_age_seconds",
+        "guard_safety_nets",
+    ]
+
+
+async def test_safety_nets_counted_by_their_state_every_state_present(
+    redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore
+) -> None:
+    for position in (long_bosch(), long_kaynes(), short_reliance()):
+        await store.open(position)
+    await redis.hset(keys.position("BOSCHLTD"), "net_state", "active")
+    await redis.hset(keys.position("KAYNES"), "net_state", "active")
+    await store.claim("KAYNES", CloseReason.TAKE_PROFIT)  # closing positions are still counted
+    # RELIANCE has no net_state: with the safety net off that is `none`
+    collector = PositionsCollector(redis, compressed(settings), clock, asyncio.get_running_loop())
+
+    samples = _samples(await asyncio.to_thread(lambda: list(collector.collect())))
+    nets = {labels[0][1]: value for (name, labels), value in samples.items() if name == "guard_safety_nets"}
+    assert nets == {
+        "placing": 0,
+        "active": 2,
+        "retrying": 0,
+        "unknown": 0,
+        "fired": 0,
+        "cancelled": 0,
+        "ended": 0,
+        "none": 1,
+    }
+
+    await redis.hset(keys.position("BOSCHLTD"), "net_state", "retrying")
+    samples = _samples(await asyncio.to_thread(lambda: list(collector.collect())))
+    assert samples[("guard_safety_nets", (("state", "active"),))] == 1
+    assert samples[("guard_safety_nets", (("state", "retrying"),))] == 1
+    # with it on, a net not stored yet is one the keeper has still to place
+    collector = PositionsCollector(
+        redis, settings.model_copy(update={"safety_net": "on"}), clock, asyncio.get_running_loop()
+    )
+    samples = _samples(await asyncio.to_thread(lambda: list(collector.collect())))
+    assert samples[("guard_safety_nets", (("state", "placing"),))] == 1
+    assert samples[("guard_safety_nets", (("state", "none"),))] == 0
