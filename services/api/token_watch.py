@@ -4,7 +4,9 @@ States: `valid`; `expiring` within `TOKEN_EXPIRY_WARN_S` of its expiry; `expired
 `rejected` when the broker refuses it before then. The expiry comes from the token's own `exp` claim, else
 the 03:30 IST rule (libs.common.credentials). `ExpiryWatch` runs in the api: one `[WARNING]` line and one
 event (`token_expiring`, `token_expired`, `token_rejected`, then `token_ok`; field `token`: access or
-analytics) per token and state, which the alerts service turns into messages.
+analytics) per token and state, which the alerts service turns into messages. Each check also sets
+`guard_token_expiry_timestamp_seconds{token}` for the api's `/metrics` (absent for a credential not configured
+or with no known expiry).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from loguru import logger
+from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -25,6 +28,7 @@ from services.api.token_probe import TokenProbe, TokenVerdict
 ACCESS_USE = "orders, GTTs, positions, profile"
 MARKET_USE = "market-data feed, LTP"
 _PROBE_EVERY_S = 60.0  # how often the watch asks the broker itself (the status endpoint asks on demand)
+TOKEN_EXPIRY = Gauge("guard_token_expiry_timestamp_seconds", "When each Upstox credential expires (epoch s)", ["token"])
 _RENEW = "python -m services.api login, python -m services.api token set, or POST /api/v1/auth/token"
 
 
@@ -105,15 +109,21 @@ class ExpiryWatch:
     async def check_once(self, *, probe: bool = True) -> None:
         """Look at each credential once; with `probe`, also ask the broker whether it accepts them."""
         held = await self._credentials.held_access()
-        expired = await self._announce("access", held.token, self._credentials.expiry(held))
+        expiry = self._credentials.expiry(held)
+        _export("access", expiry)
+        expired = await self._announce("access", held.token, expiry)
         if probe:
             await self._judge("access", held.token, await self._probe.verdict(), expired)
-        if self._credentials.has_analytics:
-            token = self._credentials.analytics_token
-            expired = await self._announce("analytics", token, self._credentials.analytics_expiry())
-            verdict = await self._probe.analytics_verdict() if probe else None
-            if verdict is not None:
-                await self._judge("analytics", token, verdict, expired)
+        if not self._credentials.has_analytics:
+            TOKEN_EXPIRY.remove("analytics")
+            return
+        token = self._credentials.analytics_token
+        a_expiry = self._credentials.analytics_expiry()
+        _export("analytics", a_expiry)
+        expired = await self._announce("analytics", token, a_expiry)
+        verdict = await self._probe.analytics_verdict() if probe else None
+        if verdict is not None:
+            await self._judge("analytics", token, verdict, expired)
 
     async def _announce(self, kind: str, token: str, expiry: Expiry) -> bool:
         """Say it once when `token` comes within the warning time and when it expires; True once expired."""
@@ -173,3 +183,10 @@ class ExpiryWatch:
 
     async def _event(self, kind: str, **fields: Any) -> None:
         await add_event(self._redis, encode_event(kind, self._clock.now(), **fields))
+
+
+def _export(kind: str, expiry: Expiry) -> None:
+    if expiry.at is None:
+        TOKEN_EXPIRY.remove(kind)
+    else:
+        TOKEN_EXPIRY.labels(token=kind).set(expiry.at)

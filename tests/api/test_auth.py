@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -20,7 +21,7 @@ from libs.common.credentials import Credentials, token_exp
 from libs.common.settings import Settings
 from services.sim.server import Simulator, running_simulator
 from tests.api.conftest import ApiFactory
-from tests.helpers import free_port, sealed_child
+from tests.helpers import eventually, free_port, sealed_child
 
 pytestmark = pytest.mark.integration
 
@@ -231,6 +232,48 @@ async def test_status_shows_a_rejected_token_and_the_analytics_token(
     assert status["orders"]["blocked"] is True
     assert status["orders"]["reason"].startswith("access token rejected")
     assert analytics not in str(status)
+
+
+def _expiries(metrics: str) -> dict[str, float]:
+    return {
+        sample.labels["token"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "guard_token_expiry_timestamp_seconds"
+    }
+
+
+async def test_metrics_show_each_token_expiry_as_status_reports_it(
+    make_api: ApiFactory, auth_settings: Settings, sim: Simulator
+) -> None:
+    access, analytics = await issue(sim), await issue(sim, "analytics")
+    s = auth_settings.model_copy(
+        update={"upstox_access_token": SecretStr(access), "upstox_analytics_token": SecretStr(analytics)}
+    )
+    async with make_api(s, http=httpx.AsyncClient()) as client:
+
+        async def both() -> dict[str, float]:
+            expiries = _expiries((await client.get("/metrics")).text)
+            return expiries if len(expiries) == 2 else {}
+
+        expiries = await eventually(both)
+        status = (await client.get("/api/v1/monitoring/status")).json()
+    assert expiries == {"access": token_exp(access), "analytics": token_exp(analytics)}
+    shown = {c["kind"]: c["expires_at"] for c in status["credentials"]}
+    assert shown == {kind: ist_iso(at) for kind, at in expiries.items()}
+
+    # No analytics token configured: its expiry is absent (the access token's is still there).
+    only_access = auth_settings.model_copy(update={"upstox_access_token": SecretStr(access)})
+    async with make_api(only_access, http=httpx.AsyncClient()) as client:
+
+        async def access_only() -> dict[str, float]:
+            expiries = _expiries((await client.get("/metrics")).text)
+            return expiries if set(expiries) == {"access"} else {}
+
+        expiries = await eventually(access_only)
+        status = (await client.get("/api/v1/monitoring/status")).json()
+    assert expiries == {"access": token_exp(access)}
+    assert [c["expires_at"] for c in status["credentials"]] == [ist_iso(expiries["access"])]
 
 
 async def test_login_gives_up_without_a_redirect_and_a_wrong_state_is_ignored(
