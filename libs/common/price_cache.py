@@ -8,13 +8,14 @@ never with a keyspace scan. The hash is the truth; a notice only says "look agai
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.common import keys
+from libs.common.feed_lease import FENCE_CHECK, FencedOut, fence_checked
 from libs.common.models import MalformedRecord, PriceEntry
 
 # ARGV: ttl_s, as_of, channel, notice, price key prefix, then one string holding 5 fields per tick (symbol,
@@ -22,7 +23,10 @@ from libs.common.models import MalformedRecord, PriceEntry
 # Hot path (50,000 ticks/s): the frame travels as one argument (hundreds of small arguments cost more than the
 # writes), one HSET and one EXPIRE per tick, the index updated by one ZADD per 500 ticks. The price keys are
 # built here from the prefix, so this script assumes a single Redis (no cluster), as the whole guard does.
-_WRITE_FRAME = """
+# Fenced (the last two ARGV, see libs.common.feed_lease): only the feed leader's writes land.
+_WRITE_FRAME = (
+    FENCE_CHECK
+    + """
 local ttl = tonumber(ARGV[1])
 local as_of = ARGV[2]
 local prefix = ARGV[5]
@@ -74,6 +78,7 @@ if m > 0 then redis.call('ZADD', KEYS[1], unpack(members, 1, m)) end
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return n
 """
+)
 
 _SEP = "\x1f"
 VOUCH_SLICE = 250  # symbols per vouch script call
@@ -95,8 +100,10 @@ def _frame_payload(ticks: Sequence[Tick]) -> str:
 
 # ARGV: ttl_s, as_of, then one symbol per key. KEYS: prices:index, then price:SYMBOL.
 # Only symbols that still have a price are vouched for: a vouch never invents a price, and never moves
-# `as_of` backwards (a tick written a moment after the vouch was decided is newer).
-_VOUCH = """
+# `as_of` backwards (a tick written a moment after the vouch was decided is newer). Fenced like _WRITE_FRAME.
+_VOUCH = (
+    FENCE_CHECK
+    + """
 local ttl = tonumber(ARGV[1])
 local as_of = ARGV[2]
 local as_of_n = tonumber(as_of)
@@ -114,6 +121,11 @@ for i = 2, #KEYS do
 end
 return vouched
 """
+)
+
+
+def _unfenced() -> list[str]:
+    return ["", ""]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +156,10 @@ def parse_tick_notice(payload: str) -> tuple[float, dict[str, str]]:
 class PriceCache:
     """Reads and writes the price cache. One instance per Redis client."""
 
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, ttl_s: int, *, fence: Callable[[], list[str]] | None = None) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._fence = fence or _unfenced  # the feed passes its lease's fence_args: a standby's writes are refused
         self._write = redis.register_script(_WRITE_FRAME)
         self._vouch = redis.register_script(_VOUCH)
         # Ticks a Redis outage kept out of the cache, newest per symbol. They are written with the next
@@ -173,9 +186,12 @@ class PriceCache:
             notice,
             keys.PRICE_PREFIX,
             _frame_payload(ticks),
+            *self._fence(),
         ]
         try:
-            await self._write(keys=[keys.PRICE_INDEX], args=args)
+            fence_checked(await self._write(keys=[keys.PRICE_INDEX], args=args))
+        except FencedOut:
+            raise  # not ours to write any more: the leader has newer prices
         except RedisError:
             # Keep them for the next call; a newer tick that arrived meanwhile wins.
             self._unwritten = {**{t.symbol: t for t in ticks}, **self._unwritten}
@@ -196,9 +212,10 @@ class PriceCache:
         for start in range(0, len(symbols), VOUCH_SLICE):
             part = symbols[start : start + VOUCH_SLICE]
             result = await self._vouch(
-                keys=[keys.PRICE_INDEX, *(keys.price(s) for s in part)], args=[self._ttl_s, repr(as_of), *part]
+                keys=[keys.PRICE_INDEX, *(keys.price(s) for s in part)],
+                args=[self._ttl_s, repr(as_of), *part, *self._fence()],
             )
-            vouched += int(result)
+            vouched += int(fence_checked(result))
         return vouched
 
     async def read(self, symbols: Sequence[str]) -> dict[str, PriceEntry | MalformedRecord | None]:

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from libs.common import keys
 from libs.common.clock import Clock, SystemClock
 from libs.common.dns import HostResolver
+from libs.common.feed_lease import FeedLease
 from libs.common.heartbeat import beat_forever
 from libs.common.instruments import InstrumentIndex, instrument_index
 from libs.common.logging import tagged
@@ -27,6 +28,7 @@ from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
+from services.feed.leadership import FeedLeadership
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions, watchlist
 from services.feed.tasks import cancel_and_wait
@@ -55,8 +57,11 @@ class Feed:
         self.clock = clock or SystemClock()
         index = instruments or instrument_index(settings.sim_extra_instruments if settings.simulator_mode else 0)
         self.subscriptions = Subscriptions(watchlist(settings, index), index)
-        self.status = StatusBoard(redis, self.clock)
-        self.cache = PriceCache(redis, settings.price_cache_ttl_s)
+        # Only the holder of the feed lease connects and writes (its writes are fenced by the lease's token).
+        self.lease = FeedLease(redis, settings, self.clock)
+        self.leadership = FeedLeadership(self.lease, settings, self.clock)
+        self.status = StatusBoard(redis, self.clock, fence=self.lease.fence_args)
+        self.cache = PriceCache(redis, settings.price_cache_ttl_s, fence=self.lease.fence_args)
         self.resolver = resolver or HostResolver.from_settings(settings, self.clock)
         self.connection = FeedConnection(
             settings, self.clock, redis, self.cache, self.status, self.subscriptions, self.resolver
@@ -66,12 +71,14 @@ class Feed:
     async def run(self) -> None:
         """Run every task until cancelled; on the way out, close the connection and record `closed`."""
         specs: dict[str, Callable[[], Awaitable[None]]] = {
-            "feed:connection": self.connection.run,
+            "feed:connection": lambda: self.leadership.run(self.connection.run),
             "feed:writer": self.connection.writer.run,
             "feed:vouch": self._vouch_forever,
             "feed:subscriptions": self._follow_requests,
             "feed:status": self._status_forever,
-            "feed:heartbeat": lambda: beat_forever(self.redis, "feed", self.settings, self.clock),
+            "feed:heartbeat": lambda: beat_forever(
+                self.redis, "feed", self.settings, self.clock, for_service=lambda: self.leadership.leading
+            ),
         }
         tasks: dict[asyncio.Task[None], str] = {}
         for name, factory in specs.items():
@@ -94,7 +101,8 @@ class Feed:
         finally:
             await cancel_and_wait(tasks)
             with contextlib.suppress(RedisError):
-                await self.status.transition(FeedState.CLOSED, "stopped")
+                await self.status.transition(FeedState.CLOSED, "stopped")  # fenced: only a leader records it
+                await self.lease.release()  # a standby takes over at once instead of after the lease
 
     async def _vouch_forever(self) -> None:
         """While the link is healthy, mark every subscribed symbol's price current (and refresh its expiry)."""
