@@ -15,6 +15,7 @@ from libs.common.clock import Clock
 from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
 from libs.common.positions import PositionConflict, PositionStore
+from libs.common.replication import ClaimConfirmation, ClaimNotReplicated
 
 TAG_PREFIX = "guard-close-"
 
@@ -40,19 +41,24 @@ class CloseRequest:
 class Closer:
     """Closes positions exactly once through `store`'s claim and `broker`."""
 
-    def __init__(self, store: PositionStore, broker: Broker, clock: Clock) -> None:
+    def __init__(
+        self, store: PositionStore, broker: Broker, clock: Clock, *, confirmation: ClaimConfirmation | None = None
+    ) -> None:
         self._store = store
         self._broker = broker
         self._clock = clock
+        self._confirmation = confirmation  # None: the claim is not confirmed on a replica (tests, one Redis)
 
     async def close(self, request: CloseRequest, *, retry_at: float | None = None) -> CloseRecord:
         """Close `request.symbol`. Returns the journal record.
 
         Raises PositionNotFound, PositionConflict (already closing/closed), BrokerOutcomeUnknown (an order may
         have been placed: the position stays closing until `reconcile`) or BrokerError (no order filled: the
-        position is back to open with the error recorded; `retry_at` is stored as its next attempt time).
+        position is back to open with the error recorded; `retry_at` is stored as its next attempt time; this
+        includes ClaimNotReplicated: no Redis replica confirmed the claim, so no order was sent).
         """
         claim_id, position = await self._store.claim(request.symbol, request.reason)
+        await self._confirm_claim(request, claim_id, retry_at)
         await self._store.publish_event(
             "closing",
             request.symbol,
@@ -92,6 +98,19 @@ class Closer:
             raise PositionConflict(request.symbol, "settled elsewhere while its order was in flight")
         await self._store.publish_event("closed", request.symbol, record=record.public())
         return record
+
+    async def _confirm_claim(self, request: CloseRequest, claim_id: str, retry_at: float | None) -> None:
+        """No order leaves on a claim a Redis failover could lose (libs/common/replication.py)."""
+        if self._confirmation is None:
+            return
+        try:
+            await self._confirmation.confirm(request.symbol)
+        except ClaimNotReplicated as exc:
+            await self._store.release(request.symbol, claim_id, str(exc), retry_at)
+            await self._store.publish_event(
+                "close_failed", request.symbol, reason=request.reason.value, by=request.closed_by, error=str(exc)
+            )
+            raise
 
     def _record(self, position: Position, request: CloseRequest, order_id: str, exit_price: Paise) -> CloseRecord:
         return CloseRecord(

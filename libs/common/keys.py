@@ -12,6 +12,7 @@ Keys
   instances:SERVICE         zset   INSTANCE -> epoch s of its last beat (lists instances without SCAN)
   feed:lease                hash   the feed leader's lease: instance, holder, token, acquired_at, renewed_at; PEXPIRE
   feed:lease:counter        string the last fencing number handed out with a feed lease
+  replication:probe         string a counter a close increments so its WAIT covers its claim (replication.py)
   position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed)
   positions:open            set    symbols whose position is open or closing
   positions:closed          list   journal of closes, newest first (JSON close records)
@@ -38,6 +39,7 @@ HEARTBEAT_PREFIX: Final = "heartbeat:"
 INSTANCES_PREFIX: Final = "instances:"
 FEED_LEASE: Final = "feed:lease"
 FEED_LEASE_COUNTER: Final = "feed:lease:counter"
+REPLICATION_PROBE: Final = "replication:probe"
 POSITION_PREFIX: Final = "position:"
 OPEN_POSITIONS: Final = "positions:open"
 CLOSED_JOURNAL: Final = "positions:closed"

@@ -24,6 +24,7 @@ from libs.common.models import MalformedRecord
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
+from libs.common.replication import ClaimConfirmation
 from libs.common.settings import Settings
 from services.api.deps import Resources
 from services.api.health import HealthReader
@@ -66,7 +67,9 @@ def create_app(
             store=store,
             cache=cache,
             broker=used_broker,
-            closer=Closer(store, used_broker, clock),
+            closer=Closer(
+                store, used_broker, clock, confirmation=ClaimConfirmation(redis, settings.claim_replica_timeout_s)
+            ),
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
             token_probe=TokenProbe(settings, clock, probe_http),
             health=HealthReader(redis, settings, clock),

@@ -36,6 +36,7 @@ from libs.common.models import FeedStatus, MalformedRecord, Position, PositionSt
 from libs.common.money import to_paise
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.price_cache import parse_tick_notice
+from libs.common.replication import ClaimConfirmation
 from libs.common.settings import Settings
 from services.monitor.decision import (
     PriceView,
@@ -85,7 +86,8 @@ class Monitor:
         self._clock: Clock = clock or SystemClock()
         self._store = PositionStore(redis, self._clock)
         self._snapshots = SnapshotReader(redis)
-        self._closer = Closer(self._store, broker, self._clock)
+        confirmation = ClaimConfirmation(redis, settings.claim_replica_timeout_s)
+        self._closer = Closer(self._store, broker, self._clock, confirmation=confirmation)
         self._jitter = jitter
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
