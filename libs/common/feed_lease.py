@@ -20,7 +20,6 @@ from redis.exceptions import RedisError
 
 from libs.common import keys
 from libs.common.clock import Clock
-from libs.common.heartbeat import live_instances
 from libs.common.settings import Settings
 
 # Prologue of a fenced write script: its last two ARGV are the lease key and the writer's token ('' and '' for
@@ -152,13 +151,21 @@ class Leadership:
 
 
 async def read_leadership(redis: Redis, settings: Settings, clock: Clock) -> Leadership:
-    """The feed's leader, its lease and the standbys (feed instances beating within the TTL). Raises RedisError."""
+    """The feed's leader, its lease and the standbys (feed instances beating within the TTL), in one round trip.
+
+    Raises RedisError.
+    """
+    now = clock.now()
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.FEED_LEASE)
         pipe.pttl(keys.FEED_LEASE)
-        lease, pttl_ms = cast(tuple[dict[str, str], int], tuple(await pipe.execute()))
-    alive = await live_instances(redis, "feed", settings, clock)
-    now = clock.now()
+        pipe.zrangebyscore(keys.instances("feed"), now - settings.heartbeat_ttl_s, "+inf")
+        lease, pttl_ms, alive = cast(tuple[dict[str, str], int, list[str]], tuple(await pipe.execute()))
+    return leadership_from(lease, pttl_ms, alive, now)
+
+
+def leadership_from(lease: dict[str, str], pttl_ms: int, alive: list[str], now: float) -> Leadership:
+    """Leadership from the lease hash, its PTTL and the live feed instances (read elsewhere in one call)."""
     leader = lease.get("instance") if lease else None
     renewed = _float(lease.get("renewed_at"))
     return Leadership(
@@ -167,7 +174,7 @@ async def read_leadership(redis: Redis, settings: Settings, clock: Clock) -> Lea
         leader_since=_float(lease.get("acquired_at")),
         lease_age_s=None if renewed is None else round(max(0.0, now - renewed), 3),
         lease_expires_in_s=round(pttl_ms / 1000, 3) if pttl_ms >= 0 else None,
-        standbys=sorted(name for name in alive if name != leader),
+        standbys=sorted(str(name) for name in alive if name != leader),
     )
 
 
