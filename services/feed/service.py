@@ -1,6 +1,7 @@
 """The feed service: one WebSocket connection plus its helpers, each a named, supervised task.
 
-Tasks: `feed:connection` (the WebSocket and its reconnect loop), `feed:writer` (ticks to Redis),
+Tasks: `feed:connection` (the WebSocket and its reconnect loop, run only while this process holds the feed
+lease: services/feed/leadership.py), `feed:writer` (ticks to Redis),
 `feed:vouch` (keeps quiet symbols fresh while the link is healthy), `feed:subscriptions` (subscribe and
 unsubscribe requests, and the periodic re-read of `feed:subscriptions`), `feed:status` (writes `feed:status`
 on a timer) and `feed:heartbeat`. A task that fails is logged with its error and restarted after a short
@@ -20,7 +21,7 @@ from redis.exceptions import RedisError
 from libs.common import keys
 from libs.common.clock import Clock, SystemClock
 from libs.common.dns import HostResolver
-from libs.common.feed_lease import FeedLease
+from libs.common.feed_lease import FeedLease, FencedOut
 from libs.common.heartbeat import beat_forever
 from libs.common.instruments import InstrumentIndex, instrument_index
 from libs.common.logging import tagged
@@ -114,6 +115,8 @@ class Feed:
                 continue
             try:
                 await self.cache.vouch(self.connection.symbols(), as_of)
+            except FencedOut:
+                continue  # this feed lost the lease and is stepping down (feed:leadership says so)
             except RedisError as exc:
                 logger.warning(f"Cannot vouch for prices in Redis: {type(exc).__name__}")
                 continue
