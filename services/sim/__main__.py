@@ -19,6 +19,7 @@ EPILOG = """\
 control API (no token needed), on http://SIM_HOST:SIM_PORT:
   POST /sim/price   {"symbol": "BOSCHLTD", "ltp": 575.0}    set and pin a price (tick sent at once)
                     {"symbol": "BOSCHLTD", "release": true}  let the random walk move it again
+  POST /sim/trade   {"symbol": "BOSCHLTD", "side": "buy", "quantity": 10}  a trade outside the guard
   POST /sim/faults  {"kind": K, "duration_s": N}  K = drop | close | mute | auth | rest_down
                     (close also takes "code": 1000 | 1011)
   POST /sim/market  {"status": "NORMAL_CLOSE"}    force segment status (null = follow the clock)

@@ -196,6 +196,13 @@ class MarketControl(BaseModel):
     segment: str | None = None
 
 
+class TradeControl(BaseModel):
+    symbol: str
+    side: Literal["buy", "sell"]
+    quantity: int = Field(gt=0)
+    product: Literal["I", "D", "MTF"] = "I"
+
+
 class StepControl(BaseModel):
     steps: int = Field(1, ge=1, le=10000)
 
@@ -213,6 +220,22 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
         sim.market.set_price(body.symbol, to_paise(body.ltp))
         logger.info(f"sim control: {body.symbol} set to ₹{body.ltp:.2f} and pinned")
         return {"symbol": body.symbol, "ltp": rupees(to_paise(body.ltp)), "pinned": True}
+
+    @app.post("/sim/trade")
+    async def trade(body: TradeControl) -> dict[str, Any]:
+        if sim.market.by_symbol.get(body.symbol) is None:
+            return JSONResponse({"detail": f"unknown symbol {body.symbol}"}, 404)  # type: ignore[return-value]
+        try:
+            order = sim.orders.trade(body.symbol, body.side, body.quantity, body.product)
+        except UpstoxError as exc:
+            return JSONResponse({"detail": exc.message}, 422)  # type: ignore[return-value]
+        detail = order.as_dict()
+        if order.status != "complete":
+            return JSONResponse({"detail": order.status_message or order.status, "order": detail}, 409)  # type: ignore[return-value]
+        logger.info(f"sim trade outside the guard: {body.side} {body.quantity} {body.symbol} ({body.product})")
+        rows = sim.orders.position_rows()
+        position = next(r for r in rows if r["trading_symbol"] == body.symbol and r["product"] == body.product)
+        return {"order": detail, "position": position}
 
     @app.post("/sim/faults")
     async def fault(body: FaultControl) -> dict[str, Any]:

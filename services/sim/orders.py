@@ -97,6 +97,7 @@ _WORKING = ("open", "trigger pending", "after market order req received")
 @dataclass
 class _Position:
     instrument: Instrument
+    product: str
     buy_qty: int = 0
     buy_value: int = 0  # paise
     sell_qty: int = 0
@@ -134,7 +135,7 @@ class OrderBook:
         self.clock = clock
         self.limiter = RateLimiter(rate_limit_per_s)
         self.orders: dict[str, Order] = {}
-        self.positions: dict[str, _Position] = {}
+        self.positions: dict[tuple[str, str], _Position] = {}  # (instrument_key, product); squared-off stay
         self._seq = 0
         self._exchange_seq = 0
         market.listeners.append(self._on_ticks)
@@ -186,6 +187,29 @@ class OrderBook:
             self._accept(order)
             placed.append(order)
         return placed
+
+    def trade(self, symbol: str, side: str, quantity: int, product: str = "I") -> Order:
+        """A MARKET order made outside the guard (the person in the Upstox app, or the bot), filled at the
+        current price. No rate limit or order fault applies. Short selling is allowed intraday, as at Upstox.
+
+        Raises UpstoxError for a bad request (unknown symbol, lot size, product); a refused order (market
+        closed) comes back with status `rejected`.
+        """
+        idx = self.market.by_symbol.get(symbol)
+        body = {
+            "quantity": quantity,
+            "product": product,
+            "validity": "DAY",
+            "price": 0,
+            "instrument_token": self.market.instruments[idx].instrument_key if idx is not None else symbol,
+            "order_type": "MARKET",
+            "transaction_type": side.upper(),
+            "disclosed_quantity": 0,
+            "trigger_price": 0,
+            "is_amo": False,
+        }
+        (order,) = self.place(body, version=3)
+        return order
 
     def _next_id(self) -> str:
         self._seq += 1
@@ -242,7 +266,7 @@ class OrderBook:
         self._exchange_seq += 1
         order.exchange_order_id = f"1100000{self._exchange_seq:09d}"
         key = order.instrument.instrument_key
-        pos = self.positions.setdefault(key, _Position(order.instrument))
+        pos = self.positions.setdefault((key, order.product), _Position(order.instrument, order.product))
         if order.transaction_type == "BUY":
             pos.buy_qty += order.quantity
             pos.buy_value += order.quantity * price_paise
@@ -275,7 +299,8 @@ class OrderBook:
         return order
 
     def position_rows(self) -> list[dict[str, Any]]:
-        """Upstox PositionData rows (net quantity signed for shorts, pnl at the current price)."""
+        """Upstox PositionData rows, one per instrument and product (net quantity signed for shorts, pnl at
+        the current price); a squared-off position stays listed with quantity 0, as at Upstox."""
         return [self._position_row(p) for p in self.positions.values()]
 
     def _position_row(self, p: _Position) -> dict[str, Any]:
@@ -293,7 +318,7 @@ class OrderBook:
             "multiplier": 1.0,
             "value": rupees(p.sell_value - p.buy_value),
             "pnl": rupees(pnl),
-            "product": "I",
+            "product": p.product,
             "instrument_token": inst.instrument_key,
             "average_price": rupees(average) if average is not None else None,
             "buy_value": rupees(p.buy_value),
