@@ -1,10 +1,11 @@
 """Run the Upstox connection only while this feed process holds the feed lease (libs/common/feed_lease.py).
 
 A standby tries to acquire the lease every `FEED_LEASE_S`/5 (at most every second), so it takes over within
-`FEED_LEASE_S` of the leader's last renewal. The leader renews every `FEED_LEASE_S`/3. It steps down, closing
-its connection, when a renewal finds another holder, or when it has not renewed for a whole lease (a pause, or
-Redis out of reach: a standby may lead by now). Its writes are fenced inside Redis, so the moments between
-waking up and noticing write nothing.
+`FEED_LEASE_S` of the leader's last renewal. The leader renews every `FEED_LEASE_S`/3, and as often as a
+standby polls while a renewal fails (a Redis failover), so a failover shorter than the lease keeps the leader.
+It steps down, closing its connection, when a renewal finds another holder, or when it has not renewed for a
+whole lease (a pause, or Redis out of reach: a standby may lead by now). Its writes are fenced inside Redis,
+so the moments between waking up and noticing write nothing.
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ class FeedLeadership:
         """Run `lead` and renew the lease until it is lost; then close the connection and return."""
         task = asyncio.create_task(_run(lead), name="feed:connection:leader")
         renewed_at = self._clock.monotonic()
+        wait_s = self._renew_every_s
         try:
             while True:
-                await asyncio.wait({task}, timeout=self._renew_every_s)
+                await asyncio.wait({task}, timeout=wait_s)
                 if task.done():
                     task.result()  # the connection task failed: raise, the feed's supervisor restarts us
                 silent_s = self._clock.monotonic() - renewed_at
@@ -80,8 +82,9 @@ class FeedLeadership:
                         reason = "another feed instance holds the lease now"
                         break
                 except RedisError:
-                    continue  # retried at the next renewal; a whole lease without one steps down
-                renewed_at = started
+                    wait_s = self._poll_s  # retried soon (a Redis failover takes seconds); a whole lease without
+                    continue  # a renewal steps down
+                renewed_at, wait_s = started, self._renew_every_s
         except BaseException:
             await cancel_and_wait([task])
             raise
