@@ -30,15 +30,22 @@ if fence_key ~= '' and redis.call('HGET', fence_key, 'token') ~= fence_token the
 """
 FENCED: Final = -1
 
-# KEYS: lease, counter. ARGV: instance, holder, lease_ms, now. Returns the token, or '' when another holds it.
-# The holder itself (its connection task restarted) gets its own token back.
+# KEYS: lease, counter. ARGV: instance, holder, lease_ms, now, restart_after_s. Returns the token, or '' when
+# another holds it. The holder itself (its connection task restarted) gets its own token back. A process with the
+# holder's instance name (the same feed restarted after a crash) takes over, with a new token, once the lease
+# has gone `restart_after_s` unrenewed: a live holder renews more often than that.
 _ACQUIRE = """
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[2] then
   redis.call('HSET', KEYS[1], 'renewed_at', ARGV[4])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return redis.call('HGET', KEYS[1], 'token')
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return '' end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local renewed = tonumber(redis.call('HGET', KEYS[1], 'renewed_at')) or 0
+  local same = redis.call('HGET', KEYS[1], 'instance') == ARGV[1]
+  if not (same and tonumber(ARGV[4]) - renewed > tonumber(ARGV[5])) then return '' end
+  redis.call('DEL', KEYS[1])
+end
 local token = redis.call('INCR', KEYS[2]) .. ':' .. ARGV[2]
 redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'holder', ARGV[2], 'token', token, 'acquired_at', ARGV[4],
   'renewed_at', ARGV[4])
@@ -102,7 +109,7 @@ class FeedLease:
         """Take the lease if nobody holds it; True when this process now leads. Raises RedisError."""
         token = await self._acquire(
             keys=[keys.FEED_LEASE, keys.FEED_LEASE_COUNTER],
-            args=[self.instance, self.holder, self._lease_ms, repr(self._clock.now())],
+            args=[self.instance, self.holder, self._lease_ms, repr(self._clock.now()), self._lease_ms / 2000],
         )
         self.token = str(token or "")
         return bool(self.token)

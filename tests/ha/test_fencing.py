@@ -67,3 +67,15 @@ async def test_a_lease_lost_by_a_failover_is_taken_back_under_the_same_token(red
     assert await lease.renew()
     assert lease.token == token
     assert await redis.hget(keys.FEED_LEASE, "token") == token
+
+
+async def test_a_crashed_feed_restarted_under_its_name_takes_over_early(redis: Redis, settings: Settings) -> None:
+    clock = ManualClock()
+    named = settings.model_copy(update={"instance_name": "feed-a", "feed_lease_s": 10.0})
+    crashed, restarted = FeedLease(redis, named, clock), FeedLease(redis, named, clock)
+    assert await crashed.acquire()
+    assert not await restarted.acquire()  # the holder renewed just now: maybe alive, wait
+    clock.advance(5.1)  # half a lease without a renewal (a live holder renews every third of one)
+    assert await restarted.acquire()
+    assert restarted.token != crashed.token  # a new token: whatever the old process left is fenced out
+    assert not await crashed.renew()
