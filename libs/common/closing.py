@@ -15,7 +15,7 @@ from libs.common.clock import Clock
 from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
 from libs.common.positions import PositionConflict, PositionStore
-from libs.common.replication import ClaimConfirmation, ClaimNotReplicated
+from libs.common.replication import ClaimConfirmation, ClaimNotConfirmed
 
 TAG_PREFIX = "guard-close-"
 
@@ -55,10 +55,10 @@ class Closer:
         Raises PositionNotFound, PositionConflict (already closing/closed), BrokerOutcomeUnknown (an order may
         have been placed: the position stays closing until `reconcile`) or BrokerError (no order filled: the
         position is back to open with the error recorded; `retry_at` is stored as its next attempt time; this
-        includes ClaimNotReplicated: no Redis replica confirmed the claim, so no order was sent).
+        includes ClaimNotConfirmed: no Redis replica confirmed the claim, or it got too old, so no order was sent).
         """
+        claimed_at = self._clock.monotonic()
         claim_id, position = await self._store.claim(request.symbol, request.reason)
-        await self._confirm_claim(request, claim_id, retry_at)
         await self._store.publish_event(
             "closing",
             request.symbol,
@@ -67,6 +67,7 @@ class Closer:
             claim_id=claim_id,
             decided_at=request.decided_at,
         )
+        await self._confirm_claim(request, claim_id, retry_at, claimed_at)
         try:
             fill = await self._broker.close(position, close_tag(claim_id), request.decision_price)
         except BrokerOutcomeUnknown as exc:
@@ -99,13 +100,16 @@ class Closer:
         await self._store.publish_event("closed", request.symbol, record=record.public())
         return record
 
-    async def _confirm_claim(self, request: CloseRequest, claim_id: str, retry_at: float | None) -> None:
-        """No order leaves on a claim a Redis failover could lose (libs/common/replication.py)."""
+    async def _confirm_claim(
+        self, request: CloseRequest, claim_id: str, retry_at: float | None, claimed_at: float
+    ) -> None:
+        """No order leaves on a claim a Redis failover could lose, or another closer may have settled
+        (libs/common/replication.py). Right before the order, so nothing slow comes between them."""
         if self._confirmation is None:
             return
         try:
-            await self._confirmation.confirm(request.symbol)
-        except ClaimNotReplicated as exc:
+            await self._confirmation.confirm(request.symbol, claimed_at)
+        except ClaimNotConfirmed as exc:
             await self._store.release(request.symbol, claim_id, str(exc), retry_at)
             await self._store.publish_event(
                 "close_failed", request.symbol, reason=request.reason.value, by=request.closed_by, error=str(exc)

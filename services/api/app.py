@@ -67,9 +67,7 @@ def create_app(
             store=store,
             cache=cache,
             broker=used_broker,
-            closer=Closer(
-                store, used_broker, clock, confirmation=ClaimConfirmation(redis, settings.claim_replica_timeout_s)
-            ),
+            closer=Closer(store, used_broker, clock, confirmation=ClaimConfirmation(redis, settings, clock)),
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
             token_probe=TokenProbe(settings, clock, probe_http),
             health=HealthReader(redis, settings, clock),

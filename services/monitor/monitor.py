@@ -86,7 +86,7 @@ class Monitor:
         self._clock: Clock = clock or SystemClock()
         self._store = PositionStore(redis, self._clock)
         self._snapshots = SnapshotReader(redis)
-        confirmation = ClaimConfirmation(redis, settings.claim_replica_timeout_s)
+        confirmation = ClaimConfirmation(redis, settings, self._clock)
         self._closer = Closer(self._store, broker, self._clock, confirmation=confirmation)
         self._jitter = jitter
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs

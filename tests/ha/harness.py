@@ -52,6 +52,7 @@ class HAStack(Stack):
         self.env["REDIS_SENTINELS"] = self.topology.sentinels_setting
         self.env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # only its database number is used with Sentinels
         await self.topology.wait_ready()
+        await self.topology.wait_replicas(len(self.topology.data) - 1)  # in sync: WAIT counts only online replicas
         self._redis = create_redis(self.settings())
         return self
 

@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
-from libs.common.clock import SystemClock
+from libs.common.clock import ManualClock, SystemClock
 from libs.common.closing import Closer
 from libs.common.models import PositionState
 from libs.common.positions import PositionStore
 from libs.common.redis_client import create_redis
-from libs.common.replication import ClaimConfirmation, ClaimNotReplicated, confirmed_on_replica
+from libs.common.replication import ClaimConfirmation, ClaimNotReplicated, ClaimTooOld, confirmed_on_replica
 from libs.common.settings import Settings
 from tests.ha.topology import sentinel_topology
 from tests.helpers import RedisServer, eventually
@@ -28,13 +29,17 @@ TIMEOUT_S = 0.3
 async def test_a_claim_is_sent_only_once_a_replica_has_it(tmp_path: Path) -> None:
     with sentinel_topology(tmp_path) as topo:
         await topo.wait_replicas(1)
-        settings = Settings(_env_file=None, redis_sentinels=topo.sentinels_setting)  # type: ignore[call-arg]
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, redis_sentinels=topo.sentinels_setting, claim_replica_timeout_s=TIMEOUT_S
+        )
         redis = create_redis(settings)
         try:
             await redis.flushall()
             store = PositionStore(redis, SystemClock())
             broker = CountingBroker()
-            closer = Closer(store, broker, SystemClock(), confirmation=ClaimConfirmation(redis, TIMEOUT_S))
+            closer = Closer(
+                store, broker, SystemClock(), confirmation=ClaimConfirmation(redis, settings, SystemClock())
+            )
             await store.open(bosch())
             timings = []
             for _ in range(50):  # what WAIT costs a close when the replica is healthy
@@ -83,3 +88,42 @@ async def test_a_lone_master_confirms_at_once(redis_srv: RedisServer) -> None:
         assert time.monotonic() - started < 1.0  # no WAIT for a replica that does not exist
     finally:
         await redis.aclose()
+
+
+async def test_a_claim_held_up_past_half_the_stuck_close_time_sends_no_order(redis_srv: RedisServer) -> None:
+    settings = Settings(_env_file=None, redis_url=redis_srv.url, monitor_stuck_close_s=4)  # type: ignore[call-arg]
+    redis = create_redis(settings)
+    try:
+        await redis.flushall()
+        clock = ManualClock()
+        store = PositionStore(redis, clock)
+        await store.open(bosch())
+        broker = CountingBroker()
+        closer = Closer(store, broker, clock, confirmation=HeldUp(redis, settings, clock, held_s=2.5))
+        with pytest.raises(ClaimTooOld) as caught:
+            await closer.close(request())
+        assert broker.orders == 0
+        assert "2.5s old" in str(caught.value)
+        position = await store.get("BOSCHLTD")
+        assert position is not None
+        assert position.state is PositionState.OPEN
+
+        closer = Closer(store, broker, clock, confirmation=HeldUp(redis, settings, clock, held_s=1.5))
+        await closer.close(request())  # younger than half of MONITOR_STUCK_CLOSE_S: sent
+        assert broker.orders == 1
+    finally:
+        await redis.flushall()
+        await redis.aclose()
+
+
+class HeldUp(ClaimConfirmation):
+    """The closer is held up for `held_s` (the manual clock moves) just before the confirmation."""
+
+    def __init__(self, redis: Redis, settings: Settings, clock: ManualClock, held_s: float) -> None:
+        super().__init__(redis, settings, clock)
+        self._manual = clock
+        self._held_s = held_s
+
+    async def confirm(self, symbol: str, claimed_at: float) -> None:
+        self._manual.advance(self._held_s)
+        await super().confirm(symbol, claimed_at)

@@ -163,7 +163,7 @@ def _data_node(root: Path, name: str, replica_of: int | None) -> Node:
     args = [
         "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always",
         "--dir", str(root / name), "--daemonize", "no", "--loglevel", "warning", "--repl-timeout", "5",
-        "--protected-mode", "no",
+        "--repl-diskless-sync-delay", "0", "--protected-mode", "no",
     ]  # fmt: skip
     if replica_of is not None:
         args += ["--replicaof", "127.0.0.1", str(replica_of)]
