@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from libs.common import keys
 from libs.common.clock import SystemClock
 from libs.common.heartbeat import heartbeat_age_s
 from libs.common.models import PositionState
@@ -50,6 +51,10 @@ async def test_master_killed_mid_stream_every_service_follows(tmp_path: Path) ->
         for service, instance in INSTANCES:
             await eventually(lambda s=service, i=instance: _beat_since(stack, s, i, promoted_at), timeout_s=20)
         followed_s = time.monotonic() - killed
+        # ... and has resubscribed its channels there: both monitors on the tick notices, both feeds on the
+        # subscription requests.
+        channels = {keys.TICKS_CHANNEL: 2, keys.POSITION_EVENTS_CHANNEL: 2, keys.SUBSCRIPTION_REQUESTS_CHANNEL: 2}
+        await eventually(lambda: _subscribers_are(stack, channels), timeout_s=20)
         await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "690.00"), timeout_s=20)
         streaming_s = time.monotonic() - killed
 
@@ -93,6 +98,11 @@ async def test_master_killed_mid_stream_every_service_follows(tmp_path: Path) ->
 async def _beat_since(stack: HAStack, service: str, instance: str, since: float) -> bool:
     age = await heartbeat_age_s(stack.redis, service, SystemClock(), instance)
     return age is not None and time.time() - age > since
+
+
+async def _subscribers_are(stack: HAStack, wanted: dict[str, int]) -> bool:
+    counts = dict(await stack.redis.pubsub_numsub(*wanted))
+    return counts == wanted
 
 
 async def _ltp_is(stack: HAStack, symbol: str, ltp: str) -> bool:
