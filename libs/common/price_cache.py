@@ -167,6 +167,10 @@ class PriceCache:
         # and a vouch must never mark the older cached price current in its place.
         self._unwritten: dict[str, Tick] = {}
 
+    def discard_unwritten(self) -> None:
+        """Forget ticks an outage kept back (a feed taking the lead again: another leader wrote newer ones)."""
+        self._unwritten = {}
+
     async def write_frame(self, ticks: Sequence[Tick], as_of: float, *, publish: bool = True) -> None:
         """Store every tick of one frame and refresh its expiry, then publish one notice (one round trip).
 

@@ -72,7 +72,7 @@ class Feed:
     async def run(self) -> None:
         """Run every task until cancelled; on the way out, close the connection and record `closed`."""
         specs: dict[str, Callable[[], Awaitable[None]]] = {
-            "feed:connection": lambda: self.leadership.run(self.connection.run),
+            "feed:connection": lambda: self.leadership.run(self._lead),
             "feed:writer": self.connection.writer.run,
             "feed:vouch": self._vouch_forever,
             "feed:subscriptions": self._follow_requests,
@@ -104,6 +104,13 @@ class Feed:
             with contextlib.suppress(RedisError):
                 await self.status.transition(FeedState.CLOSED, "stopped")  # fenced: only a leader records it
                 await self.lease.release()  # a standby takes over at once instead of after the lease
+
+    async def _lead(self) -> None:
+        """Hold the Upstox connection as the leader. Ticks kept back from an earlier leadership are dropped:
+        another leader may have written newer prices since."""
+        self.connection.writer.discard()
+        self.cache.discard_unwritten()
+        await self.connection.run()
 
     async def _vouch_forever(self) -> None:
         """While the link is healthy, mark every subscribed symbol's price current (and refresh its expiry)."""

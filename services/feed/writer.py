@@ -47,6 +47,10 @@ class FrameWriter:
         self._idle.clear()
         self._wake.set()
 
+    def discard(self) -> None:
+        """Drop ticks not yet handed to Redis (they belong to an earlier leadership)."""
+        self._pending.clear()
+
     async def drained(self) -> None:
         """Wait until everything added so far has been handed to Redis (or failed)."""
         await self._idle.wait()
