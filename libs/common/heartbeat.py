@@ -22,6 +22,16 @@ from libs.common.settings import Settings
 
 _FORGET_AFTER_TTLS = 60  # an instance silent this many heartbeat TTLs is dropped from instances:SERVICE
 
+# KEYS: heartbeat:SERVICE:INSTANCE, instances:SERVICE, heartbeat:SERVICE. ARGV: instance, now, ttl_s, forget
+# before (epoch s), whether to beat for the service ('1'/'0'). One command per beat, like the single SET it replaced.
+_BEAT = """
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+if ARGV[5] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
+return 1
+"""
+
 
 async def beat(redis: Redis, service: str, settings: Settings, clock: Clock, *, for_service: bool = True) -> None:
     """Record that this instance of `service` is alive now (and the service, unless `for_service` is False).
@@ -29,15 +39,12 @@ async def beat(redis: Redis, service: str, settings: Settings, clock: Clock, *, 
     The keys expire after `heartbeat_ttl_s`. Raises RedisError.
     """
     now = clock.now()
-    stamp = f"{now:.3f}"
     ttl_s = settings.heartbeat_ttl_s
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(keys.heartbeat(service, settings.instance_name), stamp, ex=ttl_s)
-        pipe.zadd(keys.instances(service), {settings.instance_name: now})
-        pipe.zremrangebyscore(keys.instances(service), "-inf", now - _FORGET_AFTER_TTLS * ttl_s)
-        if for_service:
-            pipe.set(keys.heartbeat(service), stamp, ex=ttl_s)
-        await pipe.execute()
+    instance = settings.instance_name
+    await redis.register_script(_BEAT)(
+        keys=[keys.heartbeat(service, instance), keys.instances(service), keys.heartbeat(service)],
+        args=[instance, f"{now:.3f}", ttl_s, now - _FORGET_AFTER_TTLS * ttl_s, "1" if for_service else "0"],
+    )
 
 
 async def heartbeat_age_s(redis: Redis, service: str, clock: Clock, instance: str | None = None) -> float | None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
 from tests.ha.topology import sentinel_topology
 from tests.helpers import eventually
+
+pytestmark = pytest.mark.integration
 
 
 def _settings(sentinels: str) -> Settings:
