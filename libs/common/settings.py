@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = "guard"
     claim_replica_timeout_s: float = Field(0.5, gt=0)
     feed_lease_s: float = Field(10.0, gt=0)
-    instance_name: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    instance_name: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.-]{1,253}$")
 
     # --- Upstox (real) or simulator ----------------------------------------------------------
     upstox_access_token: SecretStr = SecretStr("")
