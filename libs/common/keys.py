@@ -16,9 +16,12 @@ Keys
   position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed)
   positions:open            set    symbols whose position is open or closing
   positions:closed          list   journal of closes, newest first (JSON close records)
-  events                    stream recent position and alert events (capped)
+  events                    stream every event that matters to a person: positions, closes, feed states (capped)
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
+  alerts:outbox             stream alert messages waiting to be sent (consumer group `alerts`)
+  alerts:conditions         hash   condition id -> JSON state of the alert condition (active, last sent, folded)
+  alerts:sent:ID            set    digests of the ALERT_URLS an outbox message already reached (while retrying)
 
 Channels
   ticks                     one notice per feed frame: the symbols (and prices) just written
@@ -46,6 +49,11 @@ CLOSED_JOURNAL: Final = "positions:closed"
 EVENTS_STREAM: Final = "events"
 IDEMPOTENCY_PREFIX: Final = "idempotency:"
 SERVICES_STATUS: Final = "services:status"
+ALERTS_OUTBOX: Final = "alerts:outbox"
+ALERT_CONDITIONS: Final = "alerts:conditions"
+ALERT_SENT_PREFIX: Final = "alerts:sent:"
+# The consumer group the alerts service reads `events` and `alerts:outbox` with.
+ALERTS_GROUP: Final = "alerts"
 
 TICKS_CHANNEL: Final = "ticks"
 FEED_STATUS_CHANNEL: Final = "feed:status:changes"
@@ -55,7 +63,7 @@ POSITION_EVENTS_CHANNEL: Final = "positions:events"
 # Fields of a price:SYMBOL hash. Prices are rupee strings ("575.00") so `HGETALL` reads naturally.
 PRICE_FIELDS: Final = ("ltp", "instrument_key", "ltt_ms", "cp", "as_of", "received_at")
 
-SERVICES: Final = ("feed", "monitor", "api", "sim")
+SERVICES: Final = ("feed", "monitor", "api", "sim", "alerts")
 
 
 def price(symbol: str) -> str:
@@ -81,6 +89,11 @@ def instances(service: str) -> str:
 def idempotency(key: str) -> str:
     """Key holding the first result of an emergency close sent with Idempotency-Key `key`."""
     return IDEMPOTENCY_PREFIX + key
+
+
+def alert_sent(entry_id: str) -> str:
+    """Key of the set of ALERT_URLS (digests) that outbox message `entry_id` already reached."""
+    return ALERT_SENT_PREFIX + entry_id
 
 
 def all_names() -> dict[str, str]:
