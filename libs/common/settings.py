@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # High availability (docs/scaling.md): Sentinel finds the master; WAIT confirms a claim on a replica.
     redis_sentinels: str = ""
     redis_sentinel_master: str = "guard"
-    claim_replica_timeout_s: float = Field(0.5, gt=0)
+    claim_replica_timeout_s: float = Field(1.0, gt=0)
     feed_lease_s: float = Field(10.0, gt=0)
     instance_name: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.-]{1,253}$")
 

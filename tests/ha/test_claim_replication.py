@@ -44,7 +44,7 @@ async def test_a_claim_is_sent_only_once_a_replica_has_it(tmp_path: Path) -> Non
             timings = []
             for _ in range(50):  # what WAIT costs a close when the replica is healthy
                 started = time.perf_counter()
-                assert await confirmed_on_replica(redis, TIMEOUT_S)
+                assert await confirmed_on_replica(redis, 5.0)  # a loaded machine can take long: only time it
                 timings.append((time.perf_counter() - started) * 1000)
             timings.sort()
             print(f"\n[figure] claim confirmed on a replica (ROLE + INCR/WAIT): p50 {timings[25]:.2f} ms, "
