@@ -26,7 +26,7 @@ INSTANCES = (("feed", "a"), ("feed", "b"), ("monitor", "a"), ("monitor", "b"), (
 
 
 async def test_master_killed_mid_stream_every_service_follows(tmp_path: Path) -> None:
-    async with HAStack(tmp_path, FEED_LEASE_S="4", MONITOR_STUCK_CLOSE_S="3") as stack:
+    async with HAStack(tmp_path, FEED_LEASE_S="6", MONITOR_STUCK_CLOSE_S="3") as stack:
         await stack.start("sim")
         await stack.start_instances(*INSTANCES)
         for symbol, ltp in (("BOSCHLTD", 720.0), ("KAYNES", 200.0), ("SBIN", 800.0)):
@@ -39,6 +39,7 @@ async def test_master_killed_mid_stream_every_service_follows(tmp_path: Path) ->
         await stack.wait_connected(True)
         await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"), timeout_s=10)
         marks = {name: stack.mark(name) for name in stack.procs if "@" in name}
+        leader = await stack.leader()
 
         old = stack.topology.kill_master()
         killed = time.monotonic()
@@ -66,6 +67,9 @@ async def test_master_killed_mid_stream_every_service_follows(tmp_path: Path) ->
             f"{followed_s:.2f} s, prices flowing {streaming_s:.2f} s, SL crossed meanwhile closed {sl_closed_s:.2f} s"
         )
         assert followed_s < 15, followed_s
+        # The failover was shorter than FEED_LEASE_S: the feed leader kept its lease and its connection.
+        assert await stack.leader() == leader
+        assert stack.count(f"feed@{leader}", "Lost the feed lease", since=marks[f"feed@{leader}"]) == 0
         assert len(await stack.close_orders("BOSCHLTD")) == 1
         journal = await stack.closes()
         assert sorted(c["symbol"] for c in journal) == ["BOSCHLTD", "SBIN"]  # nothing lost, nothing twice
