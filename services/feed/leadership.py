@@ -20,7 +20,7 @@ from libs.common.clock import Clock
 from libs.common.feed_lease import FeedLease
 from libs.common.logging import tagged
 from libs.common.settings import Settings
-from services.feed.tasks import cancel_and_wait
+from libs.common.tasks import cancel_and_wait
 
 success = tagged("SUCCESS")
 warning = tagged("WARNING")

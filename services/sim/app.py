@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from services.sim.server import Simulator
 
 INSTRUMENT_FILES = ("complete", "NSE")
+LTP_MAX_KEYS = 500
 
 
 def bearer(request: Request) -> str:
@@ -115,6 +116,7 @@ def create_app(sim: Simulator) -> FastAPI:
                 f"sim order {order.order_id} {order.transaction_type} {order.quantity} "
                 f"{order.instrument.trading_symbol} {order.order_type}: {order.status}"
             )
+        await sim.faults.hold_reply()  # reply_delay: filled above, the answer waits
         return placed, (sim.clock.monotonic() - started) * 1000
 
     @app.post("/v2/order/place")
@@ -149,7 +151,10 @@ def create_app(sim: Simulator) -> FastAPI:
     # --- quotes and instruments ----------------------------------------------------------------
     def _ltp(instrument_key: str, v3: bool) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        for key in (k.strip() for k in instrument_key.split(",") if k.strip()):
+        wanted = [k.strip() for k in instrument_key.split(",") if k.strip()]
+        if len(wanted) > LTP_MAX_KEYS:
+            raise UpstoxError(400, errors.INVALID_INPUT, f"at most {LTP_MAX_KEYS} instrument keys per request")
+        for key in wanted:
             idx = sim.market.index.get(key)
             if idx is None:
                 continue
@@ -158,7 +163,8 @@ def create_app(sim: Simulator) -> FastAPI:
             row: dict[str, Any] = {"last_price": rupees(quote.ltp), "instrument_token": key}
             if v3:
                 row.update(ltq=quote.ltq, volume=quote.vtt, cp=rupees(quote.close))
-            data[f"{inst.segment}:{inst.trading_symbol}"] = row
+            # Keyed SEGMENT:SYMBOL as Upstox does ("NSE_EQ:NHPC"; indices by name, "NSE_INDEX:Nifty 50").
+            data[f"{inst.segment}:{inst.name if inst.is_index else inst.trading_symbol}"] = row
         return success(data)
 
     @app.get("/v2/market-quote/ltp")
@@ -185,10 +191,16 @@ class PriceControl(BaseModel):
     release: bool = False
 
 
+class InstrumentControl(BaseModel):
+    symbol: str
+    halted: bool
+
+
 class FaultControl(BaseModel):
     kind: FaultKind
     duration_s: float = Field(0.0, ge=0)
     code: Literal[1000, 1011] = 1000
+    delay_s: float = Field(0.0, ge=0, le=600)  # reply_delay: how long an order's answer is held
 
 
 class MarketControl(BaseModel):
@@ -221,6 +233,14 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
         logger.info(f"sim control: {body.symbol} set to ₹{body.ltp:.2f} and pinned")
         return {"symbol": body.symbol, "ltp": rupees(to_paise(body.ltp)), "pinned": True}
 
+    @app.post("/sim/instrument")
+    async def instrument(body: InstrumentControl) -> dict[str, Any]:
+        if sim.market.by_symbol.get(body.symbol) is None:
+            return JSONResponse({"detail": f"unknown symbol {body.symbol}"}, 404)  # type: ignore[return-value]
+        sim.market.halt(body.symbol, body.halted)
+        logger.info(f"sim control: {body.symbol} {'halted' if body.halted else 'trading again'}")
+        return {"symbol": body.symbol, "halted": body.halted}
+
     @app.post("/sim/trade")
     async def trade(body: TradeControl) -> dict[str, Any]:
         if sim.market.by_symbol.get(body.symbol) is None:
@@ -239,7 +259,7 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
 
     @app.post("/sim/faults")
     async def fault(body: FaultControl) -> dict[str, Any]:
-        await sim.inject(body.kind, body.duration_s, code=body.code)
+        await sim.inject(body.kind, body.duration_s, code=body.code, delay_s=body.delay_s)
         return {"kind": body.kind, "duration_s": body.duration_s, "active": sim.faults.snapshot()}
 
     @app.post("/sim/market")

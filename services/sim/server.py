@@ -198,7 +198,7 @@ class Simulator:
             await asyncio.sleep(next_at - loop.time())
 
     # --- control -------------------------------------------------------------------------------
-    async def inject(self, kind: FaultKind, duration_s: float, *, code: int = 1000) -> None:
+    async def inject(self, kind: FaultKind, duration_s: float, *, code: int = 1000, delay_s: float = 0.0) -> None:
         """Start a fault (see `POST /sim/faults`)."""
         logger.warning(f"sim fault injected: {kind} for {duration_s}s")
         if kind == "drop":
@@ -208,6 +208,10 @@ class Simulator:
             self.faults.close_code = code
             self.faults.start(kind, duration_s)
             await self.feeder.close_all(code)
+        elif kind == "reply_delay":
+            self.faults.release_replies()  # answers held by an earlier window go now
+            self.faults.reply_delay_s = delay_s
+            self.faults.start(kind, duration_s)
         else:
             self.faults.start(kind, duration_s)
 
@@ -232,6 +236,7 @@ class Simulator:
             "steps": self.market.steps,
             "segment_status": self.market.segment_status(),
             "pinned": sorted(self.instruments[i].trading_symbol for i in self.market.pinned),
+            "halted": sorted(self.instruments[i].trading_symbol for i in self.market.halted),
             "faults": self.faults.snapshot(),
             "fault_counts": self.faults.counts,
             "connections": self.feeder.state(),
