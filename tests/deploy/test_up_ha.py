@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.deploy.test_make_up import ROOT, _processes_under
-from tests.helpers import free_port
+from tests.helpers import free_port, sealed_child
 
 pytestmark = pytest.mark.e2e
 
@@ -39,25 +39,25 @@ def _sentinel_master(port: int) -> int:
 @pytest.mark.timeout(300)
 def test_make_up_ha_runs_the_topology_follows_a_failover_and_make_down_ha_leaves_nothing(tmp_path: Path) -> None:
     checkout = tmp_path / "guard"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True, **sealed_child(tmp_path))
     (checkout / ".venv").symlink_to(ROOT / ".venv")
     redis_ports = [free_port(), free_port()]
     sentinel_ports = [free_port(), free_port(), free_port()]
     api_ports = [free_port(), free_port()]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("UPSTOX_", "API_", "SIM_", "REDIS_", "LOG_"))},
-        "HA_REDIS_PORTS": " ".join(map(str, redis_ports)),
-        "HA_SENTINEL_PORTS": " ".join(map(str, sentinel_ports)),
-        "HA_API_PORTS": " ".join(map(str, api_ports)),
-        "SIM_PORT": str(free_port()),
-        "SIM_FEED_PORT": str(free_port()),
-        "FEED_LEASE_S": "4",
-        "UP_TIMEOUT_S": "150",
-    }
+    place = sealed_child(
+        checkout,
+        HA_REDIS_PORTS=" ".join(map(str, redis_ports)),
+        HA_SENTINEL_PORTS=" ".join(map(str, sentinel_ports)),
+        HA_API_PORTS=" ".join(map(str, api_ports)),
+        SIM_PORT=str(free_port()),
+        SIM_FEED_PORT=str(free_port()),
+        FEED_LEASE_S="4",
+        UP_TIMEOUT_S="150",
+    )
     apis = [f"http://127.0.0.1:{port}/api/v1" for port in api_ports]
 
     def make(target: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["make", target], cwd=checkout, env=env, capture_output=True, text=True, timeout=200)
+        return subprocess.run(["make", target], capture_output=True, text=True, timeout=200, **place)
 
     try:
         up = make("up-ha")

@@ -82,11 +82,7 @@ class HAStack(Stack):
             await self.redis.delete(keys.heartbeat(service, instance))
             with (self.logs / f"{name}.stdout").open("ab") as log:
                 self.procs[name] = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
-                    [sys.executable, "-m", f"services.{service}"],
-                    cwd=self.tmp,
-                    env=self.env_of(name),
-                    stdout=log,
-                    stderr=log,
+                    [sys.executable, "-m", f"services.{service}"], stdout=log, stderr=log, **self.place_of(name)
                 )
         if wait:
             for service, instance in instances:
@@ -109,9 +105,8 @@ class HAStack(Stack):
         """Exit code of `python -m services.SERVICE --check` run as that instance."""
         return subprocess.run(
             [sys.executable, "-m", f"services.{service}", "--check"],
-            cwd=self.tmp,
-            env=self.env_of(f"{service}@{instance}"),
             check=False,
+            **self.place_of(f"{service}@{instance}"),
         ).returncode
 
     def log(self, name: str) -> str:

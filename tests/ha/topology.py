@@ -23,7 +23,7 @@ from pathlib import Path
 
 from redis import Redis as SyncRedis
 
-from tests.helpers import eventually, free_port, terminate
+from tests.helpers import eventually, free_port, sealed_child, terminate
 
 MASTER = "guard"
 DOWN_AFTER_MS = 1000
@@ -62,7 +62,9 @@ class Node:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / "stdout.log").open("ab")
-        self.proc = subprocess.Popen([_redis_server(), *self.args], cwd=self.workdir, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            [_redis_server(), *self.args], stdout=log, stderr=log, **sealed_child(self.workdir)
+        )
         log.close()
         _wait_port(self.port)
 
