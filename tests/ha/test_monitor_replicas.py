@@ -37,15 +37,17 @@ async def test_two_monitors_one_frozen_mid_close_send_one_order(tmp_path: Path) 
         assert sorted(status["instances"]["monitor"]) == ["a", "b"]
         marks = {i: stack.mark(f"monitor@{i}") for i in "ab"}
 
-        # The SL is crossed: both monitors decide, one claims and sends its order, the other is refused by the
-        # claim. The order reaches the broker (and fills); its answer is held, so the claimant waits for it.
+        # The SL is crossed while monitor b is held, so monitor a claims and sends its order; the order reaches the
+        # broker (and fills) but its answer is held, so a waits for it. Then a freezes mid-close and b comes back.
+        frozen, other = "a", "b"
+        stack.pause(f"monitor@{other}")
         proxy.hold()
         resp = await stack.api("PATCH", "/api/v1/positions/BOSCHLTD", json={"stop_loss": 725.0})
         assert resp.status_code == 200, resp.text
         await asyncio.wait_for(proxy.order_seen.wait(), timeout=10)
-        frozen = await eventually(lambda: _claimant(stack, marks), timeout_s=5)
-        other = "b" if frozen == "a" else "a"
+        assert stack.count(f"monitor@{frozen}", "[SL] BOSCHLTD", since=marks[frozen]) == 1
         stack.pause(f"monitor@{frozen}")  # frozen mid-close: claim held, order in flight
+        stack.resume(f"monitor@{other}")
         proxy.release()
 
         # The other monitor settles the stuck claim by the order's tag (MONITOR_STUCK_CLOSE_S later).
@@ -79,16 +81,18 @@ async def test_a_claimant_frozen_before_its_order_never_sends_it_late(tmp_path: 
 
         replica = stack.topology.data[1]
         assert replica.proc is not None
+        frozen, other = "a", "b"
+        stack.pause(f"monitor@{other}")  # held while a claims, so a is the claimant
         os.kill(replica.proc.pid, signal.SIGSTOP)  # WAIT now blocks: the claimant sits between claim and order
         try:
             resp = await stack.api("PATCH", "/api/v1/positions/BOSCHLTD", json={"stop_loss": 725.0})
             assert resp.status_code == 200, resp.text
             await eventually(lambda: _state_is(stack, "BOSCHLTD", PositionState.CLOSING), timeout_s=5)
-            frozen = await eventually(lambda: _claimant(stack, marks), timeout_s=5)
+            assert stack.count(f"monitor@{frozen}", "[SL] BOSCHLTD", since=marks[frozen]) == 1
             stack.pause(f"monitor@{frozen}")
+            stack.resume(f"monitor@{other}")
         finally:
             os.kill(replica.proc.pid, signal.SIGCONT)
-        other = "b" if frozen == "a" else "a"
 
         # The other monitor: stuck claim, no order with its tag -> reopened -> closed by it, one order.
         await stack.wait_log(f"monitor@{other}", "Reconciled BOSCHLTD: no filled order carries its close tag")
@@ -101,14 +105,6 @@ async def test_a_claimant_frozen_before_its_order_never_sends_it_late(tmp_path: 
         await stack.wait_log(f"monitor@{frozen}", "old when its order was due", since=mark, timeout_s=20)
         assert len(await stack.close_orders("BOSCHLTD")) == 1
         assert len(await stack.closes()) == 1
-
-
-def _claimant(stack: HAStack, marks: dict[str, int]) -> str:
-    """The monitor that decided the SL and was not refused by the claim (once exactly one such is known)."""
-    deciders = [i for i in "ab" if stack.count(f"monitor@{i}", "[SL] BOSCHLTD", since=marks[i])]
-    refused = [i for i in "ab" if stack.count(f"monitor@{i}", "BOSCHLTD is already closing", since=marks[i])]
-    candidates = [i for i in deciders if i not in refused]
-    return candidates[0] if len(candidates) == 1 else ""
 
 
 async def _ltp_is(stack: HAStack, symbol: str, ltp: str) -> bool:
