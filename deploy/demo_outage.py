@@ -23,6 +23,8 @@ def _post(client: httpx.Client, url: str, body: dict[str, Any], key: str) -> dic
     resp = client.post(url, json=body, headers=headers)
     if resp.status_code >= 400 and resp.status_code != 409:
         sys.exit(f"{url} answered {resp.status_code}: {resp.text}")
+    if resp.status_code == 409:  # already open from an earlier run, or not held at the broker: say which
+        print(f"  409: {resp.json().get('detail')}")
     return dict(resp.json())
 
 
@@ -51,7 +53,9 @@ def main(kind: str) -> None:
         _post(client, sim + "/sim/price", {"symbol": "BOSCHLTD", "ltp": 735.0}, "")
         _post(client, sim + "/sim/price", {"symbol": "KAYNES", "ltp": 204.10}, "")
         time.sleep(1.5)
-        print("==> opening BOSCHLTD long 39 @ 735.00, SL 698.25")
+        print("==> the bot buys BOSCHLTD 39 at the broker (simulator: POST /sim/trade), then has it guarded")
+        _post(client, sim + "/sim/trade", {"symbol": "BOSCHLTD", "side": "buy", "quantity": 39}, "")
+        print("==> registering BOSCHLTD long 39 @ 735.00, SL 698.25")
         _post(
             client,
             api + "/api/v1/positions",
@@ -67,6 +71,7 @@ def main(kind: str) -> None:
         if kind == "brief":
             print("==> the bot registers KAYNES long @ 190.00 with TP 197.76 while the feed is down;")
             print("    the cached price ₹204.10 is already past TP, so the monitor closes it on the cached price")
+            _post(client, sim + "/sim/trade", {"symbol": "KAYNES", "side": "buy", "quantity": 100}, "")
             _post(
                 client,
                 api + "/api/v1/positions",

@@ -13,13 +13,16 @@ Keys
   feed:lease                hash   the feed leader's lease: instance, holder, token, acquired_at, renewed_at; PEXPIRE
   feed:lease:counter        string the last fencing number handed out with a feed lease
   replication:probe         string a counter a close increments so its WAIT covers its claim (replication.py)
-  position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed)
+  position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed); `net_*` fields: its safety net
   positions:open            set    symbols whose position is open or closing
   positions:closed          list   journal of closes, newest first (JSON close records), at most JOURNAL_MAXLEN
   positions:closed:archive  stream older closes moved out of the journal, oldest first (field `record`)
   events                    stream every event that matters to a person: positions, closes, feed states (capped)
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
+  broker:positions          string JSON snapshot of the broker's day positions (as_of, holdings), last good read
+  broker:unguarded          string JSON list of broker positions no guard record covers (the reconcile's finding)
+  orders:blocked            hash   set while order calls are refused for the static IP (reason, since)
   alerts:outbox             stream alert messages waiting to be sent (consumer group `alerts`)
   alerts:conditions         hash   condition id -> JSON state of the alert condition (active, last sent, folded)
   alerts:sent:ID            set    digests of the ALERT_URLS an outbox message already reached (while retrying)
@@ -28,7 +31,8 @@ Channels
   ticks                     one notice per feed frame: the symbols (and prices) just written
   feed:status:changes       the feed's state transitions
   feed:subscription-requests  "sub SYMBOL KEY" / "unsub SYMBOL" asks the feed to (un)subscribe now
-  positions:events          position lifecycle events (opened, closing, closed, close_failed, unmonitored)
+  positions:events          position lifecycle events (opened, closing, closed, close_failed, unmonitored,
+                            reduced, removed, reopened)
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ CLOSED_ARCHIVE: Final = "positions:closed:archive"
 EVENTS_STREAM: Final = "events"
 IDEMPOTENCY_PREFIX: Final = "idempotency:"
 SERVICES_STATUS: Final = "services:status"
+BROKER_POSITIONS: Final = "broker:positions"
+BROKER_UNGUARDED: Final = "broker:unguarded"
+ORDERS_BLOCKED: Final = "orders:blocked"
 ALERTS_OUTBOX: Final = "alerts:outbox"
 ALERT_CONDITIONS: Final = "alerts:conditions"
 ALERT_SENT_PREFIX: Final = "alerts:sent:"

@@ -7,6 +7,7 @@ Each model knows its Redis hash form (`to_redis` / `from_redis`); `from_redis` r
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Self
 
@@ -139,6 +140,14 @@ class Trigger(BaseModel):
     reason: CloseReason
     level: Paise
     comparison: str  # "<=" or ">=" as the guide prints it
+
+
+def level_at_pct(entry: Paise, side: Side, pct: float, *, stop: bool) -> Paise:
+    """SL/TP `pct` percent away from `entry` (paise): a stop below a long's entry (above a short's), a target
+    beyond it."""
+    below = stop == (side is Side.LONG)
+    factor = Decimal(1) - Decimal(str(pct)) / 100 if below else Decimal(1) + Decimal(str(pct)) / 100
+    return to_paise(Decimal(entry) / 100 * factor)
 
 
 class Position(BaseModel):

@@ -7,7 +7,7 @@ API both close through `libs.common.closing`, which uses these; nobody writes th
 
 from __future__ import annotations
 
-import json
+import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
@@ -16,13 +16,21 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.clock import Clock
-from libs.common.events import add_event, encode_event
+from libs.common.events import add_event, decode_event, encode_event
 from libs.common.models import CloseReason, CloseRecord, MalformedRecord, Position, PositionState
 
 # KEYS: position, open set, subscriptions hash. ARGV: symbol, instrument_key, then field/value pairs.
+# A resent call of our own (same opened_at) answers 'ok' again.
 _OPEN = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'open' or state == 'closing' then return state end
+if state == 'open' or state == 'closing' then
+  for i = 3, #ARGV, 2 do
+    if ARGV[i] == 'opened_at' and state == 'open' and redis.call('HGET', KEYS[1], 'opened_at') == ARGV[i + 1] then
+      return 'ok'
+    end
+  end
+  return state
+end
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SADD', KEYS[2], ARGV[1])
@@ -30,37 +38,65 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 'ok'
 """
 
+# Every script below is idempotent per claim id: redis-py resends a script whose reply timed out, and a second
+# run of one that already took effect must answer as the first did.
+
 # KEYS: position. ARGV: claim_id, claimed_at, reason. Returns 'ok' or the state that refused the claim.
 _CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
+if state == 'closing' and redis.call('HGET', KEYS[1], 'claim_id') == ARGV[1] then return 'ok' end
 if state ~= 'open' then return state end
 redis.call('HSET', KEYS[1], 'state', 'closing', 'claim_id', ARGV[1], 'claimed_at', ARGV[2], 'close_reason', ARGV[3])
 return 'ok'
 """
 
-# KEYS: position. ARGV: claim_id, error, next_attempt_at. Reopens a position whose close failed.
+# KEYS: position. ARGV: claim_id, error, next_attempt_at, quantity ('' = unchanged). Reopens a position whose
+# close failed (with the quantity still held when part of it was sold).
 _RELEASE = """
+if redis.call('HGET', KEYS[1], 'released_claim') == ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'open' then
+  return 1
+end
 if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'closing' then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', 'open', 'claim_id', '', 'claimed_at', '', 'last_error', ARGV[2],
-           'next_attempt_at', ARGV[3])
+           'next_attempt_at', ARGV[3], 'released_claim', ARGV[1])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'quantity', ARGV[4]) end
 redis.call('HINCRBY', KEYS[1], 'close_attempts', 1)
 return 1
 """
 
 # KEYS: position, open set, journal, subscriptions hash. ARGV: claim_id, symbol, record JSON.
 _COMPLETE = """
-if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'closing' then
-  return 0
-end
+local state = redis.call('HGET', KEYS[1], 'state')
+if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] then return 0 end
+if state == 'closed' then return 1 end
+if state ~= 'closing' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'closed', 'last_error', '', 'next_attempt_at', '')
 redis.call('HINCRBY', KEYS[1], 'close_attempts', 1)
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[2])
 return 1
+"""
+
+# KEYS: position. ARGV: quantity. Lowers the guarded quantity of an open position (the broker holds less).
+_REDUCE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'open' then return state or 'missing' end
+redis.call('HSET', KEYS[1], 'quantity', ARGV[1])
+return 'ok'
+"""
+
+# KEYS: position, open set, subscriptions hash. ARGV: symbol. Stops guarding an open position (no order).
+_REMOVE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'open' then return state or 'missing' end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 'ok'
 """
 
 # KEYS: position. ARGV: field/value pairs. Changes SL/TP only while the position is open.
@@ -78,6 +114,11 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 0 end
 redis.call('HSET', KEYS[1], 'unmonitored_since', ARGV[1])
 return 1
 """
+
+
+def new_claim_id() -> str:
+    """A fresh claim id (16 hex characters: the close tag stays within Upstox's 40)."""
+    return uuid.uuid4().hex[:16]
 
 
 class PositionConflict(Exception):
@@ -109,6 +150,8 @@ class PositionStore:
         self._complete = redis.register_script(_COMPLETE)
         self._update_levels = redis.register_script(_UPDATE_LEVELS)
         self._mark_unmonitored = redis.register_script(_MARK_UNMONITORED)
+        self._reduce = redis.register_script(_REDUCE)
+        self._remove = redis.register_script(_REMOVE)
 
     async def open(self, position: Position) -> Position:
         """Register an open position and ask the feed to subscribe its symbol.
@@ -176,12 +219,13 @@ class PositionStore:
         )
         return updated
 
-    async def claim(self, symbol: str, reason: CloseReason) -> tuple[str, Position]:
+    async def claim(self, symbol: str, reason: CloseReason, claim_id: str | None = None) -> tuple[str, Position]:
         """Atomically move `symbol` from open to closing; only the holder of the returned claim id may finish it.
+        A repeated claim with the same `claim_id` (a retried call) answers as the first did.
 
         Raises PositionNotFound (no position) or PositionConflict (already closing or closed).
         """
-        claim_id = uuid.uuid4().hex[:16]
+        claim_id = claim_id or new_claim_id()
         result = await self._claim(keys=[keys.position(symbol)], args=[claim_id, repr(self._clock.now()), reason.value])
         if result == "missing":
             raise PositionNotFound(symbol)
@@ -192,10 +236,44 @@ class PositionStore:
             raise PositionNotFound(symbol)
         return claim_id, position
 
-    async def release(self, symbol: str, claim_id: str, error: str, next_attempt_at: float | None) -> bool:
-        """Return a claimed position to open after a failed close, recording why. False if the claim is not ours."""
+    async def release(
+        self, symbol: str, claim_id: str, error: str, next_attempt_at: float | None, *, quantity: int | None = None
+    ) -> bool:
+        """Return a claimed position to open after a failed close, recording why; `quantity` lowers the guarded
+        quantity to what is still held (part was sold). False if the claim is not ours."""
         nxt = "" if next_attempt_at is None else repr(next_attempt_at)
-        return bool(await self._release(keys=[keys.position(symbol)], args=[claim_id, error[:500], nxt]))
+        qty = "" if quantity is None else str(quantity)
+        return bool(await self._release(keys=[keys.position(symbol)], args=[claim_id, error[:500], nxt, qty]))
+
+    async def claim_holder(self, symbol: str) -> tuple[str, str, float | None]:
+        """(state, claim id, claimed_at epoch s) of the position now, for fencing a closer before its order."""
+        fields = ["state", "claim_id", "claimed_at"]
+        state, claim_id, claimed_at = await self._redis.hmget(keys.position(symbol), fields)
+        return str(state or ""), str(claim_id or ""), float(claimed_at) if claimed_at else None
+
+    async def reduce(self, symbol: str, quantity: int) -> bool:
+        """Lower the guarded quantity of an open position to `quantity` (the broker holds less). False if the
+        position is not open."""
+        return bool(await self._reduce(keys=[keys.position(symbol)], args=[quantity]) == "ok")
+
+    async def remove(self, symbol: str) -> Position:
+        """Stop guarding an open position without any order; the feed unsubscribes it.
+
+        Raises PositionNotFound or PositionConflict (closing: an order may be in flight; closed).
+        """
+        current = await self.get(symbol)
+        if current is None:
+            raise PositionNotFound(symbol)
+        result = await self._remove(
+            keys=[keys.position(symbol), keys.OPEN_POSITIONS, keys.FEED_SUBSCRIPTIONS], args=[symbol]
+        )
+        if result == "missing" and current.state is not PositionState.OPEN:
+            raise PositionNotFound(symbol)
+        if result not in ("ok", "missing"):  # missing after reading it open: a resent call that already removed it
+            raise PositionConflict(symbol, str(result))
+        await self._redis.publish(keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"unsub {symbol}")
+        await self.publish_event("removed", symbol, position=current.public())
+        return current
 
     async def complete(self, claim_id: str, record: CloseRecord) -> bool:
         """Mark the claimed position closed and journal the close. False if the claim is not ours."""
@@ -235,9 +313,13 @@ class PositionStore:
             await pipe.execute()
 
     async def recent_events(self, count: int = 50) -> list[dict[str, Any]]:
-        """The newest `count` events, newest first."""
+        """The newest `count` events, newest first (an entry that is not an event is skipped)."""
         rows = cast(list[tuple[str, dict[str, str]]], await self._redis.xrevrange(keys.EVENTS_STREAM, count=count))
-        return [json.loads(fields["event"]) for _, fields in rows]
+        events = []
+        for _, fields in rows:
+            with contextlib.suppress(ValueError):
+                events.append(decode_event(fields))
+        return events
 
 
 def is_active(position: Position) -> bool:

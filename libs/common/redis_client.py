@@ -14,12 +14,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from libs.common.metrics import CountingRetry
 from libs.common.settings import Settings
 
 
@@ -43,7 +43,7 @@ def create_redis(settings: Settings, *, decode_responses: bool = True) -> Redis:
         "socket_connect_timeout": settings.redis_connect_timeout_s,
         "socket_keepalive": True,
         "health_check_interval": 10,
-        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), settings.redis_retries),
+        "retry": CountingRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), settings.redis_retries),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "client_name": None,
     }

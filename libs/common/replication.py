@@ -7,9 +7,8 @@ has replicas, a close sends its order only after at least one replica confirmed 
 open and guarded, and the close is retried (an SL fired a moment late costs less than a position sold twice).
 A master without replicas has nothing to fail over to, so there is nothing to wait for.
 
-The same call refuses a claim that got old before its order left (a closer paused or starved for half of
-`MONITOR_STUCK_CLOSE_S`): by then another closer may have found it stuck, found no order by its tag, reopened and
-closed the position itself; a late order would be a second one.
+A claim that got old before its order left (the WAIT included) is refused by `Closer`'s claim fence, which runs
+after this confirmation: one age check, right before the order.
 
 `WAIT` counts only the writes of the connection that sends it, and a pooled client may have claimed on another
 one; so a small write (`replication:probe`) and the `WAIT` go together on one connection: replication is in
@@ -24,7 +23,6 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.broker import BrokerError
-from libs.common.clock import Clock
 from libs.common.settings import Settings
 
 
@@ -48,17 +46,6 @@ class ClaimNotReplicated(ClaimNotConfirmed):
         )
 
 
-class ClaimTooOld(ClaimNotConfirmed):
-    """The closer was held up (paused, starved) between its claim and its order for so long that another closer
-    may already have found the claim stuck and settled it (after `MONITOR_STUCK_CLOSE_S`)."""
-
-    def __init__(self, symbol: str, age_s: float) -> None:
-        super().__init__(
-            f"claim on {symbol} was {age_s:.1f}s old when its order was due (this closer was held up); "
-            "no order sent, another closer may be settling it"
-        )
-
-
 async def confirmed_on_replica(redis: Redis, timeout_s: float) -> bool:
     """True when at least one replica has every write made before this call, or when the master has no
     replica. Waits at most `timeout_s`. Raises RedisError."""
@@ -75,21 +62,14 @@ async def confirmed_on_replica(redis: Redis, timeout_s: float) -> bool:
 class ClaimConfirmation:
     """What `Closer` calls between a claim and its order."""
 
-    def __init__(self, redis: Redis, settings: Settings, clock: Clock) -> None:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._timeout_s = settings.claim_replica_timeout_s
-        # A claim this old may be reconciled by another closer (MONITOR_STUCK_CLOSE_S): never send on it.
-        self._send_within_s = settings.monitor_stuck_close_s / 2
-        self._clock = clock
 
-    async def confirm(self, symbol: str, claimed_at: float) -> None:
-        """Return once a replica has the claim made on `symbol` at `claimed_at` (monotonic s), or no replica
-        exists, and the claim is still young enough to act on.
+    async def confirm(self, symbol: str) -> None:
+        """Return once a replica has the claim just made on `symbol`, or no replica exists.
 
-        Raises ClaimNotReplicated or ClaimTooOld (no order may be sent), RedisError when Redis failed.
+        Raises ClaimNotReplicated (no order may be sent), RedisError when Redis failed.
         """
         if not await confirmed_on_replica(self._redis, self._timeout_s):
             raise ClaimNotReplicated(symbol, self._timeout_s)
-        age_s = self._clock.monotonic() - claimed_at
-        if age_s > self._send_within_s:
-            raise ClaimTooOld(symbol, age_s)

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     sim_tls_ca_path: str = ""
     sim_hostnames: list[str] = Field(default_factory=list)
     sim_order_rate_limit_per_s: int = Field(10, ge=0)
+    sim_order_rate_limit_per_min: int = Field(500, ge=0)
+    sim_require_algo_name: str = ""
     sim_ws_ping_interval_s: float = Field(5.0, gt=0)
     sim_ticks_per_interval: int = Field(0, ge=0)
 
@@ -99,9 +101,20 @@ class Settings(BaseSettings):
     monitor_fallback_log_interval_s: float = Field(10.0, ge=0)
     broker: Literal["upstox", "paper"] = "upstox"
     order_product: Literal["I", "D", "MTF"] = "I"
+    order_market_protection: float = Field(-1, ge=-1, le=25)
     close_retry_base_s: float = Field(1.0, gt=0)
     close_retry_max_s: float = Field(30.0, gt=0)
     broker_timeout_s: float = Field(5.0, gt=0)
+    broker_fill_timeout_s: float = Field(5.0, gt=0)
+    broker_positions_max_age_s: float = Field(10.0, ge=0)
+    upstox_algo_name: str = ""
+    order_blocked_retry_s: float = Field(15.0, gt=0)
+    reconcile_interval_s: float = Field(30.0, gt=0)
+    safety_net: Literal["on", "off"] = "on"
+    safety_net_buffer_pct: float = Field(0.5, ge=0, le=20)
+    reconcile_adopt: bool = False
+    reconcile_adopt_stop_loss_pct: float = Field(2.0, gt=0, lt=100)
+    reconcile_adopt_take_profit_pct: float = Field(4.0, gt=0, lt=100)
 
     # --- API ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -114,6 +127,11 @@ class Settings(BaseSettings):
     api_public_reads: bool = False
     journal_maxlen: int = Field(10000, gt=0)
 
+    # --- Metrics (Prometheus; the api serves its own on GET /metrics) ------------------------
+    metrics_host: str = "127.0.0.1"
+    feed_metrics_port: int = Field(9101, ge=0, le=65535)
+    monitor_metrics_port: int = Field(9102, ge=0, le=65535)
+    alerts_metrics_port: int = Field(9103, ge=0, le=65535)
     # --- Alerts and the dead man's switch ------------------------------------------------------
     alert_urls: list[SecretStr] = Field(default_factory=list)
     alert_feed_down_s: float = Field(20.0, ge=0)
@@ -129,6 +147,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     log_dir: str = ""
+
+    @model_validator(mode="after")
+    def _market_protection_is_auto_or_a_percentage(self) -> Settings:
+        if -1 < self.order_market_protection < 0:
+            raise ValueError("ORDER_MARKET_PROTECTION must be -1 (auto), 0 (none) or a percentage up to 25")
+        return self
 
     @model_validator(mode="after")
     def _backoff_cap_not_below_base(self) -> Settings:

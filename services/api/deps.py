@@ -9,11 +9,14 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 
 from libs.common.broker import Broker
+from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock
 from libs.common.closing import Closer
 from libs.common.instruments import InstrumentIndex
+from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
+from libs.common.safety_net import SafetyNet
 from libs.common.settings import Settings
 from services.api.health import HealthReader
 from services.api.idempotency import Idempotency
@@ -34,6 +37,9 @@ class Resources:
     token_probe: TokenProbe
     health: HealthReader
     instruments: InstrumentIndex
+    holdings: BrokerPositions
+    gate: OrderGate
+    safety_net: SafetyNet | None = None
 
 
 def get_resources(request: Request) -> Resources:

@@ -30,12 +30,16 @@ async def decision_price(res: Resources, symbol: str) -> tuple[Paise | None, Pri
 async def emergency_close(res: Resources, symbol: str, reason: CloseReason) -> EmergencyCloseResponse:
     """Close `symbol` through the shared Closer. Raises PositionNotFound, PositionConflict or BrokerError."""
     price, source, age_s = await decision_price(res, symbol)
-    request = CloseRequest(symbol, reason, "api", price, source, age_s)
+    request = CloseRequest(symbol, reason, "api", price, source, age_s, decided_at=res.clock.now())
     record = await res.closer.close(request)
-    logger.success(
-        f"Position {symbol} closed successfully: exit {fmt_inr(record.exit_price)}, P&L {fmt_inr(record.pnl)} "
-        f"(emergency API, {reason.value}, order {record.order_id})"
-    )
+    message = f"Position {record.symbol} closed successfully"
+    if record.closed_by == "external":
+        message += " (the broker already held none: closed outside the guard, no order sent)"
+    else:
+        logger.success(
+            f"{message}: exit {fmt_inr(record.exit_price)}, P&L {fmt_inr(record.pnl)} "
+            f"(emergency API, {reason.value}, order {record.order_id})"
+        )
     return EmergencyCloseResponse(
         status="success",
         symbol=record.symbol,
@@ -43,11 +47,12 @@ async def emergency_close(res: Resources, symbol: str, reason: CloseReason) -> E
         exit_price=rupees(record.exit_price),
         pnl=rupees(record.pnl),
         reason=record.reason,
-        message=f"Position {record.symbol} closed successfully",
+        message=message,
         quantity=record.quantity,
         side=record.side,
         order_id=record.order_id,
         price_age_seconds=None if age_s is None else round(age_s, 3),
         price_source=source,
         closed_at=ist_iso(record.closed_at),
+        closed_by=record.closed_by,
     )

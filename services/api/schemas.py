@@ -106,6 +106,44 @@ class EmergencyCloseResponse(BaseModel):
     price_age_seconds: float | None
     price_source: PriceSource
     closed_at: str
+    closed_by: str = Field("api", description='"external" when the broker already held none: no order was sent')
+
+
+class EmergencyClosePending(BaseModel):
+    """The order was sent but its outcome is unknown (a 5xx or timeout): it is settled with the broker by tag."""
+
+    status: Literal["pending"]
+    symbol: str
+    claim_id: str
+    message: str
+
+
+class OrdersStatus(BaseModel):
+    blocked: bool
+    reason: str | None = None
+    since: str | None = None
+    static_ips: dict[str, Any] | None = Field(None, description="GET /v2/user/ip (Upstox only)")
+
+
+class SafetyNetOut(BaseModel):
+    """Layer 0: the position's stop-loss kept at the broker (a GTT)."""
+
+    state: str = Field(description="placing, active, retrying, unknown, fired, cancelled, ended, none or off")
+    gtt_id: str | None = None
+    trigger_price: float | None = None
+    last_error: str | None = None
+
+
+class SafetyNetStatus(BaseModel):
+    enabled: bool
+    buffer_pct: float
+    states: dict[str, int] = Field(description="open positions per safety-net state")
+    failing: list[dict[str, Any]] = Field(description="open positions whose GTT is not in place, and why")
+
+
+class BrokerPositionsStatus(BaseModel):
+    as_of: str | None
+    unguarded: list[dict[str, Any]] = Field(description="broker positions no guard record covers (not adopted)")
 
 
 class TokenStatus(BaseModel):
@@ -147,6 +185,9 @@ class Status(BaseModel):
     feed: FeedDetail | None
     notes: dict[str, str] = Field(description="services:status notes, e.g. the monitor's last broker error")
     recent_events: list[dict[str, Any]]
+    orders: OrdersStatus | None = None
+    broker_positions: BrokerPositionsStatus | None = None
+    safety_net: SafetyNetStatus | None = None
 
 
 # --- positions --------------------------------------------------------------------------------
@@ -206,6 +247,8 @@ class PositionOut(BaseModel):
     ltp: float | None = Field(description="the cached price in rupees, null when none is cached")
     price_age_seconds: float | None
     unrealized_pnl: float | None
+    warning: str | None = Field(None, description="set when the broker's positions could not confirm the position")
+    safety_net: SafetyNetOut | None = Field(None, description="Layer 0: the stop kept at the broker (a GTT)")
 
 
 class PositionList(BaseModel):

@@ -63,6 +63,8 @@ def trigger_line(symbol: str, view: PriceView, trigger: Trigger) -> str:
 
 def closed_line(record: CloseRecord) -> str:
     """`Position closed successfully: BOSCHLTD exit ₹575.00 pnl ₹-1600.00 (order 123)`."""
+    if record.closed_by == "external":
+        return f"Position {record.symbol} was closed outside the guard (the broker holds none); no order sent"
     return (
         f"Position closed successfully: {record.symbol} exit {fmt_inr(record.exit_price)} "
         f"pnl {fmt_inr(record.pnl)} (order {record.order_id})"

@@ -27,18 +27,22 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from libs.common import keys
-from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown
+from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown, OrdersBlocked
+from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
 from libs.common.freshness import FeedLiveness, FreshnessPolicy, PriceTruth, read_feed_liveness
 from libs.common.heartbeat import beat_forever
 from libs.common.journal import JournalCap
 from libs.common.logging import tagged
-from libs.common.models import MalformedRecord, Position, PositionState, PriceSource
+from libs.common.metrics import TICK_TO_DECISION
+from libs.common.models import CloseReason, MalformedRecord, Position, PositionState, PriceSource
 from libs.common.money import ltp_paise, to_paise
+from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.price_cache import parse_notice
 from libs.common.replication import ClaimConfirmation
+from libs.common.safety_net import create_safety_net
 from libs.common.settings import Settings
 from libs.common.tasks import cancel_and_wait
 from services.monitor.decision import (
@@ -50,12 +54,15 @@ from services.monitor.decision import (
     trigger_tag,
     view_of,
 )
+from services.monitor.reconcile import BrokerReconciler
+from services.monitor.safety_net import SafetyNetKeeper
 from services.monitor.snapshot import SnapshotReader
 
 SERVICE = "monitor"
 # Events that may change what the tick path must know about a symbol's position.
-_REFRESH_ON = frozenset({"opened", "levels_changed", "reopened", "close_failed", "monitored_again"})
-_FORGET_ON = frozenset({"closing", "closed"})
+_REFRESH_ON = frozenset({"opened", "levels_changed", "reopened", "close_failed", "monitored_again", "reduced"})
+_FORGET_ON = frozenset({"closing", "closed", "removed"})
+_SAFETY_NET_ON = frozenset({"opened", "levels_changed", "reopened", "reduced"})  # the GTT may need a change
 _PUBSUB_RETRY_S = (0.1, 2.0)  # first and capped delay between pub/sub reconnects
 
 
@@ -90,14 +97,32 @@ class Monitor:
         self._store = PositionStore(redis, self._clock)
         self._snapshots = SnapshotReader(redis)
         self._journal_cap = JournalCap(redis, settings.journal_maxlen)
-        confirmation = ClaimConfirmation(redis, settings, self._clock)
-        self._closer = Closer(self._store, broker, self._clock, confirmation=confirmation)
+        holdings = BrokerPositions(redis, broker, self._clock, max_age_s=settings.broker_positions_max_age_s)
+        gate = OrderGate(redis, self._clock)
+        net = create_safety_net(settings, redis, broker, self._clock)
+        self._closer = Closer(
+            self._store,
+            broker,
+            self._clock,
+            holdings=holdings,
+            gate=gate,
+            settings=settings,
+            safety_net=net,
+            confirmation=ClaimConfirmation(redis, settings),
+        )
+        self.safety_net = None
+        if net is not None:
+            self.safety_net = SafetyNetKeeper(
+                settings, redis, net, self._store, self._clock, close_fired=self.close_fired_safety_net, gate=gate
+            )
+        self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, broker, self._clock)
         self._jitter = jitter
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
         # Change numbers order what happened here (a clock can stand still between two of them):
         self._changes = itertools.count(1)
         self._inflight_since: dict[str, int] = {}  # when each close or reconcile in flight began
+        self._settle_due: dict[str, float] = {}  # claim id of a close ended here unconfirmed -> when to settle it
         # when an event or a close here last changed what the tick path knows of a symbol: a sweep whose read
         # began before that is older news for it
         self._touched: dict[str, int] = {}
@@ -245,6 +270,9 @@ class Monitor:
     def _stuck(self, position: Position, now: float) -> bool:
         if position.symbol in self._inflight:
             return False
+        due = self._settle_due.get(position.claim_id)
+        if due is not None and now >= due:
+            return True
         claimed_at = position.claimed_at
         return claimed_at is None or now - claimed_at >= self._settings.monitor_stuck_close_s
 
@@ -337,6 +365,7 @@ class Monitor:
                 continue
             if self._evaluate(watch[symbol], PriceView(price, source, age_s), now):
                 started += 1
+        TICK_TO_DECISION.observe(max(0.0, self._clock.now() - as_of))  # one per notice: its last decision
         return started
 
     def _evaluate(self, position: Position, view: PriceView, now: float) -> bool:
@@ -366,6 +395,23 @@ class Monitor:
         )
         self._track(symbol, asyncio.create_task(self._close(position, request), name=f"monitor.close.{symbol}"))
         return True
+
+    def close_fired_safety_net(self, position: Position) -> None:
+        """The broker's stop (Layer 0) fired: settle the position through the normal close path, whose disarm
+        takes the GTT's fill as the close, or cancels an order a gap left open and sells the rest."""
+        if self._busy(position.symbol):
+            return
+        request = CloseRequest(
+            symbol=position.symbol,
+            reason=CloseReason.STOP_LOSS,
+            closed_by=SERVICE,
+            decision_price=None,
+            price_source=PriceSource.BROKER,
+            price_age_s=None,
+            decided_at=self._clock.now(),
+        )
+        task = asyncio.create_task(self._close(position, request), name=f"monitor.close.{position.symbol}")
+        self._track(position.symbol, task)
 
     def _log_fallback_throttled(self, symbol: str, view: PriceView) -> None:
         mono = self._clock.monotonic()
@@ -413,9 +459,24 @@ class Monitor:
         except BrokerOutcomeUnknown as exc:
             logger.error(
                 f"Close of {symbol} unconfirmed: {exc}; it stays closing and is settled with the broker by its "
-                f"order tag within {self._settings.monitor_stuck_close_s:g}s"
+                "order tag as soon as the broker answers"
             )
+            # This closer has ended, so nothing else is in flight on its claim: settle it without waiting for
+            # the stuck threshold (kept for claims whose closer may still be running elsewhere).
+            self._settle_due[exc.claim_id] = now + delay_s
             self._forget(symbol, begun)
+            await self._note_broker_error(str(exc), now)
+        except OrdersBlocked as exc:
+            # A configuration error (logged once as [ERROR] by the gate): retry at the slow, capped cadence.
+            retry_s = self._settings.order_blocked_retry_s
+            logger.warning(
+                f"Close of {symbol} refused (order calls blocked); position stays open, retry in {retry_s:g}s"
+            )
+            self._watch[symbol] = position.model_copy(
+                update={"next_attempt_at": now + retry_s, "close_attempts": position.close_attempts + 1,
+                        "last_error": str(exc)}
+            )  # fmt: skip
+            self._touched[symbol] = next(self._changes)
             await self._note_broker_error(str(exc), now)
         except BrokerError as exc:
             attempt = position.close_attempts + 1
@@ -464,11 +525,17 @@ class Monitor:
             record = await self._closer.reconcile(position)
         except BrokerError as exc:
             logger.error(f"Reconcile of {symbol} failed: {exc}; it stays closing and is retried")
+            if position.claim_id in self._settle_due:
+                self._settle_due[position.claim_id] = self._clock.now() + self._settings.close_retry_max_s
             return
         except RedisError as exc:
             self._redis_lost(exc)
             return
-        if record is not None:
+        self._settle_due.pop(position.claim_id, None)
+        if record is not None and record.closed_by == "external":
+            logger.warning(f"Reconciled {symbol}: no order of its close filled and the broker holds none of it")
+            self._forget(symbol, begun)
+        elif record is not None:
             logger.success(f"Reconciled {symbol}: the broker had filled its close. " + closed_line(record))
             self._forget(symbol, begun)
         else:
@@ -483,6 +550,8 @@ class Monitor:
             kind, symbol = str(event["kind"]), str(event["symbol"])
         except (ValueError, KeyError, TypeError):
             return
+        if self.safety_net is not None and kind in _SAFETY_NET_ON:
+            self.safety_net.wake()
         if kind in _FORGET_ON:
             self._watch.pop(symbol, None)
             self._touched[symbol] = next(self._changes)
@@ -622,7 +691,10 @@ class Monitor:
             ),
             asyncio.create_task(self._sweep_loop(), name="monitor.sweep"),
             asyncio.create_task(self._listen_loop(), name="monitor.ticks"),
+            asyncio.create_task(self.reconciler.run(), name="monitor.reconcile"),
         ]
+        if self.safety_net is not None:
+            loops.append(asyncio.create_task(self.safety_net.run(), name="monitor.safety_net"))
         try:
             ended, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
             for loop in ended:

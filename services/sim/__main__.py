@@ -22,6 +22,7 @@ control API (no token needed), on http://SIM_HOST:SIM_PORT:
   POST /sim/trade   {"symbol": "BOSCHLTD", "side": "buy", "quantity": 10}  a trade outside the guard
   POST /sim/instrument {"symbol": "BOSCHLTD", "halted": true}  halt one instrument (no ticks); false resumes
   POST /sim/faults  {"kind": K, "duration_s": N}  K = drop | close | mute | auth | rest_down
+                    | partial_fill ("ratio") | slow_fill ("delay_s") | reply_lost | reject ("message") | ip_block
                     (close also takes "code": 1000 | 1011)
                     K = reply_delay with "delay_s": S: orders fill at once, their answer is held S s
   POST /sim/market  {"status": "NORMAL_CLOSE"}    force segment status (null = follow the clock)
@@ -30,7 +31,8 @@ control API (no token needed), on http://SIM_HOST:SIM_PORT:
   GET  /sim/state   prices, pins, faults, connections, positions
   POST /sim/reset   prices back to the seed's start; no pins, faults, orders or positions
 Upstox endpoints: /v3/feed/market-data-feed[/authorize], /v2/user/profile, /v2|v3/order/place,
-  /v2/order/details, /v2/order/retrieve-all, /v2/portfolio/short-term-positions, /v2/market-quote/ltp,
+  /v2/order/details, /v2/order/retrieve-all, /v2/order/history, /v2/order/trades/get-trades-for-day,
+  /v2/portfolio/short-term-positions, /v2/user/ip, /v2/market-quote/ltp,
   /market-quote/instruments/exchange/complete.json.gz; the WebSocket feeder listens on SIM_FEED_PORT.
 """
 

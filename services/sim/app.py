@@ -39,6 +39,15 @@ def bearer(request: Request) -> str:
 
 Token = Annotated[str, Depends(bearer)]
 
+# Calls that must come from a registered static IP (place, modify, cancel, multi-order, exit-all, GTT).
+_ORDER_CALL_MARKERS = (
+    "/order/place", "/order/modify", "/order/cancel", "/order/multi", "/order/gtt", "/positions/exit"
+)  # fmt: skip
+
+
+def is_order_call(path: str, method: str) -> bool:
+    return method != "GET" and any(marker in path for marker in _ORDER_CALL_MARKERS)
+
 
 def create_app(sim: Simulator) -> FastAPI:
     """The REST + control app bound to one running `Simulator`."""
@@ -59,8 +68,17 @@ def create_app(sim: Simulator) -> FastAPI:
 
     @app.middleware("http")
     async def _rest_down(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith("/v3/order/gtt"):
+            sim.gtt.calls += 1  # every GTT call that reached the "broker", answered or refused
         if sim.faults.active("rest_down") and not request.url.path.startswith("/sim/"):
             return error_response(errors.rest_down())
+        if is_order_call(request.url.path, request.method):
+            if sim.faults.active("ip_block"):
+                sim.blocked_order_calls += 1
+                return error_response(errors.ip_blocked())
+            required = sim.settings.sim_require_algo_name
+            if required and request.headers.get("x-algo-name") != required:
+                return error_response(errors.invalid_algo_name())
         return await call_next(request)
 
     # --- market data feed ----------------------------------------------------------------------
@@ -119,15 +137,21 @@ def create_app(sim: Simulator) -> FastAPI:
         await sim.faults.hold_reply()  # reply_delay: filled above, the answer waits
         return placed, (sim.clock.monotonic() - started) * 1000
 
+    def _reply(body: dict[str, Any]) -> Any:
+        if sim.faults.active("reply_lost"):  # the order stands; only the gateway's answer is lost
+            logger.warning("sim fault reply_lost: the order was placed, the reply is a 504")
+            return Response("<html><body><h1>504 Gateway Time-out</h1></body></html>", 504, media_type="text/html")
+        return body
+
     @app.post("/v2/order/place")
-    async def place_v2(request: Request, token: Token) -> dict[str, Any]:
+    async def place_v2(request: Request, token: Token) -> Any:
         placed, _ = await _place(request, token, 2)
-        return success({"order_id": placed[0].order_id})
+        return _reply(success({"order_id": placed[0].order_id}))
 
     @app.post("/v3/order/place")
-    async def place_v3(request: Request, token: Token) -> dict[str, Any]:
+    async def place_v3(request: Request, token: Token) -> Any:
         placed, latency_ms = await _place(request, token, 3)
-        return success({"order_ids": [o.order_id for o in placed]}, metadata={"latency": int(latency_ms)})
+        return _reply(success({"order_ids": [o.order_id for o in placed]}, metadata={"latency": int(latency_ms)}))
 
     @app.delete("/v2/order/cancel")
     @app.delete("/v3/order/cancel")
@@ -143,6 +167,29 @@ def create_app(sim: Simulator) -> FastAPI:
     @app.get("/v2/order/retrieve-all")
     async def order_book(_: Token) -> dict[str, Any]:
         return success([o.as_dict() for o in sim.orders.orders.values()])
+
+    @app.get("/v2/order/history")
+    async def order_history(
+        _: Token, order_id: Annotated[str | None, Query()] = None, tag: Annotated[str | None, Query()] = None
+    ) -> dict[str, Any]:
+        return success(sim.orders.history(order_id=order_id, tag=tag))
+
+    @app.get("/v2/order/trades/get-trades-for-day")
+    async def trades_for_day(_: Token) -> dict[str, Any]:
+        return success(list(sim.orders.trades))
+
+    _gtt_routes(app, sim)
+
+    @app.get("/v2/user/ip")
+    async def static_ips(_: Token) -> dict[str, Any]:
+        return success(
+            {
+                "primary_ip": sim.settings.sim_host,
+                "secondary_ip": None,
+                "primary_ip_updated_at": None,
+                "secondary_ip_updated_at": None,
+            }
+        )
 
     @app.get("/v2/portfolio/short-term-positions")
     async def positions(_: Token) -> dict[str, Any]:
@@ -185,6 +232,40 @@ def create_app(sim: Simulator) -> FastAPI:
     return app
 
 
+def _gtt_routes(app: FastAPI, sim: Simulator) -> None:
+    """The four GTT calls (api.upstox.com); place/modify/cancel count in the order rate limits."""
+
+    async def _body(request: Request, token: str) -> Any:
+        sim.orders.check_rate(token)
+        try:
+            return await request.json()
+        except ValueError:
+            raise UpstoxError(400, errors.INVALID_INPUT, "Request body must be JSON") from None
+
+    @app.post("/v3/order/gtt/place")
+    async def gtt_place(request: Request, token: Token) -> Any:
+        gtt = sim.gtt.place(await _body(request, token))
+        logger.info(f"sim GTT {gtt.gtt_order_id} placed: {gtt.instrument.trading_symbol} {gtt.quantity}")
+        if sim.faults.active("reply_lost"):  # the GTT stands; only the gateway's answer is lost
+            return Response("<html><body><h1>504 Gateway Time-out</h1></body></html>", 504, media_type="text/html")
+        return success({"gtt_order_ids": [gtt.gtt_order_id]}, metadata={"latency": 1})
+
+    @app.put("/v3/order/gtt/modify")
+    async def gtt_modify(request: Request, token: Token) -> dict[str, Any]:
+        gtt = sim.gtt.modify(await _body(request, token))
+        return success({"gtt_order_ids": [gtt.gtt_order_id]}, metadata={"latency": 1})
+
+    @app.delete("/v3/order/gtt/cancel")
+    async def gtt_cancel(request: Request, token: Token) -> dict[str, Any]:
+        gtt = sim.gtt.cancel(await _body(request, token))
+        logger.info(f"sim GTT {gtt.gtt_order_id} cancelled")
+        return success({"gtt_order_ids": [gtt.gtt_order_id]}, metadata={"latency": 1})
+
+    @app.get("/v3/order/gtt")
+    async def gtt_get(_: Token, gtt_order_id: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+        return success(sim.gtt.listed(gtt_order_id))
+
+
 class PriceControl(BaseModel):
     symbol: str
     ltp: float | None = Field(None, gt=0)
@@ -200,7 +281,9 @@ class FaultControl(BaseModel):
     kind: FaultKind
     duration_s: float = Field(0.0, ge=0)
     code: Literal[1000, 1011] = 1000
-    delay_s: float = Field(0.0, ge=0, le=600)  # reply_delay: how long an order's answer is held
+    ratio: float | None = Field(None, ge=0, lt=1)  # partial_fill: the share that fills
+    delay_s: float | None = Field(None, ge=0, le=600)  # slow_fill: orders rest open; reply_delay: answers held
+    message: str | None = Field(None, min_length=1, max_length=200)  # reject: the status_message
 
 
 class MarketControl(BaseModel):
@@ -259,7 +342,9 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
 
     @app.post("/sim/faults")
     async def fault(body: FaultControl) -> dict[str, Any]:
-        await sim.inject(body.kind, body.duration_s, code=body.code, delay_s=body.delay_s)
+        await sim.inject(
+            body.kind, body.duration_s, code=body.code, ratio=body.ratio, delay_s=body.delay_s, message=body.message
+        )
         return {"kind": body.kind, "duration_s": body.duration_s, "active": sim.faults.snapshot()}
 
     @app.post("/sim/market")
@@ -280,6 +365,10 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
     @app.get("/sim/orders")
     async def orders() -> list[dict[str, Any]]:
         return [o.as_dict() for o in sim.orders.orders.values()]
+
+    @app.get("/sim/gtt")
+    async def gtts() -> list[dict[str, Any]]:
+        return sim.gtt.everything()
 
     @app.get("/sim/state")
     async def state() -> dict[str, Any]:

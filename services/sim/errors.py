@@ -15,6 +15,9 @@ VALIDITY_REQUIRED = "UDAPI1007"
 INVALID_VALIDITY = "UDAPI1055"
 INVALID_ORDER_TYPE = "UDAPI1056"
 UNKNOWN_ORDER = "UDAPI100010"
+CANCEL_TERMINAL = "UDAPI100040"
+STATIC_IP_BLOCKED = "UDAPI1154"
+INVALID_ALGO_NAME = "UDAPI1156"
 
 
 class UpstoxError(Exception):
@@ -75,3 +78,11 @@ def rate_limited() -> UpstoxError:
 
 def rest_down() -> UpstoxError:
     return UpstoxError(503, UNEXPECTED, "Something went wrong, please try after some time (simulated outage)")
+
+
+def ip_blocked() -> UpstoxError:
+    return UpstoxError(403, STATIC_IP_BLOCKED, "Access to this API is blocked due to static IP restrictions.")
+
+
+def invalid_algo_name() -> UpstoxError:
+    return UpstoxError(400, INVALID_ALGO_NAME, "Invalid or missing X-Algo-Name header", "X-Algo-Name")

@@ -12,8 +12,14 @@ import time
 import uuid
 from typing import Literal
 
-FaultKind = Literal["drop", "close", "mute", "auth", "rest_down", "reply_delay"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("drop", "close", "mute", "auth", "rest_down", "reply_delay")
+FaultKind = Literal[
+    "drop", "close", "mute", "auth", "rest_down", "reply_delay",
+    "partial_fill", "slow_fill", "reply_lost", "reject", "ip_block",
+]  # fmt: skip
+FAULT_KINDS: tuple[FaultKind, ...] = (
+    "drop", "close", "mute", "auth", "rest_down", "reply_delay",
+    "partial_fill", "slow_fill", "reply_lost", "reject", "ip_block",
+)  # fmt: skip
 CODE_TTL_S = 300.0
 
 
@@ -23,12 +29,17 @@ class Faults:
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
         self.close_code = 1000
+        self.fill_ratio = 0.5  # partial_fill: the share of an order that fills
+        self.fill_delay_s = 2.0  # slow_fill: how long an order rests open
+        self.reject_message = "Order rejected by RMS (simulated)"
         self.reply_delay_s = 0.0  # reply_delay: an order is filled at once, its answer held this long
         self._replies_released = asyncio.Event()
         self.counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
 
     def start(self, kind: FaultKind, duration_s: float) -> None:
-        """Make `kind` active for `duration_s` seconds from now (0 = a one-off event, no window)."""
+        """Make `kind` active for `duration_s` seconds from now (0 = a one-off event, no window).
+        Order faults (partial_fill, slow_fill, reply_lost, reject, ip_block) apply to orders placed in the window.
+        """
         self._until[kind] = time.monotonic() + max(duration_s, 0.0)
         self.counts[kind] += 1
 

@@ -37,6 +37,7 @@ from services.sim.app import create_app
 from services.sim.dns_responder import DnsResponder
 from services.sim.faults import AuthCodes, FaultKind, Faults
 from services.sim.feeder import FEED_PATH, Feeder
+from services.sim.gtt import GttBook
 from services.sim.market import Market
 from services.sim.orders import OrderBook
 from services.sim.tls import DEFAULT_NAMES, SimTLS, make_tls
@@ -76,8 +77,16 @@ class Simulator:
             moves_per_step=settings.sim_ticks_per_interval,
         )
         self.faults = Faults()
+        self.blocked_order_calls = 0  # order calls refused by the ip_block fault
         self.codes = AuthCodes()
-        self.orders = OrderBook(self.market, self.clock, rate_limit_per_s=settings.sim_order_rate_limit_per_s)
+        self.orders = OrderBook(
+            self.market,
+            self.clock,
+            faults=self.faults,
+            rate_limit_per_s=settings.sim_order_rate_limit_per_s,
+            rate_limit_per_min=settings.sim_order_rate_limit_per_min,
+        )
+        self.gtt = GttBook(self.market, self.orders, self.clock)
         self.tls: SimTLS | None = None
         if settings.sim_tls:
             self.tls = make_tls(settings.sim_tls_ca_path, settings.sim_hostnames)
@@ -198,9 +207,25 @@ class Simulator:
             await asyncio.sleep(next_at - loop.time())
 
     # --- control -------------------------------------------------------------------------------
-    async def inject(self, kind: FaultKind, duration_s: float, *, code: int = 1000, delay_s: float = 0.0) -> None:
-        """Start a fault (see `POST /sim/faults`)."""
+    async def inject(
+        self,
+        kind: FaultKind,
+        duration_s: float,
+        *,
+        code: int = 1000,
+        ratio: float | None = None,
+        delay_s: float | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Start a fault (see `POST /sim/faults`); `ratio` (partial_fill), `delay_s` (slow_fill: how long orders
+        rest open; reply_delay: how long an answer is held) and `message` (reject) shape the order faults."""
         logger.warning(f"sim fault injected: {kind} for {duration_s}s")
+        if ratio is not None:
+            self.faults.fill_ratio = ratio
+        if delay_s is not None and kind == "slow_fill":
+            self.faults.fill_delay_s = delay_s
+        if message is not None:
+            self.faults.reject_message = message
         if kind == "drop":
             self.faults.start(kind, duration_s)
             await self.feeder.drop(duration_s)
@@ -210,16 +235,18 @@ class Simulator:
             await self.feeder.close_all(code)
         elif kind == "reply_delay":
             self.faults.release_replies()  # answers held by an earlier window go now
-            self.faults.reply_delay_s = delay_s
+            self.faults.reply_delay_s = delay_s or 0.0
             self.faults.start(kind, duration_s)
         else:
             self.faults.start(kind, duration_s)
 
     def reset(self) -> None:
-        """Prices back to the seed's start, no pins, faults, orders or positions."""
+        """Prices back to the seed's start, no pins, faults, orders, GTTs or positions."""
         self.market.reset()
         self.faults.clear()
         self.orders.reset()
+        self.gtt.reset()
+        self.blocked_order_calls = 0
         self.feeder.send_market_info()
 
     def state(self) -> dict[str, Any]:
@@ -243,6 +270,9 @@ class Simulator:
             "handshakes_accepted": self.feeder.accepted,
             "handshakes_refused": self.feeder.handshakes_refused,
             "orders": len(self.orders.orders),
+            "gtts_live": sum(1 for g in self.gtt.gtts.values() if g.live),
+            "gtt_calls": self.gtt.calls,
+            "blocked_order_calls": self.blocked_order_calls,
             "positions": self.orders.position_rows(),
             "prices": prices,
         }

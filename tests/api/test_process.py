@@ -72,6 +72,12 @@ async def test_emergency_close_end_to_end_through_the_simulator(
                 assert status["services"]["api"]["alive"] is True
 
                 body = {"symbol": "BOSCHLTD", "side": "long", "quantity": 10, "entry_price": 735, "stop_loss": 698.25}
+                refused = await http.post("/api/v1/positions", json=body)  # the broker holds nothing yet
+                assert refused.status_code == 409, refused.text
+                assert "the broker holds nothing (flat) in product I of BOSCHLTD" in refused.json()["detail"]
+                sim_base = f"http://127.0.0.1:{sim_settings.sim_port}"
+                entry = {"symbol": "BOSCHLTD", "side": "buy", "quantity": 10}  # the bot's entry
+                assert (await http.post(f"{sim_base}/sim/trade", json=entry)).status_code == 200
                 assert (await http.post("/api/v1/positions", json=body)).status_code == 201
                 resp = await http.post(
                     "/api/v1/monitoring/emergency-close-position", json={"symbol": "BOSCHLTD", "reason": "emergency"}
@@ -82,8 +88,11 @@ async def test_emergency_close_end_to_end_through_the_simulator(
                 assert closed["price_source"] == "broker"  # no feed running: nothing cached
                 assert closed["exit_price"] == pytest.approx(575.0, abs=5)
                 assert closed["pnl"] == pytest.approx((closed["exit_price"] - 735) * 10)
-                orders = (await http.get(f"http://127.0.0.1:{sim_settings.sim_port}/sim/orders")).json()
-                assert len(orders if isinstance(orders, list) else orders["orders"]) == 1
+                orders = (await http.get(f"{sim_base}/sim/orders")).json()
+                assert [(o["transaction_type"], o["quantity"], bool(o["tag"])) for o in orders] == [
+                    ("BUY", 10, False),  # the entry
+                    ("SELL", 10, True),  # the guard's close
+                ]
 
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 10)

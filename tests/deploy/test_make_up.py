@@ -47,11 +47,11 @@ def test_make_up_on_a_clean_checkout_then_make_down_leaves_nothing_behind(tmp_pa
     checkout = tmp_path / "guard"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True, **sealed_child(tmp_path))
     (checkout / ".venv").symlink_to(ROOT / ".venv")  # the installed environment; the code is the clone's HEAD
-    redis_port, api_port = free_port(), free_port()
+    redis_port, api_port, sim_port = free_port(), free_port(), free_port()
     place = sealed_child(
         checkout,
         REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",  # nothing answers there: make up starts its own Redis
-        SIM_PORT=str(free_port()),
+        SIM_PORT=str(sim_port),
         SIM_FEED_PORT=str(free_port()),
         API_PORT=str(api_port),
         UP_TIMEOUT_S="120",
@@ -73,6 +73,11 @@ def test_make_up_on_a_clean_checkout_then_make_down_leaves_nothing_behind(tmp_pa
             assert time.monotonic() < deadline, health
             time.sleep(0.5)
 
+        # the bot's entry: the broker holds the position before the guard is told about it
+        trade = '{"symbol": "BOSCHLTD", "side": "buy", "quantity": 39}'
+        entry = _curl(tmp_path, "-X", "POST", f"http://127.0.0.1:{sim_port}/sim/trade", "-H",
+                      "Content-Type: application/json", "-d", trade)  # fmt: skip
+        assert entry["position"]["quantity"] == 39
         opened = _curl(tmp_path, "-X", "POST", f"{api}/positions", "-H", "Content-Type: application/json",
                        "-d", '{"symbol": "BOSCHLTD", "side": "long", "quantity": 39, "entry_price": 735.0, '
                              '"stop_loss": 698.25}')  # fmt: skip

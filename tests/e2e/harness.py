@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.clock import SystemClock
+from libs.common.closing import TAG_PREFIX
 from libs.common.heartbeat import heartbeat_age_s
 from libs.common.models import FeedStatus, Position
 from libs.common.positions import PositionStore
@@ -70,6 +71,12 @@ FAST = {
     "REDIS_RETRIES": "2",
     "REDIS_CONNECT_TIMEOUT_S": "0.5",
     "REDIS_SOCKET_TIMEOUT_S": "2",
+    "FEED_METRICS_PORT": "0",  # metrics off unless a test asks (tests run side by side; 9101/9102 may be taken)
+    "MONITOR_METRICS_PORT": "0",
+    "ALERTS_METRICS_PORT": "0",
+    # Layer 0 fires at the simulator the moment a price jumps through a GTT, before the guard sees the tick: these
+    # scenarios test layers 1-3 and the close path alone; tests/e2e/test_safety_net.py turns it on with them.
+    "SAFETY_NET": "off",
 }
 
 
@@ -316,7 +323,14 @@ class Stack:
         resp.raise_for_status()
         return dict(resp.json())
 
-    async def open_position(self, symbol: str, side: str, quantity: int, entry: float, **levels: float) -> None:
+    async def open_position(
+        self, symbol: str, side: str, quantity: int, entry: float, *, at_broker: bool = True, **levels: float
+    ) -> None:
+        """Register a position; with `at_broker` the bot's entry is placed first (`POST /sim/trade`), so the
+        broker holds what the guard is told about, as it must."""
+        if at_broker:
+            trade = {"symbol": symbol, "side": "buy" if side == "long" else "sell", "quantity": quantity}
+            await self.sim("POST", "/sim/trade", json=trade)
         body = {"symbol": symbol, "side": side, "quantity": quantity, "entry_price": entry, **levels}
         resp = await self.api("POST", "/api/v1/positions", json=body)
         assert resp.status_code in (200, 201), resp.text
@@ -359,9 +373,11 @@ class Stack:
         return dict(await self.sim("GET", "/sim/state"))
 
     async def orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """The guard's orders at the simulator (tagged with a close tag; entries and app trades are not)."""
         body = await self.sim("GET", "/sim/orders")
         rows = list(body["data"] if isinstance(body, dict) and "data" in body else body)
-        return [o for o in rows if symbol is None or o["trading_symbol"] == symbol]
+        guard = [o for o in rows if str(o.get("tag") or "").startswith(TAG_PREFIX)]
+        return [o for o in guard if symbol is None or o["trading_symbol"] == symbol]
 
 
 _LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) (\[[A-Z]+\] .*)$")

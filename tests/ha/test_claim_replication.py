@@ -11,11 +11,11 @@ import pytest
 from redis.asyncio import Redis
 
 from libs.common.clock import ManualClock, SystemClock
-from libs.common.closing import Closer
+from libs.common.closing import ClaimFenced, Closer
 from libs.common.models import PositionState
 from libs.common.positions import PositionStore
 from libs.common.redis_client import create_redis
-from libs.common.replication import ClaimConfirmation, ClaimNotReplicated, ClaimTooOld, confirmed_on_replica
+from libs.common.replication import ClaimConfirmation, ClaimNotReplicated, confirmed_on_replica
 from libs.common.settings import Settings
 from tests.ha.topology import sentinel_topology
 from tests.helpers import RedisServer, eventually
@@ -37,9 +37,7 @@ async def test_a_claim_is_sent_only_once_a_replica_has_it(tmp_path: Path) -> Non
             await redis.flushall()
             store = PositionStore(redis, SystemClock())
             broker = CountingBroker()
-            closer = Closer(
-                store, broker, SystemClock(), confirmation=ClaimConfirmation(redis, settings, SystemClock())
-            )
+            closer = Closer(store, broker, SystemClock(), confirmation=ClaimConfirmation(redis, settings))
             await store.open(bosch())
             timings = []
             for _ in range(50):  # what WAIT costs a close when the replica is healthy
@@ -90,7 +88,10 @@ async def test_a_lone_master_confirms_at_once(redis_srv: RedisServer) -> None:
         await redis.aclose()
 
 
-async def test_a_claim_held_up_past_half_the_stuck_close_time_sends_no_order(redis_srv: RedisServer) -> None:
+async def test_a_claim_held_up_in_its_wait_past_half_the_stuck_close_time_sends_no_order(
+    redis_srv: RedisServer,
+) -> None:
+    """The claim fence runs after the WAIT: time spent confirming counts against the claim's age."""
     settings = Settings(_env_file=None, redis_url=redis_srv.url, monitor_stuck_close_s=4)  # type: ignore[call-arg]
     redis = create_redis(settings)
     try:
@@ -99,16 +100,22 @@ async def test_a_claim_held_up_past_half_the_stuck_close_time_sends_no_order(red
         store = PositionStore(redis, clock)
         await store.open(bosch())
         broker = CountingBroker()
-        closer = Closer(store, broker, clock, confirmation=HeldUp(redis, settings, clock, held_s=2.5))
-        with pytest.raises(ClaimTooOld) as caught:
+        closer = Closer(
+            store, broker, clock, settings=settings, confirmation=HeldUp(redis, settings, clock, held_s=2.5)
+        )
+        with pytest.raises(ClaimFenced) as caught:
             await closer.close(request())
         assert broker.orders == 0
-        assert "2.5s old" in str(caught.value)
+        assert "too old" in str(caught.value)
         position = await store.get("BOSCHLTD")
         assert position is not None
-        assert position.state is PositionState.OPEN
+        assert position.state is PositionState.CLOSING  # left to the reconcile, which finds no order by its tag
 
-        closer = Closer(store, broker, clock, confirmation=HeldUp(redis, settings, clock, held_s=1.5))
+        await redis.flushall()
+        await store.open(bosch())
+        closer = Closer(
+            store, broker, clock, settings=settings, confirmation=HeldUp(redis, settings, clock, held_s=1.5)
+        )
         await closer.close(request())  # younger than half of MONITOR_STUCK_CLOSE_S: sent
         assert broker.orders == 1
     finally:
@@ -117,13 +124,13 @@ async def test_a_claim_held_up_past_half_the_stuck_close_time_sends_no_order(red
 
 
 class HeldUp(ClaimConfirmation):
-    """The closer is held up for `held_s` (the manual clock moves) just before the confirmation."""
+    """The closer is held up for `held_s` (the manual clock moves) in its confirmation."""
 
     def __init__(self, redis: Redis, settings: Settings, clock: ManualClock, held_s: float) -> None:
-        super().__init__(redis, settings, clock)
+        super().__init__(redis, settings)
         self._manual = clock
         self._held_s = held_s
 
-    async def confirm(self, symbol: str, claimed_at: float) -> None:
+    async def confirm(self, symbol: str) -> None:
         self._manual.advance(self._held_s)
-        await super().confirm(symbol, claimed_at)
+        await super().confirm(symbol)

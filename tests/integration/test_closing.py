@@ -51,8 +51,8 @@ async def test_open_registers_the_position_and_asks_for_a_subscription(redis: Re
     assert await store.open_symbols() == ["BOSCHLTD"]
     assert await redis.hget(keys.FEED_SUBSCRIPTIONS, "BOSCHLTD") == "NSE_EQ|INE323A01026"
     assert (await redis.hgetall(keys.position("BOSCHLTD")))["stop_loss"] == "698.25"
-    with pytest.raises(PositionConflict):
-        await store.open(bosch())
+    with pytest.raises(PositionConflict):  # another registration (a resend of the same one answers as the first)
+        await store.open(bosch().model_copy(update={"opened_at": 2.0}))
 
 
 async def test_close_journals_and_reports_pnl(redis: Redis) -> None:

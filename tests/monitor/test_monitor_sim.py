@@ -16,7 +16,7 @@ from libs.common import keys
 from libs.common.broker import Fill, UpstoxBroker
 from libs.common.clock import SystemClock
 from libs.common.closing import TAG_PREFIX, Closer, CloseRequest
-from libs.common.models import CloseReason, CloseRecord, Position, PositionState, PriceSource
+from libs.common.models import CloseReason, CloseRecord, Position, PositionState, PriceSource, Side
 from libs.common.money import Paise
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.redis_client import create_redis
@@ -53,6 +53,13 @@ def msettings(settings: Settings, sim: Simulator) -> Settings:
     return compressed(settings, upstox_api_base=sim.rest_url, upstox_order_base=sim.rest_url, broker="upstox")
 
 
+def held_at_broker(sim: Simulator, *positions: Position) -> None:
+    """The entries the bot placed: the broker holds each position before the guard is told about it."""
+    for position in positions:
+        side = "buy" if position.side is Side.LONG else "sell"
+        assert sim.orders.trade(position.symbol, side, position.quantity).status == "complete"
+
+
 async def sim_orders(sim: Simulator) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(base_url=sim.rest_url, timeout=5) as client:
         response = await client.get("/sim/orders")
@@ -85,6 +92,7 @@ async def test_live_ticks_close_long_and_short_through_the_simulator(
 ) -> None:
     store = PositionStore(redis, CLOCK)
     await set_feed(redis, msettings, CLOCK, live=True)
+    held_at_broker(sim, long_bosch(), short_reliance())
     await store.open(long_bosch())
     await store.open(short_reliance())
     await write_price(redis, msettings, "BOSCHLTD", "735.00", CLOCK.now())
@@ -125,6 +133,7 @@ async def test_a_hundred_racing_closes_from_monitors_and_the_api_send_one_order(
     redis: Redis, msettings: Settings, sim: Simulator
 ) -> None:
     store = PositionStore(redis, CLOCK)
+    held_at_broker(sim, long_bosch())
     await store.open(long_bosch())
     await write_price(redis, msettings, "BOSCHLTD", "575.00", CLOCK.now() - 45)
     await set_feed(redis, msettings, CLOCK, live=False)
@@ -164,6 +173,7 @@ async def test_killed_between_claim_and_result_is_reconciled_on_restart(
     redis: Redis, msettings: Settings, sim: Simulator, logs: LogLines, order_sent: bool
 ) -> None:
     store = PositionStore(redis, CLOCK)
+    held_at_broker(sim, long_bosch())
     await store.open(long_bosch())
     await write_price(redis, msettings, "BOSCHLTD", "575.00", CLOCK.now() - 45)
     await set_feed(redis, msettings, CLOCK, live=False)
@@ -210,6 +220,7 @@ async def test_a_close_stuck_in_closing_elsewhere_is_reconciled_while_running(
     redis: Redis, msettings: Settings, sim: Simulator, logs: LogLines
 ) -> None:
     store = PositionStore(redis, CLOCK)
+    held_at_broker(sim, long_bosch())
     await store.open(long_bosch())
     await write_price(redis, msettings, "BOSCHLTD", "720.00", CLOCK.now())
     await set_feed(redis, msettings, CLOCK, live=True)

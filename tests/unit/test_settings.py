@@ -66,6 +66,13 @@ def test_loopback_detection(host: str, loopback: bool) -> None:
     assert make(api_host=host).api_bound_to_loopback is loopback
 
 
+@pytest.mark.parametrize("value", ["-0.5", "26", "-2"])
+def test_market_protection_is_auto_none_or_a_percentage(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ORDER_MARKET_PROTECTION", value)
+    with pytest.raises(ConfigError, match="ORDER_MARKET_PROTECTION"):
+        load_settings()
+
+
 def test_a_list_setting_that_is_not_json_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALERT_URLS", "tgram://123456789:token/987654321")  # brackets and quotes forgotten
     with pytest.raises(ConfigError) as info:

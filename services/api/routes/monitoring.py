@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Annotated, Any, cast
@@ -12,24 +13,28 @@ from loguru import logger
 from redis.exceptions import RedisError
 
 from libs.common import keys
-from libs.common.broker import BrokerError
+from libs.common.broker import BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import ist_iso
 from libs.common.feed_lease import read_leadership
 from libs.common.freshness import FreshnessPolicy
 from libs.common.heartbeat import heartbeat_age_s, live_instances
-from libs.common.models import FeedStatus, MalformedRecord
+from libs.common.models import FeedStatus, MalformedRecord, Position
 from libs.common.positions import PositionConflict, PositionNotFound
 from services.api.deps import ApiKey, Res
 from services.api.emergency import emergency_close
 from services.api.idempotency import KeyInProgress, KeyReused, Stored
 from services.api.schemas import (
+    BrokerPositionsStatus,
     ConnectionHealth,
+    EmergencyClosePending,
     EmergencyCloseRequest,
     EmergencyCloseResponse,
     ErrorOut,
     FeedDetail,
     FeedLeadershipInfo,
+    OrdersStatus,
     RedisStatus,
+    SafetyNetStatus,
     ServiceStatus,
     Status,
     TokenStatus,
@@ -76,6 +81,7 @@ async def connection_health(
         400: {"model": ErrorOut, "description": "the body is not readable JSON"},
         401: {"model": ErrorOut, "description": "API key required"},
         404: {"model": ErrorOut, "description": "no open position for the symbol"},
+        202: {"model": EmergencyClosePending, "description": "order sent, outcome unknown: being reconciled"},
         409: {"model": ErrorOut, "description": "already closing or closed (or the same Idempotency-Key is running)"},
         413: {"model": ErrorOut, "description": "body too large"},
         502: {"model": ErrorOut, "description": "the broker rejected the order; the position stays open"},
@@ -108,14 +114,28 @@ async def emergency_close_position(
         if idempotency_key is not None:
             await res.idempotency.abandon(idempotency_key)
         raise
+    status_code = 202 if isinstance(result, EmergencyClosePending) else 200
     if idempotency_key is not None:
-        await res.idempotency.finish(idempotency_key, fingerprint, Stored(200, result.model_dump(mode="json")))
+        await res.idempotency.finish(idempotency_key, fingerprint, Stored(status_code, result.model_dump(mode="json")))
+    if isinstance(result, EmergencyClosePending):
+        return JSONResponse(result.model_dump(mode="json"), status_code=202)
     return result
 
 
-async def _close(res: Res, body: EmergencyCloseRequest) -> EmergencyCloseResponse:
+async def _close(res: Res, body: EmergencyCloseRequest) -> EmergencyCloseResponse | EmergencyClosePending:
     try:
         return await emergency_close(res, body.symbol, body.reason)
+    except BrokerOutcomeUnknown as exc:
+        logger.warning(f"Emergency close of {body.symbol}: outcome unknown ({exc}); being reconciled by its order tag")
+        return EmergencyClosePending(
+            status="pending",
+            symbol=body.symbol,
+            claim_id=exc.claim_id,
+            message=(
+                f"Close order for {body.symbol} sent but its outcome is unknown ({exc}); the position is closing and "
+                f"being reconciled with the broker by its order tag: see GET /api/v1/positions/{body.symbol}"
+            ),
+        )
     except PositionNotFound:
         raise HTTPException(404, f"no open position for {body.symbol}") from None
     except PositionConflict as exc:
@@ -143,6 +163,9 @@ async def service_status(res: Res) -> Status:
     feed: FeedDetail | None = None
     notes: dict[str, str] = {}
     events: list[dict[str, Any]] = []
+    safety_net: SafetyNetStatus | None = None
+    orders: OrdersStatus | None = None
+    broker_positions: BrokerPositionsStatus | None = None
     if redis.reachable:
         ages: dict[str, float | None] = {}
         for name in keys.SERVICES:
@@ -164,6 +187,8 @@ async def service_status(res: Res) -> Status:
             feed = FeedDetail(state="unknown", connected=False, token_ok=None, last_error=str(exc), dns_resolver="")
         notes = cast(dict[str, str], await res.redis.hgetall(keys.SERVICES_STATUS))
         events = await res.store.recent_events(10)
+        orders, broker_positions = await _orders_status(res), await _broker_positions_status(res)
+        safety_net = await _safety_net_status(res)
     return Status(
         timestamp=ist_iso(now),
         market="simulator" if res.settings.simulator_mode else "upstox",
@@ -175,4 +200,51 @@ async def service_status(res: Res) -> Status:
         feed=feed,
         notes=notes,
         recent_events=events,
+        orders=orders,
+        broker_positions=broker_positions,
+        safety_net=safety_net,
     )
+
+
+async def _safety_net_status(res: Res) -> SafetyNetStatus:
+    settings = res.settings
+    if res.safety_net is None:
+        return SafetyNetStatus(enabled=False, buffer_pct=settings.safety_net_buffer_pct, states={}, failing=[])
+    positions = [p for p in await res.store.list_open() if isinstance(p, Position)]
+    nets = await res.safety_net.states([p.symbol for p in positions])
+    states: dict[str, int] = {}
+    failing = []
+    for symbol, net in nets.items():
+        shown = net.public()
+        states[shown["state"]] = states.get(shown["state"], 0) + 1
+        if net.last_error and shown["state"] not in ("active", "none"):
+            failing.append({"symbol": symbol, **shown, "attempts": net.attempts})
+    return SafetyNetStatus(enabled=True, buffer_pct=settings.safety_net_buffer_pct, states=states, failing=failing)
+
+
+async def _orders_status(res: Res) -> OrdersStatus:
+    blocked = await res.gate.state()
+    since = blocked.get("since")
+    static_ips = None
+    if not res.settings.simulator_mode and res.settings.broker == "upstox":
+        try:
+            static_ips = await res.broker.static_ips()
+        except BrokerError as exc:
+            static_ips = {"error": str(exc)}
+    return OrdersStatus(
+        blocked=bool(blocked),
+        reason=blocked.get("reason"),
+        since=ist_iso(float(since)) if since else None,
+        static_ips=static_ips,
+    )
+
+
+async def _broker_positions_status(res: Res) -> BrokerPositionsStatus | None:
+    raw = await res.redis.get(keys.BROKER_UNGUARDED)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        return BrokerPositionsStatus(as_of=ist_iso(float(data["as_of"])), unguarded=list(data["positions"]))
+    except (ValueError, KeyError, TypeError):
+        return BrokerPositionsStatus(as_of=None, unguarded=[])

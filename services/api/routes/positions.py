@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
+from loguru import logger
 from pydantic import ValidationError
 
+from libs.common.broker import BrokerError
+from libs.common.broker_positions import PositionsUnavailable
 from libs.common.clock import ist_iso
-from libs.common.models import MalformedRecord, Position, PriceEntry, Side
-from libs.common.money import Paise, rupees, to_paise
+from libs.common.models import MalformedRecord, Position, PositionState, PriceEntry, level_at_pct
+from libs.common.money import rupees, to_paise
 from libs.common.positions import PositionConflict, PositionNotFound
 from services.api.deps import ApiKey, Res
 from services.api.schemas import (
@@ -20,6 +22,7 @@ from services.api.schemas import (
     OpenPositionRequest,
     PositionList,
     PositionOut,
+    SafetyNetOut,
     UpdateLevelsRequest,
     ValidationErrorOut,
     unprocessable,
@@ -37,18 +40,27 @@ _MUTATING: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _level(entry: Paise, side: Side, pct: float, *, stop: bool) -> Paise:
-    """SL/TP as a percentage away from entry: a stop below a long's entry (above a short's), a target beyond it."""
-    below = stop == (side is Side.LONG)
-    factor = Decimal(1) - Decimal(str(pct)) / 100 if below else Decimal(1) + Decimal(str(pct)) / 100
-    return to_paise(Decimal(entry) / 100 * factor)
-
-
 def _validation_message(exc: ValidationError) -> str:
     return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
 
 
-def _out(position: Position, price: PriceEntry | MalformedRecord | None, now: float) -> PositionOut:
+async def _nets(res: Res, symbols: list[str]) -> dict[str, SafetyNetOut]:
+    """Each position's safety net as stored (`off` for all when SAFETY_NET=off or the broker keeps no GTTs)."""
+    if res.safety_net is None:
+        return dict.fromkeys(symbols, SafetyNetOut(state="off"))
+    states = await res.safety_net.states(symbols)
+    return {s: SafetyNetOut.model_validate(n.public()) for s, n in states.items()}
+
+
+async def _one(res: Res, position: Position) -> PositionOut:
+    price = await res.cache.read([position.symbol])
+    nets = await _nets(res, [position.symbol])
+    return _out(position, price[position.symbol], res.clock.now(), nets[position.symbol])
+
+
+def _out(
+    position: Position, price: PriceEntry | MalformedRecord | None, now: float, net: SafetyNetOut | None = None
+) -> PositionOut:
     entry = price if isinstance(price, PriceEntry) else None
     return PositionOut(
         symbol=position.symbol,
@@ -66,6 +78,7 @@ def _out(position: Position, price: PriceEntry | MalformedRecord | None, now: fl
         ltp=rupees(entry.ltp) if entry else None,
         price_age_seconds=round(entry.age_s(now), 3) if entry else None,
         unrealized_pnl=rupees(position.pnl(entry.ltp)) if entry else None,
+        safety_net=net,
     )
 
 
@@ -75,9 +88,10 @@ async def list_positions(res: Res) -> PositionList:
     rows = await res.store.list_open()
     good = [p for p in rows if isinstance(p, Position)]
     prices = await res.cache.read([p.symbol for p in good]) if good else {}
+    nets = await _nets(res, [p.symbol for p in good]) if good else {}
     now = res.clock.now()
     return PositionList(
-        positions=[_out(p, prices.get(p.symbol), now) for p in good],
+        positions=[_out(p, prices.get(p.symbol), now, nets.get(p.symbol)) for p in good],
         malformed=[str(p) for p in rows if isinstance(p, MalformedRecord)],
     )
 
@@ -104,8 +118,7 @@ async def get_position(symbol: SymbolPath, res: Res) -> PositionOut:
     position = await res.store.get(symbol)
     if position is None:
         raise HTTPException(404, f"no position for {symbol}")
-    price = await res.cache.read([symbol])
-    return _out(position, price[symbol], res.clock.now())
+    return await _one(res, position)
 
 
 @router.post(
@@ -124,9 +137,9 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
     stop_loss = to_paise(body.stop_loss) if body.stop_loss is not None else None
     take_profit = to_paise(body.take_profit) if body.take_profit is not None else None
     if body.stop_loss_pct is not None:
-        stop_loss = _level(entry, body.side, body.stop_loss_pct, stop=True)
+        stop_loss = level_at_pct(entry, body.side, body.stop_loss_pct, stop=True)
     if body.take_profit_pct is not None:
-        take_profit = _level(entry, body.side, body.take_profit_pct, stop=False)
+        take_profit = level_at_pct(entry, body.side, body.take_profit_pct, stop=False)
     try:
         position = Position(
             symbol=body.symbol,
@@ -140,13 +153,76 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
         )
     except ValidationError as exc:
         raise unprocessable(_validation_message(exc)) from None
+    warning = await _check_broker_holds(res, position)
     try:
         await res.store.open(position)
     except PositionConflict as exc:
         raise HTTPException(409, f"a position on {body.symbol} is already {exc.state}") from None
     response.headers["Location"] = f"{router.prefix}/{position.symbol}"
-    price = await res.cache.read([position.symbol])
-    return _out(position, price[position.symbol], res.clock.now())
+    return (await _one(res, position)).model_copy(update={"warning": warning})
+
+
+async def _check_broker_holds(res: Res, position: Position) -> str | None:
+    """409 unless the broker holds at least the quantity, in the same direction and product. When its
+    positions cannot be read now, the position is accepted with the returned warning (the reconcile checks)."""
+    try:
+        snapshot = await res.holdings.read()
+    except PositionsUnavailable as exc:
+        return _unconfirmed(position, str(exc))
+    if snapshot is None:
+        return None  # the broker keeps no positions (paper)
+    if not snapshot.fresh:
+        return _unconfirmed(position, "the broker could not be asked now; only an older snapshot is available")
+    product = res.settings.order_product
+    if snapshot.held(position.instrument_key, product, position.side) < position.quantity:
+        holds = snapshot.describe(position.instrument_key, product)
+        raise HTTPException(
+            409,
+            f"the broker holds {holds} of {position.symbol}; cannot guard {position.quantity} {position.side} "
+            "(place the entry first, or register the quantity held)",
+        )
+    return None
+
+
+def _unconfirmed(position: Position, reason: str) -> str:
+    warning = f"not confirmed with the broker ({reason}); checked at the next reconcile"
+    logger.warning(f"Position {position.symbol} registered {warning}")
+    return warning
+
+
+@router.delete(
+    "/{symbol}",
+    response_model=PositionOut,
+    dependencies=[ApiKey],
+    responses={
+        404: {"model": ErrorOut, "description": "no position on the symbol"},
+        409: {"model": ErrorOut, "description": "the position is closing (an order may be in flight) or closed"},
+        401: {"model": ErrorOut, "description": "API key required"},
+        **_422,
+    },
+)
+async def stop_guarding(symbol: SymbolPath, res: Res) -> PositionOut:
+    """Stop guarding an open position without sending any order (the feed unsubscribes it); its safety net
+    GTT is cancelled first (503, nothing changed, when the broker cannot confirm that)."""
+    current = await res.store.get(symbol)
+    if res.safety_net is not None and current is not None and current.state is PositionState.OPEN:
+        try:
+            fired = await res.safety_net.disarm(current)
+        except BrokerError as exc:
+            raise HTTPException(503, f"could not cancel the safety net of {symbol} ({exc}); still guarded") from None
+        if fired is not None:  # the stop was hit at the broker: the guard settles that exit, nothing is dropped
+            detail = f"the safety net of {symbol} fired at the broker (order {fired.order_id}); the guard settles it"
+            raise HTTPException(409, detail)
+    try:
+        removed = await res.store.remove(symbol)
+    except PositionNotFound:
+        raise HTTPException(404, f"no position for {symbol}") from None
+    except PositionConflict as exc:
+        raise HTTPException(409, f"position {symbol} is {exc.state}; it cannot be dropped now") from None
+    logger.warning(f"{symbol}: no longer guarded (removed through the API; no order sent)")
+    price = await res.cache.read([symbol])
+    net = SafetyNetOut(state="off" if res.safety_net is None else "cancelled")
+    return _out(removed, price[symbol], res.clock.now(), net).model_copy(update={"state": "removed"})
 
 
 @router.patch(
@@ -167,9 +243,9 @@ async def update_levels(symbol: SymbolPath, body: UpdateLevelsRequest, res: Res)
     stop_loss = to_paise(body.stop_loss) if body.stop_loss is not None else None
     take_profit = to_paise(body.take_profit) if body.take_profit is not None else None
     if body.stop_loss_pct is not None:
-        stop_loss = _level(current.entry_price, current.side, body.stop_loss_pct, stop=True)
+        stop_loss = level_at_pct(current.entry_price, current.side, body.stop_loss_pct, stop=True)
     if body.take_profit_pct is not None:
-        take_profit = _level(current.entry_price, current.side, body.take_profit_pct, stop=False)
+        take_profit = level_at_pct(current.entry_price, current.side, body.take_profit_pct, stop=False)
     try:
         updated = await res.store.update_levels(symbol, stop_loss, take_profit)
     except PositionNotFound:
@@ -178,5 +254,4 @@ async def update_levels(symbol: SymbolPath, body: UpdateLevelsRequest, res: Res)
         raise HTTPException(409, f"position {symbol} is {exc.state}; its levels can no longer move") from None
     except ValidationError as exc:
         raise unprocessable(_validation_message(exc)) from None
-    price = await res.cache.read([symbol])
-    return _out(updated, price[symbol], res.clock.now())
+    return await _one(res, updated)
