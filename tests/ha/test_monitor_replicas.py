@@ -69,7 +69,7 @@ async def test_two_monitors_one_frozen_mid_close_send_one_order(tmp_path: Path) 
 async def test_a_claimant_frozen_before_its_order_never_sends_it_late(tmp_path: Path) -> None:
     """The claimant is frozen between its claim and its order (inside WAIT: the replica hangs). The other
     monitor finds the claim stuck with no order by its tag, reopens and closes the position; the claimant,
-    resumed, finds its claim too old and sends nothing."""
+    resumed, is fenced (its claim taken over) and sends nothing."""
     env = {"MONITOR_STUCK_CLOSE_S": "2", "CLAIM_REPLICA_TIMEOUT_S": "30"}
     async with HAStack(tmp_path, **env) as stack:
         await stack.start("sim")
@@ -99,10 +99,11 @@ async def test_a_claimant_frozen_before_its_order_never_sends_it_late(tmp_path: 
         await eventually(lambda: _state_is(stack, "BOSCHLTD", PositionState.CLOSED), timeout_s=20)
         assert [(c["symbol"], c["closed_by"]) for c in await stack.closes()] == [("BOSCHLTD", "monitor")]
 
-        # The frozen claimant resumes: its WAIT answers, but its claim is too old to act on: no second order.
+        # The frozen claimant resumes: its WAIT answers, but the claim fence after it finds the claim no longer
+        # its own: no second order.
         mark = stack.mark(f"monitor@{frozen}")
         stack.resume(f"monitor@{frozen}")
-        await stack.wait_log(f"monitor@{frozen}", "old when its order was due", since=mark, timeout_s=20)
+        await stack.wait_log(f"monitor@{frozen}", "taken over while this closer waited", since=mark, timeout_s=20)
         assert len(await stack.close_orders("BOSCHLTD")) == 1
         assert len(await stack.closes()) == 1
 
