@@ -7,7 +7,8 @@ LINT_PATHS := libs services tests deploy $(wildcard bench)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint fmt test test-unit test-integration test-fast test-e2e mutation proto up down restart status logs \
-        logs-feed logs-monitor logs-api logs-sim logs-alerts demo-outage demo-outage-extended demo-blackout bench login token-set
+        logs-feed logs-monitor logs-api logs-sim logs-alerts demo-outage demo-outage-extended demo-blackout bench login token-set \
+        up-ha down-ha status-ha
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-22s %s\n", $$1, $$2}'
@@ -91,6 +92,15 @@ logs-api: ## follow the api's log
 
 logs-sim: ## follow the simulator's log
 	@$(RUNNER) logs sim
+
+up-ha: ## the HA topology on this machine: Redis master + replica, 3 Sentinels (26379-26381), 2 of each service
+	@deploy/ha/local.sh up
+
+down-ha: ## stop everything make up-ha started
+	@deploy/ha/local.sh down
+
+status-ha: ## the HA topology's master and each instance's heartbeat
+	@deploy/ha/local.sh status
 
 logs-alerts: ## follow the alerts service's log
 	@$(RUNNER) logs alerts

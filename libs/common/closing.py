@@ -29,6 +29,7 @@ from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionStore, new_claim_id
+from libs.common.replication import ClaimConfirmation, ClaimNotConfirmed
 from libs.common.safety_net import SafetyNet
 from libs.common.settings import Settings
 
@@ -83,6 +84,7 @@ class Closer:
         gate: OrderGate | None = None,
         settings: Settings | None = None,
         safety_net: SafetyNet | None = None,
+        confirmation: ClaimConfirmation | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
@@ -90,6 +92,7 @@ class Closer:
         self._holdings = holdings
         self._gate = gate
         self._safety_net = safety_net
+        self._confirmation = confirmation  # None: the claim is not confirmed on a replica (tests, one Redis)
         s = settings or Settings()
         self._limits = _Limits(s.order_product, s.monitor_stuck_close_s / 2, s.order_blocked_retry_s)
         self._background: set[asyncio.Task[None]] = set()
@@ -147,6 +150,8 @@ class Closer:
             want = position.quantity - sold if held is None else min(position.quantity - sold, held)
             if want <= 0:
                 break
+            if not fills:  # the claim is confirmed once, before its first order; the fence then times the WAIT too
+                await self._confirm_claim(request, claim_id, retry_at)
             left_s = await self._fence(position.symbol, claim_id)
             try:
                 part = position.model_copy(update={"quantity": want})
@@ -246,6 +251,17 @@ class Closer:
         record = self._record(sold, request, ",".join(f.order_id for f in fills), price, closed_by)
         await self._complete(position.symbol, claim_id, record, request.decided_at)
         return record
+
+    async def _confirm_claim(self, request: CloseRequest, claim_id: str, retry_at: float | None) -> None:
+        """No order leaves on a claim a Redis failover could lose (libs/common/replication.py). Before the
+        fence, so the fence's age check covers the time WAIT took."""
+        if self._confirmation is None:
+            return
+        try:
+            await self._confirmation.confirm(request.symbol)
+        except ClaimNotConfirmed as exc:
+            await self._store.release(request.symbol, claim_id, str(exc), retry_at)
+            raise
 
     async def _finish_external(self, position: Position, claim_id: str, request: CloseRequest) -> CloseRecord:
         """The broker holds nothing of it: closed outside the guard (the app, the bot, auto square-off), unless

@@ -7,7 +7,12 @@ Keys
   prices:index              zset   SYMBOL -> epoch s the price was last known current (count/list without SCAN)
   feed:status               hash   feed connection state, counters, last message time, DNS resolver in use
   feed:subscriptions        hash   SYMBOL -> instrument key the feed must subscribe besides its watchlist
-  heartbeat:SERVICE         string epoch s of the service's last beat; expires after HEARTBEAT_TTL_S
+  heartbeat:SERVICE         string epoch s of the service's last beat (any instance; the feed: its leader); TTL
+  heartbeat:SERVICE:INSTANCE string epoch s of one instance's last beat; expires after HEARTBEAT_TTL_S
+  instances:SERVICE         zset   INSTANCE -> epoch s of its last beat (lists instances without SCAN)
+  feed:lease                hash   the feed leader's lease: instance, holder, token, acquired_at, renewed_at; PEXPIRE
+  feed:lease:counter        string the last fencing number handed out with a feed lease
+  replication:probe         string a counter a close increments so its WAIT covers its claim (replication.py)
   position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed); `net_*` fields: its safety net
   positions:open            set    symbols whose position is open or closing
   positions:closed          list   journal of closes, newest first (JSON close records), at most JOURNAL_MAXLEN
@@ -41,6 +46,10 @@ PRICE_INDEX: Final = "prices:index"
 FEED_STATUS: Final = "feed:status"
 FEED_SUBSCRIPTIONS: Final = "feed:subscriptions"
 HEARTBEAT_PREFIX: Final = "heartbeat:"
+INSTANCES_PREFIX: Final = "instances:"
+FEED_LEASE: Final = "feed:lease"
+FEED_LEASE_COUNTER: Final = "feed:lease:counter"
+REPLICATION_PROBE: Final = "replication:probe"
 POSITION_PREFIX: Final = "position:"
 OPEN_POSITIONS: Final = "positions:open"
 CLOSED_JOURNAL: Final = "positions:closed"
@@ -93,9 +102,14 @@ def position(symbol: str) -> str:
     return POSITION_PREFIX + symbol
 
 
-def heartbeat(service: str) -> str:
-    """Key of a service's heartbeat, e.g. ``heartbeat:feed``."""
-    return HEARTBEAT_PREFIX + service
+def heartbeat(service: str, instance: str | None = None) -> str:
+    """Key of a service's heartbeat, e.g. ``heartbeat:feed``, or of one instance, ``heartbeat:monitor:host-a``."""
+    return HEARTBEAT_PREFIX + service + (f":{instance}" if instance is not None else "")
+
+
+def instances(service: str) -> str:
+    """Key of the zset of a service's instances and their last beats, e.g. ``instances:monitor``."""
+    return INSTANCES_PREFIX + service
 
 
 def idempotency(key: str) -> str:

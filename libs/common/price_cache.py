@@ -8,7 +8,7 @@ never with a keyspace scan. The hash is the truth; a notice only says "look agai
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.common import keys
+from libs.common.feed_lease import FENCE_CHECK, FencedOut, fence_checked
 from libs.common.freshness import TRUTH_FIELDS, PriceTruth
 from libs.common.models import MalformedRecord, PriceEntry
 
@@ -29,7 +30,10 @@ from libs.common.models import MalformedRecord, PriceEntry
 # Hot path (50,000 ticks/s): the frame travels as one argument (hundreds of small arguments cost more than the
 # writes), one HGET, one HSET and one EXPIRE per tick, the index updated by one ZADD per 500 ticks. The price
 # keys are built here from the prefix, so this script assumes a single Redis (no cluster), as the whole guard does.
-_WRITE_FRAME = """
+# Fenced (the last two ARGV, see libs.common.feed_lease): only the feed leader's writes land.
+_WRITE_FRAME = (
+    FENCE_CHECK
+    + """
 local ttl = tonumber(ARGV[1])
 local as_of = ARGV[2]
 local prefix = ARGV[5]
@@ -93,6 +97,7 @@ if m > 0 then call('ZADD', KEYS[1], unpack(members, 1, m)) end
 if ARGV[4] ~= '' and #dropped == 0 then call('PUBLISH', ARGV[3], ARGV[4]) end
 return {n, unpack(dropped)}
 """
+)
 
 _SEP = "\x1f"
 VOUCH_SLICE = 250  # symbols per vouch script call
@@ -114,8 +119,10 @@ def _frame_payload(ticks: Sequence[Tick]) -> str:
 
 # ARGV: ttl_s, as_of, then one symbol per key. KEYS: prices:index, then price:SYMBOL.
 # Only symbols that still have a price are vouched for: a vouch never invents a price, and never moves
-# `as_of` backwards (a tick written a moment after the vouch was decided is newer).
-_VOUCH = """
+# `as_of` backwards (a tick written a moment after the vouch was decided is newer). Fenced like _WRITE_FRAME.
+_VOUCH = (
+    FENCE_CHECK
+    + """
 local ttl = tonumber(ARGV[1])
 local as_of = ARGV[2]
 local as_of_n = tonumber(as_of)
@@ -133,13 +140,21 @@ for i = 2, #KEYS do
 end
 return vouched
 """
+)
+
+
+def _unfenced() -> list[str]:
+    return ["", ""]
 
 
 # ARGV: one (symbol, reason) pair per key. KEYS: prices:index, then price:SYMBOL.
 # An instrument found silent while its segment trades: its price is dated back to its last real tick
 # (`received_at`), so every reader sees its true age, and marked with when and why. A newer tick (or REST price)
 # moves `as_of` past `silent_since`, which ends the silence without touching these fields on the hot path.
-_SILENCE = """
+# Fenced like _WRITE_FRAME.
+_SILENCE = (
+    FENCE_CHECK
+    + """
 local marked = 0
 for i = 2, #KEYS do
   local row = redis.call('HMGET', KEYS[i], 'as_of', 'received_at')
@@ -153,6 +168,7 @@ for i = 2, #KEYS do
 end
 return marked
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +209,10 @@ def parse_notice(payload: str) -> tuple[float, dict[str, str], bool]:
 class PriceCache:
     """Reads and writes the price cache. One instance per Redis client."""
 
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, ttl_s: int, *, fence: Callable[[], list[str]] | None = None) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._fence = fence or _unfenced  # the feed passes its lease's fence_args: a standby's writes are refused
         self._write = redis.register_script(_WRITE_FRAME)
         self._vouch = redis.register_script(_VOUCH)
         self._silence = redis.register_script(_SILENCE)
@@ -204,6 +221,10 @@ class PriceCache:
         # frame or vouch: a price that is not ticking again (a pinned or halted one) must not be lost,
         # and a vouch must never mark the older cached price current in its place.
         self._unwritten: dict[str, Tick] = {}
+
+    def discard_unwritten(self) -> None:
+        """Forget ticks an outage kept back (a feed taking the lead again: another leader wrote newer ones)."""
+        self._unwritten = {}
 
     async def write_frame(self, ticks: Sequence[Tick], as_of: float, *, publish: bool = True) -> None:
         """Store every tick of one frame and refresh its expiry, then publish one notice (one round trip).
@@ -219,6 +240,8 @@ class PriceCache:
             return
         try:
             await self._store(ticks, as_of, publish=publish, rest=False)
+        except FencedOut:
+            raise  # not ours to write any more: the leader has newer prices
         except RedisError:
             # Keep them for the next call; a newer tick that arrived meanwhile wins.
             self._unwritten = {**{t.symbol: t for t in ticks}, **self._unwritten}
@@ -240,8 +263,9 @@ class PriceCache:
             keys.PRICE_PREFIX,
             _frame_payload(ticks),
             "rest_at" if rest else "",
+            *self._fence(),
         ]
-        result = cast(list[Any], await self._write(keys=[keys.PRICE_INDEX], args=args))
+        result = cast(list[Any], fence_checked(await self._write(keys=[keys.PRICE_INDEX], args=args)))
         if len(result) > 1:
             dropped = {str(s) for s in result[1:]}
             self.out_of_order += len(dropped)
@@ -258,8 +282,10 @@ class PriceCache:
         args: list[str] = []
         for symbol in symbols:
             args += [symbol, reasons[symbol]]
-        result = await self._silence(keys=[keys.PRICE_INDEX, *(keys.price(s) for s in symbols)], args=args)
-        return int(result)
+        result = await self._silence(
+            keys=[keys.PRICE_INDEX, *(keys.price(s) for s in symbols)], args=[*args, *self._fence()]
+        )
+        return int(fence_checked(result))
 
     async def truths(self, symbols: Sequence[str]) -> dict[str, PriceTruth | MalformedRecord | None]:
         """What each symbol's price says about its own freshness (None when expired or never seen), one pipeline."""
@@ -294,9 +320,10 @@ class PriceCache:
         for start in range(0, len(symbols), VOUCH_SLICE):
             part = symbols[start : start + VOUCH_SLICE]
             result = await self._vouch(
-                keys=[keys.PRICE_INDEX, *(keys.price(s) for s in part)], args=[self._ttl_s, repr(as_of), *part]
+                keys=[keys.PRICE_INDEX, *(keys.price(s) for s in part)],
+                args=[self._ttl_s, repr(as_of), *part, *self._fence()],
             )
-            vouched += int(result)
+            vouched += int(fence_checked(result))
         return vouched
 
     async def read(self, symbols: Sequence[str]) -> dict[str, PriceEntry | MalformedRecord | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from functools import cached_property
 from typing import Literal
 
@@ -34,6 +35,12 @@ class Settings(BaseSettings):
     redis_socket_timeout_s: float = Field(5.0, gt=0)
     redis_connect_timeout_s: float = Field(2.0, gt=0)
     redis_retries: int = Field(3, ge=0)
+    # High availability (docs/scaling.md): Sentinel finds the master; WAIT confirms a claim on a replica.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "guard"
+    claim_replica_timeout_s: float = Field(1.0, gt=0)
+    feed_lease_s: float = Field(10.0, gt=0)
+    instance_name: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.-]{1,253}$")
 
     # --- Upstox (real) or simulator ----------------------------------------------------------
     upstox_access_token: SecretStr = SecretStr("")
@@ -160,6 +167,16 @@ class Settings(BaseSettings):
             raise ValueError("RECONNECT_MAX_DELAY_S must be >= RECONNECT_BASE_DELAY_S")
         return self
 
+    @cached_property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """`REDIS_SENTINELS` as (host, port) pairs; empty when Redis is reached through `REDIS_URL` alone."""
+        return [_host_port(item) for item in self.redis_sentinels.split(",") if item.strip()]
+
+    @model_validator(mode="after")
+    def _sentinels_parse(self) -> Settings:
+        self.sentinel_addresses  # noqa: B018 - raises ValueError on a bad entry, so the service does not start
+        return self
+
     @property
     def simulator_mode(self) -> bool:
         """True when no Upstox token is set: every base URL and the token point at the simulator."""
@@ -212,6 +229,13 @@ class Settings(BaseSettings):
         if self.sim_access_token.get_secret_value() != "sim-access-token":
             values.append(self.sim_access_token)
         return [v.get_secret_value() for v in values if v.get_secret_value()]
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    host, _, port = item.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"REDIS_SENTINELS: {item.strip()!r} is not host:port")
+    return host.strip("[]"), int(port)
 
 
 def load_settings(**overrides: object) -> Settings:

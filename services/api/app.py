@@ -29,6 +29,7 @@ from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
+from libs.common.replication import ClaimConfirmation
 from libs.common.safety_net import create_safety_net
 from libs.common.settings import Settings
 from services.api.deps import Resources
@@ -78,7 +79,16 @@ def create_app(
             store=store,
             cache=cache,
             broker=used_broker,
-            closer=Closer(store, used_broker, clock, holdings=holdings, gate=gate, settings=settings, safety_net=net),
+            closer=Closer(
+                store,
+                used_broker,
+                clock,
+                holdings=holdings,
+                gate=gate,
+                settings=settings,
+                safety_net=net,
+                confirmation=ClaimConfirmation(redis, settings),
+            ),
             holdings=holdings,
             gate=gate,
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),

@@ -1,10 +1,11 @@
 """Connection health: the guide's shape plus what its decision tree needs, in one Redis round trip.
 
-One script call reads the feed's status hash, its heartbeat, the cache count and newest entry (from the
-index), the open-position symbols, picks the listed symbols (open positions first, then the requested ones
-or the newest from the index) and returns each one's freshness fields (`ltp`, `as_of`, silence, REST); the
-verdict per entry is `libs.common.freshness`'s. A pipeline of the same reads costs ~1.5 ms more of redis-py's
-client-side work per request. No keyspace scan, nothing per symbol on the wire, whatever the cache size.
+One script call reads the feed's status hash, its heartbeat, the feed lease and live feed instances, the cache
+count and newest entry (from the index), the open-position symbols, picks the listed symbols (open positions
+first, then the requested ones or the newest from the index) and returns each one's freshness fields (`ltp`,
+`as_of`, silence, REST); the verdict per entry is `libs.common.freshness`'s. A pipeline of the same reads costs
+~1.5 ms more of redis-py's client-side work per request. No keyspace scan, nothing per symbol on the wire,
+whatever the cache size.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.clock import Clock, ist_iso
+from libs.common.feed_lease import leadership_from
 from libs.common.freshness import TRUTH_FIELDS, Freshness, FreshnessPolicy, PriceTruth, heartbeat_age
 from libs.common.models import FeedStatus, MalformedRecord
 from libs.common.money import rupees
@@ -24,6 +26,7 @@ from libs.common.settings import Settings
 from services.api.schemas import (
     CacheEntry,
     ConnectionHealth,
+    FeedLeadershipInfo,
     OpenPositionPrices,
     PriceCacheHealth,
     WebSocketHealth,
@@ -45,11 +48,12 @@ ADVICE: dict[Branch, str] = {
 }
 
 
-# KEYS: feed:status, heartbeat:feed, prices:index, positions:open.
-# ARGV: oldest valid as_of, limit, price key prefix, then the requested symbols (none: sample the index).
+# KEYS: feed:status, heartbeat:feed, prices:index, positions:open, feed:lease, instances:feed.
+# ARGV: oldest valid as_of, limit, price key prefix, oldest live heartbeat, then the requested symbols (none:
+# sample the index).
 # Returns: feed:status as a flat list, heartbeat (or false), cached count, newest as_of (or false), the number of
-# open-position symbols, then the symbol and its price's TRUTH_FIELDS (false when absent) for each listed symbol,
-# open ones first.
+# open-position symbols, the feed lease as a flat list, its PTTL, the live feed instances, then the symbol and its
+# price's TRUTH_FIELDS (false when absent) for each listed symbol, open ones first.
 _HEALTH = """
 local oldest, limit, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local status = redis.call('HGETALL', KEYS[1])
@@ -59,8 +63,8 @@ local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 local open = redis.call('SMEMBERS', KEYS[4])
 table.sort(open)
 local wanted = {}
-if #ARGV > 3 then
-  for i = 4, #ARGV do wanted[#wanted + 1] = ARGV[i] end
+if #ARGV > 4 then
+  for i = 5, #ARGV do wanted[#wanted + 1] = ARGV[i] end
 else
   wanted = redis.call('ZREVRANGEBYSCORE', KEYS[3], '+inf', oldest, 'LIMIT', 0, limit)
 end
@@ -74,7 +78,8 @@ for _, list in ipairs({open, wanted}) do
     end
   end
 end
-local out = {status, beat, count, newest[2] or false, #open}
+local lease, feeds = redis.call('HGETALL', KEYS[5]), redis.call('ZRANGEBYSCORE', KEYS[6], ARGV[4], '+inf')
+local out = {status, beat, count, newest[2] or false, #open, lease, redis.call('PTTL', KEYS[5]), feeds}
 for _, symbol in ipairs(listed) do
   out[#out + 1] = symbol
   for _, value in ipairs(redis.call('HMGET', prefix .. symbol, FIELDS)) do out[#out + 1] = value end
@@ -123,10 +128,18 @@ class HealthReader:
         """Health with every open-position symbol first, then `symbols` (or the newest) up to `limit` entries."""
         now = self._clock.now()
         raw: list[Any] = await self._health(
-            keys=[keys.FEED_STATUS, keys.heartbeat("feed"), keys.PRICE_INDEX, keys.OPEN_POSITIONS],
-            args=[now - self._settings.price_cache_ttl_s, limit, keys.PRICE_PREFIX, *(symbols or ())],
-        )
-        status_flat, beat_raw, count, newest, n_open = raw[:5]
+            keys=[
+                keys.FEED_STATUS, keys.heartbeat("feed"), keys.PRICE_INDEX, keys.OPEN_POSITIONS, keys.FEED_LEASE,
+                keys.instances("feed"),
+            ],
+            args=[
+                now - self._settings.price_cache_ttl_s, limit, keys.PRICE_PREFIX, now - self._settings.heartbeat_ttl_s,
+                *(symbols or ()),
+            ],
+        )  # fmt: skip
+        status_flat, beat_raw, count, newest, n_open, lease_flat, lease_pttl_ms, feeds_alive = raw[:8]
+        lease = dict(zip(lease_flat[::2], lease_flat[1::2], strict=True))
+        leadership = leadership_from(lease, int(lease_pttl_ms), list(feeds_alive), now)
         try:
             feed = FeedStatus.from_redis(dict(zip(status_flat[::2], status_flat[1::2], strict=True)))
             feed_error = feed.last_error
@@ -138,7 +151,7 @@ class HealthReader:
         last_update = float(newest) if newest is not None else None
 
         width = 1 + len(TRUTH_FIELDS)
-        rows = raw[5:]
+        rows = raw[8:]
         listed = [str(symbol) for symbol in rows[::width]]
         open_set = set(listed[:n_open])
         entries: dict[str, CacheEntry] = {}
@@ -198,4 +211,5 @@ class HealthReader:
             ),
             advice_branch=branch,
             advice=ADVICE[branch],
+            feed_leadership=FeedLeadershipInfo(**leadership.public()),
         )

@@ -69,12 +69,22 @@ class PriceCacheHealth(BaseModel):
     cache_entries: dict[str, CacheEntry]
 
 
+class FeedLeadershipInfo(BaseModel):
+    leader: str | None = Field(description="instance name of the feed holding the Upstox connection (the lease)")
+    fencing_token: str | None = Field(description="the leader's fencing token: N:holder")
+    leader_since: float | None = Field(description="epoch s the leader acquired the lease")
+    lease_age_s: float | None = Field(description="seconds since the leader last renewed its lease")
+    lease_expires_in_s: float | None = Field(description="seconds until the lease expires unless renewed")
+    standbys: list[str] = Field(description="live feed instances ready to take over")
+
+
 class ConnectionHealth(BaseModel):
     timestamp: str = Field(examples=["2026-01-07T11:30:00+05:30"])
     websocket: WebSocketHealth
     price_cache: PriceCacheHealth
     advice_branch: Literal["live", "fallback", "fresh_cache", "stale_cache", "expired"]
     advice: str
+    feed_leadership: FeedLeadershipInfo | None = None
 
 
 class EmergencyCloseRequest(_Request):
@@ -159,6 +169,7 @@ class FeedDetail(BaseModel):
     token_ok: bool | None
     last_error: str
     dns_resolver: str
+    leadership: FeedLeadershipInfo | None = None
 
 
 class CredentialStatus(BaseModel):
@@ -179,6 +190,9 @@ class Status(BaseModel):
     credentials: list[CredentialStatus] = Field(description="the access token, then the analytics token if set")
     redis: RedisStatus
     services: dict[str, ServiceStatus]
+    instances: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="SERVICE -> each live instance (INSTANCE_NAME) -> seconds since its beat"
+    )
     feed: FeedDetail | None
     notes: dict[str, str] = Field(description="services:status notes, e.g. the monitor's last broker error")
     recent_events: list[dict[str, Any]]

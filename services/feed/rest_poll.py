@@ -11,6 +11,7 @@ that key. A value that is not a plausible price is counted and skipped. Prices a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -50,8 +51,11 @@ class RestPoller:
         connection: FeedConnection,
         resolver: HostResolver,
         http: httpx.AsyncClient | None = None,
+        *,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self._s = settings
+        self._leading = leading  # only the feed leader polls (and may write): libs/common/feed_lease.py
         self._clock = clock
         self._redis = redis
         self._cache = cache
@@ -70,7 +74,7 @@ class RestPoller:
         try:
             while True:
                 await self._clock.sleep(max(self._s.rest_poll_interval_s, _MIN_CALL_SPACING_S))
-                if self._connection.link.live:
+                if self._connection.link.live or not self._leading():
                     self._set_polling(False)
                     continue
                 try:

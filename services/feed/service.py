@@ -1,11 +1,13 @@
 """The feed service: one WebSocket connection plus its helpers, each a named, supervised task.
 
-Tasks: `feed:connection` (the WebSocket and its reconnect loop), `feed:writer` (ticks to Redis),
+Tasks: `feed:connection` (the WebSocket and its reconnect loop, run only while this process holds the feed
+lease: services/feed/leadership.py), `feed:writer` (ticks to Redis),
 `feed:vouch` (keeps quiet symbols fresh while the link is healthy, reports silent ones, trims `prices:index`),
 `feed:subscriptions` (subscribe and unsubscribe requests, and the periodic re-read of `feed:subscriptions`),
 `feed:rest-poll` (LTP over REST for open positions while the WebSocket is down, Layer 2b), `feed:status` (writes
 `feed:status` on a timer) and `feed:heartbeat`. A task that fails is logged with its error
-and restarted after a short delay; none dies silently.
+and restarted after a short delay; none dies silently. Price and status writes are fenced by the feed lease, so a
+standby's (or a deposed leader's) writes are refused inside Redis.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from redis.exceptions import RedisError
 from libs.common import keys
 from libs.common.clock import Clock, SystemClock
 from libs.common.dns import HostResolver
+from libs.common.feed_lease import FeedLease, FencedOut
 from libs.common.heartbeat import beat_forever
 from libs.common.instruments import InstrumentIndex, instrument_index
 from libs.common.logging import tagged
@@ -32,6 +35,7 @@ from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
 from libs.common.tasks import cancel_and_wait
+from services.feed.leadership import FeedLeadership
 from services.feed.metrics import StatusCollector
 from services.feed.rest_poll import RestPoller
 from services.feed.silence import Review
@@ -63,28 +67,34 @@ class Feed:
         self.clock = clock or SystemClock()
         index = instruments or instrument_index(settings.sim_extra_instruments if settings.simulator_mode else 0)
         self.subscriptions = Subscriptions(watchlist(settings, index), index)
-        self.status = StatusBoard(redis, self.clock)
-        self.cache = PriceCache(redis, settings.price_cache_ttl_s)
+        # Only the holder of the feed lease connects and writes (its writes are fenced by the lease's token).
+        self.lease = FeedLease(redis, settings, self.clock)
+        self.leadership = FeedLeadership(self.lease, settings, self.clock)
+        self.status = StatusBoard(redis, self.clock, fence=self.lease.fence_args)
+        self.cache = PriceCache(redis, settings.price_cache_ttl_s, fence=self.lease.fence_args)
         self.events = PositionStore(redis, self.clock)  # the events stream (instrument silence is reported there)
         self.resolver = resolver or HostResolver.from_settings(settings, self.clock)
         self.connection = FeedConnection(
             settings, self.clock, redis, self.cache, self.status, self.subscriptions, self.resolver
         )
         self.rest_poller = RestPoller(
-            settings, self.clock, redis, self.cache, self.status, self.connection, self.resolver
-        )
+            settings, self.clock, redis, self.cache, self.status, self.connection, self.resolver,
+            leading=lambda: self.leadership.leading,
+        )  # fmt: skip
         self.restarts: dict[str, int] = {}
 
     async def run(self) -> None:
         """Run every task until cancelled; on the way out, close the connection and record `closed`."""
         specs: dict[str, Callable[[], Awaitable[None]]] = {
-            "feed:connection": self.connection.run,
+            "feed:connection": lambda: self.leadership.run(self._lead),
             "feed:writer": self.connection.writer.run,
             "feed:vouch": self._vouch_forever,
             "feed:rest-poll": self.rest_poller.run,
             "feed:subscriptions": self._follow_requests,
             "feed:status": self._status_forever,
-            "feed:heartbeat": lambda: beat_forever(self.redis, "feed", self.settings, self.clock),
+            "feed:heartbeat": lambda: beat_forever(
+                self.redis, "feed", self.settings, self.clock, for_service=lambda: self.leadership.leading
+            ),
         }
         tasks: dict[asyncio.Task[None], str] = {}
         for name, factory in specs.items():
@@ -107,7 +117,15 @@ class Feed:
         finally:
             await cancel_and_wait(tasks)
             with contextlib.suppress(RedisError):
-                await self.status.transition(FeedState.CLOSED, "stopped")
+                await self.status.transition(FeedState.CLOSED, "stopped")  # fenced: only a leader records it
+                await self.lease.release()  # a standby takes over at once instead of after the lease
+
+    async def _lead(self) -> None:
+        """Hold the Upstox connection as the leader. Ticks kept back from an earlier leadership are dropped:
+        another leader may have written newer prices since."""
+        self.connection.writer.discard()
+        self.cache.discard_unwritten()
+        await self.connection.run()
 
     async def _vouch_forever(self) -> None:
         """While the link is healthy, mark the subscribed symbols that are plausibly quiet current (and refresh their
@@ -129,6 +147,8 @@ class Feed:
                 if as_of > last_as_of:
                     await self.cache.vouch(review.vouch, as_of)
                     last_as_of = as_of
+            except FencedOut:
+                continue  # not the leader (or no longer): feed:leadership says so
             except RedisError as exc:
                 logger.warning(f"Cannot vouch for prices in Redis: {type(exc).__name__}")
 

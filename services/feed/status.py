@@ -8,7 +8,7 @@ on `feed:status:changes` as small JSON and recorded in the `events` stream (for 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -18,15 +18,27 @@ from redis.exceptions import RedisError
 from libs.common import keys
 from libs.common.clock import Clock
 from libs.common.events import add_event, encode_event
+from libs.common.feed_lease import FENCE_CHECK, FencedOut, fence_checked
 from libs.common.models import FeedState, FeedStatus, dumps_compact
+
+# KEYS: feed:status. ARGV: field/value pairs, then the fence (only the feed leader writes the status).
+_FLUSH = (
+    FENCE_CHECK
+    + """
+for i = 1, #ARGV - 2, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+)
 
 
 class StatusBoard:
     """Mutable feed status, written to Redis by `flush` / `transition`."""
 
-    def __init__(self, redis: Redis, clock: Clock) -> None:
+    def __init__(self, redis: Redis, clock: Clock, *, fence: Callable[[], list[str]] | None = None) -> None:
         self._redis = redis
         self._clock = clock
+        self._fence = fence or (lambda: ["", ""])
+        self._flush = redis.register_script(_FLUSH)
         self.state = FeedState.CLOSED
         self.subscribed_symbols = 0
         self.reconnect_attempts = 0
@@ -77,10 +89,15 @@ class StatusBoard:
         )
 
     async def flush(self) -> bool:
-        """Write the hash; a Redis outage is logged (at most every 10 s) and reported as False."""
+        """Write the hash; a Redis outage is logged (at most every 10 s) and reported as False.
+
+        A standby (no feed lease) writes nothing and gets False without a warning.
+        """
+        fields = [item for pair in self.snapshot().to_redis().items() for item in pair]
         try:
-            mapping: Mapping[Any, Any] = self.snapshot().to_redis()
-            await self._redis.hset(keys.FEED_STATUS, mapping=mapping)
+            fence_checked(await self._flush(keys=[keys.FEED_STATUS], args=[*fields, *self._fence()]))
+        except FencedOut:
+            return False
         except RedisError as exc:
             self._warn_redis(exc)
             return False

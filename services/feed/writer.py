@@ -14,6 +14,7 @@ from loguru import logger
 from redis.exceptions import RedisError
 
 from libs.common.clock import Clock
+from libs.common.feed_lease import FencedOut
 from libs.common.price_cache import PriceCache, Tick
 
 _COLLAPSE_ABOVE = 20_000  # pending ticks beyond this keep only the newest per symbol (Redis far behind)
@@ -46,6 +47,10 @@ class FrameWriter:
         self._idle.clear()
         self._wake.set()
 
+    def discard(self) -> None:
+        """Drop ticks not yet handed to Redis (they belong to an earlier leadership)."""
+        self._pending.clear()
+
     async def drained(self) -> None:
         """Wait until everything added so far has been handed to Redis (or failed)."""
         await self._idle.wait()
@@ -61,15 +66,19 @@ class FrameWriter:
             del self._pending[:MAX_TICKS_PER_CALL]
             try:
                 await self._cache.write_frame(ticks, self._as_of)
+            except FencedOut:  # refused inside Redis: another feed leads now; this one is stepping down
+                self._pending.clear()
+                self._warn("Prices not written: this feed no longer holds the feed lease (fenced)")
             except RedisError as exc:  # PriceCache keeps the ticks and writes them with the next call
-                now = self._clock.monotonic()
-                if now - self._warned_at >= _WARN_EVERY_S:
-                    self._warned_at = now
-                    logger.warning(
-                        f"Cannot write prices to Redis ({type(exc).__name__}); will retry with the next frame"
-                    )
+                self._warn(f"Cannot write prices to Redis ({type(exc).__name__}); will retry with the next frame")
             self.frames_written += 1
             if self._pending:
                 self._wake.set()
             else:
                 self._idle.set()
+
+    def _warn(self, message: str) -> None:
+        now = self._clock.monotonic()
+        if now - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = now
+            logger.warning(message)

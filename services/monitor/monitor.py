@@ -41,6 +41,7 @@ from libs.common.money import ltp_paise, to_paise
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.price_cache import parse_notice
+from libs.common.replication import ClaimConfirmation
 from libs.common.safety_net import create_safety_net
 from libs.common.settings import Settings
 from libs.common.tasks import cancel_and_wait
@@ -100,7 +101,14 @@ class Monitor:
         gate = OrderGate(redis, self._clock)
         net = create_safety_net(settings, redis, broker, self._clock)
         self._closer = Closer(
-            self._store, broker, self._clock, holdings=holdings, gate=gate, settings=settings, safety_net=net
+            self._store,
+            broker,
+            self._clock,
+            holdings=holdings,
+            gate=gate,
+            settings=settings,
+            safety_net=net,
+            confirmation=ClaimConfirmation(redis, settings),
         )
         self.safety_net = None
         if net is not None:

@@ -163,8 +163,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "the feed's price TTL ignores PRICE_CACHE_TTL_S (hard-coded 300 s)",
         "services/feed/service.py",
-        "self.cache = PriceCache(redis, settings.price_cache_ttl_s)",
-        "self.cache = PriceCache(redis, 300)",
+        "self.cache = PriceCache(redis, settings.price_cache_ttl_s, fence=self.lease.fence_args)",
+        "self.cache = PriceCache(redis, 300, fence=self.lease.fence_args)",
         ("tests/feed/test_feed_sim.py",),
     ),
     # --- reconnect jitter ---------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from redis.exceptions import RedisError
 from libs.common import keys
 from libs.common.broker import BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import ist_iso
+from libs.common.feed_lease import read_leadership
 from libs.common.freshness import FreshnessPolicy
-from libs.common.heartbeat import heartbeat_age_s
+from libs.common.heartbeat import heartbeat_age_s, live_instances
 from libs.common.models import FeedStatus, MalformedRecord, Position
 from libs.common.positions import PositionConflict, PositionNotFound
 from services.api.deps import ApiKey, Res
@@ -31,6 +32,7 @@ from services.api.schemas import (
     EmergencyCloseResponse,
     ErrorOut,
     FeedDetail,
+    FeedLeadershipInfo,
     OrdersStatus,
     RedisStatus,
     SafetyNetStatus,
@@ -174,6 +176,7 @@ async def service_status(res: Res) -> Status:
     except RedisError as exc:
         redis = RedisStatus(reachable=False, latency_ms=None, error=type(exc).__name__)
     services: dict[str, ServiceStatus] = {}
+    instances: dict[str, dict[str, float]] = {}
     feed: FeedDetail | None = None
     notes: dict[str, str] = {}
     events: list[dict[str, Any]] = []
@@ -186,6 +189,7 @@ async def service_status(res: Res) -> Status:
             age = ages[name] = await heartbeat_age_s(res.redis, name, res.clock)
             alive = age is not None and age < res.settings.heartbeat_ttl_s
             services[name] = ServiceStatus(alive=alive, heartbeat_age_s=None if age is None else round(age, 3))
+            instances[name] = await live_instances(res.redis, name, res.settings, res.clock)
         try:
             status = FeedStatus.from_redis(cast(dict[str, str], await res.redis.hgetall(keys.FEED_STATUS)))
             feed = FeedDetail(
@@ -194,6 +198,7 @@ async def service_status(res: Res) -> Status:
                 token_ok=status.token_ok,
                 last_error=status.last_error,
                 dns_resolver=status.dns_resolver,
+                leadership=FeedLeadershipInfo(**(await read_leadership(res.redis, res.settings, res.clock)).public()),
             )
         except MalformedRecord as exc:
             feed = FeedDetail(state="unknown", connected=False, token_ok=None, last_error=str(exc), dns_resolver="")
@@ -213,6 +218,7 @@ async def service_status(res: Res) -> Status:
         orders=orders,
         redis=redis,
         services=services,
+        instances=instances,
         feed=feed,
         notes=notes,
         recent_events=events,
