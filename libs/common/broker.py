@@ -1,9 +1,11 @@
 """The broker interface that closes positions and reports what is held, and its two adapters.
 
 `UpstoxBroker` sends a MARKET order through `/v3/order/place` (the order host) with a `tag` naming the
-close (`X-Algo-Name` when `UPSTOX_ALGO_NAME` is set), then polls `/v2/order/details` with backoff until
-the order is complete, rejected or cancelled (a partial fill comes back as a `Fill` of fewer units). Calls
-are paced under Upstox's per-second and per-minute limits (`libs.common.pacing`).
+close and `slice: true` (above the exchange's freeze quantity it becomes child orders of at most the freeze
+quantity, each followed to its end and summed; `X-Algo-Name` when `UPSTOX_ALGO_NAME` is set), then polls
+`/v2/order/details` with backoff until the order is complete, rejected or cancelled (a partial fill comes back
+as a `Fill` of fewer units). Calls are paced under Upstox's per-second and per-minute limits
+(`libs.common.pacing`).
 Hosts are resolved through `libs.common.dns` (system DNS, the fallback servers, the remembered address),
 as the feed does. With no token it talks to the simulator, so the whole path runs in tests and demos.
 `PaperBroker` fills at the price the decision used and has no positions to report.
@@ -276,23 +278,30 @@ class UpstoxBroker:
             "disclosed_quantity": 0,
             "trigger_price": 0,
             "is_amo": False,
-            "slice": False,
+            # Above the exchange's freeze quantity the broker splits the order into child orders of at most the
+            # freeze quantity (all under this tag); below it, one order as without slicing.
+            "slice": True,
         }
         if self._settings.order_market_protection:  # -1: the broker's automatic band; a clipped rest is cancelled
             order["market_protection"] = self._settings.order_market_protection
         body = await self._call("POST", f"{self._settings.order_base}/v3/order/place", order_call=True, json=order)
         try:
-            order_id = str(body["data"]["order_ids"][0])
-        except (KeyError, IndexError, TypeError):
-            raise BrokerOutcomeUnknown(f"unexpected order response: {str(body)[:200]}") from None
-        try:
-            data = await self._until_done(order_id)
-        except BrokerError as exc:  # placed, but its end is unconfirmed: it may still fill
-            raise BrokerOutcomeUnknown(f"order {order_id} placed, fill unconfirmed ({exc})") from None
-        fill = _fill_of(data)
+            order_ids = [str(i) for i in body["data"]["order_ids"]]
+        except (KeyError, TypeError):
+            order_ids = []
+        if not order_ids:
+            raise BrokerOutcomeUnknown(f"unexpected order response: {str(body)[:200]}")
+        ended = []
+        for order_id in order_ids:
+            try:
+                ended.append(await self._until_done(order_id))
+            except BrokerError as exc:  # placed, but its end is unconfirmed: it may still fill
+                raise BrokerOutcomeUnknown(f"order {order_id} placed, fill unconfirmed ({exc})") from None
+        fill = _sum_fills([f for f in map(_fill_of, ended) if f is not None])
         if fill is None:
+            data = ended[-1]
             reason = data.get("status_message") or data.get("status")
-            raise OrderDead(f"order {order_id} {data.get('status')}: {reason}")
+            raise OrderDead(f"order {','.join(order_ids)} {data.get('status')}: {reason}")
         return fill
 
     async def _until_done(self, order_id: str) -> dict[str, Any]:
@@ -332,12 +341,7 @@ class UpstoxBroker:
             status = order.get("status")
             ended = status == _FILLED or status in _DEAD
             done.append(order if ended else await self._until_done(str(order["order_id"])))
-        fills = [f for f in (_fill_of(o) for o in done) if f is not None]
-        if not fills:
-            return None
-        quantity = sum(f.quantity or 0 for f in fills)
-        average = round(sum((f.quantity or 0) * f.price for f in fills) / quantity)
-        return Fill(order_id=",".join(f.order_id for f in fills), price=average, quantity=quantity)
+        return _sum_fills([f for f in (_fill_of(o) for o in done) if f is not None])
 
     async def positions(self) -> list[Holding] | None:
         body = await self._call("GET", f"{self._settings.api_base}/v2/portfolio/short-term-positions")
@@ -386,6 +390,18 @@ def _fill_of(order: dict[str, Any]) -> Fill | None:
     if filled <= 0 or order.get("average_price") in (None, "", 0, 0.0):
         return None
     return Fill(order_id=str(order["order_id"]), price=to_paise(order["average_price"]), quantity=filled)
+
+
+def _sum_fills(fills: list[Fill]) -> Fill | None:
+    """The fills of several orders (the child orders of a sliced close, or every order of a tag) as one:
+    summed quantity at the average price; None when nothing filled."""
+    if not fills:
+        return None
+    if len(fills) == 1:
+        return fills[0]
+    quantity = sum(f.quantity or 0 for f in fills)
+    average = round(sum((f.quantity or 0) * f.price for f in fills) / quantity)
+    return Fill(order_id=",".join(f.order_id for f in fills), price=average, quantity=quantity)
 
 
 def create_broker(settings: Settings, clock: Clock | None = None) -> Broker:

@@ -8,18 +8,22 @@ starting price) and `price_band_pct` (the daily band around the previous close).
 Shipped rows: `NSE_INDEX|Nifty 50` (NIFTY), `NSE_INDEX|Nifty Bank` (BANKNIFTY), real NSE equities whose
 ISINs are well known (BOSCHLTD `NSE_EQ|INE323A01026`, KAYNES `NSE_EQ|INE918Z01012`, RELIANCE, ...), and
 200 obviously synthetic equities `SIMEQ001`..`SIMEQ200` (key `NSE_EQ|SIMEQ001`). `extra=N` adds N more
-synthetic rows `SIMEQ0001`.. (four or more digits, key `NSE_EQ|SIMEQ0001`) for benchmarks.
+synthetic rows `SIMEQ0001`.. (four or more digits, key `NSE_EQ|SIMEQ0001`) for benchmarks. NSE_FO rows
+(NIFTY / BANKNIFTY futures and options) are generated for the day by `libs.common.fno`.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from libs.common.clock import to_ist
 
 DEFAULT_INDEX_TICK_PAISE = 5
 _EXTRA_BANDS = (20, 10, 5, 2)
@@ -42,6 +46,20 @@ class Instrument:
     freeze_quantity: float = 100000.0
     close_price_paise: int = 10000
     price_band_pct: float = 20.0
+    # F&O only (`libs.common.fno`): 0 / "" for equities and indices.
+    expiry_ms: int = 0  # epoch ms of 23:59:59 IST on the expiry date, as in Upstox's file
+    strike_paise: int = 0
+    underlying_key: str = ""
+    weekly: bool = False
+
+    @property
+    def is_derivative(self) -> bool:
+        """True for futures and options (they expire; their price follows `underlying_key`)."""
+        return bool(self.expiry_ms)
+
+    @property
+    def is_option(self) -> bool:
+        return self.instrument_type in ("CE", "PE")
 
     @property
     def is_index(self) -> bool:
@@ -78,6 +96,11 @@ class Instrument:
                 tick_size=float(self.tick_size_paise),
                 security_type="NORMAL",
             )
+        if self.is_derivative:
+            row.update(expiry=self.expiry_ms, weekly=self.weekly, minimum_lot=self.lot_size)
+            row.update(underlying_key=self.underlying_key, underlying_type="INDEX")
+            if self.is_option:
+                row["strike_price"] = self.strike_paise / 100
         row["close_price"] = self.close_price_paise / 100
         row["price_band_pct"] = self.price_band_pct
         return row
@@ -129,12 +152,17 @@ def _synthetic(count: int) -> Iterator[Instrument]:
         )
 
 
-def load_instruments(extra: int = 0) -> list[Instrument]:
-    """The shipped instruments, then `extra` synthetic equities (`SIMEQ0001`..) for benchmarks.
+def load_instruments(extra: int = 0, *, now: float | None = None, expiry_weekday: int = 1) -> list[Instrument]:
+    """The shipped instruments, the NIFTY / BANKNIFTY futures and options listed on the IST day of `now`
+    (default: the wall clock), then `extra` synthetic equities (`SIMEQ0001`..) for benchmarks.
 
-    Deterministic: the same `extra` always gives the same list in the same order.
+    Deterministic: the same `extra`, day and `expiry_weekday` always give the same list in the same order.
     """
-    return [*_shipped(), *_synthetic(extra)]
+    from libs.common.fno import fno_instruments  # fno builds on Instrument
+
+    shipped = _shipped()
+    day = to_ist(time.time() if now is None else now).date()
+    return [*shipped, *fno_instruments(shipped, day, expiry_weekday), *_synthetic(extra)]
 
 
 class InstrumentIndex:
@@ -167,9 +195,9 @@ class InstrumentIndex:
         return inst.instrument_key if inst else None
 
 
-def instrument_index(extra: int = 0) -> InstrumentIndex:
-    """`InstrumentIndex` over `load_instruments(extra)`."""
-    return InstrumentIndex(load_instruments(extra))
+def instrument_index(extra: int = 0, *, now: float | None = None, expiry_weekday: int = 1) -> InstrumentIndex:
+    """`InstrumentIndex` over `load_instruments(...)`."""
+    return InstrumentIndex(load_instruments(extra, now=now, expiry_weekday=expiry_weekday))
 
 
 def master_file_gz(instruments: Iterable[Instrument]) -> bytes:

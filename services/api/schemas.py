@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libs.common.models import CloseReason, PriceSource, Side
 
-# A trading symbol as Upstox writes it (it becomes part of Redis key names: no spaces or colons).
-Symbol = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9&_.\-]+$", examples=["BOSCHLTD"])]
+# A trading symbol as Upstox writes it (it becomes part of Redis key names: no colons; single spaces only
+# between words, as in F&O symbols such as "NIFTY 24000 CE 08 DEC 26").
+SYMBOL_PATTERN = r"^[A-Za-z0-9&_.\-]+( [A-Za-z0-9&_.\-]+)*$"
+Symbol = Annotated[str, Field(min_length=1, max_length=40, pattern=SYMBOL_PATTERN, examples=["BOSCHLTD"])]
 Rupees = Annotated[float, Field(gt=0, le=10_000_000)]
 SlPct = Annotated[float, Field(gt=0, lt=100, description="percent of entry_price")]
 TpPct = Annotated[float, Field(gt=0, le=1000, description="percent of entry_price")]

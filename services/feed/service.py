@@ -53,7 +53,9 @@ class Feed:
         self.settings = settings
         self.redis = redis
         self.clock = clock or SystemClock()
-        index = instruments or instrument_index(settings.sim_extra_instruments if settings.simulator_mode else 0)
+        index = instruments or instrument_index(
+            settings.sim_extra_instruments if settings.simulator_mode else 0, expiry_weekday=settings.fno_expiry_weekday
+        )
         self.subscriptions = Subscriptions(watchlist(settings, index), index)
         self.status = StatusBoard(redis, self.clock)
         self.cache = PriceCache(redis, settings.price_cache_ttl_s)

@@ -87,13 +87,15 @@ class Subscriptions:
         return self._update()
 
     def apply_request(self, message: str) -> Change:
-        """Apply "sub SYMBOL INSTRUMENT_KEY" or "unsub SYMBOL"; a malformed request is logged and ignored."""
-        parts = message.strip().split(" ", 2)
-        if len(parts) == 3 and parts[0] == "sub" and parts[1] and parts[2]:
-            self._requested[parts[1]] = parts[2]
-        elif len(parts) == 2 and parts[0] == "unsub" and parts[1]:
-            self._requested.pop(parts[1], None)
-            self._from_redis.pop(parts[1], None)  # the next re-read restores it if the hash still has it
+        """Apply "sub SYMBOL INSTRUMENT_KEY" or "unsub SYMBOL"; a malformed request is logged and ignored.
+        F&O symbols have spaces ("NIFTY 24000 CE 08 DEC 26"); instrument keys never do, so the key is the last word."""
+        method, _, rest = message.strip().partition(" ")
+        symbol, _, key = rest.rpartition(" ")
+        if method == "sub" and symbol.strip() and key:
+            self._requested[symbol.strip()] = key
+        elif method == "unsub" and rest.strip():
+            self._requested.pop(rest.strip(), None)
+            self._from_redis.pop(rest.strip(), None)  # the next re-read restores it if the hash still has it
         else:
             logger.warning(f"Ignoring malformed subscription request: {message[:80]!r}")
             return Change()

@@ -235,6 +235,7 @@ class FaultControl(BaseModel):
     ratio: float | None = Field(None, ge=0, lt=1)  # partial_fill: the share that fills
     delay_s: float | None = Field(None, ge=0)  # slow_fill: how long orders rest open
     message: str | None = Field(None, min_length=1, max_length=200)  # reject: the status_message
+    orders: int = Field(0, ge=0, le=1000)  # partial_fill: only the window's first N orders (0: all)
 
 
 class MarketControl(BaseModel):
@@ -286,7 +287,13 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
     @app.post("/sim/faults")
     async def fault(body: FaultControl) -> dict[str, Any]:
         await sim.inject(
-            body.kind, body.duration_s, code=body.code, ratio=body.ratio, delay_s=body.delay_s, message=body.message
+            body.kind,
+            body.duration_s,
+            code=body.code,
+            ratio=body.ratio,
+            delay_s=body.delay_s,
+            message=body.message,
+            orders=body.orders,
         )
         return {"kind": body.kind, "duration_s": body.duration_s, "active": sim.faults.snapshot()}
 

@@ -29,6 +29,24 @@ class Faults:
         self.fill_delay_s = 2.0  # slow_fill: how long an order rests open
         self.reject_message = "Order rejected by RMS (simulated)"
         self.counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+        self._uses_left: dict[str, int] = {}  # faults limited to their first N orders
+
+    def limit(self, kind: FaultKind, orders: int) -> None:
+        """Apply `kind` to only the next `orders` orders of its window (0: every order)."""
+        if orders:
+            self._uses_left[kind] = orders
+        else:
+            self._uses_left.pop(kind, None)
+
+    def take(self, kind: FaultKind) -> bool:
+        """Use the fault on one order: False once its order limit is used up."""
+        left = self._uses_left.get(kind)
+        if left is None:
+            return True
+        if left <= 0:
+            return False
+        self._uses_left[kind] = left - 1
+        return True
 
     def start(self, kind: FaultKind, duration_s: float) -> None:
         """Make `kind` active for `duration_s` seconds from now (0 = a one-off event, no window).
@@ -46,6 +64,7 @@ class Faults:
 
     def clear(self) -> None:
         self._until.clear()
+        self._uses_left.clear()
         self.close_code = 1000
 
     def snapshot(self) -> dict[str, float]:

@@ -67,7 +67,9 @@ class Simulator:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.auto_tick = auto_tick
-        self.instruments = load_instruments(settings.sim_extra_instruments)
+        self.instruments = load_instruments(
+            settings.sim_extra_instruments, now=self.clock.now(), expiry_weekday=settings.fno_expiry_weekday
+        )
         self.market = Market(
             self.instruments,
             seed=settings.sim_seed,
@@ -214,9 +216,10 @@ class Simulator:
         ratio: float | None = None,
         delay_s: float | None = None,
         message: str | None = None,
+        orders: int = 0,
     ) -> None:
         """Start a fault (see `POST /sim/faults`); `ratio` (partial_fill), `delay_s` (slow_fill) and `message`
-        (reject) shape the order faults."""
+        (reject) shape the order faults; `orders` limits partial_fill to the window's first N orders."""
         logger.warning(f"sim fault injected: {kind} for {duration_s}s")
         if ratio is not None:
             self.faults.fill_ratio = ratio
@@ -224,6 +227,8 @@ class Simulator:
             self.faults.fill_delay_s = delay_s
         if message is not None:
             self.faults.reject_message = message
+        if kind == "partial_fill":
+            self.faults.limit(kind, orders)
         if kind == "drop":
             self.faults.start(kind, duration_s)
             await self.feeder.drop(duration_s)

@@ -22,6 +22,7 @@ from services.api.deps import ApiKey, Res
 from services.api.emergency import emergency_close
 from services.api.idempotency import KeyInProgress, KeyReused, Stored
 from services.api.schemas import (
+    SYMBOL_PATTERN,
     BrokerPositionsStatus,
     ConnectionHealth,
     EmergencyClosePending,
@@ -40,7 +41,7 @@ from services.api.schemas import (
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
 
-_SYMBOL = re.compile(r"^[A-Za-z0-9&_.\-]{1,40}$")
+_SYMBOL = re.compile(SYMBOL_PATTERN)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrorOut, "description": "bad body or parameter"},
     503: {"model": ErrorOut, "description": "Redis (or the broker) unreachable"},
@@ -51,7 +52,7 @@ def _symbols(raw: str | None) -> list[str] | None:
     if raw is None:
         return None
     wanted = [s.strip() for s in raw.split(",") if s.strip()]
-    bad = [s for s in wanted if not _SYMBOL.match(s)]
+    bad = [s for s in wanted if len(s) > 40 or not _SYMBOL.match(s)]
     if bad:
         raise unprocessable(f"not a trading symbol: {bad[0][:50]!r}", "query", "symbols")
     return wanted
