@@ -76,7 +76,9 @@ def create_app(
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
             token_probe=TokenProbe(settings, clock, probe_http),
             health=HealthReader(redis, settings, clock),
-            instruments=instrument_index(settings.sim_extra_instruments, expiry_weekday=settings.fno_expiry_weekday),
+            instruments=instrument_index(
+                settings.sim_extra_instruments, now=clock.now(), expiry_weekday=settings.fno_expiry_weekday
+            ),
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
         try:

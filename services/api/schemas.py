@@ -61,12 +61,28 @@ class PriceCacheHealth(BaseModel):
     cache_entries: dict[str, CacheEntry]
 
 
+class ExpiringContract(BaseModel):
+    """An open position's F&O contract that expires today (trading ends 15:30 IST)."""
+
+    symbol: str
+    instrument_key: str
+    trading_ends: str = Field(examples=["2026-01-06T15:30:00+05:30"])
+    minutes_left: float
+    expired: bool = Field(description="trading has ended while the position is still open")
+
+
+class ExpiringPosition(ExpiringContract):
+    quantity: int
+    side: Side
+
+
 class ConnectionHealth(BaseModel):
     timestamp: str = Field(examples=["2026-01-07T11:30:00+05:30"])
     websocket: WebSocketHealth
     price_cache: PriceCacheHealth
     advice_branch: Literal["live", "fallback", "fresh_cache", "stale_cache", "expired"]
     advice: str
+    expiring_today: list[ExpiringContract] = Field(default_factory=list)
 
 
 class EmergencyCloseRequest(_Request):
@@ -149,6 +165,7 @@ class Status(BaseModel):
     recent_events: list[dict[str, Any]]
     orders: OrdersStatus | None = None
     broker_positions: BrokerPositionsStatus | None = None
+    expiring_today: list[ExpiringPosition] = Field(default_factory=list)
 
 
 # --- positions --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
 from libs.common.heartbeat import beat_forever, heartbeat_age_s
+from libs.common.instruments import InstrumentIndex, instrument_index
 from libs.common.logging import tagged
 from libs.common.models import FeedStatus, MalformedRecord, Position, PositionState, PriceSource
 from libs.common.money import to_paise
@@ -48,6 +49,7 @@ from services.monitor.decision import (
     trigger_tag,
     view_of,
 )
+from services.monitor.expiry import ExpiryWatch
 from services.monitor.reconcile import BrokerReconciler
 from services.monitor.snapshot import CachedPrice, SnapshotReader
 
@@ -82,6 +84,7 @@ class Monitor:
         clock: Clock | None = None,
         *,
         jitter: Callable[[], float] = random.random,
+        instruments: InstrumentIndex | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
@@ -93,6 +96,12 @@ class Monitor:
         self._closer = Closer(self._store, broker, self._clock, holdings=holdings, gate=gate, settings=settings)
         self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, broker, self._clock)
         self._jitter = jitter
+        index = instruments or instrument_index(
+            settings.sim_extra_instruments if settings.simulator_mode else 0,
+            now=self._clock.now(),
+            expiry_weekday=settings.fno_expiry_weekday,
+        )
+        self._expiry = ExpiryWatch(self._store, index, self._clock, warn_min=settings.fno_expiry_warn_min)
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
         # Change numbers order what happened here (a clock can stand still between two of them):
@@ -211,6 +220,7 @@ class Monitor:
         # older changes are in this read; keep one sweep's worth more for a sweep still running (tests overlap them)
         self._touched = {s: n for s, n in self._touched.items() if n > self._last_sweep_began}
         self._last_sweep_began = began
+        await self._expiry.check(fresh.values())
         report.duration_ms = (self._clock.monotonic() - started) * 1000
         self.sweeps += 1
         return report

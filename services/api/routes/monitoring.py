@@ -15,8 +15,9 @@ from redis.exceptions import RedisError
 from libs.common import keys
 from libs.common.broker import BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import ist_iso
+from libs.common.expiry import expiring_symbols, expiring_today
 from libs.common.heartbeat import heartbeat_age_s
-from libs.common.models import FeedStatus, MalformedRecord
+from libs.common.models import FeedStatus, MalformedRecord, Position
 from libs.common.positions import PositionConflict, PositionNotFound
 from services.api.deps import ApiKey, Res
 from services.api.emergency import emergency_close
@@ -29,6 +30,8 @@ from services.api.schemas import (
     EmergencyCloseRequest,
     EmergencyCloseResponse,
     ErrorOut,
+    ExpiringContract,
+    ExpiringPosition,
     FeedDetail,
     OrdersStatus,
     RedisStatus,
@@ -66,8 +69,18 @@ async def connection_health(
         str | None, Query(max_length=4000, description="comma-separated symbols to list instead of a sample")
     ] = None,
 ) -> ConnectionHealth:
-    """The guide's connection health, plus feed liveness, open-position price counts and the advice that applies."""
-    return await res.health.read(limit, _symbols(symbols))
+    """The guide's connection health, plus feed liveness, open-position price counts and the advice that applies,
+    and the open F&O positions expiring today."""
+    health = await res.health.read(limit, _symbols(symbols))
+    held = [s for s, entry in health.price_cache.cache_entries.items() if entry.has_open_position]
+    expiring = expiring_symbols(held, res.instruments, res.clock.now())  # no extra Redis round trip
+    return health.model_copy(update={"expiring_today": [ExpiringContract.model_validate(e) for e in expiring]})
+
+
+async def _expiring_today(res: Res) -> list[ExpiringPosition]:
+    now = res.clock.now()
+    positions = [p for p in await res.store.list_open() if isinstance(p, Position)]
+    return [ExpiringPosition.model_validate(e.as_dict(now)) for e in expiring_today(positions, res.instruments, now)]
 
 
 @router.post(
@@ -161,6 +174,7 @@ async def service_status(res: Res) -> Status:
     events: list[dict[str, Any]] = []
     orders: OrdersStatus | None = None
     broker_positions: BrokerPositionsStatus | None = None
+    expiring: list[ExpiringPosition] = []
     if redis.reachable:
         for name in keys.SERVICES:
             age = await heartbeat_age_s(res.redis, name, res.clock)
@@ -180,6 +194,7 @@ async def service_status(res: Res) -> Status:
         notes = cast(dict[str, str], await res.redis.hgetall(keys.SERVICES_STATUS))
         events = await res.store.recent_events(10)
         orders, broker_positions = await _orders_status(res), await _broker_positions_status(res)
+        expiring = await _expiring_today(res)
     return Status(
         timestamp=ist_iso(now),
         market="simulator" if res.settings.simulator_mode else "upstox",
@@ -192,6 +207,7 @@ async def service_status(res: Res) -> Status:
         recent_events=events,
         orders=orders,
         broker_positions=broker_positions,
+        expiring_today=expiring,
     )
 
 
