@@ -28,6 +28,8 @@ class _Request(BaseModel):
 class WebSocketHealth(BaseModel):
     connected: bool = Field(description="the feed is alive and its WebSocket is connected")
     subscribed_symbols: int
+    mode: str = Field("", description="the subscription mode of every symbol not listed in `modes`")
+    modes: dict[str, str] = Field(default_factory=dict, description="SYMBOL -> mode where it differs (options)")
     reconnect_attempts: int
     network_errors: int
     state: str = Field(description="the feed's connection state: connecting, live, reconnecting, closing, closed")

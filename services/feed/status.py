@@ -27,6 +27,8 @@ class StatusBoard:
         self._clock = clock
         self.state = FeedState.CLOSED
         self.subscribed_symbols = 0
+        self.mode = ""  # FEED_MODE, the mode of every symbol not in `other_modes`
+        self.other_modes: dict[str, str] = {}  # SYMBOL -> mode (options: option_greeks)
         self.reconnect_attempts = 0
         self.network_errors = 0
         self.corrupt_frames = 0
@@ -51,6 +53,8 @@ class StatusBoard:
             state=self.state,
             connected=self.connected,
             subscribed_symbols=self.subscribed_symbols,
+            mode=self.mode,
+            other_modes=dumps_compact(self.other_modes),
             reconnect_attempts=self.reconnect_attempts,
             network_errors=self.network_errors,
             corrupt_frames=self.corrupt_frames,

@@ -75,11 +75,12 @@ async def _closed(stack: Stack, symbol: str) -> bool:
 async def test_an_option_stop_fires_on_the_cached_premium_during_a_drop(tmp_path: Path) -> None:
     """The premium follows NIFTY: a 1 % fall of the index takes a good part of an at-the-money premium. The tick
     carrying it is cached while the monitor restarts, then the WebSocket drops; the monitor, back, acts on the
-    cached premium with the guide's lines and sells exactly the lots held."""
+    cached premium with the guide's lines and sells exactly the lots held. The feed subscribes the option in
+    option_greeks and its underlying besides the watchlist; health shows the mode per symbol."""
     option = nifty_weekly()
     symbol, lot = option.trading_symbol, option.lot_size
     async with Stack(tmp_path, PRICE_STALE_AFTER_S="20", RECONCILE_INTERVAL_S="600") as stack:
-        await stack.start("sim", "feed", "monitor", "api")
+        await stack.start("sim", "feed", "monitor", "api", env={"FEED_WATCHLIST": '["BOSCHLTD"]'})
         await stack.set_price("NIFTY", 24000.0)
         bought = await stack.sim("POST", "/sim/trade", json={"symbol": symbol, "side": "buy", "quantity": 2 * lot})
         premium = bought["order"]["average_price"]
@@ -87,6 +88,10 @@ async def test_an_option_stop_fires_on_the_cached_premium_during_a_drop(tmp_path
         await stack.open_position(symbol, "long", 2 * lot, premium, at_broker=False, stop_loss=stop)
         await stack.wait_connected(True)
         await eventually(lambda: _has_price(stack, symbol), timeout_s=10)
+        await eventually(lambda: _has_price(stack, "NIFTY"), timeout_s=10)  # the underlying, not in the watchlist
+        await eventually(lambda: _modes_are(stack, ("ltpc", {symbol: "option_greeks"}, 3)), timeout_s=10)
+        (connection,) = (await stack.sim_state())["connections"]
+        assert connection["subscriptions"] == {"ltpc": 2, "option_greeks": 1}
 
         stack.stop("monitor")  # the fast move's tick is cached with no monitor to see it live
         await stack.set_price("NIFTY", 23760.0)
@@ -107,6 +112,12 @@ async def test_an_option_stop_fires_on_the_cached_premium_during_a_drop(tmp_path
     fallback = next(i for i, line in enumerate(monitor) if f"[FALLBACK] Using cached price for {symbol}" in line)
     assert fallback < next(i for i, line in enumerate(monitor) if sl_line in line)
     assert premium * 0.6 > crashed  # a 1 % index move took over 40 % of the premium
+
+
+async def _modes_are(stack: Stack, expected: tuple[str, dict[str, str], int]) -> bool:
+    websocket = (await stack.health())["websocket"]
+    assert (websocket["mode"], websocket["modes"], websocket["subscribed_symbols"]) == expected
+    return True
 
 
 async def _has_price(stack: Stack, symbol: str) -> bool:
