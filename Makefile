@@ -7,7 +7,7 @@ LINT_PATHS := libs services tests deploy $(wildcard bench)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint fmt test test-unit test-integration test-e2e proto up down restart status logs \
-        logs-feed logs-monitor logs-api logs-sim demo-outage demo-outage-extended bench
+        logs-feed logs-monitor logs-api logs-sim logs-alerts demo-outage demo-outage-extended bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-22s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ logs-api: ## follow the api's log
 
 logs-sim: ## follow the simulator's log
 	@$(RUNNER) logs sim
+
+logs-alerts: ## follow the alerts service's log
+	@$(RUNNER) logs alerts
 
 demo-outage: ## the guide's Example 1 on the simulator (brief disconnect, TP on a cached price)
 	@$(PY) -m deploy.demo_outage brief

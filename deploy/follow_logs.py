@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-SERVICES = ("sim", "feed", "monitor", "api")
+SERVICES = ("sim", "feed", "monitor", "api", "alerts")
 
 
 def follow(folder: Path) -> None:

@@ -58,7 +58,7 @@ write_conf() {
       -e "s#@SIM_AUTOSTART@#$sim_autostart#g" deploy/supervisord.conf.in > "$CONF"
 }
 
-services() { if [ "$(setting 'int(s.simulator_mode)')" = 1 ]; then echo "sim feed monitor api"; else echo "feed monitor api"; fi; }
+services() { if [ "$(setting 'int(s.simulator_mode)')" = 1 ]; then echo "sim feed monitor api alerts"; else echo "feed monitor api alerts"; fi; }
 
 wait_healthy() {
   local pending start; pending="$(services)"; start=$(date +%s)
@@ -104,7 +104,8 @@ Up (local processes under supervisord). Try:
   curl -s $api/api/v1/monitoring/connection-health | jq
   curl -s $api/api/v1/monitoring/status | jq
   redis-cli HGETALL price:BOSCHLTD
-  make logs            # every service, prefixed      make logs-feed | logs-monitor | logs-api | logs-sim
+  make logs            # every service, prefixed      make logs-feed | logs-monitor | logs-api | logs-sim | logs-alerts
+  curl -s -X POST $api/api/v1/alerts/test | jq   # a test message to every ALERT_URLS target
   make demo-outage     # the guide's Example 1 on the simulator
   make status | make restart | make down
 TXT
@@ -127,7 +128,7 @@ down() {
 
 status() {
   if supervisor_running; then "$ROOT/.venv/bin/supervisorctl" -c "$CONF" status || true; else echo "supervisord is not running"; fi
-  for svc in sim feed monitor api; do
+  for svc in sim feed monitor api alerts; do
     if "$PY" -m "services.$svc" --check >/dev/null 2>&1; then echo "  $svc: healthy"; else echo "  $svc: no fresh heartbeat"; fi
   done
 }

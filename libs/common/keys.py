@@ -11,12 +11,15 @@ Keys
   position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed)
   positions:open            set    symbols whose position is open or closing
   positions:closed          list   journal of closes, newest first (JSON close records)
-  events                    stream recent position and alert events (capped)
+  events                    stream every event that matters to a person: positions, closes, feed states (capped)
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
   broker:positions          string JSON snapshot of the broker's day positions (as_of, holdings), last good read
   broker:unguarded          string JSON list of broker positions no guard record covers (the reconcile's finding)
   orders:blocked            hash   set while order calls are refused for the static IP (reason, since)
+  alerts:outbox             stream alert messages waiting to be sent (consumer group `alerts`)
+  alerts:conditions         hash   condition id -> JSON state of the alert condition (active, last sent, folded)
+  alerts:sent:ID            set    digests of the ALERT_URLS an outbox message already reached (while retrying)
 
 Channels
   ticks                     one notice per feed frame: the symbols (and prices) just written
@@ -44,6 +47,11 @@ SERVICES_STATUS: Final = "services:status"
 BROKER_POSITIONS: Final = "broker:positions"
 BROKER_UNGUARDED: Final = "broker:unguarded"
 ORDERS_BLOCKED: Final = "orders:blocked"
+ALERTS_OUTBOX: Final = "alerts:outbox"
+ALERT_CONDITIONS: Final = "alerts:conditions"
+ALERT_SENT_PREFIX: Final = "alerts:sent:"
+# The consumer group the alerts service reads `events` and `alerts:outbox` with.
+ALERTS_GROUP: Final = "alerts"
 
 TICKS_CHANNEL: Final = "ticks"
 FEED_STATUS_CHANNEL: Final = "feed:status:changes"
@@ -53,7 +61,7 @@ POSITION_EVENTS_CHANNEL: Final = "positions:events"
 # Fields of a price:SYMBOL hash. Prices are rupee strings ("575.00") so `HGETALL` reads naturally.
 PRICE_FIELDS: Final = ("ltp", "instrument_key", "ltt_ms", "cp", "as_of", "received_at")
 
-SERVICES: Final = ("feed", "monitor", "api", "sim")
+SERVICES: Final = ("feed", "monitor", "api", "sim", "alerts")
 
 
 def price(symbol: str) -> str:
@@ -74,6 +82,11 @@ def heartbeat(service: str) -> str:
 def idempotency(key: str) -> str:
     """Key holding the first result of an emergency close sent with Idempotency-Key `key`."""
     return IDEMPOTENCY_PREFIX + key
+
+
+def alert_sent(entry_id: str) -> str:
+    """Key of the set of ALERT_URLS (digests) that outbox message `entry_id` already reached."""
+    return ALERT_SENT_PREFIX + entry_id
 
 
 def all_names() -> dict[str, str]:

@@ -16,9 +16,8 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.clock import Clock
+from libs.common.events import add_event, encode_event
 from libs.common.models import CloseReason, CloseRecord, MalformedRecord, Position, PositionState
-
-EVENTS_MAXLEN = 10_000
 
 # KEYS: position, open set, subscriptions hash. ARGV: symbol, instrument_key, then field/value pairs.
 # A resent call of our own (same opened_at) answers 'ok' again.
@@ -307,10 +306,9 @@ class PositionStore:
 
     async def publish_event(self, kind: str, symbol: str, **data: Any) -> None:
         """Record an event in the `events` stream and publish it on `positions:events`."""
-        event = {"kind": kind, "symbol": symbol, "at": self._clock.now(), **data}
-        payload = json.dumps(event, separators=(",", ":"), default=str)
+        payload = encode_event(kind, self._clock.now(), symbol, **data)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(keys.EVENTS_STREAM, {"event": payload}, maxlen=EVENTS_MAXLEN, approximate=True)
+            add_event(pipe, payload)
             pipe.publish(keys.POSITION_EVENTS_CHANNEL, payload)
             await pipe.execute()
 

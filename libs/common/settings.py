@@ -8,11 +8,12 @@ overriding them. `load_settings()` turns a bad value into one clear line naming 
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import cached_property
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 FeedMode = Literal["ltpc", "full", "option_greeks"]
 
@@ -114,6 +115,17 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(16384, gt=0)
     idempotency_ttl_s: int = Field(86400, gt=0)
 
+    # --- Alerts and the dead man's switch ------------------------------------------------------
+    alert_urls: list[SecretStr] = Field(default_factory=list)
+    alert_feed_down_s: float = Field(20.0, ge=0)
+    alert_repeat_s: float = Field(60.0, ge=0)
+    alert_check_interval_s: float = Field(1.0, gt=0)
+    alert_retry_base_s: float = Field(1.0, gt=0)
+    alert_retry_max_s: float = Field(30.0, gt=0)
+    alert_claim_idle_s: float = Field(60.0, gt=0)
+    healthcheck_ping_url: SecretStr = SecretStr("")
+    healthcheck_ping_s: float = Field(60.0, gt=0)
+
     # --- Logging -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -171,7 +183,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value that must never reach a log line or a response."""
-        values = [self.upstox_access_token, self.api_key]
+        values = [self.upstox_access_token, self.api_key, self.healthcheck_ping_url, *self.alert_urls]
         if self.sim_access_token.get_secret_value() != "sim-access-token":
             values.append(self.sim_access_token)
         return [v.get_secret_value() for v in values if v.get_secret_value()]
@@ -181,6 +193,10 @@ def load_settings(**overrides: object) -> Settings:
     """Read the settings; on a bad value raise `ConfigError` with one line naming the variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:  # a list setting (FEED_WATCHLIST, ALERT_URLS, ...) that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1).upper() if field else "SETTINGS"
+        raise ConfigError(f'config error: {name}: not a JSON list; write it as ["first", "second"]') from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

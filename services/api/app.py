@@ -30,7 +30,7 @@ from libs.common.settings import Settings
 from services.api.deps import Resources
 from services.api.health import HealthReader
 from services.api.idempotency import Idempotency
-from services.api.routes import monitoring, positions
+from services.api.routes import alerts, monitoring, positions
 from services.api.security import BodyLimit, check_bind
 from services.api.token_probe import TokenProbe
 
@@ -103,6 +103,7 @@ def create_app(
     app.add_exception_handler(MalformedRecord, _malformed)
     app.include_router(monitoring.router)
     app.include_router(positions.router)
+    app.include_router(alerts.router)
     return app
 
 

@@ -268,3 +268,18 @@ def unprocessable(message: str, *loc: str) -> RequestValidationError:
 class ValidationErrorOut(BaseModel):
     detail: list[dict[str, Any]]
     message: str
+
+
+class AlertTestTarget(BaseModel):
+    index: int = Field(description="position in ALERT_URLS, from 1")
+    target: str = Field(description="the URL with its secrets masked (apprise's privacy form)")
+    sent: bool
+    error: str = ""
+
+
+class AlertTestOut(BaseModel):
+    timestamp: str
+    sent: int
+    failed: int
+    targets: list[AlertTestTarget]
+    message: str

@@ -2,7 +2,8 @@
 
 Counters change on the hot path, so they live in plain attributes here; `flush()` turns them into a
 `FeedStatus` and writes the hash (on every transition and on a timer). Transitions are also published
-on `feed:status:changes` as small JSON, after the hash is written (the hash is the truth).
+on `feed:status:changes` as small JSON and recorded in the `events` stream (for the alerts service and
+`/status`), after the hash is written (the hash is the truth).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from redis.exceptions import RedisError
 
 from libs.common import keys
 from libs.common.clock import Clock
+from libs.common.events import add_event, encode_event
 from libs.common.models import FeedState, FeedStatus, dumps_compact
 
 
@@ -81,17 +83,21 @@ class StatusBoard:
         return True
 
     async def transition(self, state: FeedState, reason: str = "") -> None:
-        """Enter `state`: write the hash, then publish `{"state", "connected", "at", "reason"}`."""
+        """Enter `state`: write the hash, then publish `{"state", "connected", "at", "reason"}` and record it."""
         previous = self.state
         self.state = state
         logger.debug(f"feed state {previous} -> {state}{f' ({reason})' if reason else ''}")
         if not await self.flush():
             return
-        notice = {"state": str(state), "previous": str(previous), "connected": self.connected, "at": self._clock.now()}
+        at = self._clock.now()
+        change: dict[str, Any] = {"state": str(state), "previous": str(previous), "connected": self.connected}
         if reason:
-            notice["reason"] = reason
+            change["reason"] = reason
         try:
-            await self._redis.publish(keys.FEED_STATUS_CHANNEL, dumps_compact(notice))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.publish(keys.FEED_STATUS_CHANNEL, dumps_compact({**change, "at": at}))
+                add_event(pipe, encode_event("feed_state", at, **change))
+                await pipe.execute()
         except RedisError as exc:
             self._warn_redis(exc)
 

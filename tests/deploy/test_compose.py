@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-GUARD = ("feed", "monitor", "api")
+GUARD = ("feed", "monitor", "api", "alerts")
 
 
 def compose() -> dict[str, Any]:

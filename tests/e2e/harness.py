@@ -21,6 +21,7 @@ time through settings, its own log file under `tmp_path/logs`, and `tmp_path` as
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -46,8 +47,8 @@ from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
 from tests.helpers import RedisServer, eventually, free_port, terminate
 
-SERVICES = ("sim", "feed", "monitor", "api")
-_STOP_ORDER = ("api", "monitor", "feed", "sim")
+SERVICES = ("sim", "feed", "monitor", "api", "alerts")
+_STOP_ORDER = ("alerts", "api", "monitor", "feed", "sim")
 
 # Time compressed so a scenario takes seconds; a test overrides what it needs.
 FAST = {
@@ -142,8 +143,9 @@ class Stack:
 
     def settings(self) -> Settings:
         """The settings the services see (for reading Redis with the shared library)."""
-        env = {k.lower(): v for k, v in self.env.items() if k in {n.upper() for n in Settings.model_fields}}
-        return Settings(_env_file=None, **env)  # type: ignore[call-arg, arg-type]
+        env: dict[str, Any] = {k.lower(): v for k, v in self.env.items() if k.lower() in Settings.model_fields}
+        lists = {k: json.loads(v) for k, v in env.items() if v.startswith("[")}  # JSON lists, as from the environment
+        return Settings(_env_file=None, **{**env, **lists})  # type: ignore[call-arg, arg-type]
 
     @property
     def api_url(self) -> str:

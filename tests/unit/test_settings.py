@@ -71,3 +71,20 @@ def test_market_protection_is_auto_none_or_a_percentage(monkeypatch: pytest.Monk
     monkeypatch.setenv("ORDER_MARKET_PROTECTION", value)
     with pytest.raises(ConfigError, match="ORDER_MARKET_PROTECTION"):
         load_settings()
+
+
+def test_a_list_setting_that_is_not_json_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERT_URLS", "tgram://123456789:token/987654321")  # brackets and quotes forgotten
+    with pytest.raises(ConfigError) as info:
+        load_settings(_env_file=None)
+    assert str(info.value.code) == 'config error: ALERT_URLS: not a JSON list; write it as ["first", "second"]'
+    assert "123456789:token" not in str(info.value.code)
+
+
+def test_alert_urls_and_the_ping_url_are_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERT_URLS", '["tgram://123456789:token/987654321"]')
+    monkeypatch.setenv("HEALTHCHECK_PING_URL", "https://hc-ping.com/some-uuid")
+    s = load_settings(_env_file=None)
+    assert "tgram://123456789:token/987654321" in s.secrets()
+    assert "https://hc-ping.com/some-uuid" in s.secrets()
+    assert "token" not in repr(s.alert_urls)

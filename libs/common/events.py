@@ -1,0 +1,36 @@
+"""The `events` stream: one JSON entry per thing that happened and may matter to a person.
+
+Every service writes its events here (positions, closes, feed state changes, ...); the alerts service reads
+them through a consumer group, so an event recorded while it is down is still alerted when it returns.
+An entry is ``{"event": JSON}`` with at least ``kind``, ``symbol`` ("" when none) and ``at`` (epoch s).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from libs.common import keys
+
+EVENTS_MAXLEN = 10_000
+
+
+def encode_event(kind: str, at: float, symbol: str = "", **data: Any) -> str:
+    """The JSON payload of one event (compact; values JSON cannot hold become strings)."""
+    return json.dumps({"kind": kind, "symbol": symbol, "at": at, **data}, separators=(",", ":"), default=str)
+
+
+def add_event(pipe: Pipeline | Redis, payload: str) -> Any:
+    """Append an encoded event to the stream (capped at about `EVENTS_MAXLEN` entries)."""
+    return pipe.xadd(keys.EVENTS_STREAM, {"event": payload}, maxlen=EVENTS_MAXLEN, approximate=True)
+
+
+def decode_event(fields: dict[str, str]) -> dict[str, Any]:
+    """The event of one stream entry. Raises ValueError when it is not a JSON object with a `kind`."""
+    event = json.loads(fields.get("event", ""))
+    if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
+        raise ValueError("not an event")
+    return event
