@@ -47,4 +47,6 @@ class ExpiryWatch:
                     f"{position.symbol} expires today: trading ends at 15:30 IST in {left_s / 60:.0f} min and the "
                     f"position is still open ({position.quantity} {position.side})"
                 )
-                await self._store.publish_event("expiry_warning", position.symbol, minutes_left=left_s / 60, **data)
+                await self._store.publish_event(
+                    "expiry_warning", position.symbol, minutes_left=int(left_s // 60), **data
+                )
