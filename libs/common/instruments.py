@@ -21,9 +21,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libs.common.clock import to_ist
+
+if TYPE_CHECKING:
+    from libs.common.settings import Settings
 
 DEFAULT_INDEX_TICK_PAISE = 5
 _EXTRA_BANDS = (20, 10, 5, 2)
@@ -152,9 +155,12 @@ def _synthetic(count: int) -> Iterator[Instrument]:
         )
 
 
-def load_instruments(extra: int = 0, *, now: float | None = None, expiry_weekday: int = 1) -> list[Instrument]:
-    """The shipped instruments, the NIFTY / BANKNIFTY futures and options listed on the IST day of `now`
-    (default: the wall clock), then `extra` synthetic equities (`SIMEQ0001`..) for benchmarks.
+def load_instruments(
+    extra: int = 0, *, now: float | None = None, expiry_weekday: int = 1, fno: bool = True
+) -> list[Instrument]:
+    """The shipped instruments, the simulator's NIFTY / BANKNIFTY futures and options listed on the IST day of
+    `now` (default: the wall clock; none when `fno` is False), then `extra` synthetic equities (`SIMEQ0001`..)
+    for benchmarks.
 
     Deterministic: the same `extra`, day and `expiry_weekday` always give the same list in the same order.
     """
@@ -162,7 +168,8 @@ def load_instruments(extra: int = 0, *, now: float | None = None, expiry_weekday
 
     shipped = _shipped()
     day = to_ist(time.time() if now is None else now).date()
-    return [*shipped, *fno_instruments(shipped, day, expiry_weekday), *_synthetic(extra)]
+    contracts = fno_instruments(shipped, day, expiry_weekday) if fno else ()
+    return [*shipped, *contracts, *_synthetic(extra)]
 
 
 class InstrumentIndex:
@@ -195,9 +202,21 @@ class InstrumentIndex:
         return inst.instrument_key if inst else None
 
 
-def instrument_index(extra: int = 0, *, now: float | None = None, expiry_weekday: int = 1) -> InstrumentIndex:
+def instrument_index(
+    extra: int = 0, *, now: float | None = None, expiry_weekday: int = 1, fno: bool = True
+) -> InstrumentIndex:
     """`InstrumentIndex` over `load_instruments(...)`."""
-    return InstrumentIndex(load_instruments(extra, now=now, expiry_weekday=expiry_weekday))
+    return InstrumentIndex(load_instruments(extra, now=now, expiry_weekday=expiry_weekday, fno=fno))
+
+
+def guard_instruments(settings: Settings, now: float | None = None) -> InstrumentIndex:
+    """The instruments a guard service knows. The F&O rows are the simulator's own (their keys are not real
+    Upstox keys), so they are known in simulator mode only; with a real token an F&O position is registered
+    with its `instrument_key` and has no lot or expiry checks."""
+    sim = settings.simulator_mode
+    return instrument_index(
+        settings.sim_extra_instruments if sim else 0, now=now, expiry_weekday=settings.fno_expiry_weekday, fno=sim
+    )
 
 
 def master_file_gz(instruments: Iterable[Instrument]) -> bytes:

@@ -20,7 +20,7 @@ from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer
 from libs.common.heartbeat import beat_forever
-from libs.common.instruments import instrument_index
+from libs.common.instruments import guard_instruments
 from libs.common.models import MalformedRecord
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
@@ -76,9 +76,7 @@ def create_app(
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
             token_probe=TokenProbe(settings, clock, probe_http),
             health=HealthReader(redis, settings, clock),
-            instruments=instrument_index(
-                settings.sim_extra_instruments, now=clock.now(), expiry_weekday=settings.fno_expiry_weekday
-            ),
+            instruments=guard_instruments(settings, clock.now()),
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
         try:

@@ -21,7 +21,7 @@ from libs.common import keys
 from libs.common.clock import Clock, SystemClock
 from libs.common.dns import HostResolver
 from libs.common.heartbeat import beat_forever
-from libs.common.instruments import InstrumentIndex, instrument_index
+from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.logging import tagged
 from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache
@@ -53,9 +53,7 @@ class Feed:
         self.settings = settings
         self.redis = redis
         self.clock = clock or SystemClock()
-        index = instruments or instrument_index(
-            settings.sim_extra_instruments if settings.simulator_mode else 0, expiry_weekday=settings.fno_expiry_weekday
-        )
+        index = instruments or guard_instruments(settings, self.clock.now())
         self.subscriptions = Subscriptions(watchlist(settings, index), index)
         self.status = StatusBoard(redis, self.clock)
         self.cache = PriceCache(redis, settings.price_cache_ttl_s)

@@ -32,7 +32,7 @@ from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
 from libs.common.heartbeat import beat_forever, heartbeat_age_s
-from libs.common.instruments import InstrumentIndex, instrument_index
+from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.logging import tagged
 from libs.common.models import FeedStatus, MalformedRecord, Position, PositionState, PriceSource
 from libs.common.money import to_paise
@@ -96,11 +96,7 @@ class Monitor:
         self._closer = Closer(self._store, broker, self._clock, holdings=holdings, gate=gate, settings=settings)
         self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, broker, self._clock)
         self._jitter = jitter
-        index = instruments or instrument_index(
-            settings.sim_extra_instruments if settings.simulator_mode else 0,
-            now=self._clock.now(),
-            expiry_weekday=settings.fno_expiry_weekday,
-        )
+        index = instruments or guard_instruments(settings, self._clock.now())
         self._expiry = ExpiryWatch(self._store, index, self._clock, warn_min=settings.fno_expiry_warn_min)
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
