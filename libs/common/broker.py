@@ -27,6 +27,7 @@ import httpx
 
 from libs.common.clock import Clock, SystemClock
 from libs.common.dns import DnsFailure, HostResolver
+from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.models import Position, Side
 from libs.common.money import Paise, to_paise
 from libs.common.pacing import Pacer
@@ -45,6 +46,7 @@ ORDER_CALL_LIMITS = ((1.2, 10), (63.0, 500))
 # burst of closes is not held back (fill polling backs off instead).
 READ_CALL_LIMITS = ((1.2, 50),)
 STATIC_IPS_CACHE_S = 60.0
+MAX_SLICES = 25  # child orders one sliced order may become
 
 
 # Monotonic s after which an order call must not leave this task (its close claim may be taken over by then).
@@ -203,6 +205,7 @@ class UpstoxBroker:
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
         self._static_ips: tuple[float, dict[str, Any] | None] | None = None
+        self._instruments: InstrumentIndex | None = None
         self._order_pacer = Pacer(*ORDER_CALL_LIMITS)
         self._read_pacer = Pacer(*READ_CALL_LIMITS)
         verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
@@ -265,9 +268,23 @@ class UpstoxBroker:
             raise BrokerError(f"broker rejected the request: {resp.status_code} ({described})")
         return body
 
+    def _max_order_quantity(self, instrument_key: str) -> int | None:
+        """The most one sliced order may carry (25 child orders of the freeze quantity, whole lots); None when
+        the instrument is not known here (then the broker's own refusal is the limit)."""
+        if self._instruments is None:
+            self._instruments = guard_instruments(self._settings)
+        inst = self._instruments.by_key(instrument_key)
+        if inst is None:
+            return None
+        return int(inst.freeze_quantity) * MAX_SLICES // inst.lot_size * inst.lot_size
+
     async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
+        # Above 25 x the freeze quantity one order cannot carry it all: sell that much now; the closer follows
+        # the rest up in the same claim (as after a partial fill).
+        cap = self._max_order_quantity(position.instrument_key)
+        quantity = position.quantity if cap is None else min(position.quantity, cap)
         order: dict[str, Any] = {
-            "quantity": position.quantity,
+            "quantity": quantity,
             "product": self._settings.order_product,
             "validity": "DAY",
             "price": 0,

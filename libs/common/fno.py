@@ -29,7 +29,7 @@ STRIKES_EACH_SIDE = 5
 TRADING_ENDS = time(15, 30)
 _YEAR_S = 365 * 86400.0
 _FUTURE_CARRY = 0.065  # annual cost of carry: a future trades this much over spot, falling to 0 at expiry
-_TOKEN_BASE = 40000
+_KIND_CODES = {"FUT": 0, "CE": 1, "PE": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +152,7 @@ def fno_instruments(shipped: Iterable[Instrument], day: date, expiry_weekday: in
     indices = {i.instrument_key: i for i in shipped if i.is_index}
     weeklies, monthly = _expiries(day, expiry_weekday)
     priced_at = datetime.combine(day, time(9, 15), tzinfo=IST).timestamp()
-    token = _TOKEN_BASE
-    for und in UNDERLYINGS:
+    for number, und in enumerate(UNDERLYINGS, start=1):
         index = indices.get(und.key)
         if index is None:
             continue
@@ -171,7 +170,9 @@ def fno_instruments(shipped: Iterable[Instrument], day: date, expiry_weekday: in
                 for kind in ("CE", "PE"):
                     contracts.append((kind, f"{und.symbol} {strike} {kind} {_label(expiry)}", strike * 100))
             for kind, symbol, strike_paise in contracts:
-                token += 1
+                # A token made of what the contract is (not of its place in the list), so a service started on
+                # another day never maps a key to a different contract.
+                token = f"{number}{expiry:%y%m%d}{strike_paise // 100:06d}{_KIND_CODES[kind]}"
                 inst = Instrument(
                     instrument_key=f"NSE_FO|{token}",
                     trading_symbol=symbol,
