@@ -84,3 +84,19 @@ def test_lot_and_freeze_rules(market: Market) -> None:
     assert [o.quantity for o in placed] == [1800, 1800, 1800] and {o.status for o in placed} == {"complete"}
     with pytest.raises(UpstoxError, match="more than 25"):
         book.place({**body, "quantity": 26 * 1800, "slice": True}, version=3)
+
+
+def test_nse_fo_has_its_own_segment_status_and_a_closed_segment_does_not_tick(market: Market) -> None:
+    assert market.segment_status()["NSE_FO"] == "NORMAL_OPEN"
+    ce = market.by_symbol[CE]
+    market.force_status("NORMAL_CLOSE", "NSE_FO")
+    before = market.quotes[ce].ltp
+    nifty = market.by_symbol["NIFTY"]
+    moved = set()
+    for _ in range(200):
+        moved.update(market.step())
+    assert nifty in moved and ce not in moved and market.quotes[ce].ltp == before
+    market.force_status(None, "NSE_FO")
+    for _ in range(200):
+        moved.update(market.step())
+    assert ce in moved
