@@ -27,7 +27,7 @@ import httpx
 
 from libs.common.clock import Clock, SystemClock
 from libs.common.dns import DnsFailure, HostResolver
-from libs.common.instruments import InstrumentIndex, guard_instruments
+from libs.common.instruments import guard_instruments
 from libs.common.models import Position, Side
 from libs.common.money import Paise, to_paise
 from libs.common.pacing import Pacer
@@ -205,7 +205,7 @@ class UpstoxBroker:
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
         self._static_ips: tuple[float, dict[str, Any] | None] | None = None
-        self._instruments: InstrumentIndex | None = None
+        self._instruments = guard_instruments(settings)  # built now, not on a close's clock
         self._order_pacer = Pacer(*ORDER_CALL_LIMITS)
         self._read_pacer = Pacer(*READ_CALL_LIMITS)
         verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
@@ -271,8 +271,6 @@ class UpstoxBroker:
     def _max_order_quantity(self, instrument_key: str) -> int | None:
         """The most one sliced order may carry (25 child orders of the freeze quantity, whole lots); None when
         the instrument is not known here (then the broker's own refusal is the limit)."""
-        if self._instruments is None:
-            self._instruments = guard_instruments(self._settings)
         inst = self._instruments.by_key(instrument_key)
         if inst is None:
             return None
