@@ -151,7 +151,20 @@ ALERTS: dict[str, Rule] = {
     "reopened": Rule(
         Severity.WARNING,
         "{symbol} reopened",
-        "A close of {symbol} stopped before its order reached the broker; the position is guarded again.",
+        "A close of {symbol} stopped before its order filled at the broker (or filled only part); the position "
+        "is guarded again for the {quantity} the broker holds.",
+    ),
+    "reduced": Rule(
+        Severity.WARNING,
+        "{symbol}: the broker holds less than guarded",
+        "The broker holds {quantity} of {symbol}: sold outside the guard, or only part of a close filled. The guard "
+        "protects the {quantity} held; nothing more is ever sold.",
+        "Check that this was intended.",
+    ),
+    "removed": Rule(
+        Severity.INFO,
+        "{symbol} no longer guarded",
+        "The position on {symbol} was removed through the API without an order; its SL/TP are no longer checked.",
     ),
     "malformed": Rule(
         Severity.WARNING,
@@ -167,8 +180,8 @@ ALERTS: dict[str, Rule] = {
     "external_close": Rule(
         Severity.WARNING,
         "{symbol} was closed outside the guard",
-        "Reconcile found the broker flat on {symbol} without an order of the guard (exit {exit_price}, "
-        "P&L {pnl}). The guard stops protecting it.",
+        "The broker holds none of {symbol} and no order of the guard sold it (closed in the Upstox app, by the bot "
+        "or by the broker's square-off; exit taken as {exit_price}, P&L {pnl}). The guard stops protecting it.",
         "Check that this close was intended.",
         clears=_SYMBOL_CONDITIONS,
     ),

@@ -103,6 +103,7 @@ class Monitor:
         # Change numbers order what happened here (a clock can stand still between two of them):
         self._changes = itertools.count(1)
         self._inflight_since: dict[str, int] = {}  # when each close or reconcile in flight began
+        self._settle_due: dict[str, float] = {}  # claim id of a close ended here unconfirmed -> when to settle it
         # when an event or a close here last changed what the tick path knows of a symbol: a sweep whose read
         # began before that is older news for it
         self._touched: dict[str, int] = {}
@@ -258,6 +259,9 @@ class Monitor:
     def _stuck(self, position: Position, now: float) -> bool:
         if position.symbol in self._inflight:
             return False
+        due = self._settle_due.get(position.claim_id)
+        if due is not None and now >= due:
+            return True
         claimed_at = position.claimed_at
         return claimed_at is None or now - claimed_at >= self._settings.monitor_stuck_close_s
 
@@ -416,8 +420,11 @@ class Monitor:
         except BrokerOutcomeUnknown as exc:
             logger.error(
                 f"Close of {symbol} unconfirmed: {exc}; it stays closing and is settled with the broker by its "
-                f"order tag within {self._settings.monitor_stuck_close_s:g}s"
+                "order tag as soon as the broker answers"
             )
+            # This closer has ended, so nothing else is in flight on its claim: settle it without waiting for
+            # the stuck threshold (kept for claims whose closer may still be running elsewhere).
+            self._settle_due[exc.claim_id] = now + delay_s
             self._forget(symbol, begun)
             await self._note_broker_error(str(exc), now)
         except OrdersBlocked as exc:
@@ -479,10 +486,13 @@ class Monitor:
             record = await self._closer.reconcile(position)
         except BrokerError as exc:
             logger.error(f"Reconcile of {symbol} failed: {exc}; it stays closing and is retried")
+            if position.claim_id in self._settle_due:
+                self._settle_due[position.claim_id] = self._clock.now() + self._settings.close_retry_max_s
             return
         except RedisError as exc:
             self._redis_lost(exc)
             return
+        self._settle_due.pop(position.claim_id, None)
         if record is not None and record.closed_by == "external":
             logger.warning(f"Reconciled {symbol}: no order of its close filled and the broker holds none of it")
             self._forget(symbol, begun)

@@ -189,6 +189,8 @@ async def test_blocked_order_calls_retry_slowly_show_why_and_close_once_lifted(
     assert len(await sim_orders(sim)) == 1 and net(sim) == 0
     assert await OrderGate(redis, CLOCK).state() == {}
     assert logs.count("Order calls are accepted again") == 1
+    kinds = [e["kind"] for e in await store.recent_events(100) if e["kind"].startswith("orders_")]
+    assert kinds == ["orders_unblocked", "orders_blocked"]  # newest first: one of each, for the alerts
 
 
 async def test_a_blocked_close_raises_orders_blocked_and_reopens(redis: Redis, sim: Simulator, closer: Closer) -> None:
