@@ -6,11 +6,11 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 LINT_PATHS := libs services tests deploy $(wildcard bench)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint fmt test test-unit test-integration test-e2e proto up down restart status logs \
+.PHONY: help install lint fmt test test-unit test-integration test-fast test-e2e mutation proto up down restart status logs \
         logs-feed logs-monitor logs-api logs-sim logs-alerts demo-outage demo-outage-extended bench
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-22s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-22s %s\n", $$1, $$2}'
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,11 +28,26 @@ fmt: ## apply ruff's fixes and formatting
 	ruff check --fix $(LINT_PATHS)
 	ruff format $(LINT_PATHS)
 
-test: ## run every test (unit, integration against a real Redis, end-to-end with real processes)
-	$(PY) -m pytest
+# Test order is random (pytest-randomly prints its seed); replay one with PYTEST_ARGS="-p randomly --randomly-seed=N".
+PYTEST_ARGS ?=
 
-test-unit: ## only the fast unit tests
-	$(PY) -m pytest tests/unit
+test: ## run every test (unit, integration against a real Redis, end-to-end with real processes)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: ## only the unit tier (no Redis, no processes)
+	$(PY) -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+test-integration: ## only the integration tier (a private redis-server, the simulator in-process, real sockets)
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-fast: ## the fast tiers: unit + integration (everything but end-to-end), under 2 minutes
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+test-e2e: ## only the end-to-end tier (every service as a real process)
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+mutation: ## apply each deliberate bug of tests/mutation in a scratch copy; fails if the fast tiers miss one
+	$(PY) -m tests.mutation
 
 proto: ## regenerate the protobuf module from libs/common/proto/MarketDataFeedV3.proto
 	cd libs/common/proto && $(PY) -m grpc_tools.protoc -I. \

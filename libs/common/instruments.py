@@ -70,6 +70,11 @@ class Instrument:
         return self.segment.endswith("_INDEX")
 
     @property
+    def synthetic(self) -> bool:
+        """True for the simulator's made-up `SIMEQ*` instruments (they do not exist at Upstox)."""
+        return self.trading_symbol.startswith("SIMEQ") and self.instrument_key == f"NSE_EQ|{self.trading_symbol}"
+
+    @property
     def band_paise(self) -> tuple[int, int]:
         """The day's (lower, upper) circuit limits in paise, snapped inwards to the tick size."""
         tick = self.tick_size_paise

@@ -10,7 +10,8 @@ Keys
   heartbeat:SERVICE         string epoch s of the service's last beat; expires after HEARTBEAT_TTL_S
   position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed)
   positions:open            set    symbols whose position is open or closing
-  positions:closed          list   journal of closes, newest first (JSON close records)
+  positions:closed          list   journal of closes, newest first (JSON close records), at most JOURNAL_MAXLEN
+  positions:closed:archive  stream older closes moved out of the journal, oldest first (field `record`)
   events                    stream every event that matters to a person: positions, closes, feed states (capped)
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
@@ -41,6 +42,7 @@ HEARTBEAT_PREFIX: Final = "heartbeat:"
 POSITION_PREFIX: Final = "position:"
 OPEN_POSITIONS: Final = "positions:open"
 CLOSED_JOURNAL: Final = "positions:closed"
+CLOSED_ARCHIVE: Final = "positions:closed:archive"
 EVENTS_STREAM: Final = "events"
 IDEMPOTENCY_PREFIX: Final = "idempotency:"
 SERVICES_STATUS: Final = "services:status"
@@ -59,7 +61,20 @@ SUBSCRIPTION_REQUESTS_CHANNEL: Final = "feed:subscription-requests"
 POSITION_EVENTS_CHANNEL: Final = "positions:events"
 
 # Fields of a price:SYMBOL hash. Prices are rupee strings ("575.00") so `HGETALL` reads naturally.
-PRICE_FIELDS: Final = ("ltp", "instrument_key", "ltt_ms", "cp", "as_of", "received_at")
+# `received_at` is the arrival of the last real tick; `as_of` also moves when the feed vouches for a quiet symbol.
+# `silent_since`/`silent_reason`: the feed found the instrument silent while its segment trades (see freshness).
+# `rest_at`: when the REST LTP poll last wrote the price (its source is `rest` while `rest_at` >= `as_of`).
+PRICE_FIELDS: Final = (
+    "ltp",
+    "instrument_key",
+    "ltt_ms",
+    "cp",
+    "as_of",
+    "received_at",
+    "silent_since",
+    "silent_reason",
+    "rest_at",
+)
 
 SERVICES: Final = ("feed", "monitor", "api", "sim", "alerts")
 

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from libs.common.money import Paise, rupees, rupees_str, to_paise
+from libs.common.money import Paise, ltp_paise, rupees, rupees_str, to_paise
 
 
 class MalformedRecord(ValueError):
@@ -49,6 +49,7 @@ class PriceSource(StrEnum):
     """Where the price a decision used came from (the guide's layers)."""
 
     LIVE = "live"
+    REST = "rest"  # WebSocket down, price from the REST LTP poll (Layer 2b), age < stale threshold
     CACHED = "cached"  # feed down, age < stale threshold
     STALE = "stale"  # feed down, stale threshold <= age < cache expiry
     BROKER = "broker"  # no usable cached price; the broker's fill decides
@@ -67,6 +68,10 @@ class FeedStatus(BaseModel):
     reconnect_attempts: int = 0
     network_errors: int = 0
     corrupt_frames: int = 0
+    absurd_prices: int = 0  # ticks refused as not a price (see services/feed/decode.py)
+    out_of_order_ticks: int = 0  # ticks older (exchange time) than the cached one, dropped
+    silent_symbols: int = 0  # subscribed instruments found silent while their segment trades
+    rest_polling: bool = False  # WebSocket down, REST answers: open positions' prices come from LTP V3 (Layer 2b)
     last_message_at: float | None = None  # any frame or pong: the connection is alive
     last_data_at: float | None = None  # last frame carrying prices
     market_open: bool | None = None
@@ -119,7 +124,7 @@ class PriceEntry(BaseModel):
             return cls(
                 symbol=symbol,
                 instrument_key=data["instrument_key"],
-                ltp=to_paise(data["ltp"]),
+                ltp=ltp_paise(data["ltp"]),
                 as_of=float(data["as_of"]),
                 ltt_ms=int(data["ltt_ms"]) if data.get("ltt_ms") else None,
                 cp=to_paise(data["cp"]) if data.get("cp") else None,

@@ -15,7 +15,8 @@ _ONE_PAISA = Decimal("0.01")
 def to_paise(rupees: float | int | str | Decimal) -> Paise:
     """Rupees (number or numeric string) to integer paise, rounding half-even to the paisa.
 
-    Raises ValueError for anything that is not a finite number.
+    Raises ValueError for anything that is not a finite number, or too large to hold in paise
+    (1e26 would make `quantize` raise decimal.InvalidOperation, which callers do not expect).
     """
     try:
         value = Decimal(str(rupees)) if not isinstance(rupees, Decimal) else rupees
@@ -23,7 +24,22 @@ def to_paise(rupees: float | int | str | Decimal) -> Paise:
         raise ValueError(f"not a price: {rupees!r}") from None
     if not value.is_finite():
         raise ValueError(f"not a price: {rupees!r}")
-    return int(value.quantize(_ONE_PAISA, rounding=ROUND_HALF_EVEN) * 100)
+    try:
+        return int(value.quantize(_ONE_PAISA, rounding=ROUND_HALF_EVEN) * 100)
+    except InvalidOperation:
+        raise ValueError(f"not a price: {rupees!r}") from None
+
+
+# No instrument Upstox lists trades near ₹1 crore a unit; anything above is a corrupt value, not a price.
+MAX_LTP_PAISE: Paise = 1_000_000_000
+
+
+def ltp_paise(rupees: float | int | str | Decimal) -> Paise:
+    """A traded price in paise: like `to_paise`, and also ValueError unless 0 < price <= `MAX_LTP_PAISE`."""
+    paise = to_paise(rupees)
+    if not 0 < paise <= MAX_LTP_PAISE:
+        raise ValueError(f"not a plausible price: {rupees!r}")
+    return paise
 
 
 def rupees_str(paise: Paise) -> str:

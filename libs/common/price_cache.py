@@ -8,31 +8,40 @@ never with a keyspace scan. The hash is the truth; a notice only says "look agai
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.common import keys
+from libs.common.freshness import TRUTH_FIELDS, PriceTruth
 from libs.common.models import MalformedRecord, PriceEntry
 
 # ARGV: ttl_s, as_of, channel, notice, price key prefix, then one string holding 5 fields per tick (symbol,
-# ltp, instrument_key, ltt_ms, cp), each ended by \x1f. KEYS: prices:index. Empty ltt_ms/cp keep the old value.
+# ltp, instrument_key, ltt_ms, cp), each ended by \x1f, then the name of a field to also set to as_of ('' none;
+# `rest_at` for REST LTP polls). KEYS: prices:index. Empty ltt_ms/cp keep the old value.
+# Ticks never move backwards: a tick whose exchange time (ltt_ms) is older than the stored one is dropped here,
+# in the script that writes (so no retried or reordered frame can slip in between a check and a write).
+# Returns {written, dropped symbol...}; with drops the notice is not published (it named the dropped prices):
+# the caller publishes one without them.
 # Hot path (50,000 ticks/s): the frame travels as one argument (hundreds of small arguments cost more than the
-# writes), one HSET and one EXPIRE per tick, the index updated by one ZADD per 500 ticks. The price keys are
-# built here from the prefix, so this script assumes a single Redis (no cluster), as the whole guard does.
+# writes), one HGET, one HSET and one EXPIRE per tick, the index updated by one ZADD per 500 ticks. The price
+# keys are built here from the prefix, so this script assumes a single Redis (no cluster), as the whole guard does.
 _WRITE_FRAME = """
 local ttl = tonumber(ARGV[1])
 local as_of = ARGV[2]
 local prefix = ARGV[5]
 local data = ARGV[6]
-local find, sub = string.find, string.sub
+local also = ARGV[7]
+local find, sub, call = string.find, string.sub, redis.call
 local len = #data
 local pos = 1
 local n = 0
 local members = {}
 local m = 0
+local dropped = {}
 while pos <= len do
   local e = find(data, '\\31', pos, true)
   local symbol = sub(data, pos, e - 1)
@@ -50,29 +59,39 @@ while pos <= len do
   local cp = sub(data, pos, e - 1)
   pos = e + 1
   local key = prefix .. symbol
-  if ltt ~= '' and cp ~= '' then
-    redis.call('HSET', key, 'ltp', ltp, 'instrument_key', ikey, 'as_of', as_of, 'received_at', as_of,
-      'ltt_ms', ltt, 'cp', cp)
-  elseif ltt ~= '' then
-    redis.call('HSET', key, 'ltp', ltp, 'instrument_key', ikey, 'as_of', as_of, 'received_at', as_of, 'ltt_ms', ltt)
-  elseif cp ~= '' then
-    redis.call('HSET', key, 'ltp', ltp, 'instrument_key', ikey, 'as_of', as_of, 'received_at', as_of, 'cp', cp)
-  else
-    redis.call('HSET', key, 'ltp', ltp, 'instrument_key', ikey, 'as_of', as_of, 'received_at', as_of)
+  local older = false
+  if ltt ~= '' then
+    local stored = call('HGET', key, 'ltt_ms')
+    older = stored and (tonumber(stored) or 0) > (tonumber(ltt) or 0)
   end
-  redis.call('EXPIRE', key, ttl)
-  n = n + 1
-  members[m + 1] = as_of
-  members[m + 2] = symbol
-  m = m + 2
-  if m >= 1000 then
-    redis.call('ZADD', KEYS[1], unpack(members, 1, m))
-    m = 0
+  if older then
+    dropped[#dropped + 1] = symbol
+  else
+    if ltt ~= '' and cp ~= '' then
+      call('HSET', key, 'ltp', ltp, 'instrument_key', ikey, 'as_of', as_of, 'received_at', as_of,
+        'ltt_ms', ltt, 'cp', cp)
+    elseif ltt ~= '' then
+      call('HSET', key, 'ltp', ltp, 'instrument_key', ikey, 'as_of', as_of, 'received_at', as_of, 'ltt_ms', ltt)
+    elseif cp ~= '' then
+      call('HSET', key, 'ltp', ltp, 'instrument_key', ikey, 'as_of', as_of, 'received_at', as_of, 'cp', cp)
+    else
+      call('HSET', key, 'ltp', ltp, 'instrument_key', ikey, 'as_of', as_of, 'received_at', as_of)
+    end
+    if also ~= '' then call('HSET', key, also, as_of) end
+    call('EXPIRE', key, ttl)
+    n = n + 1
+    members[m + 1] = as_of
+    members[m + 2] = symbol
+    m = m + 2
+    if m >= 1000 then
+      call('ZADD', KEYS[1], unpack(members, 1, m))
+      m = 0
+    end
   end
 end
-if m > 0 then redis.call('ZADD', KEYS[1], unpack(members, 1, m)) end
-if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
-return n
+if m > 0 then call('ZADD', KEYS[1], unpack(members, 1, m)) end
+if ARGV[4] ~= '' and #dropped == 0 then call('PUBLISH', ARGV[3], ARGV[4]) end
+return {n, unpack(dropped)}
 """
 
 _SEP = "\x1f"
@@ -116,6 +135,26 @@ return vouched
 """
 
 
+# ARGV: one (symbol, reason) pair per key. KEYS: prices:index, then price:SYMBOL.
+# An instrument found silent while its segment trades: its price is dated back to its last real tick
+# (`received_at`), so every reader sees its true age, and marked with when and why. A newer tick (or REST price)
+# moves `as_of` past `silent_since`, which ends the silence without touching these fields on the hot path.
+_SILENCE = """
+local marked = 0
+for i = 2, #KEYS do
+  local row = redis.call('HMGET', KEYS[i], 'as_of', 'received_at')
+  if row[1] then
+    local last = row[2] or row[1]
+    if (tonumber(last) or 0) > (tonumber(row[1]) or 0) then last = row[1] end
+    redis.call('HSET', KEYS[i], 'as_of', last, 'silent_since', last, 'silent_reason', ARGV[(i - 1) * 2])
+    redis.call('ZADD', KEYS[1], last, ARGV[(i - 1) * 2 - 1])
+    marked = marked + 1
+  end
+end
+return marked
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Tick:
     """One decoded price update. `ltp` is a rupee string; `ltt_ms`/`cp` are None when the frame lacked them."""
@@ -127,18 +166,28 @@ class Tick:
     cp: str | None = None
 
 
-def tick_notice(as_of: float, ticks: Sequence[Tick]) -> str:
-    """The small JSON published on `ticks` per frame: {"as_of": s, "prices": {SYMBOL: "575.00"}}."""
-    return json.dumps({"as_of": as_of, "prices": {t.symbol: t.ltp for t in ticks}}, separators=(",", ":"))
+def tick_notice(as_of: float, ticks: Sequence[Tick], *, rest: bool = False) -> str:
+    """The small JSON published on `ticks` per frame: {"as_of": s, "prices": {SYMBOL: "575.00"}}, plus
+    `"source": "rest"` for prices from the REST LTP poll."""
+    data: dict[str, object] = {"as_of": as_of, "prices": {t.symbol: t.ltp for t in ticks}}
+    if rest:
+        data["source"] = "rest"
+    return json.dumps(data, separators=(",", ":"))
 
 
 def parse_tick_notice(payload: str) -> tuple[float, dict[str, str]]:
     """(as_of, {symbol: rupee string}) from a tick notice; raises ValueError when malformed."""
+    as_of, prices, _ = parse_notice(payload)
+    return as_of, prices
+
+
+def parse_notice(payload: str) -> tuple[float, dict[str, str], bool]:
+    """(as_of, {symbol: rupee string}, from the REST poll) from a tick notice; raises ValueError when malformed."""
     data = json.loads(payload)
     prices = data["prices"]
     if not isinstance(prices, dict):
         raise ValueError("prices must be an object")
-    return float(data["as_of"]), {str(k): str(v) for k, v in prices.items()}
+    return float(data["as_of"]), {str(k): str(v) for k, v in prices.items()}, data.get("source") == "rest"
 
 
 class PriceCache:
@@ -149,6 +198,8 @@ class PriceCache:
         self._ttl_s = ttl_s
         self._write = redis.register_script(_WRITE_FRAME)
         self._vouch = redis.register_script(_VOUCH)
+        self._silence = redis.register_script(_SILENCE)
+        self.out_of_order = 0  # ticks dropped because the cache already held a newer one (by exchange time)
         # Ticks a Redis outage kept out of the cache, newest per symbol. They are written with the next
         # frame or vouch: a price that is not ticking again (a pinned or halted one) must not be lost,
         # and a vouch must never mark the older cached price current in its place.
@@ -157,15 +208,30 @@ class PriceCache:
     async def write_frame(self, ticks: Sequence[Tick], as_of: float, *, publish: bool = True) -> None:
         """Store every tick of one frame and refresh its expiry, then publish one notice (one round trip).
 
-        Ticks left unwritten by an earlier RedisError go with it. Raises RedisError (the ticks are kept
-        and written by the next call or vouch).
+        A tick older (by `ltt_ms`) than the cached one is dropped and counted in `out_of_order`. Ticks left
+        unwritten by an earlier RedisError go with it. Raises RedisError (the ticks are kept and written by the
+        next call or vouch).
         """
         if self._unwritten:
             pending, self._unwritten = self._unwritten, {}
             ticks = list({**pending, **{t.symbol: t for t in ticks}}.values())
         if not ticks:
             return
-        notice = tick_notice(as_of, ticks) if publish else ""
+        try:
+            await self._store(ticks, as_of, publish=publish, rest=False)
+        except RedisError:
+            # Keep them for the next call; a newer tick that arrived meanwhile wins.
+            self._unwritten = {**{t.symbol: t for t in ticks}, **self._unwritten}
+            raise
+
+    async def write_rest(self, ticks: Sequence[Tick], as_of: float) -> None:
+        """Store prices from the REST LTP poll (source `rest`: `rest_at` = `as_of`) and publish their notice.
+        Raises RedisError."""
+        if ticks:
+            await self._store(ticks, as_of, publish=True, rest=True)
+
+    async def _store(self, ticks: Sequence[Tick], as_of: float, *, publish: bool, rest: bool) -> None:
+        notice = tick_notice(as_of, ticks, rest=rest) if publish else ""
         args: list[str | int] = [
             self._ttl_s,
             repr(as_of),
@@ -173,13 +239,45 @@ class PriceCache:
             notice,
             keys.PRICE_PREFIX,
             _frame_payload(ticks),
+            "rest_at" if rest else "",
         ]
-        try:
-            await self._write(keys=[keys.PRICE_INDEX], args=args)
-        except RedisError:
-            # Keep them for the next call; a newer tick that arrived meanwhile wins.
-            self._unwritten = {**{t.symbol: t for t in ticks}, **self._unwritten}
-            raise
+        result = cast(list[Any], await self._write(keys=[keys.PRICE_INDEX], args=args))
+        if len(result) > 1:
+            dropped = {str(s) for s in result[1:]}
+            self.out_of_order += len(dropped)
+            kept = [t for t in ticks if t.symbol not in dropped]
+            if publish and kept:
+                await self._redis.publish(keys.TICKS_CHANNEL, tick_notice(as_of, kept, rest=rest))
+
+    async def mark_silent(self, reasons: Mapping[str, str]) -> int:
+        """Date the prices of `reasons`' symbols back to their last real tick and mark them silent (with the
+        reason), until a newer tick. Returns how many had a price. Raises RedisError."""
+        symbols = list(reasons)
+        if not symbols:
+            return 0
+        args: list[str] = []
+        for symbol in symbols:
+            args += [symbol, reasons[symbol]]
+        result = await self._silence(keys=[keys.PRICE_INDEX, *(keys.price(s) for s in symbols)], args=args)
+        return int(result)
+
+    async def truths(self, symbols: Sequence[str]) -> dict[str, PriceTruth | MalformedRecord | None]:
+        """What each symbol's price says about its own freshness (None when expired or never seen), one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for s in symbols:
+                pipe.hmget(keys.price(s), TRUTH_FIELDS)
+            rows = await pipe.execute()
+        out: dict[str, PriceTruth | MalformedRecord | None] = {}
+        for symbol, row in zip(symbols, rows, strict=True):
+            values = dict(zip(TRUTH_FIELDS, row, strict=True))
+            if values["ltp"] is None and values["as_of"] is None:
+                out[symbol] = None
+                continue
+            try:
+                out[symbol] = PriceTruth.from_fields(values)
+            except ValueError as exc:
+                out[symbol] = MalformedRecord(f"price:{symbol}: {exc}")
+        return out
 
     async def vouch(self, symbols: Iterable[str], as_of: float) -> int:
         """Mark the cached prices of `symbols` current as of `as_of` (healthy feed, quiet symbol).

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     ws_open_timeout_s: float = Field(5.0, gt=0)
     feed_silence_timeout_s: float = Field(7.0, gt=0)
     vouch_interval_s: float = Field(2.0, gt=0)
+    halt_detect_s: float = Field(30.0, gt=0)
+    rest_poll_interval_s: float = Field(2.0, gt=0)
     tls_ca_file: str = ""
 
     # --- Heartbeats --------------------------------------------------------------------------
@@ -114,6 +116,9 @@ class Settings(BaseSettings):
     token_probe_cache_s: float = Field(30.0, ge=0)
     api_max_body_bytes: int = Field(16384, gt=0)
     idempotency_ttl_s: int = Field(86400, gt=0)
+    api_allowed_hosts: list[str] = Field(default_factory=list)
+    api_public_reads: bool = False
+    journal_maxlen: int = Field(10000, gt=0)
 
     # --- Alerts and the dead man's switch ------------------------------------------------------
     alert_urls: list[SecretStr] = Field(default_factory=list)

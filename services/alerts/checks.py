@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from libs.common import keys
 from libs.common.clock import Clock, to_ist
+from libs.common.freshness import FreshnessPolicy
 from libs.common.heartbeat import heartbeat_age_s
 from libs.common.models import FeedStatus, MalformedRecord, Position, PositionState, PriceEntry
 from libs.common.money import fmt_inr
@@ -72,6 +73,7 @@ class Checks:
         self._outbox = Outbox(redis)
         self._store = PositionStore(redis, clock)
         self._cache = PriceCache(redis, settings.price_cache_ttl_s)
+        self._policy = FreshnessPolicy.from_settings(settings)
         self._feed_down_since: float | None = None
         self._now: dict[str, dict[str, Any]] = {}  # facts of the active conditions as evaluated this round
         self._warned_at = -1e9
@@ -163,12 +165,13 @@ class Checks:
         expired = 0
         for position in positions:
             entry = prices[position.symbol]
-            if not isinstance(entry, PriceEntry) or entry.age_s(now) >= self._settings.price_cache_ttl_s:
+            layer = self._policy.layer(entry.age_s(now)) if isinstance(entry, PriceEntry) else "expired"
+            if layer == "expired":
                 expired += 1
                 continue
-            age_s = entry.age_s(now)
-            if age_s < self._settings.price_stale_after_s:
+            if layer == "fresh" or not isinstance(entry, PriceEntry):
                 continue
+            age_s = entry.age_s(now)
             levels = ", ".join(
                 f"{name} {fmt_inr(level)}"
                 for name, level in (("SL", position.stop_loss), ("TP", position.take_profit))

@@ -120,6 +120,20 @@ ALERTS: dict[str, Rule] = {
         condition="unmonitored:{symbol}",
         ends=True,
     ),
+    "instrument_silent": Rule(
+        Severity.WARNING,
+        "{symbol} stopped ticking",
+        "{symbol}: {reason}. Its price now ages from its last tick; SL/TP act on it as a cached price.",
+        "Check whether {symbol} is halted or suspended; if its position is at risk, close it by hand: {close_cmd}",
+        condition="silent:{symbol}",
+    ),
+    "instrument_ticking": Rule(
+        Severity.RECOVERED,
+        "{symbol} ticking again",
+        "{symbol} trades again; its price is live.",
+        condition="silent:{symbol}",
+        ends=True,
+    ),
     "closed": Rule(
         Severity.INFO,
         "{symbol} closed ({reason})",

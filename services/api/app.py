@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
 from redis.exceptions import RedisError
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from libs.common.broker import Broker, create_broker
 from libs.common.broker_positions import BrokerPositions
@@ -31,13 +32,14 @@ from services.api.deps import Resources
 from services.api.health import HealthReader
 from services.api.idempotency import Idempotency
 from services.api.routes import alerts, monitoring, positions
-from services.api.security import BodyLimit, check_bind
+from services.api.security import BodyLimit, allowed_hosts, check_bind, require_read_access
 from services.api.token_probe import TokenProbe
 
 DESCRIPTION = """Connection health, emergency close, status and positions of the Upstox resilience guard.
 
-Mutating endpoints require `Authorization: Bearer <API_KEY>` or `X-API-Key` when `API_KEY` is set
-(it must be when the api is bound beyond loopback)."""
+When `API_KEY` is set (it must be when the api is bound beyond loopback) every endpoint requires
+`Authorization: Bearer <API_KEY>` or `X-API-Key`, reads too unless `API_PUBLIC_READS=true`.
+Requests must name an allowed `Host` (loopback names, `API_ALLOWED_HOSTS`)."""
 
 
 def create_app(
@@ -93,9 +95,13 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs",
+        dependencies=[Depends(require_read_access)],
+        strict_content_type=True,  # the default since FastAPI 0.132 (the floor in pyproject.toml): said on purpose
     )
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    # Outermost: a foreign Host is refused before anything else runs.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings), www_redirect=False)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_error)
     app.add_exception_handler(MalformedRecord, _malformed)

@@ -2,38 +2,29 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from loguru import logger
 
-from libs.common import keys
 from libs.common.clock import ist_iso
 from libs.common.closing import CloseRequest
-from libs.common.models import CloseReason, FeedStatus, MalformedRecord, PriceSource
+from libs.common.freshness import FreshnessPolicy, read_feed_liveness
+from libs.common.models import CloseReason, MalformedRecord, PriceSource
 from libs.common.money import Paise, fmt_inr, rupees
 from services.api.deps import Resources
 from services.api.schemas import EmergencyCloseResponse
 
 
 async def decision_price(res: Resources, symbol: str) -> tuple[Paise | None, PriceSource, float | None]:
-    """(price, source, age_s) from the cache: live/cached/stale by feed state and age; broker when none."""
-    try:
-        entry = await res.cache.read_one(symbol)
-    except MalformedRecord as exc:
-        logger.warning(f"Ignoring corrupt cached price of {symbol}: {exc}")
-        entry = None
-    if entry is None:
+    """(price, source, age_s) by the freshness policy; (None, BROKER, None) when expired: the broker's fill decides."""
+    truth = (await res.cache.truths([symbol]))[symbol]
+    if isinstance(truth, MalformedRecord):
+        logger.warning(f"Ignoring corrupt cached price of {symbol}: {truth}")
+        truth = None
+    policy = FreshnessPolicy.from_settings(res.settings)
+    feed = await read_feed_liveness(res.redis, policy, res.clock)
+    freshness = policy.judge(truth, res.clock.now(), feed)
+    if truth is None or freshness.source is None:
         return None, PriceSource.BROKER, None
-    age_s = entry.age_s(res.clock.now())
-    if age_s >= res.settings.price_cache_ttl_s:
-        return None, PriceSource.BROKER, None
-    if age_s >= res.settings.price_stale_after_s:
-        return entry.ltp, PriceSource.STALE, age_s
-    try:
-        feed = FeedStatus.from_redis(cast(dict[str, str], await res.redis.hgetall(keys.FEED_STATUS)))
-    except MalformedRecord:
-        feed = FeedStatus()
-    return entry.ltp, PriceSource.LIVE if feed.connected else PriceSource.CACHED, age_s
+    return truth.ltp, freshness.source, freshness.age_s
 
 
 async def emergency_close(res: Resources, symbol: str, reason: CloseReason) -> EmergencyCloseResponse:

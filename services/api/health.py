@@ -2,13 +2,14 @@
 
 One script call reads the feed's status hash, its heartbeat, the cache count and newest entry (from the
 index), the open-position symbols, picks the listed symbols (open positions first, then the requested ones
-or the newest from the index) and returns `ltp` and `as_of` of each. A pipeline of the same reads costs
-~1.5 ms more of redis-py's client-side work per request. No keyspace scan, nothing per symbol on the wire,
-whatever the cache size.
+or the newest from the index) and returns each one's freshness fields (`ltp`, `as_of`, silence, REST); the
+verdict per entry is `libs.common.freshness`'s. A pipeline of the same reads costs ~1.5 ms more of redis-py's
+client-side work per request. No keyspace scan, nothing per symbol on the wire, whatever the cache size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -17,8 +18,9 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.clock import Clock, ist_iso
+from libs.common.freshness import TRUTH_FIELDS, Freshness, FreshnessPolicy, PriceTruth, heartbeat_age
 from libs.common.models import FeedStatus, MalformedRecord
-from libs.common.money import Paise, rupees, to_paise
+from libs.common.money import rupees
 from libs.common.settings import Settings
 from services.api.schemas import (
     CacheEntry,
@@ -47,7 +49,8 @@ ADVICE: dict[Branch, str] = {
 # KEYS: feed:status, heartbeat:feed, prices:index, positions:open.
 # ARGV: oldest valid as_of, limit, price key prefix, then the requested symbols (none: sample the index).
 # Returns: feed:status as a flat list, heartbeat (or false), cached count, newest as_of (or false), the number of
-# open-position symbols, then (symbol, ltp or false, as_of or false) for each listed symbol, open ones first.
+# open-position symbols, then the symbol and its price's TRUTH_FIELDS (false when absent) for each listed symbol,
+# open ones first.
 _HEALTH = """
 local oldest, limit, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local status = redis.call('HGETALL', KEYS[1])
@@ -74,36 +77,26 @@ for _, list in ipairs({open, wanted}) do
 end
 local out = {status, beat, count, newest[2] or false, #open}
 for _, symbol in ipairs(listed) do
-  local v = redis.call('HMGET', prefix .. symbol, 'ltp', 'as_of')
   out[#out + 1] = symbol
-  out[#out + 1] = v[1] or false
-  out[#out + 1] = v[2] or false
+  for _, value in ipairs(redis.call('HMGET', prefix .. symbol, FIELDS)) do out[#out + 1] = value end
 end
 return out
-"""
-
-
-def price_status(age_s: float | None, settings: Settings) -> PriceStatus:
-    """The guide's layers for one price: fresh (< stale threshold), stale (< expiry), expired (none)."""
-    if age_s is None or age_s >= settings.price_cache_ttl_s:
-        return "expired"
-    return "stale" if age_s >= settings.price_stale_after_s else "fresh"
+""".replace("FIELDS", ", ".join(f"'{name}'" for name in TRUTH_FIELDS))
 
 
 def choose_branch(
-    connected: bool, quiet_s: float | None, worst_age_s: float | None, settings: Settings, *, degraded: bool
+    feed_live: bool, quiet_s: float | None, worst: PriceStatus, settings: Settings, *, degraded: bool
 ) -> Branch:
     """Which branch of the guide's decision tree applies now.
 
-    `worst_age_s` is the oldest price among open positions (or the newest cached price when there are
-    none); None means no price at all. `degraded` is True when the connection is up but something is
-    still catching up (an open position without a fresh price, or a mute connection).
+    `worst` is the layer of the oldest price among open positions (or of the newest cached price when there
+    are none). `degraded` is True when the feed is live but something is still catching up (an open position
+    without a fresh price, or a mute connection).
     """
-    if connected:
+    if feed_live:
         quiet = quiet_s is not None and quiet_s > settings.feed_silence_timeout_s
         return "fallback" if degraded or quiet else "live"
-    status = price_status(worst_age_s, settings)
-    return {"fresh": "fresh_cache", "stale": "stale_cache", "expired": "expired"}[status]  # type: ignore[return-value]
+    return {"fresh": "fresh_cache", "stale": "stale_cache", "expired": "expired"}[worst]  # type: ignore[return-value]
 
 
 def _modes(raw: str) -> dict[str, str]:
@@ -118,6 +111,13 @@ def _age(now: float, then: float | None) -> float | None:
     return None if then is None else round(max(0.0, now - then), 3)
 
 
+def _older(a: Freshness, b: Freshness) -> bool:
+    """`a` is a worse price than `b`: no price at all, or an older one."""
+    if a.age_s is None or b.age_s is None:
+        return a.age_s is None and b.age_s is not None
+    return a.age_s > b.age_s
+
+
 class HealthReader:
     """Builds `ConnectionHealth` for one request."""
 
@@ -126,6 +126,7 @@ class HealthReader:
         self._settings = settings
         self._clock = clock
         self._health = redis.register_script(_HEALTH)
+        self._policy = FreshnessPolicy.from_settings(settings)
 
     async def read(self, limit: int, symbols: Sequence[str] | None) -> ConnectionHealth:
         """Health with every open-position symbol first, then `symbols` (or the newest) up to `limit` entries."""
@@ -140,52 +141,51 @@ class HealthReader:
             feed_error = feed.last_error
         except MalformedRecord as exc:
             feed, feed_error = FeedStatus(), str(exc)
-        beat_age = _age(now, float(beat_raw)) if beat_raw is not None else None
+        beat_age = heartbeat_age(beat_raw, now)
         feed_alive = beat_age is not None and beat_age < self._settings.heartbeat_ttl_s
+        liveness = self._policy.feed(feed, beat_age)
         last_update = float(newest) if newest is not None else None
 
+        width = 1 + len(TRUTH_FIELDS)
         rows = raw[5:]
-        listed = [str(symbol) for symbol in rows[::3]]
-        open_symbols = listed[:n_open]
-        prices: dict[str, tuple[Paise, float]] = {}
-        for symbol, ltp, as_of in zip(listed, rows[1::3], rows[2::3], strict=True):
-            if ltp is None or as_of is None:
-                continue
-            try:
-                prices[symbol] = (to_paise(ltp), float(as_of))
-            except ValueError:
-                continue  # a corrupt hash reads as no price; the monitor reports it
-
+        listed = [str(symbol) for symbol in rows[::width]]
+        open_set = set(listed[:n_open])
         entries: dict[str, CacheEntry] = {}
-        open_set = set(open_symbols)
         counts = {"fresh": 0, "stale": 0, "expired": 0}
-        worst_open_age: float | None = 0.0
-        for symbol in listed:
-            price = prices.get(symbol)
-            age = max(0.0, now - price[1]) if price else None
-            status = price_status(age, self._settings)
+        worst_open: Freshness | None = None
+        for i, symbol in enumerate(listed):
+            values = dict(zip(TRUTH_FIELDS, rows[i * width + 1 : (i + 1) * width], strict=True))
+            truth: PriceTruth | None = None
+            if values["ltp"] is not None and values["as_of"] is not None:
+                with contextlib.suppress(ValueError):  # a corrupt hash reads as no price; the monitor reports it
+                    truth = PriceTruth.from_fields(values)
+            freshness = self._policy.judge(truth, now, liveness)
             entries[symbol] = CacheEntry(
-                price=rupees(price[0]) if price and status != "expired" else None,
-                age_seconds=int(age) if age is not None else None,
-                is_stale=status != "fresh",
-                status=status,
+                price=rupees(truth.ltp) if truth and freshness.status != "expired" else None,
+                age_seconds=int(freshness.age_s) if freshness.age_s is not None else None,
+                is_stale=freshness.is_stale,
+                status=freshness.status,
                 has_open_position=symbol in open_set,
+                source=None if freshness.source is None else freshness.source.value,
+                reason=freshness.reason,
             )
             if symbol in open_set:
-                counts[status] += 1
-                if worst_open_age is not None:
-                    worst_open_age = None if age is None else max(worst_open_age, age)
+                counts[freshness.status] += 1
+                if worst_open is None or _older(freshness, worst_open):
+                    worst_open = freshness
 
-        connected = feed.connected and feed_alive
         quiet_s = _age(now, feed.last_message_at)
-        worst = worst_open_age if open_symbols else _age(now, last_update)
+        if open_set:
+            worst = worst_open.status if worst_open is not None else "expired"
+        else:
+            worst = self._policy.layer(_age(now, last_update))
         branch = choose_branch(
-            connected, quiet_s, worst, self._settings, degraded=bool(counts["stale"] or counts["expired"])
+            liveness.live, quiet_s, worst, self._settings, degraded=bool(counts["stale"] or counts["expired"])
         )
         return ConnectionHealth(
             timestamp=ist_iso(now),
             websocket=WebSocketHealth(
-                connected=connected,
+                connected=liveness.live,
                 subscribed_symbols=feed.subscribed_symbols,
                 mode=feed.mode,
                 modes=_modes(feed.other_modes),
@@ -196,6 +196,7 @@ class HealthReader:
                 feed_heartbeat_age_s=beat_age,
                 seconds_since_last_message=quiet_s,
                 last_error=feed_error,
+                price_source="websocket" if liveness.live else "rest" if feed_alive and feed.rest_polling else "none",
             ),
             price_cache=PriceCacheHealth(
                 cached_symbols=int(count),

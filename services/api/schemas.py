@@ -37,14 +37,24 @@ class WebSocketHealth(BaseModel):
     feed_heartbeat_age_s: float | None
     seconds_since_last_message: float | None = Field(description="since the feed last heard anything (frame or pong)")
     last_error: str
+    price_source: Literal["websocket", "rest", "none"] = Field(
+        "none",
+        description="where fresh prices come from now: the WebSocket, the REST LTP poll (Layer 2b), or nowhere",
+    )
 
 
 class CacheEntry(BaseModel):
     price: float | None = Field(description="rupees; null when the cached price has expired")
     age_seconds: int | None = Field(description="whole seconds since the price was last known current")
-    is_stale: bool = Field(description="age_seconds >= PRICE_STALE_AFTER_S (or no price at all)")
+    is_stale: bool = Field(
+        description="age_seconds >= PRICE_STALE_AFTER_S, no price at all, or the instrument found silent (see reason)"
+    )
     status: Literal["fresh", "stale", "expired"]
     has_open_position: bool
+    source: Literal["live", "rest", "cached", "stale"] | None = Field(
+        None, description="the layer a decision on this price would record (rest: the REST LTP poll)"
+    )
+    reason: str = Field("", description="why the price has this status")
 
 
 class OpenPositionPrices(BaseModel):

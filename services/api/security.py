@@ -1,7 +1,11 @@
-"""Who may change things, and how big a request may be.
+"""Who may talk to the api, who may change things, and how big a request may be.
 
-Bound to loopback the api trusts the machine; bound elsewhere it refuses to start without `API_KEY`,
-and whenever a key is set every mutating endpoint requires it (`Authorization: Bearer` or `X-API-Key`).
+Only requests naming an allowed `Host` are answered (loopback names, `API_HOST`, `API_ALLOWED_HOSTS`): a web page
+the trader opens cannot reach the loopback api through DNS rebinding, since its requests carry the page's own host.
+Bound to loopback the api trusts the machine; bound elsewhere it refuses to start without `API_KEY`. Whenever a key
+is set every endpoint requires it (`Authorization: Bearer` or `X-API-Key`), reads too unless `API_PUBLIC_READS`.
+JSON bodies must say so (`Content-Type: application/json`, FastAPI's strict content type): a page's "simple"
+cross-site POST (text/plain, no preflight) is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +28,25 @@ def check_bind(settings: Settings) -> None:
             f"config error: API_KEY must be set when API_HOST is {settings.api_host!r} (not loopback); "
             "set API_KEY or bind API_HOST=127.0.0.1"
         )
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """The `Host` names the api answers: loopback, `API_HOST` when it is a specific address, `API_ALLOWED_HOSTS`."""
+    hosts = list(LOOPBACK_HOSTS)
+    if settings.api_host not in ("0.0.0.0", "::", ""):
+        hosts.append(f"[{settings.api_host}]" if ":" in settings.api_host else settings.api_host)
+    hosts += [h.strip().lower() for h in settings.api_allowed_hosts if h.strip()]
+    return list(dict.fromkeys(h.lower() for h in hosts))
+
+
+def require_read_access(request: Request) -> None:
+    """App-wide dependency: reads (GET/HEAD) need the key when one is set, unless `API_PUBLIC_READS`."""
+    settings: Settings = request.app.state.settings
+    if request.method in ("GET", "HEAD") and not settings.api_public_reads:
+        require_api_key(request)
 
 
 def _presented_key(request: Request) -> str | None:

@@ -65,13 +65,14 @@ class Endpoint:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-def _netloc(address: str, port: int) -> str:
+def netloc(address: str, port: int) -> str:
+    """`address:port`, bracketing an IPv6 address."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 async def authorize(api: Endpoint, address: str, token: str, ssl_context: ssl.SSLContext, timeout_s: float) -> str:
     """The single-use `wss://...&code=...` feed URI. Raises `AuthRejected` or `FeedUnavailable`."""
-    url = f"{'https' if api.secure else 'http'}://{_netloc(address, api.port)}{api.path}{AUTHORIZE_PATH}"
+    url = f"{'https' if api.secure else 'http'}://{netloc(address, api.port)}{api.path}{AUTHORIZE_PATH}"
     headers = {"Host": api.host_header, "Authorization": f"Bearer {token}", "Accept": "application/json"}
     extensions = {"sni_hostname": api.host} if api.secure else {}
     try:

@@ -3,6 +3,11 @@
 Fields are read directly from the upb message (no `MessageToDict`). proto3 scalars have no presence,
 so a zero `ltp`, `ltt` or `cp` means "absent in this frame" and is never written as a price: the
 cache keeps the value it had (partial frames merge).
+
+An absurd price is not a price: negative or not finite, above `MAX_LTP_PAISE`, or, for an equity or an index,
+outside half to one and a half times its previous close (`cp`). No NSE equity band is wider than 20 %, a
+market-wide halt stops indices at 20 %, and the simulator's pinned test prices stay inside it; derivatives can
+legitimately multiply, so they get only the first two checks. Such a tick goes to `Frame.absurd`, not `ticks`.
 """
 
 from __future__ import annotations
@@ -12,12 +17,24 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
+from libs.common.money import MAX_LTP_PAISE
 from libs.common.price_cache import Tick
 from libs.common.proto import MarketDataFeedV3_pb2 as pb
 
 _from_string = pb.FeedResponse.FromString
 MARKET_INFO = pb.market_info
-_NORMAL_OPEN = pb.NORMAL_OPEN
+NORMAL_OPEN = pb.NORMAL_OPEN
+_MAX_LTP = MAX_LTP_PAISE / 100
+_CLOSE_BAND = (0.5, 1.5)  # equities and indices: ltp / previous close must be inside this
+_banded: dict[str, bool] = {}  # instrument key -> whether the close band applies (equity or index)
+
+
+def _is_banded(key: str) -> bool:
+    banded = _banded.get(key)
+    if banded is None:
+        segment = key.partition("|")[0]
+        banded = _banded[key] = segment.endswith(("_EQ", "_INDEX"))
+    return banded
 
 
 class CorruptFrame(ValueError):
@@ -32,12 +49,13 @@ class Frame:
     ticks: list[Tick] = field(default_factory=list)
     segment_status: dict[str, int] | None = None
     unknown_keys: int = 0
+    absurd: list[tuple[str, float]] = field(default_factory=list)  # (symbol, ltp) refused as not a price
 
 
 def market_open(segment_status: Mapping[str, int], segments: set[str]) -> bool:
     """True when any of `segments` (or any segment, when none of them is listed) is NORMAL_OPEN."""
     relevant = [status for seg, status in segment_status.items() if seg in segments]
-    return any(status == _NORMAL_OPEN for status in (relevant or segment_status.values()))
+    return any(status == NORMAL_OPEN for status in (relevant or segment_status.values()))
 
 
 def decode(data: bytes | str, symbol_of: Mapping[str, str]) -> Frame:
@@ -85,9 +103,15 @@ def decode(data: bytes | str, symbol_of: Mapping[str, str]) -> Frame:
         else:
             continue
         ltp = ltpc.ltp
-        if not ltp > 0:  # absent (0.0) or nonsense (negative, NaN): keep the cached price
+        if ltp == 0.0:  # absent: keep the cached price
             continue
         cp = ltpc.cp
+        if (
+            not 0 < ltp <= _MAX_LTP  # negative, NaN, infinite or absurdly large
+            or (cp > 0 and _is_banded(key) and not cp * _CLOSE_BAND[0] <= ltp <= cp * _CLOSE_BAND[1])
+        ):
+            frame.absurd.append((symbol, ltp))
+            continue
         append(Tick(symbol, key, f"{ltp:.2f}", ltpc.ltt or None, f"{cp:.2f}" if cp > 0 else None))
     frame.unknown_keys = unknown
     return frame

@@ -1,10 +1,11 @@
 """The feed service: one WebSocket connection plus its helpers, each a named, supervised task.
 
 Tasks: `feed:connection` (the WebSocket and its reconnect loop), `feed:writer` (ticks to Redis),
-`feed:vouch` (keeps quiet symbols fresh while the link is healthy), `feed:subscriptions` (subscribe and
-unsubscribe requests, and the periodic re-read of `feed:subscriptions`), `feed:status` (writes `feed:status`
-on a timer) and `feed:heartbeat`. A task that fails is logged with its error and restarted after a short
-delay; none dies silently.
+`feed:vouch` (keeps quiet symbols fresh while the link is healthy, reports silent ones, trims `prices:index`),
+`feed:subscriptions` (subscribe and unsubscribe requests, and the periodic re-read of `feed:subscriptions`),
+`feed:rest-poll` (LTP over REST for open positions while the WebSocket is down, Layer 2b), `feed:status` (writes
+`feed:status` on a timer) and `feed:heartbeat`. A task that fails is logged with its error
+and restarted after a short delay; none dies silently.
 """
 
 from __future__ import annotations
@@ -24,18 +25,22 @@ from libs.common.heartbeat import beat_forever
 from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.logging import tagged
 from libs.common.models import FeedState
+from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
+from services.feed.rest_poll import RestPoller
+from services.feed.silence import Review
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions, watchlist
-from services.feed.tasks import cancel_and_wait
 from services.feed.websocket import FeedConnection
 
 RESTART_DELAY_S = 1.0
 _REDIS_RETRY_S = 1.0
 
 error = tagged("ERROR")
+warning = tagged("WARNING")
 
 
 class Feed:
@@ -57,9 +62,13 @@ class Feed:
         self.subscriptions = Subscriptions(watchlist(settings, index), index)
         self.status = StatusBoard(redis, self.clock)
         self.cache = PriceCache(redis, settings.price_cache_ttl_s)
+        self.events = PositionStore(redis, self.clock)  # the events stream (instrument silence is reported there)
         self.resolver = resolver or HostResolver.from_settings(settings, self.clock)
         self.connection = FeedConnection(
             settings, self.clock, redis, self.cache, self.status, self.subscriptions, self.resolver
+        )
+        self.rest_poller = RestPoller(
+            settings, self.clock, redis, self.cache, self.status, self.connection, self.resolver
         )
         self.restarts: dict[str, int] = {}
 
@@ -69,6 +78,7 @@ class Feed:
             "feed:connection": self.connection.run,
             "feed:writer": self.connection.writer.run,
             "feed:vouch": self._vouch_forever,
+            "feed:rest-poll": self.rest_poller.run,
             "feed:subscriptions": self._follow_requests,
             "feed:status": self._status_forever,
             "feed:heartbeat": lambda: beat_forever(self.redis, "feed", self.settings, self.clock),
@@ -97,23 +107,43 @@ class Feed:
                 await self.status.transition(FeedState.CLOSED, "stopped")
 
     async def _vouch_forever(self) -> None:
-        """While the link is healthy, mark every subscribed symbol's price current (and refresh its expiry)."""
+        """While the link is healthy, mark the subscribed symbols that are plausibly quiet current (and refresh their
+        expiry); date back and report the ones gone silent while their segment trades; trim expired symbols from
+        `prices:index`."""
         last_as_of = 0.0
         while True:
             await self.clock.sleep(self.settings.vouch_interval_s)
-            as_of = self.connection.vouch_as_of()
-            if as_of is None or as_of <= last_as_of:
-                continue
             try:
-                await self.cache.vouch(self.connection.symbols(), as_of)
+                await self.cache.trim_index(self.clock.now())
+                as_of = self.connection.vouch_as_of()
+                link = self.connection.link
+                if as_of is None or link.connected_at is None:
+                    continue
+                review = self.connection.instruments.review(
+                    self.subscriptions.wanted, self.clock.now(), link.connected_at, link.segments
+                )
+                await self._report_silence(review)
+                if as_of > last_as_of:
+                    await self.cache.vouch(review.vouch, as_of)
+                    last_as_of = as_of
             except RedisError as exc:
                 logger.warning(f"Cannot vouch for prices in Redis: {type(exc).__name__}")
-                continue
-            last_as_of = as_of
+
+    async def _report_silence(self, review: Review) -> None:
+        self.status.silent_symbols = len(self.connection.instruments.silent)
+        if review.silent:
+            await self.cache.mark_silent(review.silent)
+        for symbol, reason in review.silent.items():
+            warning.warning(f"{symbol}: {reason}; its price now ages from its last tick")
+            await self.events.publish_event("instrument_silent", symbol, reason=reason)
+        for symbol in review.back:
+            logger.info(f"{symbol} is ticking again")
+            await self.events.publish_event("instrument_ticking", symbol)
 
     async def _status_forever(self) -> None:
         while True:
             await self.clock.sleep(self.settings.heartbeat_interval_s)
+            self.status.out_of_order_ticks = self.cache.out_of_order
             await self.status.flush()
 
     async def _follow_requests(self) -> None:

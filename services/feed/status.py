@@ -34,6 +34,10 @@ class StatusBoard:
         self.reconnect_attempts = 0
         self.network_errors = 0
         self.corrupt_frames = 0
+        self.absurd_prices = 0
+        self.out_of_order_ticks = 0
+        self.silent_symbols = 0
+        self.rest_polling = False
         self.last_message_at: float | None = None
         self.last_data_at: float | None = None
         self.market_open: bool | None = None
@@ -60,6 +64,10 @@ class StatusBoard:
             reconnect_attempts=self.reconnect_attempts,
             network_errors=self.network_errors,
             corrupt_frames=self.corrupt_frames,
+            absurd_prices=self.absurd_prices,
+            out_of_order_ticks=self.out_of_order_ticks,
+            silent_symbols=self.silent_symbols,
+            rest_polling=self.rest_polling,
             last_message_at=self.last_message_at,
             last_data_at=self.last_data_at,
             market_open=self.market_open,

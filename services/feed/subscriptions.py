@@ -1,10 +1,12 @@
 """Which instruments the feed subscribes: the watchlist, plus every symbol with an open position.
 
-The wanted set is the configured watchlist (default: every shipped NSE_EQ / NSE_INDEX instrument)
-union `feed:subscriptions` (SYMBOL -> instrument key, kept by the monitor and api for open positions)
-union the live requests published on `feed:subscription-requests` ("sub SYMBOL KEY" / "unsub SYMBOL"),
-union the underlying index of every F&O contract in it (so a frozen option quote can be told from a quiet one).
-Pub/sub loses messages, so the hash is re-read after every reconnect and on a timer.
+The wanted set is the configured watchlist (default: every shipped NSE_EQ / NSE_INDEX instrument in simulator
+mode, nothing with the real Upstox: there the open positions and `FEED_WATCHLIST` are the whole set, never the
+synthetic `SIMEQ*` instruments) union `feed:subscriptions` (SYMBOL -> instrument key, kept by the monitor and
+api for open positions) union the live requests published on `feed:subscription-requests`
+("sub SYMBOL KEY" / "unsub SYMBOL"), union the underlying index of every F&O contract in it (so a frozen
+option quote can be told from a quiet one). Pub/sub loses messages, so the hash is re-read after every
+reconnect and on a timer.
 
 Options are subscribed in `option_greeks` (their LTP plus greeks, OI and IV), everything else in `FEED_MODE`,
 unless mixing the two modes would break Upstox's combined per-mode limits: then all in `FEED_MODE`.
@@ -39,16 +41,25 @@ class Change:
 
 
 def watchlist(settings: Settings, index: InstrumentIndex) -> dict[str, str]:
-    """SYMBOL -> instrument key of `FEED_WATCHLIST` (empty: every shipped NSE_EQ / NSE_INDEX instrument).
+    """SYMBOL -> instrument key of `FEED_WATCHLIST`. Empty: in simulator mode every shipped NSE_EQ / NSE_INDEX
+    instrument; with the real Upstox nothing (open positions are added from `feed:subscriptions`).
 
-    An entry may be a known symbol ("BOSCHLTD") or "SYMBOL=INSTRUMENT_KEY" for one not in the file.
+    An entry may be a known symbol ("BOSCHLTD") or "SYMBOL=INSTRUMENT_KEY" for one not in the file. With the real
+    Upstox the simulator's synthetic instruments are never subscribed.
     """
+    real = not settings.simulator_mode
     if not settings.feed_watchlist:
+        if real:
+            return {}
         return {i.trading_symbol: i.instrument_key for i in index.all if i.segment in WATCHLIST_SEGMENTS}
     out: dict[str, str] = {}
     for entry in settings.feed_watchlist:
         symbol, _, key = entry.partition("=")
         symbol = symbol.strip()
+        known = index.by_symbol(symbol)
+        if real and not key and known is not None and known.synthetic:
+            logger.warning(f"Watchlist symbol {symbol} is a simulator instrument; not subscribed on the real Upstox")
+            continue
         key = key.strip() or (index.key_of(symbol) or "")
         if not key:
             logger.warning(f"Watchlist symbol {symbol} is not in the instrument list; give it as {symbol}=KEY")

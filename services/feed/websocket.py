@@ -19,7 +19,6 @@ import json
 import random
 import ssl
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -36,12 +35,13 @@ from libs.common.logging import tagged
 from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
 from services.feed.backoff import Outage
-from services.feed.decode import CorruptFrame, decode, market_open
+from services.feed.decode import NORMAL_OPEN, CorruptFrame, decode, market_open
+from services.feed.silence import InstrumentWatch
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
-from services.feed.tasks import cancel_and_wait
 from services.feed.writer import FrameWriter
 
 verbose = tagged("VERBOSE")
@@ -64,6 +64,7 @@ class Link:
     last_data_at: float | None = None  # last frame carrying feeds (this connection only)
     last_alive_at: float | None = None  # last frame or pong (this connection only)
     market_open: bool | None = None  # None until the first market_info frame
+    segments: dict[str, int] | None = None  # the last market_info: segment -> MarketStatus
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -117,7 +118,9 @@ class FeedConnection:
         self._api = Endpoint.parse(settings.api_base)
         self.link = Link()
         self.writer = FrameWriter(cache, clock)
+        self.instruments = InstrumentWatch(settings.halt_detect_s, settings.vouch_interval_s)
         self._warned_at: dict[str, float] = {}
+        self._absurd_logged: set[str] = set()
 
     # --- the reconnect loop --------------------------------------------------------------------
     async def run(self) -> None:
@@ -364,6 +367,7 @@ class FeedConnection:
         symbol_of = self._subs.symbol_of
         now_fn = self._clock.now
         add = self.writer.add
+        saw = self.instruments.saw
         try:
             async for message in ws:
                 now = now_fn()
@@ -377,10 +381,13 @@ class FeedConnection:
                     continue
                 if frame.segment_status is not None and self._market_info(frame.segment_status):
                     await status.flush()
+                if frame.absurd:
+                    self._refuse(frame.absurd)
                 if frame.ticks:
                     link.last_data_at = now
                     status.last_data_at = now
                     add(frame.ticks, now)
+                    saw(frame.ticks, now)
                     await asyncio.sleep(0)  # let the writer run: a busy socket never suspends this loop
                 elif frame.unknown_keys:
                     link.last_data_at = now
@@ -389,10 +396,19 @@ class FeedConnection:
             return _close_reason(ws, exc)
         return _close_reason(ws, None)
 
+    def _refuse(self, absurd: list[tuple[str, float]]) -> None:
+        """Count ticks that are not prices; say so once per symbol (a stuck bad source would flood the log)."""
+        self._status.absurd_prices += len(absurd)
+        for symbol, ltp in absurd:
+            if symbol not in self._absurd_logged:
+                self._absurd_logged.add(symbol)
+                warning.warning(f"Skipping absurd price for {symbol}: {ltp!r} (counted in feed:status absurd_prices)")
+
     def _market_info(self, segment_status: dict[str, int]) -> bool:
         """Record whether the market is open; True when that changed."""
         segments = {key.partition("|")[0] for key in self._subs.wanted.values()}
         is_open = market_open(segment_status, segments)
+        self.link.segments = segment_status
         changed = is_open != self.link.market_open
         if changed:
             logger.info(f"Market is {'open' if is_open else 'closed'} (per market_info)")
@@ -417,16 +433,37 @@ class FeedConnection:
             self._status.last_message_at = now
 
     async def _watch_silence(self) -> tuple[str, bool]:
+        """A live link is one that answers pings (`_ping`). Data silence alone ends it only when the subscribed set
+        must tick: it holds an index whose segment trades (an index moves every second while its market is open).
+        A set of stocks may be quiet for minutes (Upstox sends data only on trades): that is reported, not acted on."""
         timeout_s = self._s.feed_silence_timeout_s
         step_s = min(0.5, timeout_s / 4)
         link = self.link
+        reported = False
         while True:
             await self._clock.sleep(step_s)
             if link.market_open is False:
                 continue  # a closed market sends nothing; pings alone prove the link
             since = link.last_data_at or link.connected_at or self._clock.now()
-            if self._clock.now() - since > timeout_s:
+            quiet_s = self._clock.now() - since
+            if quiet_s <= timeout_s:
+                reported = False
+            elif self._must_tick():
                 return f"no data for {timeout_s:.1f} s while the market is open (mute connection)", True
+            elif not reported:
+                reported = True
+                warning.warning(
+                    f"No market data for {timeout_s:.1f} s, pings answered: the subscribed instruments are quiet "
+                    "(no index subscribed to prove the market ticks); not reconnecting"
+                )
+
+    def _must_tick(self) -> bool:
+        segments = self.link.segments
+        for key in self._subs.wanted.values():
+            segment = key.partition("|")[0]
+            if segment.endswith("_INDEX") and (segments is None or segments.get(segment) == NORMAL_OPEN):
+                return True
+        return False
 
     async def _close(self, ws: ClientConnection, *, abort: bool) -> None:
         if abort:
@@ -449,9 +486,6 @@ class FeedConnection:
         if not link.live:
             return None
         return link.last_alive_at if link.market_open is False else link.last_data_at
-
-    def symbols(self) -> Iterable[str]:
-        return self._subs.wanted.keys()
 
     def _warn(self, what: str, message: str) -> None:
         now = self._clock.monotonic()

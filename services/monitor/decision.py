@@ -1,14 +1,15 @@
 """Which price a check uses and how the guide prints it: pure functions, no I/O.
 
-The guide's layers: with the feed live a price is LIVE; with the feed down a cached price younger than
-the stale threshold is CACHED, older is STALE (both logged as `[FALLBACK]` and still acted on); a price
-at or past the cache expiry is no price at all (Layer 3: the monitor says it cannot monitor the symbol).
+The layer of a price comes from `libs.common.freshness` (the one rule): LIVE, REST (Layer 2b), CACHED or STALE
+(all but LIVE logged as `[FALLBACK]` and still acted on); an expired price is no price at all (Layer 3: the
+monitor says it cannot monitor the symbol).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from libs.common.freshness import Freshness
 from libs.common.models import CloseReason, CloseRecord, PriceSource, Trigger
 from libs.common.money import Paise, fmt_inr
 
@@ -26,18 +27,12 @@ class PriceView:
         return self.source is not PriceSource.LIVE
 
 
-def view_of(
-    ltp: Paise, as_of: float, now: float, *, feed_live: bool, stale_after_s: float, expire_after_s: float
-) -> PriceView | None:
-    """The usable view of a cached price last known current at `as_of` (epoch s); None once it has expired
-    while the feed is down."""
-    age_s = max(0.0, now - as_of)
-    if feed_live:
-        return PriceView(ltp, PriceSource.LIVE, age_s)
-    if age_s >= expire_after_s:
+def view_of(ltp: Paise, freshness: Freshness) -> PriceView | None:
+    """The usable view of a price judged by the freshness policy; None once it has expired."""
+    source = freshness.source
+    if source is None or freshness.age_s is None:
         return None
-    source = PriceSource.CACHED if age_s < stale_after_s else PriceSource.STALE
-    return PriceView(ltp, source, age_s)
+    return PriceView(ltp, source, freshness.age_s)
 
 
 def retry_delay_s(attempts: int, base_s: float, max_s: float, jitter: float) -> float:
@@ -51,7 +46,7 @@ def retry_delay_s(attempts: int, base_s: float, max_s: float, jitter: float) -> 
 
 def fallback_line(symbol: str, view: PriceView) -> str:
     """`Using stale price for BOSCHLTD: ₹575.00 (45s old)` (the age in whole seconds)."""
-    kind = "cached" if view.source is PriceSource.CACHED else "stale"
+    kind = {PriceSource.CACHED: "cached", PriceSource.REST: "REST"}.get(view.source, "stale")
     return f"Using {kind} price for {symbol}: {fmt_inr(view.price)} ({int(view.age_s)}s old)"
 
 

@@ -19,7 +19,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -31,15 +31,18 @@ from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown, Orders
 from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
-from libs.common.heartbeat import beat_forever, heartbeat_age_s
+from libs.common.freshness import FeedLiveness, FreshnessPolicy, PriceTruth, read_feed_liveness
+from libs.common.heartbeat import beat_forever
 from libs.common.instruments import InstrumentIndex, guard_instruments
+from libs.common.journal import JournalCap
 from libs.common.logging import tagged
-from libs.common.models import FeedStatus, MalformedRecord, Position, PositionState, PriceSource
-from libs.common.money import to_paise
+from libs.common.models import MalformedRecord, Position, PositionState, PriceSource
+from libs.common.money import ltp_paise, to_paise
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
-from libs.common.price_cache import parse_tick_notice
+from libs.common.price_cache import parse_notice
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.monitor.decision import (
     PriceView,
     closed_line,
@@ -51,7 +54,7 @@ from services.monitor.decision import (
 )
 from services.monitor.expiry import ExpiryWatch
 from services.monitor.reconcile import BrokerReconciler
-from services.monitor.snapshot import CachedPrice, SnapshotReader
+from services.monitor.snapshot import SnapshotReader
 
 SERVICE = "monitor"
 # Events that may change what the tick path must know about a symbol's position.
@@ -91,6 +94,7 @@ class Monitor:
         self._clock: Clock = clock or SystemClock()
         self._store = PositionStore(redis, self._clock)
         self._snapshots = SnapshotReader(redis)
+        self._journal_cap = JournalCap(redis, settings.journal_maxlen)
         holdings = BrokerPositions(redis, broker, self._clock, max_age_s=settings.broker_positions_max_age_s)
         gate = OrderGate(redis, self._clock)
         self._closer = Closer(self._store, broker, self._clock, holdings=holdings, gate=gate, settings=settings)
@@ -112,11 +116,15 @@ class Monitor:
         self._background: set[asyncio.Task[None]] = set()
         self._refreshing: set[str] = set()
         self._refresh_again: set[str] = set()
-        self._pending: dict[str, list[tuple[str, float]]] = {}  # notice prices seen while a refresh was in flight
+        # notice prices seen while a refresh was in flight
+        self._pending: dict[str, list[tuple[str, float, PriceSource]]] = {}
         self._unmonitored: set[str] = set()
         self._fallback_logged_at: dict[str, float] = {}
         self._reported_bad: dict[str, str] = {}  # key -> the malformed-record error last reported
         self._feed_live: bool | None = None
+        self._policy = FreshnessPolicy.from_settings(settings)
+        self._feed = FeedLiveness(False, "not read yet")
+        self._silent: dict[str, str] = {}  # symbols the feed reported silent, with the reason (logged once)
         self._redis_down = False
         self._started = False
         self._subscriptions_ensured = False
@@ -161,16 +169,9 @@ class Monitor:
     # --- the sweep ---------------------------------------------------------------------------------
 
     async def feed_live(self) -> bool:
-        """The feed is live when `feed:status` says connected and the feed process's heartbeat is fresh."""
-        raw = cast(dict[str, str], await self._redis.hgetall(keys.FEED_STATUS))
-        try:
-            status = FeedStatus.from_redis(raw)
-        except MalformedRecord as exc:
-            self._report_bad_once(keys.FEED_STATUS, str(exc))
-            return False
-        if not status.connected:
-            return False
-        return await heartbeat_age_s(self._redis, "feed", self._clock) is not None
+        """The feed is live when `feed:status` says connected and the feed process's heartbeat is recent."""
+        self._feed = await read_feed_liveness(self._redis, self._policy, self._clock)
+        return self._feed.live
 
     async def sweep_once(self) -> SweepReport:
         """Check every open position on its cached price once; start closes, retries and reconciles as due."""
@@ -214,6 +215,7 @@ class Monitor:
                 else:
                     fresh[symbol] = known
         self._watch = fresh
+        await self._journal_cap.enforce()
         # older changes are in this read; keep one sweep's worth more for a sweep still running (tests overlap them)
         self._touched = {s: n for s, n in self._touched.items() if n > self._last_sweep_began}
         self._last_sweep_began = began
@@ -223,23 +225,18 @@ class Monitor:
         return report
 
     async def _check(
-        self, position: Position, cached: CachedPrice | MalformedRecord | None, report: SweepReport, now: float
+        self, position: Position, cached: PriceTruth | MalformedRecord | None, report: SweepReport, now: float
     ) -> None:
         symbol = position.symbol
         if isinstance(cached, MalformedRecord):
             report.malformed += 1
             self._report_bad_once(keys.price(symbol), str(cached))
             return
+        self._reported_bad.pop(keys.price(symbol), None)
         view = None
         if cached is not None:
-            view = view_of(
-                cached.ltp,
-                cached.as_of,
-                now,
-                feed_live=report.feed_live,
-                stale_after_s=self._settings.price_stale_after_s,
-                expire_after_s=self._settings.price_cache_ttl_s,
-            )
+            view = view_of(cached.ltp, self._policy.judge(cached, now, self._feed))
+            self._note_silent(symbol, cached.silent)
         if view is None:
             # A position opened a moment ago on a live feed is waiting for its first tick, not unmonitored.
             if report.feed_live and now - position.opened_at < self._settings.price_stale_after_s:
@@ -274,6 +271,15 @@ class Monitor:
         else:
             logger.warning("Feed is not live: checking SL/TP on cached prices")
         self._feed_live = live
+
+    def _note_silent(self, symbol: str, reason: str | None) -> None:
+        """Say once when the feed finds a guarded instrument silent (its price ages from its last tick)."""
+        if reason is None:
+            if self._silent.pop(symbol, None) is not None:
+                logger.info(f"{symbol} is ticking again")
+        elif symbol not in self._silent:
+            self._silent[symbol] = reason
+            tagged("WARNING").warning(f"{symbol}: {reason}; checking SL/TP on its cached price with its true age")
 
     async def _lost_price(self, position: Position, now: float) -> None:
         """Layer 3: say it once per outage per position, record it on the position and raise an alert event."""
@@ -316,13 +322,15 @@ class Monitor:
     def on_notice(self, payload: str) -> int:
         """Decide every watched symbol of one tick notice on the notice's price. Returns closes started."""
         try:
-            as_of, prices = parse_tick_notice(payload)
+            as_of, prices, rest = parse_notice(payload)
         except (ValueError, KeyError, TypeError):
             self.bad_notices += 1
             return 0
+        # A notice is published only for prices just written: live from the WebSocket, or a REST poll's answer.
+        source = PriceSource.REST if rest else PriceSource.LIVE
         for symbol in self._refreshing:  # decided as soon as its refresh lands
             if symbol in prices:
-                self._pending.setdefault(symbol, []).append((prices[symbol], as_of))
+                self._pending.setdefault(symbol, []).append((prices[symbol], as_of, source))
         watch = self._watch
         if not watch:
             return 0
@@ -337,12 +345,11 @@ class Monitor:
         started = 0
         for symbol, ltp in hits:
             try:
-                price = to_paise(ltp)
+                price = ltp_paise(ltp)
             except ValueError:
-                self.bad_notices += 1
+                self.bad_notices += 1  # one absurd price skips only itself
                 continue
-            # A notice is published only for a frame the feed just received: the price is live.
-            if self._evaluate(watch[symbol], PriceView(price, PriceSource.LIVE, age_s), now):
+            if self._evaluate(watch[symbol], PriceView(price, source, age_s), now):
                 started += 1
         return started
 
@@ -562,9 +569,9 @@ class Monitor:
         if position is not None and position.state is PositionState.OPEN and not self._busy(symbol):
             self._watch[symbol] = position
             now = self._clock.now()
-            for ltp, as_of in pending:  # notices that arrived during the read, in order
+            for ltp, as_of, source in pending:  # notices that arrived during the read, in order
                 with contextlib.suppress(ValueError):
-                    view = PriceView(to_paise(ltp), PriceSource.LIVE, max(0.0, now - as_of))
+                    view = PriceView(ltp_paise(ltp), source, max(0.0, now - as_of))
                     if self._evaluate(position, view, now):
                         break
         elif position is None or position.state is not PositionState.OPEN:
@@ -610,8 +617,11 @@ class Monitor:
                 self._redis_lost(exc)
             except Exception:
                 logger.exception("Sweep failed; the next one runs as scheduled")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that lands as the wake
+            # event is set (a stop would then wait for a second cancel).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.monitor_sweep_interval_s)
+                async with asyncio.timeout(self._settings.monitor_sweep_interval_s):
+                    await self._wake.wait()
 
     async def _listen_loop(self) -> None:
         delay_s = _PUBSUB_RETRY_S[0]
@@ -641,14 +651,22 @@ class Monitor:
 
     async def run(self) -> None:
         """The service: heartbeat, sweep loop and tick listener until cancelled; closes in flight get to finish."""
+        loops = [
+            asyncio.create_task(
+                beat_forever(self._redis, SERVICE, self._settings, self._clock), name="monitor.heartbeat"
+            ),
+            asyncio.create_task(self._sweep_loop(), name="monitor.sweep"),
+            asyncio.create_task(self._listen_loop(), name="monitor.ticks"),
+            asyncio.create_task(self.reconciler.run(), name="monitor.reconcile"),
+        ]
         try:
-            async with asyncio.TaskGroup() as tg:
-                heartbeat = beat_forever(self._redis, SERVICE, self._settings, self._clock)
-                tg.create_task(heartbeat, name="monitor.heartbeat")
-                tg.create_task(self._sweep_loop(), name="monitor.sweep")
-                tg.create_task(self._listen_loop(), name="monitor.ticks")
-                tg.create_task(self.reconciler.run(), name="monitor.reconcile")
+            ended, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for loop in ended:
+                loop.result()  # the loops run forever: one that ended has crashed
         finally:
+            # Not a TaskGroup: it cancels its tasks once, and a cancel lost inside redis-py (Python 3.11) would
+            # keep a loop, and so the service, running after SIGTERM. cancel_and_wait cancels again.
+            await cancel_and_wait(loops)
             await self.drain(timeout_s=self._settings.broker_timeout_s, cancel_after=True)
 
     async def drain(self, timeout_s: float | None = None, *, cancel_after: bool = False) -> None:

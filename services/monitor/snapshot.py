@@ -17,32 +17,25 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from libs.common import keys
+from libs.common.freshness import TRUTH_FIELDS, PriceTruth
 from libs.common.models import MalformedRecord, Position
-from libs.common.money import Paise, to_paise
+from libs.common.money import Paise, ltp_paise
 
 SLICE = 200  # symbols per script call: bounds how long Redis, then the event loop, are held by one slice
 
 # ARGV: the position and price key prefixes (from `keys`, so names stay defined once), then the symbols.
-# Returns per symbol {sha1 of its position hash (false when absent), ltp, as_of}.
+# Returns per symbol {sha1 of its position hash (false when absent), then the price's TRUTH_FIELDS}.
 _READ_SLICE = """
 local out = {}
 for i = 3, #ARGV do
   local flat = redis.call('HGETALL', ARGV[1] .. ARGV[i])
   local digest = false
   if #flat > 0 then digest = redis.sha1hex(table.concat(flat, '\\0')) end
-  local price = redis.call('HMGET', ARGV[2] .. ARGV[i], 'ltp', 'as_of')
-  out[#out + 1] = {digest, price[1], price[2]}
+  local price = redis.call('HMGET', ARGV[2] .. ARGV[i], FIELDS)
+  out[#out + 1] = {digest, unpack(price)}
 end
 return out
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class CachedPrice:
-    """The two fields of `price:SYMBOL` a check needs."""
-
-    ltp: Paise
-    as_of: float
+""".replace("FIELDS", ", ".join(f"'{name}'" for name in TRUTH_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +43,7 @@ class Snapshot:
     """Per open symbol: its position (or why it cannot be read) and its cached price (None when absent)."""
 
     positions: dict[str, Position | MalformedRecord]
-    prices: dict[str, CachedPrice | MalformedRecord | None]
+    prices: dict[str, PriceTruth | MalformedRecord | None]
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -79,7 +72,7 @@ class SnapshotReader:
     async def read(self) -> Snapshot:
         """Every symbol in `positions:open` with its position and cached price."""
         positions: dict[str, Position | MalformedRecord] = {}
-        prices: dict[str, CachedPrice | MalformedRecord | None] = {}
+        prices: dict[str, PriceTruth | MalformedRecord | None] = {}
         async for part in self.read_slices():
             positions.update(part.positions)
             prices.update(part.prices)
@@ -102,15 +95,15 @@ class SnapshotReader:
             if changed:
                 await self._parse_changed(changed, parsed)
             positions: dict[str, Position | MalformedRecord] = {}
-            prices: dict[str, CachedPrice | MalformedRecord | None] = {}
-            for symbol, (digest, ltp, as_of) in zip(part, rows, strict=True):
+            prices: dict[str, PriceTruth | MalformedRecord | None] = {}
+            for symbol, (digest, *truth) in zip(part, rows, strict=True):
                 if not digest:
                     positions[symbol] = _missing(symbol)
                 else:
                     known = parsed.get(symbol) or self._parsed[symbol]
                     parsed[symbol] = known
                     positions[symbol] = known[1]
-                prices[symbol] = self._price(symbol, ltp, as_of)
+                prices[symbol] = self._price(symbol, dict(zip(TRUTH_FIELDS, truth, strict=True)))
             yield Snapshot(positions, prices)
         self._parsed = parsed
         self._ltps = {s: v for s, v in self._ltps.items() if s in parsed}
@@ -129,16 +122,17 @@ class SnapshotReader:
                 position = exc
             parsed[symbol] = (digest, position)
 
-    def _price(self, symbol: str, ltp: str | None, as_of: str | None) -> CachedPrice | MalformedRecord | None:
-        if ltp is None and as_of is None:
+    def _price(self, symbol: str, values: dict[str, str | None]) -> PriceTruth | MalformedRecord | None:
+        ltp = values["ltp"]
+        if ltp is None and values["as_of"] is None:
             return None
         try:
             known = self._ltps.get(symbol)
             if known is not None and known[0] == ltp:
                 paise = known[1]
             else:
-                paise = to_paise(str(ltp))
+                paise = ltp_paise(str(ltp))
                 self._ltps[symbol] = (str(ltp), paise)
-            return CachedPrice(ltp=paise, as_of=float(str(as_of)))
+            return PriceTruth.from_fields(values, parsed_ltp=paise)
         except ValueError as exc:
             return MalformedRecord(f"price:{symbol}: {exc}")

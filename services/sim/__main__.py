@@ -20,9 +20,11 @@ control API (no token needed), on http://SIM_HOST:SIM_PORT:
   POST /sim/price   {"symbol": "BOSCHLTD", "ltp": 575.0}    set and pin a price (tick sent at once)
                     {"symbol": "BOSCHLTD", "release": true}  let the random walk move it again
   POST /sim/trade   {"symbol": "BOSCHLTD", "side": "buy", "quantity": 10}  a trade outside the guard
+  POST /sim/instrument {"symbol": "BOSCHLTD", "halted": true}  halt one instrument (no ticks); false resumes
   POST /sim/faults  {"kind": K, "duration_s": N}  K = drop | close | mute | auth | rest_down
                     | partial_fill ("ratio") | slow_fill ("delay_s") | reply_lost | reject ("message") | ip_block
                     (close also takes "code": 1000 | 1011)
+                    K = reply_delay with "delay_s": S: orders fill at once, their answer is held S s
   POST /sim/market  {"status": "NORMAL_CLOSE"}    force segment status (null = follow the clock)
   POST /sim/step    {"steps": N}                  move the market N steps now
   GET  /sim/orders  every order placed

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from services.sim.server import Simulator
 
 INSTRUMENT_FILES = ("complete", "NSE")
+LTP_MAX_KEYS = 500
 
 
 def bearer(request: Request) -> str:
@@ -131,6 +132,7 @@ def create_app(sim: Simulator) -> FastAPI:
                 f"sim order {order.order_id} {order.transaction_type} {order.quantity} "
                 f"{order.instrument.trading_symbol} {order.order_type}: {order.status}"
             )
+        await sim.faults.hold_reply()  # reply_delay: filled above, the answer waits
         return placed, (sim.clock.monotonic() - started) * 1000
 
     def _reply(body: dict[str, Any]) -> Any:
@@ -192,7 +194,10 @@ def create_app(sim: Simulator) -> FastAPI:
     # --- quotes and instruments ----------------------------------------------------------------
     def _ltp(instrument_key: str, v3: bool) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        for key in (k.strip() for k in instrument_key.split(",") if k.strip()):
+        wanted = [k.strip() for k in instrument_key.split(",") if k.strip()]
+        if len(wanted) > LTP_MAX_KEYS:
+            raise UpstoxError(400, errors.INVALID_INPUT, f"at most {LTP_MAX_KEYS} instrument keys per request")
+        for key in wanted:
             idx = sim.market.index.get(key)
             if idx is None:
                 continue
@@ -201,7 +206,8 @@ def create_app(sim: Simulator) -> FastAPI:
             row: dict[str, Any] = {"last_price": rupees(quote.ltp), "instrument_token": key}
             if v3:
                 row.update(ltq=quote.ltq, volume=quote.vtt, cp=rupees(quote.close))
-            data[f"{inst.segment}:{inst.trading_symbol}"] = row
+            # Keyed SEGMENT:SYMBOL as Upstox does ("NSE_EQ:NHPC"; indices by name, "NSE_INDEX:Nifty 50").
+            data[f"{inst.segment}:{inst.name if inst.is_index else inst.trading_symbol}"] = row
         return success(data)
 
     @app.get("/v2/market-quote/ltp")
@@ -228,12 +234,18 @@ class PriceControl(BaseModel):
     release: bool = False
 
 
+class InstrumentControl(BaseModel):
+    symbol: str
+    halted: bool
+
+
 class FaultControl(BaseModel):
     kind: FaultKind
     duration_s: float = Field(0.0, ge=0)
     code: Literal[1000, 1011] = 1000
     ratio: float | None = Field(None, ge=0, lt=1)  # partial_fill: the share that fills
-    delay_s: float | None = Field(None, ge=0)  # slow_fill: how long orders rest open
+    # slow_fill: how long orders rest open; reply_delay: how long an order's answer is held
+    delay_s: float | None = Field(None, ge=0, le=600)
     message: str | None = Field(None, min_length=1, max_length=200)  # reject: the status_message
     orders: int = Field(0, ge=0, le=1000)  # partial_fill: only the window's first N orders (0: all)
 
@@ -267,6 +279,14 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
         sim.market.set_price(body.symbol, to_paise(body.ltp))
         logger.info(f"sim control: {body.symbol} set to ₹{body.ltp:.2f} and pinned")
         return {"symbol": body.symbol, "ltp": rupees(to_paise(body.ltp)), "pinned": True}
+
+    @app.post("/sim/instrument")
+    async def instrument(body: InstrumentControl) -> dict[str, Any]:
+        if sim.market.by_symbol.get(body.symbol) is None:
+            return JSONResponse({"detail": f"unknown symbol {body.symbol}"}, 404)  # type: ignore[return-value]
+        sim.market.halt(body.symbol, body.halted)
+        logger.info(f"sim control: {body.symbol} {'halted' if body.halted else 'trading again'}")
+        return {"symbol": body.symbol, "halted": body.halted}
 
     @app.post("/sim/trade")
     async def trade(body: TradeControl) -> dict[str, Any]:

@@ -6,15 +6,19 @@ injected market clock.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from typing import Literal
 
 FaultKind = Literal[
-    "drop", "close", "mute", "auth", "rest_down", "partial_fill", "slow_fill", "reply_lost", "reject", "ip_block"
-]
+    "drop", "close", "mute", "auth", "rest_down", "reply_delay",
+    "partial_fill", "slow_fill", "reply_lost", "reject", "ip_block",
+]  # fmt: skip
 FAULT_KINDS: tuple[FaultKind, ...] = (
-    "drop", "close", "mute", "auth", "rest_down", "partial_fill", "slow_fill", "reply_lost", "reject", "ip_block"
+    "drop", "close", "mute", "auth", "rest_down", "reply_delay",
+    "partial_fill", "slow_fill", "reply_lost", "reject", "ip_block",
 )  # fmt: skip
 CODE_TTL_S = 300.0
 
@@ -28,6 +32,8 @@ class Faults:
         self.fill_ratio = 0.5  # partial_fill: the share of an order that fills
         self.fill_delay_s = 2.0  # slow_fill: how long an order rests open
         self.reject_message = "Order rejected by RMS (simulated)"
+        self.reply_delay_s = 0.0  # reply_delay: an order is filled at once, its answer held this long
+        self._replies_released = asyncio.Event()
         self.counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         self._uses_left: dict[str, int] = {}  # faults limited to their first N orders
 
@@ -62,10 +68,25 @@ class Faults:
     def remaining_s(self, kind: FaultKind) -> float:
         return max(0.0, self._until.get(kind, 0.0) - time.monotonic())
 
+    async def hold_reply(self) -> None:
+        """Hold an order's answer for `reply_delay_s`, or until the reply_delay window ends or is replaced."""
+        wait_s = min(self.reply_delay_s, self.remaining_s("reply_delay"))
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._replies_released.wait()
+
+    def release_replies(self) -> None:
+        """Send every held answer now (a new reply_delay window, or a reset)."""
+        self._replies_released.set()
+        self._replies_released = asyncio.Event()
+
     def clear(self) -> None:
         self._until.clear()
         self._uses_left.clear()
         self.close_code = 1000
+        self.reply_delay_s = 0.0
+        self.release_replies()
 
     def snapshot(self) -> dict[str, float]:
         """Active fault kinds and the seconds left in each."""

@@ -2,8 +2,10 @@
 
 Prices are integer paise, always on the instrument's tick and inside its daily band (a pinned price set
 through `/sim/price` is the one exception: it is a control, not a trade). The walk is driven by `step()`;
-the same seed and the same number of steps give the same prices, whatever is pinned (a pinned instrument
-still consumes its random draw, so pins never shift the other instruments' paths).
+the same seed and the same number of steps give the same prices, whatever is pinned or halted (both still
+consume their random draws, so they never shift the other instruments' paths). A pinned instrument keeps
+trading at its pinned price (fresh trade time and volume, like a stock holding a level); a halted one does not
+trade at all while the others go on (an exchange halt of one instrument, `POST /sim/instrument`).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class Market:
         self._bands = [inst.band_paise for inst in instruments]
         self._is_index = [inst.is_index for inst in instruments]
         self.pinned: set[int] = set()
+        self.halted: set[int] = set()
         self.forced_status: dict[str, str] = {}
         self.steps = 0
         self._rng = random.Random(seed)
@@ -125,6 +128,7 @@ class Market:
         """Back to the previous close for every instrument, same seed, no pins, no forced status."""
         self._rng = random.Random(self.seed)
         self.pinned.clear()
+        self.halted.clear()
         self.forced_status.clear()
         self.steps = 0
         now_ms = self._now_ms()
@@ -204,17 +208,22 @@ class Market:
         closed = {seg for seg, name in status.items() if name != "NORMAL_OPEN"}
         now_ms = self._now_ms()
         pinned = self.pinned
+        halted = self.halted
         is_index = self._is_index
         instruments = self.instruments
         quotes = self.quotes
         changed: list[int] = []
         for idx, draw, qty in zip(chosen, draws, qtys, strict=True):
-            if idx in pinned:
+            if idx in halted:
                 continue
             inst = instruments[idx]
             if closed and inst.segment in closed:
                 continue
             ltp = quotes[idx].ltp
+            if idx in pinned:  # holds its level: trades again at the pinned price
+                self._trade(idx, ltp, 0 if is_index[idx] else qty, now_ms)
+                changed.append(idx)
+                continue
             low, high = self._bands[idx]
             price = ltp + draw * inst.tick_size_paise
             if price > high or price < low:  # bounce off the circuit limit
@@ -260,6 +269,16 @@ class Market:
         if idx is None:
             raise KeyError(symbol)
         self.pinned.discard(idx)
+
+    def halt(self, symbol: str, halted: bool) -> None:
+        """Stop (or resume) all trading of `symbol`: no ticks while halted, the others go on."""
+        idx = self.by_symbol.get(symbol)
+        if idx is None:
+            raise KeyError(symbol)
+        if halted:
+            self.halted.add(idx)
+        else:
+            self.halted.discard(idx)
 
     def record_fill(self, instrument_key: str, qty: int) -> None:
         """An order filled at the current price: count its volume (the price does not move)."""

@@ -218,12 +218,13 @@ class Simulator:
         message: str | None = None,
         orders: int = 0,
     ) -> None:
-        """Start a fault (see `POST /sim/faults`); `ratio` (partial_fill), `delay_s` (slow_fill) and `message`
-        (reject) shape the order faults; `orders` limits partial_fill to the window's first N orders."""
+        """Start a fault (see `POST /sim/faults`); `ratio` (partial_fill), `delay_s` (slow_fill: how long orders
+        rest open; reply_delay: how long an order's answer is held) and `message` (reject) shape the order faults;
+        `orders` limits partial_fill to the window's first N orders."""
         logger.warning(f"sim fault injected: {kind} for {duration_s}s")
         if ratio is not None:
             self.faults.fill_ratio = ratio
-        if delay_s is not None:
+        if delay_s is not None and kind == "slow_fill":
             self.faults.fill_delay_s = delay_s
         if message is not None:
             self.faults.reject_message = message
@@ -236,6 +237,10 @@ class Simulator:
             self.faults.close_code = code
             self.faults.start(kind, duration_s)
             await self.feeder.close_all(code)
+        elif kind == "reply_delay":
+            self.faults.release_replies()  # answers held by an earlier window go now
+            self.faults.reply_delay_s = delay_s or 0.0
+            self.faults.start(kind, duration_s)
         else:
             self.faults.start(kind, duration_s)
 
@@ -261,6 +266,7 @@ class Simulator:
             "steps": self.market.steps,
             "segment_status": self.market.segment_status(),
             "pinned": sorted(self.instruments[i].trading_symbol for i in self.market.pinned),
+            "halted": sorted(self.instruments[i].trading_symbol for i in self.market.halted),
             "faults": self.faults.snapshot(),
             "fault_counts": self.faults.counts,
             "connections": self.feeder.state(),

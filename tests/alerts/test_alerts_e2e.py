@@ -51,7 +51,8 @@ async def settled(stack: Stack) -> bool:
 async def test_example_2_alerts_arrive_in_order_each_once(tmp_path: Path) -> None:
     """The guide's Example 2: feed down, stale, cannot monitor (with the curl), closed by api, recovered."""
     with Receiver() as receiver:
-        env = alert_env(receiver, PRICE_STALE_AFTER_S="2", PRICE_CACHE_TTL_S="5")
+        # The guide's layers as written: no REST LTP poll (Layer 2b would keep prices fresh through the drop).
+        env = alert_env(receiver, PRICE_STALE_AFTER_S="2", PRICE_CACHE_TTL_S="5", REST_POLL_INTERVAL_S="3600")
         async with Stack(tmp_path, **env) as stack:
             await stack.start("sim", "feed", "monitor", "api")
             await stack.set_price("BOSCHLTD", 720.0)

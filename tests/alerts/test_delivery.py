@@ -59,8 +59,8 @@ async def test_two_instances_send_every_alert_once(tmp_path: Path) -> None:
         async with Stack(tmp_path, **alert_env(receiver, HEARTBEAT_TTL_S="1")) as stack:
             await stack.start("alerts")
             second = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
-                [sys.executable, "-m", "services.alerts"], cwd=tmp_path, env=stack.env_of("alerts"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [sys.executable, "-m", "services.alerts"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **stack.place_of("alerts"),
             )  # fmt: skip
             try:
                 symbols = [f"SYM{i:02d}" for i in range(20)]

@@ -60,7 +60,7 @@ def make_api(redis: Redis) -> ApiFactory:
         app = create_app(settings, broker=broker or PaperBroker(), http=probe_http, **kw)
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client,
         ):
             yield client
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from pydantic import SecretStr
 
 from libs.common.settings import Settings
 from tests.alerts.receiver import Receiver
 from tests.api.conftest import ApiFactory
 from tests.helpers import free_port
+
+pytestmark = pytest.mark.integration
 
 
 async def test_test_alert_reports_per_url_whether_it_went_out(make_api: ApiFactory, api_settings: Settings) -> None:

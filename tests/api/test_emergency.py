@@ -73,6 +73,19 @@ async def test_price_source_follows_the_layers(
     assert body["exit_price"] == 700.0
 
 
+async def test_connected_status_with_an_expired_feed_heartbeat_is_a_cached_price_not_live(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    """The feed died while connected: `feed:status` still says so, but without a heartbeat the price is cached."""
+    now = time.time()
+    await feed_live(redis, now)
+    await redis.delete(keys.heartbeat("feed"))
+    await write_prices(redis, now - 5, {"BOSCHLTD": "700.00"})
+    await opened(client)
+    body = (await client.post(CLOSE, json={"symbol": "BOSCHLTD", "reason": "emergency"})).json()
+    assert (body["price_source"], body["exit_price"]) == ("cached", 700.0)
+
+
 async def test_unknown_symbol_is_404_and_a_closed_one_409(client: httpx.AsyncClient, redis: Redis) -> None:
     missing = await client.post(CLOSE, json={"symbol": "NOSUCH", "reason": "emergency"})
     assert missing.status_code == 404
@@ -145,6 +158,19 @@ async def test_no_cached_price_reaches_the_broker_without_one(
         assert "none is cached" in resp.json()["detail"]
 
 
+async def test_a_price_older_than_the_cache_ttl_is_not_a_decision_price(
+    make_api: ApiFactory, api_settings: Settings, redis: Redis
+) -> None:
+    """Layer 3 in the emergency path: a price past PRICE_CACHE_TTL_S (still in Redis: the feed's expiry can be
+    longer than the api's setting) is not used; the broker prices the close (PaperBroker cannot: 503)."""
+    await write_prices(redis, time.time() - api_settings.price_cache_ttl_s - 1, {"BOSCHLTD": "700.00"}, ttl_s=1000)
+    async with make_api(api_settings) as client:
+        await opened(client)
+        resp = await client.post(CLOSE, json={"symbol": "BOSCHLTD", "reason": "emergency"})
+        assert resp.status_code == 503
+        assert "none is cached" in resp.json()["detail"]
+
+
 async def test_fifty_concurrent_closes_one_success_one_order(
     make_api: ApiFactory, api_settings: Settings, redis: Redis
 ) -> None:
@@ -152,6 +178,8 @@ async def test_fifty_concurrent_closes_one_success_one_order(
     broker = CountingBroker(delay_s=0.05)
     async with make_api(api_settings, broker=broker) as client:
         await opened(client)
+        # Warm the app's Redis pool: 50 requests at once leave 50 open connections for the racing closes.
+        await asyncio.gather(*(client.get("/api/v1/positions/BOSCHLTD") for _ in range(50)))
         responses = await asyncio.gather(
             *(client.post(CLOSE, json={"symbol": "BOSCHLTD", "reason": "emergency"}) for _ in range(50))
         )
@@ -201,3 +229,18 @@ async def test_a_failed_attempt_does_not_use_up_its_key(
     assert retried.status_code == 200
     assert "Idempotent-Replayed" not in retried.headers
     assert broker.orders == 2
+
+
+async def test_a_killed_feed_is_not_live_even_though_its_status_says_connected(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    """SIGKILL leaves `connected` in feed:status; the heartbeat stops: the close records cached, with its true age."""
+    now = time.time()
+    await feed_live(redis, now - 20)  # the last beat and status write of a feed killed 20 s ago
+    await write_prices(redis, now - 20, {"BOSCHLTD": "700.00"})
+    await opened(client)
+    body = (await client.post(CLOSE, json={"symbol": "BOSCHLTD", "reason": "emergency"})).json()
+    assert body["price_source"] == "cached"
+    assert 19 <= body["price_age_seconds"] <= 22
+    journal = (await client.get("/api/v1/positions/closed")).json()["closes"]
+    assert [(c["price_source"], 19 <= c["price_age_s"] <= 22) for c in journal] == [("cached", True)]

@@ -29,7 +29,7 @@ EXAMPLES_PER_OPERATION = 25
 
 def test_no_request_the_spec_allows_gets_a_5xx(settings: Settings) -> None:
     app = create_app(
-        settings.model_copy(update={"broker": "paper"}),
+        settings.model_copy(update={"broker": "paper", "api_allowed_hosts": ["testserver"]}),  # schemathesis' Host
         broker=PaperBroker(),
         http=httpx.AsyncClient(transport=httpx.MockTransport(profile_ok)),
     )

@@ -73,6 +73,7 @@ async def test_open_positions_come_first_then_a_sample_up_to_limit(client: httpx
     assert entries["BOSCHLTD"]["status"] == "stale"
     assert entries["NOPRICE"] == {
         "price": None, "age_seconds": None, "is_stale": True, "status": "expired", "has_open_position": True,
+        "source": None, "reason": "no cached price",
     }  # fmt: skip
     assert body["price_cache"]["open_positions"] == {"fresh": 0, "stale": 1, "expired": 1}
     assert body["price_cache"]["cached_symbols"] == 21

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,20 +16,19 @@ from redis.asyncio import Redis
 
 from libs.common.settings import Settings
 from services.sim.server import running_simulator
-from tests.helpers import eventually, free_port
+from tests.helpers import ChildPlace, eventually, free_port, sealed_child
 
 pytestmark = pytest.mark.e2e
 
 
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTOX_", "API_", "SIM_", "REDIS_", "BROKER"))}
-    return {**keep, "REDIS_URL": settings.redis_url, "LOG_LEVEL": "INFO", **extra}
+def _place(settings: Settings, cwd: Path, **extra: str) -> ChildPlace:
+    return sealed_child(cwd, REDIS_URL=settings.redis_url, LOG_LEVEL="INFO", **extra)
 
 
 @contextmanager
-def api_process(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+def api_process(place: ChildPlace) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "services.api"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **place
     )
     try:
         yield proc
@@ -45,13 +44,17 @@ def api_process(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
             proc.stdout.close()
 
 
-async def test_emergency_close_end_to_end_through_the_simulator(settings: Settings, redis: Redis) -> None:
+async def test_emergency_close_end_to_end_through_the_simulator(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
     sim_settings = settings.model_copy(update={"sim_port": free_port()})
     async with running_simulator(sim_settings, rest_port=sim_settings.sim_port) as sim:
         sim.market.set_price("BOSCHLTD", 57500)
         port = free_port()
-        env = _env(settings, API_PORT=str(port), SIM_HOST="127.0.0.1", SIM_PORT=str(sim_settings.sim_port))
-        with api_process(env) as proc:
+        place = _place(
+            settings, tmp_path, API_PORT=str(port), SIM_HOST="127.0.0.1", SIM_PORT=str(sim_settings.sim_port)
+        )
+        with api_process(place) as proc:
             base = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=base, timeout=10) as http:
 
@@ -99,10 +102,10 @@ async def test_emergency_close_end_to_end_through_the_simulator(settings: Settin
             assert sim.token not in output
 
 
-def test_beyond_loopback_without_api_key_exits_2_with_one_line(settings: Settings) -> None:
-    env = _env(settings, API_HOST="0.0.0.0", API_PORT=str(free_port()))
+def test_beyond_loopback_without_api_key_exits_2_with_one_line(settings: Settings, tmp_path: Path) -> None:
+    place = _place(settings, tmp_path, API_HOST="0.0.0.0", API_PORT=str(free_port()))
     done = subprocess.run(
-        [sys.executable, "-m", "services.api"], env=env, capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-m", "services.api"], capture_output=True, text=True, timeout=30, check=False, **place
     )
     assert done.returncode == 2
     errors = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if "[ERROR]" in line]
@@ -110,7 +113,7 @@ def test_beyond_loopback_without_api_key_exits_2_with_one_line(settings: Setting
     assert "API_KEY must be set when API_HOST is '0.0.0.0'" in errors[0]
 
 
-def test_check_fails_without_a_heartbeat(settings: Settings) -> None:
+def test_check_fails_without_a_heartbeat(settings: Settings, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "services.api", "--check"]
-    done = subprocess.run(command, env=_env(settings), capture_output=True, timeout=30, check=False)
+    done = subprocess.run(command, capture_output=True, timeout=30, check=False, **_place(settings, tmp_path))
     assert done.returncode == 1

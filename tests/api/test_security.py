@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -46,9 +48,49 @@ async def test_with_a_key_every_mutation_requires_it(
             "/api/v1/positions/BOSCHLTD", json={"stop_loss": 700}, headers={"Authorization": f"Bearer {KEY}"}
         )
         assert patched.status_code == 200
-        # reading needs no key
-        assert (await client.get("/api/v1/positions")).status_code == 200
-        assert (await client.get("/api/v1/monitoring/connection-health")).status_code == 200
+        # reading needs the key too
+        for url in ("/api/v1/positions", "/api/v1/positions/closed", "/api/v1/monitoring/connection-health"):
+            assert (await client.get(url)).status_code == 401, url
+            assert (await client.get(url, headers={"X-API-Key": KEY})).status_code == 200, url
+        assert (await client.get("/api/v1/monitoring/status", headers={"X-API-Key": "wrong"})).status_code == 401
+    async with make_api(settings.model_copy(update={"api_public_reads": True})) as client:
+        assert (await client.get("/api/v1/positions")).status_code == 200  # API_PUBLIC_READS: reads open
+        assert (await client.post("/api/v1/positions", json=BOSCH)).status_code == 401  # mutations never
+
+
+async def test_a_foreign_host_is_refused_and_changes_nothing(client: httpx.AsyncClient) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends `Host: evil.example`."""
+    assert (await client.post("/api/v1/positions", json=BOSCH)).status_code == 201
+    evil = {"Host": "evil.example"}
+    requests = [
+        ("PATCH", "/api/v1/positions/BOSCHLTD", {"stop_loss": 1}),
+        ("POST", "/api/v1/monitoring/emergency-close-position", {"symbol": "BOSCHLTD", "reason": "emergency"}),
+        ("GET", "/api/v1/positions", None),
+    ]
+    for method, url, body in requests:
+        resp = await client.request(method, url, json=body, headers=evil)
+        assert resp.status_code == 400, (method, url)
+        assert resp.text == "Invalid host header"
+    position = (await client.get("/api/v1/positions/BOSCHLTD")).json()
+    assert (position["state"], position["stop_loss"]) == ("open", 698.25)
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        assert (await client.get("/api/v1/positions", headers={"Host": host})).status_code == 200, host
+
+
+async def test_api_allowed_hosts_extends_the_loopback_names(
+    make_api: ApiFactory, api_settings: Settings, redis: Redis
+) -> None:
+    async with make_api(api_settings.model_copy(update={"api_allowed_hosts": ["guard.lan"]})) as client:
+        assert (await client.get("/api/v1/positions", headers={"Host": "guard.lan:8000"})).status_code == 200
+        assert (await client.get("/api/v1/positions", headers={"Host": "evil.example"})).status_code == 400
+
+
+async def test_a_body_without_a_json_content_type_is_refused(client: httpx.AsyncClient) -> None:
+    """A page's cross-site "simple" POST (text/plain, no CORS preflight) must not reach an endpoint."""
+    for headers in ({"content-type": "text/plain"}, {}):
+        resp = await client.post("/api/v1/positions", content=json.dumps(BOSCH), headers=headers)
+        assert resp.status_code == 422, headers
+    assert (await client.get("/api/v1/positions")).json()["positions"] == []
 
 
 async def test_bodies_over_the_limit_are_413(make_api: ApiFactory, api_settings: Settings, redis: Redis) -> None:

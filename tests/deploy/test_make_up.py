@@ -11,11 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, sealed_child
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+# Local mode even where a Docker engine answers: Compose's fixed container names would take over a developer's stack.
+LOCAL = ("MODE=local",)
 
 
 def _processes_under(folder: Path) -> list[str]:
@@ -34,28 +36,29 @@ def _processes_under(folder: Path) -> list[str]:
     return found
 
 
-def _curl(*args: str) -> dict[str, object]:
-    out = subprocess.run(["curl", "-s", "--max-time", "10", *args], capture_output=True, text=True, check=True)
+def _curl(cwd: Path, *args: str) -> dict[str, object]:
+    command = ["curl", "-s", "--max-time", "10", *args]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, **sealed_child(cwd))
     return dict(json.loads(out.stdout))
 
 
 @pytest.mark.timeout(300)
 def test_make_up_on_a_clean_checkout_then_make_down_leaves_nothing_behind(tmp_path: Path) -> None:
     checkout = tmp_path / "guard"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True, **sealed_child(tmp_path))
     (checkout / ".venv").symlink_to(ROOT / ".venv")  # the installed environment; the code is the clone's HEAD
     redis_port, api_port, sim_port = free_port(), free_port(), free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("UPSTOX_", "API_", "SIM_", "REDIS_", "LOG_"))},
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",  # nothing answers there: make up starts its own Redis
-        "SIM_PORT": str(sim_port),
-        "SIM_FEED_PORT": str(free_port()),
-        "API_PORT": str(api_port),
-        "UP_TIMEOUT_S": "120",
-    }
+    place = sealed_child(
+        checkout,
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",  # nothing answers there: make up starts its own Redis
+        SIM_PORT=str(sim_port),
+        SIM_FEED_PORT=str(free_port()),
+        API_PORT=str(api_port),
+        UP_TIMEOUT_S="120",
+    )
     api = f"http://127.0.0.1:{api_port}/api/v1"
     try:
-        up = subprocess.run(["make", "up"], cwd=checkout, env=env, capture_output=True, text=True, timeout=200)
+        up = subprocess.run(["make", "up", *LOCAL], capture_output=True, text=True, timeout=200, **place)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "mode: local" in up.stdout
         assert "starting a local Redis" in up.stdout
@@ -71,25 +74,26 @@ def test_make_up_on_a_clean_checkout_then_make_down_leaves_nothing_behind(tmp_pa
             time.sleep(0.5)
 
         # the bot's entry: the broker holds the position before the guard is told about it
-        entry = _curl("-X", "POST", f"http://127.0.0.1:{sim_port}/sim/trade", "-H", "Content-Type: application/json",
+        entry = _curl(tmp_path, "-X", "POST", f"http://127.0.0.1:{sim_port}/sim/trade",
+                      "-H", "Content-Type: application/json",
                       "-d", '{"symbol": "BOSCHLTD", "side": "buy", "quantity": 39}')  # fmt: skip
-        assert entry["position"]["quantity"] == 39
-        opened = _curl("-X", "POST", f"{api}/positions", "-H", "Content-Type: application/json",
+        assert entry["position"]["quantity"] == 39  # type: ignore[index]
+        opened = _curl(tmp_path, "-X", "POST", f"{api}/positions", "-H", "Content-Type: application/json",
                        "-d", '{"symbol": "BOSCHLTD", "side": "long", "quantity": 39, "entry_price": 735.0, '
                              '"stop_loss": 698.25}')  # fmt: skip
         assert opened["state"] == "open"
         json_body = ("-H", "Content-Type: application/json", "-d")
-        closed = _curl("-X", "POST", f"{api}/monitoring/emergency-close-position",
+        closed = _curl(tmp_path, "-X", "POST", f"{api}/monitoring/emergency-close-position",
                        *json_body, '{"symbol": "BOSCHLTD", "reason": "emergency"}')  # fmt: skip
         assert closed["status"] == "success"
         assert closed["message"] == "Position BOSCHLTD closed successfully"
         assert (checkout / "logs" / "feed.log").read_text().count("[SUCCESS] WebSocket connection established!") >= 1
         assert (checkout / "data" / "appendonly.aof").exists() or (checkout / "data" / "appendonlydir").exists()
 
-        status = subprocess.run(["make", "status"], cwd=checkout, env=env, capture_output=True, text=True, timeout=60)
+        status = subprocess.run(["make", "status", *LOCAL], capture_output=True, text=True, timeout=60, **place)
         assert "feed: healthy" in status.stdout
     finally:
-        down = subprocess.run(["make", "down"], cwd=checkout, env=env, capture_output=True, text=True, timeout=120)
+        down = subprocess.run(["make", "down", *LOCAL], capture_output=True, text=True, timeout=120, **place)
     assert down.returncode == 0, down.stdout + down.stderr
     deadline = time.monotonic() + 15
     while _processes_under(checkout) and time.monotonic() < deadline:

@@ -14,8 +14,8 @@ seconds of interpreter start-up on a small machine; `stack.check(name)` still ru
 `stack.start("feed", env={...})` gives one service extra settings (kept for its restarts).
 
 Every process gets a private redis-server (AOF on, so a restart keeps positions), free ports, compressed
-time through settings, its own log file under `tmp_path/logs`, and `tmp_path` as its working directory
-(so a developer's `.env` never leaks in).
+time through settings, its own log file under `tmp_path/logs`, and a sealed environment with `tmp_path` as its
+working directory (`tests.helpers.sealed_child`: a developer's exports and `.env` never leak in).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from libs.common.models import FeedStatus, Position
 from libs.common.positions import PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
-from tests.helpers import RedisServer, eventually, free_port, terminate
+from tests.helpers import ChildPlace, RedisServer, eventually, free_port, sealed_child, terminate
 
 SERVICES = ("sim", "feed", "monitor", "api", "alerts")
 _STOP_ORDER = ("alerts", "api", "monitor", "feed", "sim")
@@ -85,7 +85,6 @@ class Stack:
         self.sim_port = free_port()
         self.api_port = free_port()
         self.env: dict[str, str] = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("UPSTOX_", "API_", "SIM_", "REDIS_"))},
             **FAST,
             "REDIS_URL": self.redis_server.url,
             "SIM_PORT": str(self.sim_port),
@@ -171,17 +170,17 @@ class Stack:
             await self.redis.delete(keys.heartbeat(name))  # a restart must not pass on its predecessor's beat
             with (self.logs / f"{name}.stdout").open("ab") as log:  # the child keeps its own descriptor
                 self.procs[name] = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
-                    [sys.executable, "-m", f"services.{name}"],
-                    cwd=self.tmp,
-                    env=self.env_of(name),
-                    stdout=log,
-                    stderr=log,
+                    [sys.executable, "-m", f"services.{name}"], stdout=log, stderr=log, **self.place_of(name)
                 )
         if wait:
             await asyncio.gather(*(self.wait_healthy(name) for name in names_left))
 
     def env_of(self, name: str) -> dict[str, str]:
         return {**self.env, **self.service_env.get(name, {})}
+
+    def place_of(self, name: str) -> ChildPlace:
+        """The sealed environment and working directory of service `name` (see `tests.helpers.sealed_child`)."""
+        return sealed_child(self.tmp, **self.env_of(name))
 
     async def wait_healthy(self, name: str, timeout_s: float = 30) -> None:
         ttl_s = float(self.env["HEARTBEAT_TTL_S"])
@@ -203,7 +202,7 @@ class Stack:
     def check(self, name: str) -> int:
         """Exit code of `python -m services.NAME --check` as a user would run it."""
         return subprocess.run(
-            [sys.executable, "-m", f"services.{name}", "--check"], cwd=self.tmp, env=self.env_of(name), check=False
+            [sys.executable, "-m", f"services.{name}", "--check"], check=False, **self.place_of(name)
         ).returncode
 
     def alive(self, name: str) -> bool:

@@ -12,8 +12,8 @@ from loguru import logger
 from redis.asyncio import Redis
 
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.feed.service import Feed
-from services.feed.tasks import cancel_and_wait
 
 
 class Logs:

@@ -53,3 +53,16 @@ def test_auth_retries_are_slow_with_jitter() -> None:
     values = [o.jittered(60.0) for _ in range(100)]
     assert all(54.0 <= v <= 66.0 for v in values)
     assert len({round(v, 2) for v in values}) > 50
+
+
+def test_after_the_budget_clients_that_dropped_together_still_spread() -> None:
+    """The long outage: many clients past their attempt budget must not retry in lock-step at the cap."""
+    clients = [outage(seed, base=5.0, cap=10.0, budget=10) for seed in range(50)]
+    for _ in range(10):
+        for client in clients:
+            client.next_attempt()
+    for _ in range(5):
+        delays = [client.next_attempt() for client in clients]
+        assert all(8.0 <= d <= 10.0 for d in delays)
+        assert len({round(d, 3) for d in delays}) > 40
+        assert max(delays) - min(delays) > 1.0  # spread over most of the 8-10 s band

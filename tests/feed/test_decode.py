@@ -77,3 +77,33 @@ def test_market_info_tells_whether_the_market_is_open() -> None:
 def test_corrupt_frames_raise(data: bytes | str) -> None:
     with pytest.raises(CorruptFrame):
         decode(data, SYMBOLS)
+
+
+FO = "NSE_FO|50904"
+
+
+@pytest.mark.parametrize(
+    ("key", "ltp", "cp"),
+    [
+        (BOSCH, 1e26, 0.0),  # beyond any price
+        (BOSCH, float("inf"), 735.0),
+        (BOSCH, float("nan"), 735.0),
+        (BOSCH, -575.0, 735.0),
+        (BOSCH, 1200.0, 735.0),  # an equity cannot trade at 1.6x its previous close
+        (NIFTY, 11000.0, 24000.0),  # nor an index at 0.46x
+    ],
+)
+def test_absurd_prices_are_refused_not_written(key: str, ltp: float, cp: float) -> None:
+    msg = pb.FeedResponse(type=pb.live_feed)
+    msg.feeds[key].ltpc.ltp, msg.feeds[key].ltpc.cp = ltp, cp
+    msg.feeds[KAYNES].ltpc.ltp = 204.1  # another symbol in the same frame is untouched
+    frame = decode(msg.SerializeToString(), {**SYMBOLS, FO: "BANKNIFTY CE"})
+    assert frame.ticks == [Tick("KAYNES", KAYNES, "204.10")]
+    assert [symbol for symbol, _ in frame.absurd] == [SYMBOLS[key]]
+
+
+def test_an_option_may_multiply_its_close() -> None:
+    msg = pb.FeedResponse(type=pb.live_feed)
+    msg.feeds[FO].ltpc.ltp, msg.feeds[FO].ltpc.cp = 450.0, 40.0
+    frame = decode(msg.SerializeToString(), {FO: "BANKNIFTY CE"})
+    assert frame.ticks == [Tick("BANKNIFTY CE", FO, "450.00", None, "40.00")] and not frame.absurd

@@ -117,3 +117,21 @@ async def test_no_address_at_all_is_a_dns_failure(settings: Settings, redis: Red
         assert f"[DNS] ❌ Cannot resolve {HOST}: every resolver failed" in logs.lines
         current = await status(redis)
         assert not current.connected and current.network_errors >= 2 and "cannot resolve" in current.last_error
+
+
+async def test_the_rest_ltp_poll_goes_through_fallback_dns_and_verified_tls(
+    tls_sim: Simulator, settings: Settings, redis: Redis
+) -> None:
+    """Layer 2b reaches Upstox the way the WebSocket does: a host only the fallback DNS knows, TLS checked."""
+    await redis.hset(keys.FEED_SUBSCRIPTIONS, "BOSCHLTD", "NSE_EQ|INE323A01026")  # an open position
+    async with running_feed(feed_settings(settings, tls_sim, rest_poll_interval_s=0.3), redis) as feed:
+        await eventually(lambda: is_live(redis), timeout_s=5)
+        await tls_sim.inject("drop", 30)
+        tls_sim.market.set_price("BOSCHLTD", 69000)
+        await eventually(lambda: _rest_price(redis, "BOSCHLTD", "690.00"), timeout_s=5)
+        assert feed.rest_poller.polls >= 1
+
+
+async def _rest_price(redis: Redis, symbol: str, ltp: str) -> bool:
+    row = await redis.hgetall(keys.price(symbol))
+    return row.get("ltp") == ltp and row.get("rest_at") == row.get("as_of")

@@ -102,6 +102,34 @@ async def test_ticks_land_in_redis_with_fields_expiry_index_status_and_heartbeat
     assert (await status(redis)).state is FeedState.CLOSED
 
 
+async def test_price_ttl_follows_the_setting(settings: Settings, sim: Simulator, redis: Redis) -> None:
+    """An unusual PRICE_CACHE_TTL_S (37 s) is the expiry of every price the feed writes, first or later."""
+    ttl_settings = fast(settings, upstox_api_base=sim.rest_url, price_cache_ttl_s=37)
+    async with running_feed(ttl_settings, redis):
+        await eventually(lambda: is_live(redis))
+        sim.market.set_price("BOSCHLTD", 57500)
+        await eventually(lambda: fresh_price(redis, "BOSCHLTD", "575.00"))
+        assert 34 <= await redis.ttl(keys.price("BOSCHLTD")) <= 37
+        await redis.expire(keys.price("BOSCHLTD"), 1000)
+        sim.market.set_price("BOSCHLTD", 57600)
+        await eventually(lambda: fresh_price(redis, "BOSCHLTD", "576.00"))
+        assert 34 <= await redis.ttl(keys.price("BOSCHLTD")) <= 37
+
+
+async def test_the_feed_trims_expired_symbols_from_the_index(
+    sim: Simulator, feed_settings: Settings, redis: Redis
+) -> None:
+    expired_as_of = time.time() - feed_settings.price_cache_ttl_s - 5
+    await redis.zadd(keys.PRICE_INDEX, {"GONE": expired_as_of, "RECENT": time.time() - 5})
+    async with running_feed(feed_settings, redis):
+
+        async def trimmed() -> bool:
+            return await redis.zscore(keys.PRICE_INDEX, "GONE") is None
+
+        await eventually(trimmed, timeout_s=5)
+        assert await redis.zscore(keys.PRICE_INDEX, "RECENT") is not None
+
+
 async def test_drop_reconnects_with_backoff_resubscribes_and_prices_are_fresh_again(
     sim: Simulator, feed_settings: Settings, redis: Redis, logs: Logs
 ) -> None:
@@ -342,3 +370,21 @@ async def test_market_closed_keeps_vouching_on_pings_alone(
 
 async def _market_closed(redis: Redis) -> bool:
     return (await status(redis)).market_open is False
+
+
+async def test_a_quiet_watchlist_with_pings_answered_is_reported_not_reconnected(
+    sim: Simulator, settings: Settings, redis: Redis, logs: Logs
+) -> None:
+    """Stocks only (no index proves the market ticks): data silence with pings answered is no outage."""
+    feed_settings = fast(settings, upstox_api_base=sim.rest_url, feed_watchlist=["BOSCHLTD", "KAYNES"])
+    async with running_feed(feed_settings, redis):
+        await eventually(lambda: is_live(redis))
+        mark = len(logs.lines)
+        await sim.inject("mute", 3.5)  # data stops; the simulator still pings and answers ours
+        quiet = "[WARNING] No market data for 1.0 s, pings answered"
+        await eventually(lambda: any(line.startswith(quiet) for line in logs.after(mark)), timeout_s=3)
+        await asyncio.sleep(2.0)  # twice the silence timeout more: still no reconnect
+        assert await is_live(redis)
+        assert "[WARNING] WebSocket connection closed" not in logs.after(mark)
+        assert sum(line.startswith(quiet) for line in logs.after(mark)) == 1  # reported once per silence
+        assert (await status(redis)).reconnect_attempts == 0

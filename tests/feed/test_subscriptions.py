@@ -25,6 +25,15 @@ def test_default_watchlist_is_every_shipped_nse_equity_and_index() -> None:
     assert watch["NIFTY"] == "NSE_INDEX|Nifty 50"
 
 
+def test_with_the_real_upstox_the_default_watchlist_is_empty_and_never_synthetic(logs: Logs) -> None:
+    index = instrument_index()
+    real = {"upstox_access_token": "a-real-token"}
+    assert watchlist(settings(**real), index) == {}  # open positions come from feed:subscriptions
+    watch = watchlist(settings(**real, feed_watchlist=["BOSCHLTD", "SIMEQ001", "NIFTY"]), index)
+    assert watch == {"BOSCHLTD": BOSCH, "NIFTY": "NSE_INDEX|Nifty 50"}
+    assert logs.having("Watchlist symbol SIMEQ001 is a simulator instrument")
+
+
 def test_configured_watchlist_accepts_symbols_and_symbol_equals_key(logs: Logs) -> None:
     index = instrument_index()
     watch = watchlist(settings(feed_watchlist=["BOSCHLTD", "NEWCO=NSE_EQ|INE000X01010", "NOPE"]), index)

@@ -9,8 +9,10 @@ from libs.common import keys
 from libs.common.broker import BrokerError, Fill, PaperBroker
 from libs.common.clock import SystemClock
 from libs.common.closing import Closer, CloseRequest, close_tag
-from libs.common.models import CloseReason, Position, PositionState, PriceSource, Side
+from libs.common.models import CloseReason, CloseRecord, Position, PositionState, PriceSource, Side
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
+from libs.common.settings import Settings
+from tests.races import race_closes
 
 pytestmark = pytest.mark.integration
 
@@ -69,18 +71,23 @@ async def test_close_journals_and_reports_pnl(redis: Redis) -> None:
     assert kinds[:3] == ["closed", "closing", "opened"]
 
 
-async def test_a_hundred_racing_closes_send_one_order(redis: Redis) -> None:
-    store = PositionStore(redis, SystemClock())
-    await store.open(bosch())
-    broker = CountingBroker(delay_s=0.05)
-    closer = Closer(store, broker, SystemClock())
-    results = await asyncio.gather(
-        *(closer.close(request("api" if i % 2 else "monitor")) for i in range(100)), return_exceptions=True
-    )
-    assert broker.orders == 1
-    assert sum(1 for r in results if not isinstance(r, Exception)) == 1
-    assert all(isinstance(r, PositionConflict) for r in results if isinstance(r, Exception))
-    assert await redis.llen(keys.CLOSED_JOURNAL) == 1
+async def test_a_hundred_racing_closes_send_one_order(settings: Settings) -> None:
+    """100 closers on warmed, separate connections, released together: one claim, one order, 99 conflicts."""
+    result = await race_closes(settings, contenders=100)
+    assert (result.orders, result.closed, result.conflicts, result.errors, result.journal) == (1, 1, 99, [], 1)
+
+
+async def test_racing_closes_across_processes_send_one_order(settings: Settings) -> None:
+    """The monitor and the api are separate processes: 4 processes x 25 closers, released by one barrier."""
+    result = await race_closes(settings, contenders=100, processes=4)
+    assert (result.orders, result.closed, result.conflicts, result.errors, result.journal) == (1, 1, 99, [], 1)
+
+
+@pytest.mark.parametrize("processes", [1, 4])
+async def test_the_race_catches_a_check_then_set_claim(settings: Settings, processes: int) -> None:
+    """The same races with a claim made of a read then a write: more than one order reaches the broker."""
+    result = await race_closes(settings, contenders=100, processes=processes, check_then_set=True)
+    assert result.orders > 1
 
 
 async def test_broker_failure_leaves_the_position_open_with_the_reason(redis: Redis) -> None:
@@ -128,6 +135,29 @@ async def test_reconcile_finishes_a_filled_close_and_reopens_an_unsent_one(redis
     closed = await store.get("BOSCHLTD")
     assert closed is not None
     assert closed.state is PositionState.CLOSED
+
+
+async def test_a_stale_claim_can_neither_finish_nor_reopen_the_next_claim(redis: Redis) -> None:
+    """A closer whose claim was settled (reopened) and claimed again by another must not touch the new claim."""
+    store = PositionStore(redis, SystemClock())
+    await store.open(bosch())
+    stale_id, position = await store.claim("BOSCHLTD", CloseReason.STOP_LOSS)
+    assert await store.release("BOSCHLTD", stale_id, "reconciled: no order", None)
+    current_id, _ = await store.claim("BOSCHLTD", CloseReason.EMERGENCY)
+    record = CloseRecord(
+        symbol="BOSCHLTD", instrument_key=position.instrument_key, side=position.side, quantity=position.quantity,
+        entry_price=position.entry_price, exit_price=57500, pnl=position.pnl(57500), reason=CloseReason.STOP_LOSS,
+        closed_at=2.0, order_id="stale-order", price_source=PriceSource.STALE, price_age_s=45.0, closed_by="monitor",
+    )  # fmt: skip
+
+    assert not await store.complete(stale_id, record)
+    assert not await store.release("BOSCHLTD", stale_id, "late failure of the stale closer", None)
+    held = await store.get("BOSCHLTD")
+    assert held is not None
+    assert (held.state, held.claim_id) == (PositionState.CLOSING, current_id)
+    assert await redis.llen(keys.CLOSED_JOURNAL) == 0
+    assert await store.complete(current_id, record)
+    assert await redis.llen(keys.CLOSED_JOURNAL) == 1
 
 
 async def test_levels_move_only_while_open(redis: Redis) -> None:

@@ -104,3 +104,34 @@ async def test_a_vouch_over_many_symbols_covers_every_slice(redis: Redis) -> Non
     as_ofs = {await redis.hget(keys.price(s), "as_of") for s in (symbols[0], symbols[499], symbols[899])}
     assert as_ofs == {"20.0"}
     assert not await redis.exists(keys.price(symbols[950]))
+
+
+async def test_an_older_tick_after_a_newer_one_is_dropped_and_counted(redis: Redis) -> None:
+    """Ticks never move backwards: a retried older tick (by exchange time) loses, in the writing script."""
+    cache = PriceCache(redis, ttl_s=300)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.TICKS_CHANNEL)
+    newer = Tick("BOSCHLTD", "NSE_EQ|INE323A01026", "576.00", 2_000, None)
+    older = Tick("BOSCHLTD", "NSE_EQ|INE323A01026", "560.00", 1_000, None)
+    await cache.write_frame([newer], as_of=10.0)
+    await cache.write_frame([older, KAYNES], as_of=11.0)
+    row = await redis.hgetall(keys.price("BOSCHLTD"))
+    assert (row["ltp"], row["ltt_ms"], row["as_of"]) == ("576.00", "2000", "10.0")
+    assert cache.out_of_order == 1
+    assert await redis.hget(keys.price("KAYNES"), "ltp") == "204.10"  # the rest of the frame is written
+    notices: list[tuple[float, dict[str, str]]] = []
+
+    async def two_notices() -> bool:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if msg is not None:
+            notices.append(parse_tick_notice(msg["data"]))
+        return len(notices) >= 2
+
+    await eventually(two_notices)
+    assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
+    # the second notice names only what was written: the older price is never published as live
+    assert notices == [(10.0, {"BOSCHLTD": "576.00"}), (11.0, {"KAYNES": "204.10"})]
+    # the same exchange time (two trades in one millisecond) is not older
+    await cache.write_frame([Tick("BOSCHLTD", "NSE_EQ|INE323A01026", "577.00", 2_000, None)], as_of=12.0)
+    assert await redis.hget(keys.price("BOSCHLTD"), "ltp") == "577.00"
+    await pubsub.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from libs.common.freshness import FeedLiveness, FreshnessPolicy, PriceTruth
 from libs.common.models import Position, PriceSource
 from services.monitor.decision import PriceView, fallback_line, retry_delay_s, trigger_line, view_of
 from tests.monitor.conftest import long_bosch, long_kaynes, short_reliance
@@ -11,11 +12,16 @@ from tests.monitor.conftest import long_bosch, long_kaynes, short_reliance
 NOW = 10_000.0
 
 
+POLICY = FreshnessPolicy(stale_after_s=30, expire_after_s=300, heartbeat_max_age_s=3)
+
+
 @pytest.mark.parametrize(
     ("age_s", "live", "source"),
     [
         (0.0, True, PriceSource.LIVE),
-        (400.0, True, PriceSource.LIVE),  # a healthy feed vouches: its prices are live whatever the age
+        (29.99, True, PriceSource.LIVE),
+        (40.0, True, PriceSource.STALE),  # a live feed that stopped vouching for it: its true age decides
+        (400.0, True, None),
         (0.0, False, PriceSource.CACHED),
         (29.99, False, PriceSource.CACHED),
         (30.0, False, PriceSource.STALE),
@@ -24,7 +30,8 @@ NOW = 10_000.0
     ],
 )
 def test_the_three_layers(age_s: float, live: bool, source: PriceSource | None) -> None:
-    view = view_of(57500, NOW - age_s, NOW, feed_live=live, stale_after_s=30, expire_after_s=300)
+    feed = FeedLiveness(live, "test")
+    view = view_of(57500, POLICY.judge(PriceTruth(57500, NOW - age_s), NOW, feed))
     assert (view.source if view else None) is source
     if view is not None:
         assert (view.price, view.age_s) == (57500, pytest.approx(age_s))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.helpers import eventually
 from tests.monitor.conftest import (
     LogLines,
     ScriptedBroker,
+    compressed,
     long_bosch,
     long_kaynes,
     set_feed,
@@ -51,7 +53,8 @@ async def test_live_tick_at_the_level_closes_without_fallback(
 ) -> None:  # fmt: skip
     await set_feed(redis, settings, clock, live=True)
     await store.open(position)
-    await write_price(redis, settings, position.symbol, "1400.00" if position.symbol == "RELIANCE" else "735.00", 1)
+    opening = "1400.00" if position.symbol == "RELIANCE" else "735.00"
+    await write_price(redis, settings, position.symbol, opening, clock.now() - 1)
     monitor = make_monitor()
     await monitor.start()
     report = await monitor.sweep_once()
@@ -130,6 +133,28 @@ async def test_example_1_brief_disconnection_tp_on_a_10s_old_cached_price(
         "[FALLBACK] Using cached price for KAYNES: ₹204.10 (10s old)",
         "[TP] KAYNES: Price ₹204.10 >= TP ₹197.76 (FALLBACK)",
         "[SUCCESS] Position closed successfully: KAYNES exit ₹204.10 pnl ₹1410.00 (order paper-1)",
+    ]
+    assert logs.lines("WARNING") == ["[WARNING] Feed is not live: checking SL/TP on cached prices"]
+    record = await closed_record(store, "KAYNES")
+    assert (record.price_source, record.price_age_s) == (PriceSource.CACHED, 10.0)
+
+
+async def test_connected_status_with_an_expired_feed_heartbeat_is_not_live(
+    redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore, logs: LogLines, make_monitor: Any
+) -> None:
+    """A feed killed while connected leaves `feed:status` saying connected: its expired heartbeat is what tells."""
+    await set_feed(redis, settings, clock, live=True)
+    await store.open(long_kaynes())
+    await write_price(redis, settings, "KAYNES", "204.10", clock.now(), publish=False)
+    await redis.delete(keys.heartbeat("feed"))  # expired: the process is gone, nobody rewrote its status
+    clock.advance(10)
+    monitor = make_monitor()
+    report = await monitor.sweep_once()
+    await monitor.drain()
+    assert report.feed_live is False
+    assert logs.lines("FALLBACK", "TP") == [
+        "[FALLBACK] Using cached price for KAYNES: ₹204.10 (10s old)",
+        "[TP] KAYNES: Price ₹204.10 >= TP ₹197.76 (FALLBACK)",
     ]
     assert logs.lines("WARNING") == ["[WARNING] Feed is not live: checking SL/TP on cached prices"]
     record = await closed_record(store, "KAYNES")
@@ -348,3 +373,19 @@ async def test_startup_leaves_a_young_claim_to_its_closer(
 async def _state(store: PositionStore, state: PositionState) -> bool:
     position = await store.get("BOSCHLTD")
     return position is not None and position.state is state
+
+
+async def test_a_stop_that_meets_a_sweep_request_still_stops(settings: Settings, make_monitor: Any) -> None:
+    """SIGTERM landing just as a sweep is requested (a tick, a resubscribe) stops the monitor: the cancel must
+    not be swallowed by the wait between sweeps (Python 3.11's `asyncio.wait_for` loses it), or `run()` hangs."""
+    monitor = make_monitor(settings_=compressed(settings, monitor_sweep_interval_s=30))
+    task = asyncio.create_task(monitor.run())
+    try:
+        await eventually(lambda: monitor.sweeps >= 1 and monitor._wake._waiters, timeout_s=5)  # waiting for a sweep
+        monitor.request_sweep()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert task in done, "the monitor swallowed its stop"
+    finally:
+        for leftover in [t for t in asyncio.all_tasks() if t.get_name().startswith("monitor.")] + [task]:
+            leftover.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -16,16 +15,16 @@ from libs.common.clock import SystemClock
 from libs.common.models import PositionState
 from libs.common.positions import PositionStore
 from libs.common.settings import Settings
-from tests.helpers import eventually
+from tests.helpers import ChildPlace, eventually, sealed_child
 from tests.monitor.conftest import long_bosch, set_feed, write_price
 
 pytestmark = pytest.mark.e2e
 CLOCK = SystemClock()
 
 
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTOX_", "REDIS_", "BROKER", "LOG_"))}
-    env.update(
+def _place(settings: Settings, cwd: Path, **extra: str) -> ChildPlace:
+    return sealed_child(
+        cwd,
         REDIS_URL=settings.redis_url,
         BROKER="paper",
         MONITOR_SWEEP_INTERVAL_S="0.1",
@@ -33,12 +32,11 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         HEARTBEAT_TTL_S="2",
         **extra,
     )
-    return env
 
 
 async def _check(settings: Settings, cwd: Path) -> int:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.monitor", "--check", env=_env(settings), cwd=cwd
+        sys.executable, "-m", "services.monitor", "--check", **_place(settings, cwd)
     )
     return await asyncio.wait_for(proc.wait(), 20)
 
@@ -56,8 +54,7 @@ async def test_the_service_closes_on_a_stale_price_and_reports_healthy(
         sys.executable,
         "-m",
         "services.monitor",
-        env=_env(settings, LOG_DIR=str(log_dir)),
-        cwd=tmp_path,  # no developer .env leaks in
+        **_place(settings, tmp_path, LOG_DIR=str(log_dir)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,9 +18,10 @@ from libs.common.clock import SystemClock
 from libs.common.closing import TAG_PREFIX, Closer, CloseRequest
 from libs.common.models import CloseReason, CloseRecord, Position, PositionState, PriceSource, Side
 from libs.common.money import Paise
-from libs.common.positions import PositionConflict, PositionStore
+from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.monitor import Monitor
 from services.sim.server import Simulator, running_simulator
 from tests.helpers import eventually, redis_server
@@ -32,6 +34,7 @@ from tests.monitor.conftest import (
     short_reliance,
     write_price,
 )
+from tests.races import released_together
 
 pytestmark = pytest.mark.integration
 CLOCK = SystemClock()
@@ -65,14 +68,18 @@ async def sim_orders(sim: Simulator) -> list[dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def running(monitor: Monitor) -> AsyncIterator[asyncio.Task[None]]:
+async def running(monitor: Monitor, drain_s: float = 2.0) -> AsyncIterator[asyncio.Task[None]]:
+    """`monitor.run()` as a task; stopped on exit. `drain_s`: its broker timeout, for which a stop waits on closes."""
     task = asyncio.create_task(monitor.run())
     try:
         yield task
     finally:
-        task.cancel()
+        # Re-cancelled until it ends (on Python 3.11 a cancel can be swallowed inside redis-py: a blocked test),
+        # but only after the drain had its time, so no close is left running behind the "kill".
+        await cancel_and_wait([task], grace_s=drain_s + 5)
+        assert task.done(), "the monitor did not stop"
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await task  # re-raises a crash of the monitor
 
 
 async def state_of(store: PositionStore, symbol: str) -> PositionState | None:
@@ -131,29 +138,28 @@ async def test_a_hundred_racing_closes_from_monitors_and_the_api_send_one_order(
     await write_price(redis, msettings, "BOSCHLTD", "575.00", CLOCK.now() - 45)
     await set_feed(redis, msettings, CLOCK, live=False)
     sim.market.set_price("BOSCHLTD", 57500)
-    broker = UpstoxBroker(msettings)
-    monitors = [Monitor(msettings, redis, broker, CLOCK) for _ in range(50)]
-    api = Closer(store, broker, CLOCK)
     request = CloseRequest("BOSCHLTD", CloseReason.EMERGENCY, "api", 57500, PriceSource.STALE, 45.0)
-    results = await asyncio.gather(
-        *(m.sweep_once() for m in monitors), *(api.close(request) for _ in range(50)), return_exceptions=True
+    broker = UpstoxBroker(msettings)
+    clients = [create_redis(msettings) for _ in range(100)]  # separate connections, warmed below
+    monitors = [Monitor(msettings, client, broker, CLOCK) for client in clients[:50]]
+    apis = [Closer(PositionStore(client, CLOCK), broker, CLOCK) for client in clients[50:]]
+    for monitor in monitors:
+        assert await monitor.feed_live() is False
+    for api in apis:
+        with contextlib.suppress(PositionNotFound):
+            await api.close(dataclasses.replace(request, symbol="WARMUP"))  # connects, loads the claim script
+    results = await released_together(
+        [*(m.sweep_once for m in monitors), *(lambda a=a: a.close(request) for a in apis)]
     )
     for monitor in monitors:
         await monitor.drain(timeout_s=5)
     await broker.aclose()
+    for client in clients:
+        await client.aclose()
     assert not [r for r in results if isinstance(r, Exception) and not isinstance(r, PositionConflict)]
     assert len(await sim_orders(sim)) == 1
     assert await redis.llen(keys.CLOSED_JOURNAL) == 1
     assert await state_of(store, "BOSCHLTD") is PositionState.CLOSED
-
-
-class PlacesThenHangs(UpstoxBroker):
-    """Sends the order to the simulator, then never comes back: the process dies before recording it."""
-
-    async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
-        await super().close(position, tag, decision_price)
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
 
 
 class HangsBeforeSending(UpstoxBroker):
@@ -172,14 +178,18 @@ async def test_killed_between_claim_and_result_is_reconciled_on_restart(
     await write_price(redis, msettings, "BOSCHLTD", "575.00", CLOCK.now() - 45)
     await set_feed(redis, msettings, CLOCK, live=False)
     sim.market.set_price("BOSCHLTD", 57500)
-    dying = (PlacesThenHangs if order_sent else HangsBeforeSending)(msettings)
-    first = Monitor(msettings.model_copy(update={"broker_timeout_s": 0.2}), redis, dying, CLOCK)
-    async with running(first):
+    if order_sent:  # the broker fills the order at once and holds its answer: the monitor dies waiting for it
+        await sim.inject("reply_delay", 60, delay_s=60)
+    dying = UpstoxBroker(msettings) if order_sent else HangsBeforeSending(msettings)
+    drain_s = 30 if order_sent else 0.2
+    first = Monitor(msettings.model_copy(update={"broker_timeout_s": drain_s}), redis, dying, CLOCK)
+    async with running(first, drain_s):
         await eventually(lambda: _state_is(store, PositionState.CLOSING), timeout_s=5)
         if order_sent:
             await eventually(lambda: _orders_count(sim, 1), timeout_s=5)
     assert await state_of(store, "BOSCHLTD") is PositionState.CLOSING  # the "kill" left it mid-close
     await dying.aclose()
+    await sim.inject("reply_delay", 0)
 
     broker = UpstoxBroker(msettings)
     second = Monitor(msettings, redis, broker, CLOCK)

@@ -7,10 +7,11 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.clock import ManualClock
+from libs.common.freshness import PriceTruth
 from libs.common.models import MalformedRecord, Position
 from libs.common.positions import PositionStore
 from libs.common.settings import Settings
-from services.monitor.snapshot import CachedPrice, SnapshotReader
+from services.monitor.snapshot import SnapshotReader
 from tests.monitor.conftest import long_bosch, long_kaynes, short_reliance, write_price
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,7 @@ async def test_slices_cover_every_symbol_and_only_changed_hashes_are_parsed_agai
     parts = [part async for part in reader.read_slices()]
     assert [sorted(p.positions) for p in parts] == [["BOSCHLTD", "GHOST"], ["KAYNES", "RELIANCE"]]
     first = await reader.read()
-    assert first.prices["BOSCHLTD"] == CachedPrice(ltp=73500, as_of=1700000000.5)
+    assert first.prices["BOSCHLTD"] == PriceTruth(ltp=73500, as_of=1700000000.5)
     assert first.prices["KAYNES"] is None
     assert isinstance(first.positions["GHOST"], MalformedRecord)
     assert first.positions["BOSCHLTD"] == long_bosch()

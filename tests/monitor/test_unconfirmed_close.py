@@ -66,10 +66,8 @@ def details(status: str) -> dict[str, Any]:
         (lambda r: httpx.Response(429, json={"errors": [{"error_code": "UDAPI10005", "message": "Too Many"}]}), False),
     ],
 )
-async def test_upstox_broker_says_when_an_order_may_have_been_placed(
-    settings: Settings, handler: Any, unknown: bool
-) -> None:
-    broker = upstox_with(settings, handler)
+async def test_upstox_broker_says_when_an_order_may_have_been_placed(handler: Any, unknown: bool) -> None:
+    broker = upstox_with(Settings(_env_file=None), handler)  # type: ignore[call-arg]  # no Redis: a unit test
     with pytest.raises(BrokerError) as info:
         await broker.close(long_bosch(), "guard-close-x", 57500)
     await broker.aclose()

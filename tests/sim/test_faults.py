@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import httpx
@@ -13,6 +14,7 @@ from libs.common.proto import MarketDataFeedV3_pb2 as pb
 from services.sim.server import Simulator
 from tests.helpers import eventually
 from tests.sim.conftest import AUTH, BOSCH, authorize, open_feed, recv_frame, request
+from tests.sim.test_rest import order
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +103,25 @@ async def test_auth_fault_answers_the_handshakes_with_401(sim: Simulator, rest: 
     await rest.post("/sim/reset")
     async with connect(await authorize(rest)) as ws:
         assert (await recv_frame(ws))[1].type == pb.market_info
+
+
+async def test_reply_delay_fills_the_order_at_once_and_holds_its_answer_until_the_window_ends(
+    sim: Simulator, rest: httpx.AsyncClient
+) -> None:
+    sim.market.set_price("BOSCHLTD", 73500)
+    held = await rest.post("/sim/faults", json={"kind": "reply_delay", "duration_s": 60, "delay_s": 60})
+    assert held.json()["active"]["reply_delay"] > 59
+    body = order(tag="guard-close-x", quantity=1)
+    placing = asyncio.create_task(rest.post("/v3/order/place", json=body))
+
+    async def filled() -> list[dict[str, object]]:
+        return [o for o in (await rest.get("/sim/orders")).json() if o["status"] == "complete"]
+
+    assert [o["tag"] for o in await eventually(filled, timeout_s=5)] == ["guard-close-x"]
+    await asyncio.sleep(0.3)  # the answer is still held (nothing to poll for: the absence of a reply)
+    assert not placing.done()
+    await rest.post("/sim/faults", json={"kind": "reply_delay", "duration_s": 0})
+    answer = await asyncio.wait_for(placing, 5)
+    assert answer.status_code == 200 and answer.json()["data"]["order_ids"]
+    unheld = await asyncio.wait_for(rest.post("/v3/order/place", json={**body, "tag": "guard-close-y"}), 5)
+    assert unheld.status_code == 200

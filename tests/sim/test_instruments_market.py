@@ -125,3 +125,20 @@ def test_hand_encoded_ltpc_entries_match_protobuf() -> None:
         assert cache.get(idx, "ltpc") == encode_entry_pb(market, idx), market.instruments[idx].trading_symbol
     frame = pb.FeedResponse.FromString(live_frame([cache.get(i, "ltpc") for i in range(5)], 1_767_000_000_000))
     assert frame.type == pb.live_feed and len(frame.feeds) == 5 and frame.currentTs == 1_767_000_000_000
+
+
+def test_a_halted_instrument_stops_trading_while_the_others_go_on_and_a_pinned_one_holds_its_level() -> None:
+    a, b = _market(moves_per_step=1000), _market(moves_per_step=1000)
+    b.halt("BOSCHLTD", True)
+    b.set_price("KAYNES", 20000)
+    bosch, kaynes = b.by_symbol["BOSCHLTD"], b.by_symbol["KAYNES"]
+    halted_at = b.quotes[bosch].ltt_ms
+    b.clock.advance(1.0)  # type: ignore[attr-defined]
+    changed = b.step()
+    a.step()
+    assert bosch not in changed and b.quotes[bosch].ltt_ms == halted_at
+    assert kaynes in changed and b.quotes[kaynes].ltp == 20000 and b.quotes[kaynes].ltt_ms > halted_at
+    same = [i for i in range(len(a.quotes)) if i not in (bosch, kaynes)]
+    assert [a.quotes[i].ltp for i in same] == [b.quotes[i].ltp for i in same]  # no other path shifted
+    b.halt("BOSCHLTD", False)
+    assert bosch in b.step()

@@ -83,7 +83,17 @@ async def test_ltp_quote_keyed_by_segment_and_symbol(sim: Simulator, rest: httpx
     sim.market.set_price("BOSCHLTD", 57500)
     body = (await rest.get("/v2/market-quote/ltp", params={"instrument_key": f"{BOSCH},{NIFTY}"})).json()
     assert body["data"]["NSE_EQ:BOSCHLTD"] == {"last_price": 575.0, "instrument_token": BOSCH}
-    assert body["data"]["NSE_INDEX:NIFTY"]["instrument_token"] == NIFTY
+    assert body["data"]["NSE_INDEX:Nifty 50"]["instrument_token"] == NIFTY  # indices by name, as Upstox keys them
+
+
+async def test_ltp_v3_in_the_real_shape_and_at_most_500_keys(sim: Simulator, rest: httpx.AsyncClient) -> None:
+    sim.market.set_price("BOSCHLTD", 57500)
+    body = (await rest.get("/v3/market-quote/ltp", params={"instrument_key": BOSCH})).json()
+    row = body["data"]["NSE_EQ:BOSCHLTD"]
+    assert (row["last_price"], row["instrument_token"], row["cp"]) == (575.0, BOSCH, 735.0)
+    assert {"ltq", "volume"} <= set(row)
+    too_many = ",".join([BOSCH] * 501)
+    assert_error(await rest.get("/v3/market-quote/ltp", params={"instrument_key": too_many}), 400, "UDAPI100036")
 
 
 async def test_market_order_fills_at_the_price_and_shows_in_details_book_and_positions(
@@ -235,3 +245,13 @@ async def test_control_price_pin_release_and_reset(sim: Simulator, rest: httpx.A
     await rest.post("/sim/reset")
     state = (await rest.get("/sim/state")).json()
     assert state["pinned"] == [] and state["orders"] == 0 and state["prices"]["KAYNES"] == 195.0
+
+
+async def test_control_halt_one_instrument(rest: httpx.AsyncClient) -> None:
+    resp = await rest.post("/sim/instrument", json={"symbol": "BOSCHLTD", "halted": True})
+    assert resp.json() == {"symbol": "BOSCHLTD", "halted": True}
+    assert (await rest.get("/sim/state")).json()["halted"] == ["BOSCHLTD"]
+    assert (await rest.post("/sim/instrument", json={"symbol": "NOPE", "halted": True})).status_code == 404
+    assert (await rest.post("/sim/instrument", json={"symbol": "BOSCHLTD"})).status_code == 422
+    await rest.post("/sim/instrument", json={"symbol": "BOSCHLTD", "halted": False})
+    assert (await rest.get("/sim/state")).json()["halted"] == []

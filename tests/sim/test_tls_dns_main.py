@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -23,9 +21,10 @@ from libs.common.clock import SystemClock
 from libs.common.heartbeat import heartbeat_age_s
 from libs.common.proto import MarketDataFeedV3_pb2 as pb
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.sim import __main__ as sim_main
 from services.sim.server import running_simulator
-from tests.helpers import eventually, free_port
+from tests.helpers import eventually, free_port, sealed_child
 from tests.sim.conftest import TOKEN, recv_frame, sim_settings
 
 pytestmark = pytest.mark.integration
@@ -74,9 +73,10 @@ async def test_tls_by_host_name_on_a_loopback_address_and_dns_answers(settings: 
             await _https_get(sim.rest_port, "api.upstox.com", "/v2/user/profile", ssl.create_default_context())
 
 
-def test_help_lists_the_control_api() -> None:
+def test_help_lists_the_control_api(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "services.sim", "--help"]
     out = subprocess.run(
-        [sys.executable, "-m", "services.sim", "--help"], capture_output=True, text=True, check=True, timeout=30
+        command, capture_output=True, text=True, check=True, timeout=30, **sealed_child(tmp_path)
     ).stdout
     for endpoint in ("/sim/price", "/sim/faults", "/sim/orders", "/sim/state", "/sim/reset", "/sim/market"):
         assert endpoint in out
@@ -89,23 +89,21 @@ async def test_heartbeat_is_beaten_when_redis_is_reachable(settings: Settings, r
     try:
         await eventually(lambda: heartbeat_age_s(redis, "sim", SystemClock()), timeout_s=5)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])  # re-cancels: a cancel can be swallowed inside redis-py on Python 3.11
 
 
-async def test_process_serves_without_redis_and_stops_cleanly() -> None:
+async def test_process_serves_without_redis_and_stops_cleanly(tmp_path: Path) -> None:
     rest_port, feed_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "SIM_PORT": str(rest_port),
-        "SIM_FEED_PORT": str(feed_port),
-        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "REDIS_CONNECT_TIMEOUT_S": "0.2",
-        "REDIS_RETRIES": "0",
-    }
+    place = sealed_child(
+        tmp_path,
+        SIM_PORT=str(rest_port),
+        SIM_FEED_PORT=str(feed_port),
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        REDIS_CONNECT_TIMEOUT_S="0.2",
+        REDIS_RETRIES="0",
+    )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.sim", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        sys.executable, "-m", "services.sim", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **place
     )
     try:
 

@@ -16,6 +16,7 @@ from libs.common import keys
 from libs.common.broker import BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import ist_iso
 from libs.common.expiry import expiring_symbols, expiring_today
+from libs.common.freshness import FreshnessPolicy
 from libs.common.heartbeat import heartbeat_age_s
 from libs.common.models import FeedStatus, MalformedRecord, Position
 from libs.common.positions import PositionConflict, PositionNotFound
@@ -176,15 +177,16 @@ async def service_status(res: Res) -> Status:
     broker_positions: BrokerPositionsStatus | None = None
     expiring: list[ExpiringPosition] = []
     if redis.reachable:
+        ages: dict[str, float | None] = {}
         for name in keys.SERVICES:
-            age = await heartbeat_age_s(res.redis, name, res.clock)
+            age = ages[name] = await heartbeat_age_s(res.redis, name, res.clock)
             alive = age is not None and age < res.settings.heartbeat_ttl_s
             services[name] = ServiceStatus(alive=alive, heartbeat_age_s=None if age is None else round(age, 3))
         try:
             status = FeedStatus.from_redis(cast(dict[str, str], await res.redis.hgetall(keys.FEED_STATUS)))
             feed = FeedDetail(
                 state=status.state.value,
-                connected=status.connected and services["feed"].alive,
+                connected=FreshnessPolicy.from_settings(res.settings).feed(status, ages["feed"]).live,
                 token_ok=status.token_ok,
                 last_error=status.last_error,
                 dns_resolver=status.dns_resolver,

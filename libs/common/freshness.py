@@ -1,0 +1,203 @@
+"""The one rule for "is this price live, cached, stale or expired", used by the monitor, health, status and the
+emergency close.
+
+Three inputs decide it:
+- the price's own age: seconds since it was last known current (`as_of`: a tick, a REST poll, or the feed
+  vouching for a quiet instrument);
+- the feed's liveness: `feed:status` says connected AND the feed process's heartbeat is recent (a killed
+  feed leaves `connected` behind; its heartbeat stops);
+- the instrument's own liveness: the feed marks an instrument silent (`silent_since`, `silent_reason`) when it
+  stops ticking while its segment trades; until a newer tick, its price ages from its last real tick.
+
+The verdict is one of live, cached-fresh, cached-stale, expired, with a reason a person can read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal, cast
+
+from redis.asyncio import Redis
+
+from libs.common import keys
+from libs.common.clock import Clock
+from libs.common.models import FeedStatus, MalformedRecord, PriceSource
+from libs.common.money import Paise, ltp_paise
+from libs.common.settings import Settings
+
+# A feed that missed this many heartbeats in a row (and at least HEARTBEAT_FLOOR_S) is not vouching for anything:
+# stalled or killed. The floor keeps a loaded machine's late beat (tests compress beats to 0.2 s) from reading as
+# an outage.
+MISSED_BEATS = 3
+HEARTBEAT_FLOOR_S = 2.0
+
+# Fields of `price:SYMBOL` the verdict reads, in this order (readers HMGET them in one call).
+TRUTH_FIELDS = ("ltp", "as_of", "silent_since", "silent_reason", "rest_at")
+
+
+class Verdict(StrEnum):
+    """The guide's layers for one price."""
+
+    LIVE = "live"
+    CACHED_FRESH = "cached-fresh"
+    CACHED_STALE = "cached-stale"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedLiveness:
+    """Whether the feed vouches for prices now, and why (not)."""
+
+    live: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTruth:
+    """What `price:SYMBOL` says about itself: the price, when it was last known current, whether the feed found
+    the instrument silent (the reason), and whether the price came from the REST LTP poll."""
+
+    ltp: Paise
+    as_of: float
+    silent: str | None = None
+    rest: bool = False
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, str | None], *, parsed_ltp: Paise | None = None) -> PriceTruth:
+        """From the hash's `TRUTH_FIELDS` (`parsed_ltp`: the `ltp` text already parsed by the caller).
+        Raises ValueError for a malformed or absurd value."""
+        ltp, as_of = values.get("ltp"), values.get("as_of")
+        if ltp is None or as_of is None:
+            raise ValueError("ltp or as_of missing")
+        as_of_s = _finite(as_of)
+        silent_since, rest_at = values.get("silent_since"), values.get("rest_at")
+        # Silent until a newer tick moves `as_of` past the moment the feed found it silent.
+        silent = None
+        if silent_since and as_of_s <= _finite(silent_since):
+            silent = values.get("silent_reason") or "instrument silent"
+        rest = bool(rest_at) and _finite(str(rest_at)) >= as_of_s
+        return cls(ltp_paise(ltp) if parsed_ltp is None else parsed_ltp, as_of_s, silent, rest)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"not a time: {text!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """The verdict on one price: its layer, its true age (None without a price), why, and whether REST gave it."""
+
+    verdict: Verdict
+    age_s: float | None
+    reason: str
+    rest: bool = False
+    silent: bool = False
+
+    @property
+    def source(self) -> PriceSource | None:
+        """The decision source a close records; None when expired (the broker's fill decides)."""
+        if self.verdict is Verdict.LIVE:
+            return PriceSource.LIVE
+        if self.verdict is Verdict.CACHED_FRESH:
+            return PriceSource.REST if self.rest else PriceSource.CACHED
+        if self.verdict is Verdict.CACHED_STALE:
+            return PriceSource.STALE
+        return None
+
+    @property
+    def status(self) -> Literal["fresh", "stale", "expired"]:
+        """Connection health's word for it: live and cached-fresh are fresh."""
+        if self.verdict is Verdict.EXPIRED:
+            return "expired"
+        return "stale" if self.verdict is Verdict.CACHED_STALE else "fresh"
+
+    @property
+    def is_stale(self) -> bool:
+        """Health's `is_stale`: not fresh, or the instrument was found silent."""
+        return self.status != "fresh" or self.silent
+
+
+@dataclass(frozen=True, slots=True)
+class FreshnessPolicy:
+    """The guide's thresholds (settings) applied to one price."""
+
+    stale_after_s: float
+    expire_after_s: float
+    heartbeat_max_age_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FreshnessPolicy:
+        return cls(
+            stale_after_s=settings.price_stale_after_s,
+            expire_after_s=settings.price_cache_ttl_s,
+            heartbeat_max_age_s=min(
+                max(settings.heartbeat_interval_s * MISSED_BEATS, HEARTBEAT_FLOOR_S), settings.heartbeat_ttl_s
+            ),
+        )
+
+    def feed(self, status: FeedStatus, heartbeat_age_s: float | None) -> FeedLiveness:
+        """Live only when the status says connected and the feed process beat within `heartbeat_max_age_s`."""
+        if not status.connected:
+            return FeedLiveness(False, f"WebSocket {status.state.value}")
+        if heartbeat_age_s is None:
+            return FeedLiveness(False, "feed process down (heartbeat expired)")
+        if heartbeat_age_s > self.heartbeat_max_age_s:
+            return FeedLiveness(False, f"feed process silent for {heartbeat_age_s:.0f}s (heartbeat)")
+        return FeedLiveness(True, "WebSocket live")
+
+    def layer(self, age_s: float | None) -> Literal["fresh", "stale", "expired"]:
+        """The guide's layer by age alone: fresh (< stale threshold), stale (< expiry), expired (or no price)."""
+        if age_s is None or age_s >= self.expire_after_s:
+            return "expired"
+        return "stale" if age_s >= self.stale_after_s else "fresh"
+
+    def judge(self, price: PriceTruth | None, now: float, feed: FeedLiveness) -> Freshness:
+        """The verdict on `price` at `now` (epoch s)."""
+        if price is None:
+            return Freshness(Verdict.EXPIRED, None, "no cached price")
+        age_s = max(0.0, now - price.as_of)
+        silent = price.silent is not None
+        layer = self.layer(age_s)
+        if layer == "expired":
+            return Freshness(Verdict.EXPIRED, age_s, f"cache expired ({age_s:.0f}s old)", price.rest, silent)
+        if feed.live and not silent and layer == "fresh":
+            return Freshness(Verdict.LIVE, age_s, feed.reason, price.rest)
+        if price.silent is not None:
+            reason = price.silent
+        elif price.rest:
+            reason = f"REST LTP poll ({feed.reason})"
+        elif feed.live:
+            reason = f"not confirmed by the feed for {age_s:.0f}s"
+        else:
+            reason = feed.reason
+        verdict = Verdict.CACHED_FRESH if layer == "fresh" else Verdict.CACHED_STALE
+        return Freshness(verdict, age_s, reason, price.rest, silent)
+
+
+async def read_feed_liveness(redis: Redis, policy: FreshnessPolicy, clock: Clock) -> FeedLiveness:
+    """The feed's liveness from `feed:status` and `heartbeat:feed` (one round trip). Raises RedisError; a corrupt
+    status hash reads as not live."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.FEED_STATUS)
+        pipe.get(keys.heartbeat("feed"))
+        raw, beat = await pipe.execute()
+    try:
+        status = FeedStatus.from_redis(cast(dict[str, str], raw))
+    except MalformedRecord as exc:
+        return FeedLiveness(False, f"corrupt feed status: {exc}")
+    return policy.feed(status, heartbeat_age(beat, clock.now()))
+
+
+def heartbeat_age(raw: str | None, now: float) -> float | None:
+    """Seconds since a heartbeat value (epoch s text), None when absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        return max(0.0, now - float(raw))
+    except ValueError:
+        return None
