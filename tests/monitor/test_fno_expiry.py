@@ -61,7 +61,7 @@ async def test_an_option_expiring_today_is_listed_warned_and_reported_at_expiry(
     async with (
         probe_http,
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as api,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as api,
         httpx.AsyncClient() as http,
     ):
         status = (await api.get("/api/v1/monitoring/status")).json()
