@@ -24,6 +24,8 @@ from libs.common.positions import PositionStore
 from libs.common.settings import Settings
 from tests.monitor.conftest import LogLines, ScriptedBroker, long_bosch, set_feed, write_price
 
+pytestmark = pytest.mark.integration  # some tests here use the private Redis
+
 ORDER = {"status": "success", "data": {"order_ids": ["2601070001"]}}
 
 
