@@ -59,18 +59,30 @@ async def released_together(contenders: Sequence[Callable[[], Awaitable[T]]]) ->
 class CheckThenSetStore(PositionStore):
     """A deliberately broken claim: read the state, then write it (two round trips). Must lose the race test."""
 
-    async def claim(self, symbol: str, reason: CloseReason) -> tuple[str, Position]:
+    async def claim(self, symbol: str, reason: CloseReason, claim_id: str | None = None) -> tuple[str, Position]:
         state = await self._redis.hget(keys.position(symbol), "state")
         if state is None:
             raise PositionNotFound(symbol)
         if state != "open":
             raise PositionConflict(symbol, str(state))
-        claim_id = uuid.uuid4().hex[:16]
-        fields = {"state": "closing", "claim_id": claim_id, "close_reason": reason.value}
+        claim_id = claim_id or uuid.uuid4().hex[:16]
+        fields = {
+            "state": "closing",
+            "claim_id": claim_id,
+            "claimed_at": repr(self._clock.now()),
+            "close_reason": reason.value,
+        }
         await self._redis.hset(keys.position(symbol), mapping=fields)
+        self._mine = (symbol, claim_id)
         position = await self.get(symbol)
         assert position is not None
         return claim_id, position
+
+    async def claim_holder(self, symbol: str) -> tuple[str, str, float | None]:
+        # Broken the same way: it trusts its own write instead of reading who holds the claim now.
+        state, holder, claimed_at = await super().claim_holder(symbol)
+        mine = getattr(self, "_mine", ("", ""))
+        return state, mine[1] if mine[0] == symbol else holder, claimed_at
 
 
 class CountingBroker(PaperBroker):

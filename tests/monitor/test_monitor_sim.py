@@ -180,9 +180,13 @@ async def test_killed_between_claim_and_result_is_reconciled_on_restart(
     sim.market.set_price("BOSCHLTD", 57500)
     if order_sent:  # the broker fills the order at once and holds its answer: the monitor dies waiting for it
         await sim.inject("reply_delay", 60, delay_s=60)
-    dying = UpstoxBroker(msettings) if order_sent else HangsBeforeSending(msettings)
-    drain_s = 30 if order_sent else 0.2
-    first = Monitor(msettings.model_copy(update={"broker_timeout_s": drain_s}), redis, dying, CLOCK)
+    # the broker call outlives the monitor's drain, so the stop cuts the close short as a kill would
+    long_wait = msettings.model_copy(update={"broker_timeout_s": 90.0})
+    dying = UpstoxBroker(long_wait) if order_sent else HangsBeforeSending(msettings)
+    drain_s = 2.0 if order_sent else 0.2
+    # a stuck threshold past the test: the dying monitor's own reconcile must not settle the close before the "kill"
+    dying_settings = msettings.model_copy(update={"broker_timeout_s": drain_s, "monitor_stuck_close_s": 120.0})
+    first = Monitor(dying_settings, redis, dying, CLOCK)
     async with running(first, drain_s):
         await eventually(lambda: _state_is(store, PositionState.CLOSING), timeout_s=5)
         if order_sent:
