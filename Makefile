@@ -7,7 +7,7 @@ LINT_PATHS := libs services tests deploy $(wildcard bench)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint fmt test test-unit test-integration test-fast test-e2e mutation proto up down restart status logs \
-        logs-feed logs-monitor logs-api logs-sim logs-alerts demo-outage demo-outage-extended bench
+        logs-feed logs-monitor logs-api logs-sim logs-alerts demo-outage demo-outage-extended demo-blackout bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-22s %s\n", $$1, $$2}'
@@ -94,6 +94,9 @@ demo-outage: ## the guide's Example 1 on the simulator (brief disconnect, TP on 
 
 demo-outage-extended: ## the guide's Example 2 with compressed time (needs PRICE_CACHE_TTL_S small: see README)
 	@$(PY) -m deploy.demo_outage extended
+
+demo-blackout: ## Layer 0: the whole guard stopped, the price falls through a stop, the broker's GTT fires
+	@$(PY) -m deploy.demo_blackout $(RUNNER)
 
 bench: ## run the benchmarks, write bench/results/latest.json and a Markdown report
 	$(PY) -m bench

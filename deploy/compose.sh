@@ -18,6 +18,8 @@ case "${1:-}" in
   down) "${DC[@]}" "${profile[@]}" down ;;
   restart) "${DC[@]}" "${profile[@]}" restart ;;
   status) "${DC[@]}" "${profile[@]}" ps ;;
+  stop) shift; "${DC[@]}" "${profile[@]}" stop "$@" ;;  # some services (demo-blackout)
+  start) shift; "${DC[@]}" "${profile[@]}" start "$@" ;;
   logs) shift; if [ $# -ge 1 ]; then docker logs -f "upstox_$1"; else "${DC[@]}" "${profile[@]}" logs -f; fi ;;
   *) echo "usage: $0 up|down|restart|status|logs [SERVICE]" >&2; exit 2 ;;
 esac

@@ -101,6 +101,7 @@ up() {
   cat <<TXT
 
 Up (local processes under supervisord). Try:
+  open $api/          # the live dashboard
   curl -s $api/api/v1/monitoring/connection-health | jq
   curl -s $api/api/v1/monitoring/status | jq
   redis-cli HGETALL price:BOSCHLTD
@@ -143,6 +144,8 @@ case "${1:-}" in
   down) down ;;
   restart) down; up ;;
   status) status ;;
+  stop) shift; "$ROOT/.venv/bin/supervisorctl" -c "$CONF" stop "$@" ;;  # some services (demo-blackout)
+  start) shift; "$ROOT/.venv/bin/supervisorctl" -c "$CONF" start "$@" ;;
   logs) shift; logs "$@" ;;
   *) echo "usage: $0 up|down|restart|status|logs [SERVICE]" >&2; exit 2 ;;
 esac

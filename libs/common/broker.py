@@ -276,6 +276,11 @@ class UpstoxBroker:
             return None
         return int(inst.freeze_quantity) * MAX_SLICES // inst.lot_size * inst.lot_size
 
+    async def call(self, method: str, url: str, *, order_call: bool = False, **kw: Any) -> Any:
+        """One REST call through this client (resolver, token, `X-Algo-Name` on order calls) for the broker's
+        other features (the safety net's GTTs); raises like the close path (BrokerError and its subclasses)."""
+        return await self._call(method, url, order_call=order_call, **kw)
+
     async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
         # Above 25 x the freeze quantity one order cannot carry it all: sell that much now; the closer follows
         # the rest up in the same claim (as after a partial fill).

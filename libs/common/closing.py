@@ -24,10 +24,12 @@ from loguru import logger
 from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown, Fill, OrdersBlocked, sending_before
 from libs.common.broker_positions import BrokerPositions, PositionsUnavailable
 from libs.common.clock import Clock
+from libs.common.metrics import CLOSE_FAILURES, observe_close
 from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionStore, new_claim_id
+from libs.common.safety_net import SafetyNet
 from libs.common.settings import Settings
 
 TAG_PREFIX = "guard-close-"
@@ -80,12 +82,14 @@ class Closer:
         holdings: BrokerPositions | None = None,
         gate: OrderGate | None = None,
         settings: Settings | None = None,
+        safety_net: SafetyNet | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
         self._clock = clock
         self._holdings = holdings
         self._gate = gate
+        self._safety_net = safety_net
         s = settings or Settings()
         self._limits = _Limits(s.order_product, s.monitor_stuck_close_s / 2, s.order_blocked_retry_s)
         self._background: set[asyncio.Task[None]] = set()
@@ -112,11 +116,13 @@ class Closer:
         except BrokerOutcomeUnknown as exc:
             # The order may still fill: keep the claim so no retry sends a second one; reconcile() settles it.
             exc.claim_id = claim_id
+            CLOSE_FAILURES.labels(kind="unknown").inc()
             await self._failed(request, claim_id, exc, outcome="unknown")
             raise
         except ClaimFenced:
             raise
         except BrokerError as exc:
+            CLOSE_FAILURES.labels(kind="blocked" if isinstance(exc, OrdersBlocked) else "rejected").inc()
             await self._failed(request, claim_id, exc)
             raise
         except BaseException as exc:
@@ -129,6 +135,10 @@ class Closer:
     async def _sell(
         self, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
     ) -> CloseRecord:
+        if self._safety_net is not None:  # Layer 0 first, so the broker's stop cannot sell too
+            settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, retry_at)
+            if settled is not None:
+                return settled
         tag = close_tag(claim_id)
         fills: list[Fill] = []
         sold = 0
@@ -234,11 +244,16 @@ class Closer:
         price = round(sum((f.quantity or position.quantity) * f.price for f in fills) / quantity)
         sold = position.model_copy(update={"quantity": quantity})
         record = self._record(sold, request, ",".join(f.order_id for f in fills), price, closed_by)
-        await self._complete(position.symbol, claim_id, record)
+        await self._complete(position.symbol, claim_id, record, request.decided_at)
         return record
 
     async def _finish_external(self, position: Position, claim_id: str, request: CloseRequest) -> CloseRecord:
-        """The broker holds nothing of it: closed outside the guard (the app, the bot, auto square-off)."""
+        """The broker holds nothing of it: closed outside the guard (the app, the bot, auto square-off), unless
+        our own safety net did it."""
+        if self._safety_net is not None:
+            settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, None)
+            if settled is not None:
+                return settled
         exit_price = request.decision_price or position.entry_price
         record = self._record(position, request, "", exit_price, "external")
         if not await self._store.complete(claim_id, record):
@@ -247,10 +262,40 @@ class Closer:
             f"{position.symbol}: the broker holds none of this {position.side} position (closed outside the "
             "guard); no order sent, marked closed (external)"
         )
+        observe_close(record.reason, record.closed_by, record.price_source, request.decided_at, record.closed_at)
         await self._publish("closed", position.symbol, claim_id, record=record.public())
         return record
 
-    async def _complete(self, symbol: str, claim_id: str, record: CloseRecord) -> None:
+    async def _disarm_safety_net(
+        self, net: SafetyNet, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
+    ) -> CloseRecord | None:
+        """Cancel the position's GTT; if it already fired and its order filled the position, that is the close
+        (`closed_by` "safety_net"). When the GTT cannot be made harmless, release the claim and raise: no order
+        may go out beside a stop that can still fire."""
+        await self._still_ours(position.symbol, claim_id)  # a stale closer must not touch a reopened position's GTT
+        try:
+            fired = await net.disarm(position)
+        except BrokerError as exc:
+            blocked = isinstance(exc, OrdersBlocked)
+            if blocked and self._gate is not None:
+                await self._gate.blocked(str(exc))
+            when = self._clock.now() + self._limits.blocked_retry_s if blocked else retry_at
+            error = f"safety net not disarmed, nothing sent: {exc}"
+            await self._store.release(position.symbol, claim_id, error, when)
+            raise (OrdersBlocked(error) if blocked else BrokerError(error, status_code=503)) from None
+        await self._still_ours(position.symbol, claim_id)  # it may have waited long on the broker
+        if fired is None or not fired.complete or fired.fill is None:
+            return None
+        record = await self._finish(position, claim_id, request, [fired.fill], "safety_net")
+        net.announce(record, fired)
+        return record
+
+    async def _still_ours(self, symbol: str, claim_id: str) -> None:
+        state, holder, _ = await self._store.claim_holder(symbol)
+        if state != "closing" or holder != claim_id:
+            raise ClaimFenced(symbol, "settled elsewhere (this closer's claim was taken over)")
+
+    async def _complete(self, symbol: str, claim_id: str, record: CloseRecord, decided_at: float | None) -> None:
         if not await self._store.complete(claim_id, record):
             # Someone settled our claim while the order was in flight. The fill is real; say so loudly.
             logger.error(
@@ -259,6 +304,7 @@ class Closer:
             )
             await self._publish("close_unrecorded", symbol, claim_id, record=record.public())
             raise PositionConflict(symbol, "settled elsewhere while its order was in flight")
+        observe_close(record.reason, record.closed_by, record.price_source, decided_at, record.closed_at)
         await self._publish("closed", symbol, claim_id, record=record.public())
 
     async def _failed(self, request: CloseRequest, claim_id: str, exc: BrokerError, outcome: str = "failed") -> None:

@@ -8,7 +8,7 @@ Keys
   feed:status               hash   feed connection state, counters, last message time, DNS resolver in use
   feed:subscriptions        hash   SYMBOL -> instrument key the feed must subscribe besides its watchlist
   heartbeat:SERVICE         string epoch s of the service's last beat; expires after HEARTBEAT_TTL_S
-  position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed)
+  position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed); `net_*` fields: its safety net
   positions:open            set    symbols whose position is open or closing
   positions:closed          list   journal of closes, newest first (JSON close records), at most JOURNAL_MAXLEN
   positions:closed:archive  stream older closes moved out of the journal, oldest first (field `record`)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from libs.common.settings import Settings
 
-TAGS = ("DNS", "FALLBACK", "SL", "TP", "VERBOSE", "SUCCESS", "WARNING", "ERROR", "INFO", "DEBUG")
+TAGS = ("DNS", "FALLBACK", "SL", "TP", "SAFETY", "VERBOSE", "SUCCESS", "WARNING", "ERROR", "INFO", "DEBUG")
 REDACTED = "***"
 _BEARER = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
 _CODE_PARAM = re.compile(r"([?&]code=)[^&\s\"']+")

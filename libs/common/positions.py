@@ -7,7 +7,7 @@ API both close through `libs.common.closing`, which uses these; nobody writes th
 
 from __future__ import annotations
 
-import json
+import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.clock import Clock
-from libs.common.events import add_event, encode_event
+from libs.common.events import add_event, decode_event, encode_event
 from libs.common.models import CloseReason, CloseRecord, MalformedRecord, Position, PositionState
 
 # KEYS: position, open set, subscriptions hash. ARGV: symbol, instrument_key, then field/value pairs.
@@ -313,9 +313,13 @@ class PositionStore:
             await pipe.execute()
 
     async def recent_events(self, count: int = 50) -> list[dict[str, Any]]:
-        """The newest `count` events, newest first."""
+        """The newest `count` events, newest first (an entry that is not an event is skipped)."""
         rows = cast(list[tuple[str, dict[str, str]]], await self._redis.xrevrange(keys.EVENTS_STREAM, count=count))
-        return [json.loads(fields["event"]) for _, fields in rows]
+        events = []
+        for _, fields in rows:
+            with contextlib.suppress(ValueError):
+                events.append(decode_event(fields))
+        return events
 
 
 def is_active(position: Position) -> bool:

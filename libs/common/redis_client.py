@@ -7,11 +7,11 @@ retries raises `redis.exceptions.ConnectionError`/`TimeoutError`, and the servic
 from __future__ import annotations
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from libs.common.metrics import CountingRetry
 from libs.common.settings import Settings
 
 
@@ -24,7 +24,7 @@ def create_redis(settings: Settings, *, decode_responses: bool = True) -> Redis:
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_keepalive=True,
         health_check_interval=10,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), settings.redis_retries),
+        retry=CountingRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), settings.redis_retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         client_name=None,
     )

@@ -13,6 +13,7 @@ from loguru import logger
 
 from libs.common.heartbeat import check
 from libs.common.logging import setup_logging
+from libs.common.metrics import set_service
 from libs.common.settings import ConfigError, Settings, load_settings
 
 
@@ -44,6 +45,7 @@ def run_service(
     if args.check:
         return check(name, settings)
     setup_logging(name, settings)
+    set_service(name)
     try:
         asyncio.run(_supervise(name, main, settings))
     except ConfigError as exc:

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     upstox_algo_name: str = ""
     order_blocked_retry_s: float = Field(15.0, gt=0)
     reconcile_interval_s: float = Field(30.0, gt=0)
+    safety_net: Literal["on", "off"] = "on"
+    safety_net_buffer_pct: float = Field(0.5, ge=0, le=20)
     reconcile_adopt: bool = False
     reconcile_adopt_stop_loss_pct: float = Field(2.0, gt=0, lt=100)
     reconcile_adopt_take_profit_pct: float = Field(4.0, gt=0, lt=100)
@@ -120,6 +122,11 @@ class Settings(BaseSettings):
     api_public_reads: bool = False
     journal_maxlen: int = Field(10000, gt=0)
 
+    # --- Metrics (Prometheus; the api serves its own on GET /metrics) ------------------------
+    metrics_host: str = "127.0.0.1"
+    feed_metrics_port: int = Field(9101, ge=0, le=65535)
+    monitor_metrics_port: int = Field(9102, ge=0, le=65535)
+    alerts_metrics_port: int = Field(9103, ge=0, le=65535)
     # --- Alerts and the dead man's switch ------------------------------------------------------
     alert_urls: list[SecretStr] = Field(default_factory=list)
     alert_feed_down_s: float = Field(20.0, ge=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from libs.common.clock import SystemClock
+from libs.common.metrics import start_exporter
 from libs.common.notify import InvalidTarget, targets
 from libs.common.redis_client import create_redis
 from libs.common.service import run_service
@@ -18,6 +19,7 @@ async def main(settings: Settings) -> None:
     except InvalidTarget as exc:
         raise ConfigError(f"config error: {exc}") from None
     redis = create_redis(settings)
+    start_exporter(settings.alerts_metrics_port, settings.metrics_host)
     try:
         await run_alerts(settings, redis, SystemClock(), chosen)
     finally:

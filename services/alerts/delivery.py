@@ -22,6 +22,7 @@ from libs.common.logging import tagged
 from libs.common.notify import Kind, Target, send
 from libs.common.settings import Settings
 from services.alerts.group import Entry, ensure_group, forget_gone, read_new, read_own, reclaim, touch
+from services.alerts.metrics import SENDS
 from services.alerts.table import Alert, Severity
 
 SENT_TTL_S = 7 * 86400
@@ -105,6 +106,7 @@ class Delivery:
 
     async def _send(self, entry_id: str, alert: Alert, target: Target, backoff: _Backoff) -> bool:
         outcome = await send(target, alert.heading(), alert.text(), _KIND[alert.severity])
+        SENDS.labels(result="sent" if outcome.sent else "failed").inc()
         note = f"alerts.undelivered.{target.label}"  # shown by GET /api/v1/monitoring/status
         if outcome.sent:
             async with self._redis.pipeline(transaction=True) as pipe:

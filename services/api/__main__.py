@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import uvicorn
 from loguru import logger
+from sse_starlette.sse import AppStatus
 
 from libs.common.service import run_service
 from libs.common.settings import Settings
@@ -36,6 +37,7 @@ async def main(settings: Settings) -> None:
     except asyncio.CancelledError:
         # SIGTERM: let uvicorn finish in-flight requests and run the lifespan's shutdown.
         server.should_exit = True
+        AppStatus.should_exit = True  # end the dashboard's event streams first: a clean stop, no cancelled sends
         await serving
         raise
     if not server.started:

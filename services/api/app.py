@@ -12,6 +12,7 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from loguru import logger
 from redis.exceptions import RedisError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -27,11 +28,12 @@ from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
+from libs.common.safety_net import create_safety_net
 from libs.common.settings import Settings
 from services.api.deps import Resources
 from services.api.health import HealthReader
 from services.api.idempotency import Idempotency
-from services.api.routes import alerts, monitoring, positions
+from services.api.routes import alerts, dashboard, metrics, monitoring, positions
 from services.api.security import BodyLimit, allowed_hosts, check_bind, require_read_access
 from services.api.token_probe import TokenProbe
 
@@ -65,6 +67,7 @@ def create_app(
         holdings = BrokerPositions(redis, used_broker, clock, max_age_s=settings.broker_positions_max_age_s)
         gate = OrderGate(redis, clock)
         cache = PriceCache(redis, settings.price_cache_ttl_s)
+        net = create_safety_net(settings, redis, used_broker, clock)
         app.state.resources = Resources(
             settings=settings,
             clock=clock,
@@ -72,13 +75,14 @@ def create_app(
             store=store,
             cache=cache,
             broker=used_broker,
-            closer=Closer(store, used_broker, clock, holdings=holdings, gate=gate, settings=settings),
+            closer=Closer(store, used_broker, clock, holdings=holdings, gate=gate, settings=settings, safety_net=net),
             holdings=holdings,
             gate=gate,
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
             token_probe=TokenProbe(settings, clock, probe_http),
             health=HealthReader(redis, settings, clock),
             instruments=guard_instruments(settings, clock.now()),
+            safety_net=net,
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
         try:
@@ -108,6 +112,12 @@ def create_app(
     app.include_router(monitoring.router)
     app.include_router(positions.router)
     app.include_router(alerts.router)
+    # A plain route, outside the app-wide read check: like the feed's and the monitor's exporters it is readable
+    # without the key (Prometheus scrapes it; it holds counts, no positions or secrets).
+    app.add_route("/metrics", metrics.metrics, include_in_schema=False)
+    app.include_router(dashboard.router)
+    app.add_route("/", dashboard.page, include_in_schema=False)
+    app.mount("/dashboard", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard")
     return app
 
 

@@ -16,6 +16,7 @@ from libs.common.instruments import InstrumentIndex
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
+from libs.common.safety_net import SafetyNet
 from libs.common.settings import Settings
 from services.api.health import HealthReader
 from services.api.idempotency import Idempotency
@@ -38,6 +39,7 @@ class Resources:
     instruments: InstrumentIndex
     holdings: BrokerPositions
     gate: OrderGate
+    safety_net: SafetyNet | None = None
 
 
 def get_resources(request: Request) -> Resources:

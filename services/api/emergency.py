@@ -30,7 +30,7 @@ async def decision_price(res: Resources, symbol: str) -> tuple[Paise | None, Pri
 async def emergency_close(res: Resources, symbol: str, reason: CloseReason) -> EmergencyCloseResponse:
     """Close `symbol` through the shared Closer. Raises PositionNotFound, PositionConflict or BrokerError."""
     price, source, age_s = await decision_price(res, symbol)
-    request = CloseRequest(symbol, reason, "api", price, source, age_s)
+    request = CloseRequest(symbol, reason, "api", price, source, age_s, decided_at=res.clock.now())
     record = await res.closer.close(request)
     message = f"Position {record.symbol} closed successfully"
     if record.closed_by == "external":

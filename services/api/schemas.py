@@ -135,6 +135,22 @@ class OrdersStatus(BaseModel):
     static_ips: dict[str, Any] | None = Field(None, description="GET /v2/user/ip (Upstox only)")
 
 
+class SafetyNetOut(BaseModel):
+    """Layer 0: the position's stop-loss kept at the broker (a GTT)."""
+
+    state: str = Field(description="placing, active, retrying, unknown, fired, cancelled, ended, none or off")
+    gtt_id: str | None = None
+    trigger_price: float | None = None
+    last_error: str | None = None
+
+
+class SafetyNetStatus(BaseModel):
+    enabled: bool
+    buffer_pct: float
+    states: dict[str, int] = Field(description="open positions per safety-net state")
+    failing: list[dict[str, Any]] = Field(description="open positions whose GTT is not in place, and why")
+
+
 class BrokerPositionsStatus(BaseModel):
     as_of: str | None
     unguarded: list[dict[str, Any]] = Field(description="broker positions no guard record covers (not adopted)")
@@ -178,6 +194,7 @@ class Status(BaseModel):
     orders: OrdersStatus | None = None
     broker_positions: BrokerPositionsStatus | None = None
     expiring_today: list[ExpiringPosition] = Field(default_factory=list)
+    safety_net: SafetyNetStatus | None = None
 
 
 # --- positions --------------------------------------------------------------------------------
@@ -238,6 +255,7 @@ class PositionOut(BaseModel):
     price_age_seconds: float | None
     unrealized_pnl: float | None
     warning: str | None = Field(None, description="set when the broker's positions could not confirm the position")
+    safety_net: SafetyNetOut | None = Field(None, description="Layer 0: the stop kept at the broker (a GTT)")
 
 
 class PositionList(BaseModel):

@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -24,12 +25,14 @@ from libs.common.dns import HostResolver
 from libs.common.heartbeat import beat_forever
 from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.logging import tagged
+from libs.common.metrics import start_exporter
 from libs.common.models import FeedState
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
 from libs.common.tasks import cancel_and_wait
+from services.feed.metrics import StatusCollector
 from services.feed.rest_poll import RestPoller
 from services.feed.silence import Review
 from services.feed.status import StatusBoard
@@ -195,6 +198,9 @@ async def main(settings: Settings) -> None:
     """`python -m services.feed`: the feed against Redis until SIGTERM/SIGINT."""
     redis = create_redis(settings)
     try:
-        await Feed(settings, redis).run()
+        feed = Feed(settings, redis)
+        REGISTRY.register(StatusCollector(feed.status))
+        start_exporter(settings.feed_metrics_port, settings.metrics_host)
+        await feed.run()
     finally:
         await redis.aclose()

@@ -39,6 +39,7 @@ from libs.common.tasks import cancel_and_wait
 from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
 from services.feed.backoff import Outage
 from services.feed.decode import NORMAL_OPEN, CorruptFrame, decode, market_open
+from services.feed.metrics import RECONNECTS, TICKS
 from services.feed.silence import InstrumentWatch
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
@@ -197,6 +198,7 @@ class FeedConnection:
                 f"retrying every {self._s.reconnect_max_delay_s:.0f} s (cycle {outage.cycle})"
             )
         self._status.reconnect_attempts = outage.attempts
+        RECONNECTS.inc()
         self._status.next_retry_at = self._clock.now() + delay_s
         verbose.info(f"Reconnecting (attempt {outage.attempt_in_cycle}/{budget})...")
         verbose.info(f"Waiting {delay_s:.1f} seconds before retry (with jitter)...")
@@ -388,6 +390,7 @@ class FeedConnection:
                     status.last_data_at = now
                     add(frame.ticks, now)
                     saw(frame.ticks, now)
+                    TICKS.inc(len(frame.ticks))
                     await asyncio.sleep(0)  # let the writer run: a busy socket never suspends this loop
                 elif frame.unknown_keys:
                     link.last_data_at = now

@@ -36,11 +36,13 @@ from libs.common.heartbeat import beat_forever
 from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.journal import JournalCap
 from libs.common.logging import tagged
-from libs.common.models import MalformedRecord, Position, PositionState, PriceSource
+from libs.common.metrics import TICK_TO_DECISION
+from libs.common.models import CloseReason, MalformedRecord, Position, PositionState, PriceSource
 from libs.common.money import ltp_paise, to_paise
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.price_cache import parse_notice
+from libs.common.safety_net import create_safety_net
 from libs.common.settings import Settings
 from libs.common.tasks import cancel_and_wait
 from services.monitor.decision import (
@@ -54,12 +56,14 @@ from services.monitor.decision import (
 )
 from services.monitor.expiry import ExpiryWatch
 from services.monitor.reconcile import BrokerReconciler
+from services.monitor.safety_net import SafetyNetKeeper
 from services.monitor.snapshot import SnapshotReader
 
 SERVICE = "monitor"
 # Events that may change what the tick path must know about a symbol's position.
 _REFRESH_ON = frozenset({"opened", "levels_changed", "reopened", "close_failed", "monitored_again", "reduced"})
 _FORGET_ON = frozenset({"closing", "closed", "removed"})
+_SAFETY_NET_ON = frozenset({"opened", "levels_changed", "reopened", "reduced"})  # the GTT may need a change
 _PUBSUB_RETRY_S = (0.1, 2.0)  # first and capped delay between pub/sub reconnects
 
 
@@ -97,7 +101,15 @@ class Monitor:
         self._journal_cap = JournalCap(redis, settings.journal_maxlen)
         holdings = BrokerPositions(redis, broker, self._clock, max_age_s=settings.broker_positions_max_age_s)
         gate = OrderGate(redis, self._clock)
-        self._closer = Closer(self._store, broker, self._clock, holdings=holdings, gate=gate, settings=settings)
+        net = create_safety_net(settings, redis, broker, self._clock)
+        self._closer = Closer(
+            self._store, broker, self._clock, holdings=holdings, gate=gate, settings=settings, safety_net=net
+        )
+        self.safety_net = None
+        if net is not None:
+            self.safety_net = SafetyNetKeeper(
+                settings, redis, net, self._store, self._clock, close_fired=self.close_fired_safety_net, gate=gate
+            )
         self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, broker, self._clock)
         self._jitter = jitter
         index = instruments or guard_instruments(settings, self._clock.now())
@@ -351,6 +363,7 @@ class Monitor:
                 continue
             if self._evaluate(watch[symbol], PriceView(price, source, age_s), now):
                 started += 1
+        TICK_TO_DECISION.observe(max(0.0, self._clock.now() - as_of))  # one per notice: its last decision
         return started
 
     def _evaluate(self, position: Position, view: PriceView, now: float) -> bool:
@@ -380,6 +393,23 @@ class Monitor:
         )
         self._track(symbol, asyncio.create_task(self._close(position, request), name=f"monitor.close.{symbol}"))
         return True
+
+    def close_fired_safety_net(self, position: Position) -> None:
+        """The broker's stop (Layer 0) fired: settle the position through the normal close path, whose disarm
+        takes the GTT's fill as the close, or cancels an order a gap left open and sells the rest."""
+        if self._busy(position.symbol):
+            return
+        request = CloseRequest(
+            symbol=position.symbol,
+            reason=CloseReason.STOP_LOSS,
+            closed_by=SERVICE,
+            decision_price=None,
+            price_source=PriceSource.BROKER,
+            price_age_s=None,
+            decided_at=self._clock.now(),
+        )
+        task = asyncio.create_task(self._close(position, request), name=f"monitor.close.{position.symbol}")
+        self._track(position.symbol, task)
 
     def _log_fallback_throttled(self, symbol: str, view: PriceView) -> None:
         mono = self._clock.monotonic()
@@ -518,6 +548,8 @@ class Monitor:
             kind, symbol = str(event["kind"]), str(event["symbol"])
         except (ValueError, KeyError, TypeError):
             return
+        if self.safety_net is not None and kind in _SAFETY_NET_ON:
+            self.safety_net.wake()
         if kind in _FORGET_ON:
             self._watch.pop(symbol, None)
             self._touched[symbol] = next(self._changes)
@@ -659,6 +691,8 @@ class Monitor:
             asyncio.create_task(self._listen_loop(), name="monitor.ticks"),
             asyncio.create_task(self.reconciler.run(), name="monitor.reconcile"),
         ]
+        if self.safety_net is not None:
+            loops.append(asyncio.create_task(self.safety_net.run(), name="monitor.safety_net"))
         try:
             ended, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
             for loop in ended:

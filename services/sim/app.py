@@ -68,6 +68,8 @@ def create_app(sim: Simulator) -> FastAPI:
 
     @app.middleware("http")
     async def _rest_down(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith("/v3/order/gtt"):
+            sim.gtt.calls += 1  # every GTT call that reached the "broker", answered or refused
         if sim.faults.active("rest_down") and not request.url.path.startswith("/sim/"):
             return error_response(errors.rest_down())
         if is_order_call(request.url.path, request.method):
@@ -176,6 +178,8 @@ def create_app(sim: Simulator) -> FastAPI:
     async def trades_for_day(_: Token) -> dict[str, Any]:
         return success(list(sim.orders.trades))
 
+    _gtt_routes(app, sim)
+
     @app.get("/v2/user/ip")
     async def static_ips(_: Token) -> dict[str, Any]:
         return success(
@@ -226,6 +230,40 @@ def create_app(sim: Simulator) -> FastAPI:
 
     _control_routes(app, sim)
     return app
+
+
+def _gtt_routes(app: FastAPI, sim: Simulator) -> None:
+    """The four GTT calls (api.upstox.com); place/modify/cancel count in the order rate limits."""
+
+    async def _body(request: Request, token: str) -> Any:
+        sim.orders.check_rate(token)
+        try:
+            return await request.json()
+        except ValueError:
+            raise UpstoxError(400, errors.INVALID_INPUT, "Request body must be JSON") from None
+
+    @app.post("/v3/order/gtt/place")
+    async def gtt_place(request: Request, token: Token) -> Any:
+        gtt = sim.gtt.place(await _body(request, token))
+        logger.info(f"sim GTT {gtt.gtt_order_id} placed: {gtt.instrument.trading_symbol} {gtt.quantity}")
+        if sim.faults.active("reply_lost"):  # the GTT stands; only the gateway's answer is lost
+            return Response("<html><body><h1>504 Gateway Time-out</h1></body></html>", 504, media_type="text/html")
+        return success({"gtt_order_ids": [gtt.gtt_order_id]}, metadata={"latency": 1})
+
+    @app.put("/v3/order/gtt/modify")
+    async def gtt_modify(request: Request, token: Token) -> dict[str, Any]:
+        gtt = sim.gtt.modify(await _body(request, token))
+        return success({"gtt_order_ids": [gtt.gtt_order_id]}, metadata={"latency": 1})
+
+    @app.delete("/v3/order/gtt/cancel")
+    async def gtt_cancel(request: Request, token: Token) -> dict[str, Any]:
+        gtt = sim.gtt.cancel(await _body(request, token))
+        logger.info(f"sim GTT {gtt.gtt_order_id} cancelled")
+        return success({"gtt_order_ids": [gtt.gtt_order_id]}, metadata={"latency": 1})
+
+    @app.get("/v3/order/gtt")
+    async def gtt_get(_: Token, gtt_order_id: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+        return success(sim.gtt.listed(gtt_order_id))
 
 
 class PriceControl(BaseModel):
@@ -335,6 +373,10 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
     @app.get("/sim/orders")
     async def orders() -> list[dict[str, Any]]:
         return [o.as_dict() for o in sim.orders.orders.values()]
+
+    @app.get("/sim/gtt")
+    async def gtts() -> list[dict[str, Any]]:
+        return sim.gtt.everything()
 
     @app.get("/sim/state")
     async def state() -> dict[str, Any]:

@@ -61,6 +61,7 @@ class Order:
     updated_at: float = 0.0
     fill_ratio: float = 1.0  # the share that fills (partial_fill fault); the rest is cancelled
     fill_not_before: float = 0.0  # monotonic s (slow_fill fault)
+    ref_id: str = ""  # order_ref_id: the GTT that placed it ("GTT-..."), else the tag
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,7 +96,7 @@ class Order:
             "exchange_timestamp": _stamp(self.updated_at or self.placed_at) if self.exchange_order_id else None,
             "is_amo": self.is_amo,
             "order_request_id": "1",
-            "order_ref_id": self.tag or "",
+            "order_ref_id": self.ref_id or self.tag or "",
         }
 
 
@@ -197,6 +198,31 @@ class OrderBook:
         placed = self.place(body, version=3, external=True)
         return next((o for o in placed if o.status != "complete"), placed[-1])
 
+    def place_internal(
+        self, inst: Instrument, *, transaction_type: str, quantity: int, product: str, price_paise: int, ref_id: str
+    ) -> Order:
+        """A DAY LIMIT order the broker places itself (a fired GTT, `ref_id` its id): no rate limit, no order
+        fault; it is checked against the band and the market hours like any other."""
+        order = Order(
+            order_id=self._next_id(),
+            instrument=inst,
+            transaction_type=transaction_type,
+            order_type="LIMIT",
+            product=product,
+            validity="DAY",
+            quantity=quantity,
+            price_paise=price_paise,
+            trigger_paise=0,
+            disclosed_quantity=0,
+            is_amo=False,
+            tag=None,
+            placed_at=self.clock.now(),
+            ref_id=ref_id,
+        )
+        self.orders[order.order_id] = order
+        self._accept(order, external=True)
+        return order
+
     def _next_id(self) -> str:
         self._seq += 1
         return to_ist(self.clock.now()).strftime("%y%m%d") + f"{self._seq:07d}"
@@ -293,7 +319,7 @@ class OrderBook:
                 "exchange_timestamp": at,
                 "average_price": rupees(price_paise),
                 "trade_id": f"{len(self.trades) + 1:08d}",
-                "order_ref_id": order.tag or "",
+                "order_ref_id": order.ref_id or order.tag or "",
                 "order_timestamp": _stamp(order.placed_at),
             }
         )

@@ -37,6 +37,7 @@ from services.sim.app import create_app
 from services.sim.dns_responder import DnsResponder
 from services.sim.faults import AuthCodes, FaultKind, Faults
 from services.sim.feeder import FEED_PATH, Feeder
+from services.sim.gtt import GttBook
 from services.sim.market import Market
 from services.sim.orders import OrderBook
 from services.sim.tls import DEFAULT_NAMES, SimTLS, make_tls
@@ -87,6 +88,7 @@ class Simulator:
             rate_limit_per_s=settings.sim_order_rate_limit_per_s,
             rate_limit_per_min=settings.sim_order_rate_limit_per_min,
         )
+        self.gtt = GttBook(self.market, self.orders, self.clock)
         self.tls: SimTLS | None = None
         if settings.sim_tls:
             self.tls = make_tls(settings.sim_tls_ca_path, settings.sim_hostnames)
@@ -245,10 +247,11 @@ class Simulator:
             self.faults.start(kind, duration_s)
 
     def reset(self) -> None:
-        """Prices back to the seed's start, no pins, faults, orders or positions."""
+        """Prices back to the seed's start, no pins, faults, orders, GTTs or positions."""
         self.market.reset()
         self.faults.clear()
         self.orders.reset()
+        self.gtt.reset()
         self.blocked_order_calls = 0
         self.feeder.send_market_info()
 
@@ -273,6 +276,8 @@ class Simulator:
             "handshakes_accepted": self.feeder.accepted,
             "handshakes_refused": self.feeder.handshakes_refused,
             "orders": len(self.orders.orders),
+            "gtts_live": sum(1 for g in self.gtt.gtts.values() if g.live),
+            "gtt_calls": self.gtt.calls,
             "blocked_order_calls": self.blocked_order_calls,
             "positions": self.orders.position_rows(),
             "prices": prices,

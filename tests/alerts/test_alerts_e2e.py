@@ -57,7 +57,9 @@ async def test_example_2_alerts_arrive_in_order_each_once(tmp_path: Path) -> Non
             await stack.start("sim", "feed", "monitor", "api")
             await stack.set_price("BOSCHLTD", 720.0)
             await buy(stack, "BOSCHLTD", 10)
-            await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25, take_profit=800.0)
+            await stack.open_position(
+                "BOSCHLTD", "long", 10, 735.0, at_broker=False, stop_loss=698.25, take_profit=800.0
+            )
             await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"))
             await stack.wait_connected(True)
             await stack.start("alerts")
@@ -105,7 +107,7 @@ async def test_a_failing_receiver_is_retried_and_gets_the_alerts_once_the_guard_
             await stack.start("sim", "feed", "monitor", "api")
             await stack.set_price("KAYNES", 200.0)
             await buy(stack, "KAYNES", 10)
-            await stack.open_position("KAYNES", "long", 10, 195.0, stop_loss=190.0, take_profit=230.0)
+            await stack.open_position("KAYNES", "long", 10, 195.0, at_broker=False, stop_loss=190.0, take_profit=230.0)
             await eventually(lambda: _ltp_is(stack, "KAYNES", "200.00"))
             await stack.start("alerts")
             receiver.status = 500
@@ -224,7 +226,7 @@ async def test_a_close_with_an_unknown_outcome_is_alerted_then_its_settlement(tm
             await stack.start("sim", "feed", "monitor", "api")
             await stack.set_price("BOSCHLTD", 720.0)
             await buy(stack, "BOSCHLTD", 10)
-            await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+            await stack.open_position("BOSCHLTD", "long", 10, 735.0, at_broker=False, stop_loss=698.25)
             await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"))
             await stack.start("alerts")
             stack.pause("sim")  # the broker host hangs: the order is sent, no answer comes

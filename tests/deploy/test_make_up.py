@@ -74,10 +74,10 @@ def test_make_up_on_a_clean_checkout_then_make_down_leaves_nothing_behind(tmp_pa
             time.sleep(0.5)
 
         # the bot's entry: the broker holds the position before the guard is told about it
-        entry = _curl(tmp_path, "-X", "POST", f"http://127.0.0.1:{sim_port}/sim/trade",
-                      "-H", "Content-Type: application/json",
-                      "-d", '{"symbol": "BOSCHLTD", "side": "buy", "quantity": 39}')  # fmt: skip
-        assert entry["position"]["quantity"] == 39  # type: ignore[index]
+        trade = '{"symbol": "BOSCHLTD", "side": "buy", "quantity": 39}'
+        entry = _curl(tmp_path, "-X", "POST", f"http://127.0.0.1:{sim_port}/sim/trade", "-H",
+                      "Content-Type: application/json", "-d", trade)  # fmt: skip
+        assert entry["position"]["quantity"] == 39
         opened = _curl(tmp_path, "-X", "POST", f"{api}/positions", "-H", "Content-Type: application/json",
                        "-d", '{"symbol": "BOSCHLTD", "side": "long", "quantity": 39, "entry_price": 735.0, '
                              '"stop_loss": 698.25}')  # fmt: skip

@@ -71,6 +71,12 @@ FAST = {
     "REDIS_RETRIES": "2",
     "REDIS_CONNECT_TIMEOUT_S": "0.5",
     "REDIS_SOCKET_TIMEOUT_S": "2",
+    "FEED_METRICS_PORT": "0",  # metrics off unless a test asks (tests run side by side; 9101/9102 may be taken)
+    "MONITOR_METRICS_PORT": "0",
+    "ALERTS_METRICS_PORT": "0",
+    # Layer 0 fires at the simulator the moment a price jumps through a GTT, before the guard sees the tick: these
+    # scenarios test layers 1-3 and the close path alone; tests/e2e/test_safety_net.py turns it on with them.
+    "SAFETY_NET": "off",
 }
 
 

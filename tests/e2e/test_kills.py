@@ -55,9 +55,9 @@ async def test_monitor_killed_mid_close_is_reconciled_never_closed_twice(tmp_pat
         for symbol, ltp, quantity in (("BOSCHLTD", 720.0, 10), ("KAYNES", 200.0, 10), ("SBIN", 800.0, 5)):
             await stack.set_price(symbol, ltp)
             await stack.sim("POST", "/sim/trade", json={"symbol": symbol, "side": "buy", "quantity": quantity})
-        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
-        await stack.open_position("KAYNES", "long", 10, 195.0, stop_loss=190.0)
-        await stack.open_position("SBIN", "long", 5, 810.0, stop_loss=790.0)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, at_broker=False, stop_loss=698.25)
+        await stack.open_position("KAYNES", "long", 10, 195.0, at_broker=False, stop_loss=190.0)
+        await stack.open_position("SBIN", "long", 5, 810.0, at_broker=False, stop_loss=790.0)
         await eventually(lambda: _ltp_is(stack, "SBIN", "800.00"))
         mark = stack.mark("monitor")
 
@@ -104,7 +104,7 @@ async def test_monitor_killed_mid_close_is_reconciled_never_closed_twice(tmp_pat
 
         # 3. The api: killed and restarted, it serves the same positions and journal (all state is in Redis).
         await stack.sim("POST", "/sim/trade", json={"symbol": "RELIANCE", "side": "buy", "quantity": 1})
-        await stack.open_position("RELIANCE", "long", 1, 1400.0, stop_loss=1300.0)
+        await stack.open_position("RELIANCE", "long", 1, 1400.0, at_broker=False, stop_loss=1300.0)
         before = [await _get(stack, "/api/v1/positions"), await _get(stack, "/api/v1/positions/closed")]
         stack.kill("api")
         await stack.start("api")

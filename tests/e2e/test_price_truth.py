@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 async def _open_long(stack: Stack, symbol: str, quantity: int, entry: float, stop_loss: float) -> None:
     """As a trader does in simulator mode: the position exists at the broker first, then the guard watches it."""
     await stack.sim("POST", "/sim/trade", json={"symbol": symbol, "side": "buy", "quantity": quantity})
-    await stack.open_position(symbol, "long", quantity, entry, stop_loss=stop_loss)
+    await stack.open_position(symbol, "long", quantity, entry, at_broker=False, stop_loss=stop_loss)
 
 
 async def _ltp_is(stack: Stack, symbol: str, ltp: str) -> bool:

@@ -61,6 +61,9 @@ def compressed(settings: Settings, **overrides: Any) -> Settings:
         "close_retry_max_s": 0.4,
         "monitor_stuck_close_s": 0.5,
         "broker_timeout_s": 2.0,
+        # Layer 0 fires inside the simulator the moment a price jumps through a GTT: these tests exercise layers 1-3
+        # and the close path alone (test_safety_net_keeper.py and tests/e2e/test_safety_net.py cover Layer 0).
+        "safety_net": "off",
         **overrides,
     }
     return settings.model_copy(update=values)

@@ -198,10 +198,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "if heartbeat_age_s > self.heartbeat_max_age_s * 1000:",
         ("tests/unit/test_freshness.py", "tests/api/test_health.py", "tests/api/test_emergency.py"),
     ),
+    # --- Layer 0: the safety net (libs/common/safety_net.py, its hook in libs/common/closing.py) ------------
+    Mutation(
+        "the guard's close does not disarm the safety-net GTT (a second exit can fire)",
+        "libs/common/closing.py",
+        "fired = await net.disarm(position)",
+        "fired = None",
+        ("tests/monitor/test_safety_net_keeper.py",),
+    ),
+    Mutation(
+        "the disarm leaves the GTT live (never sends the cancel)",
+        "libs/common/safety_net.py",
+        'if net.state != "fired" and await self.cancel(gtt_id):',
+        'if net.state != "fired":',
+        ("tests/monitor/test_safety_net_keeper.py",),
+    ),
 )
 
 # Bugs to plant once the code exists (issue #13): write them as above, with the exact text of that code.
-LATER = (
-    "a close sells the position's quantity even when the broker holds less (the broker-position cap removed)",
-    "the safety-net GTT is not cancelled when the guard closes the position (a second exit can fire)",
-)
+LATER = ("a close sells the position's quantity even when the broker holds less (the broker-position cap removed)",)

@@ -36,6 +36,7 @@ from services.api.schemas import (
     FeedDetail,
     OrdersStatus,
     RedisStatus,
+    SafetyNetStatus,
     ServiceStatus,
     Status,
     TokenStatus,
@@ -173,6 +174,7 @@ async def service_status(res: Res) -> Status:
     feed: FeedDetail | None = None
     notes: dict[str, str] = {}
     events: list[dict[str, Any]] = []
+    safety_net: SafetyNetStatus | None = None
     orders: OrdersStatus | None = None
     broker_positions: BrokerPositionsStatus | None = None
     expiring: list[ExpiringPosition] = []
@@ -197,6 +199,7 @@ async def service_status(res: Res) -> Status:
         events = await res.store.recent_events(10)
         orders, broker_positions = await _orders_status(res), await _broker_positions_status(res)
         expiring = await _expiring_today(res)
+        safety_net = await _safety_net_status(res)
     return Status(
         timestamp=ist_iso(now),
         market="simulator" if res.settings.simulator_mode else "upstox",
@@ -210,7 +213,24 @@ async def service_status(res: Res) -> Status:
         orders=orders,
         broker_positions=broker_positions,
         expiring_today=expiring,
+        safety_net=safety_net,
     )
+
+
+async def _safety_net_status(res: Res) -> SafetyNetStatus:
+    settings = res.settings
+    if res.safety_net is None:
+        return SafetyNetStatus(enabled=False, buffer_pct=settings.safety_net_buffer_pct, states={}, failing=[])
+    positions = [p for p in await res.store.list_open() if isinstance(p, Position)]
+    nets = await res.safety_net.states([p.symbol for p in positions])
+    states: dict[str, int] = {}
+    failing = []
+    for symbol, net in nets.items():
+        shown = net.public()
+        states[shown["state"]] = states.get(shown["state"], 0) + 1
+        if net.last_error and shown["state"] not in ("active", "none"):
+            failing.append({"symbol": symbol, **shown, "attempts": net.attempts})
+    return SafetyNetStatus(enabled=True, buffer_pct=settings.safety_net_buffer_pct, states=states, failing=failing)
 
 
 async def _orders_status(res: Res) -> OrdersStatus:

@@ -8,10 +8,11 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 from loguru import logger
 from pydantic import ValidationError
 
+from libs.common.broker import BrokerError
 from libs.common.broker_positions import PositionsUnavailable
 from libs.common.clock import ist_iso
 from libs.common.fno import is_expired
-from libs.common.models import MalformedRecord, Position, PriceEntry, level_at_pct
+from libs.common.models import MalformedRecord, Position, PositionState, PriceEntry, level_at_pct
 from libs.common.money import rupees, to_paise
 from libs.common.positions import PositionConflict, PositionNotFound
 from services.api.deps import ApiKey, Res
@@ -23,6 +24,7 @@ from services.api.schemas import (
     OpenPositionRequest,
     PositionList,
     PositionOut,
+    SafetyNetOut,
     UpdateLevelsRequest,
     ValidationErrorOut,
     unprocessable,
@@ -44,7 +46,23 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
 
 
-def _out(position: Position, price: PriceEntry | MalformedRecord | None, now: float) -> PositionOut:
+async def _nets(res: Res, symbols: list[str]) -> dict[str, SafetyNetOut]:
+    """Each position's safety net as stored (`off` for all when SAFETY_NET=off or the broker keeps no GTTs)."""
+    if res.safety_net is None:
+        return dict.fromkeys(symbols, SafetyNetOut(state="off"))
+    states = await res.safety_net.states(symbols)
+    return {s: SafetyNetOut.model_validate(n.public()) for s, n in states.items()}
+
+
+async def _one(res: Res, position: Position) -> PositionOut:
+    price = await res.cache.read([position.symbol])
+    nets = await _nets(res, [position.symbol])
+    return _out(position, price[position.symbol], res.clock.now(), nets[position.symbol])
+
+
+def _out(
+    position: Position, price: PriceEntry | MalformedRecord | None, now: float, net: SafetyNetOut | None = None
+) -> PositionOut:
     entry = price if isinstance(price, PriceEntry) else None
     return PositionOut(
         symbol=position.symbol,
@@ -62,6 +80,7 @@ def _out(position: Position, price: PriceEntry | MalformedRecord | None, now: fl
         ltp=rupees(entry.ltp) if entry else None,
         price_age_seconds=round(entry.age_s(now), 3) if entry else None,
         unrealized_pnl=rupees(position.pnl(entry.ltp)) if entry else None,
+        safety_net=net,
     )
 
 
@@ -71,9 +90,10 @@ async def list_positions(res: Res) -> PositionList:
     rows = await res.store.list_open()
     good = [p for p in rows if isinstance(p, Position)]
     prices = await res.cache.read([p.symbol for p in good]) if good else {}
+    nets = await _nets(res, [p.symbol for p in good]) if good else {}
     now = res.clock.now()
     return PositionList(
-        positions=[_out(p, prices.get(p.symbol), now) for p in good],
+        positions=[_out(p, prices.get(p.symbol), now, nets.get(p.symbol)) for p in good],
         malformed=[str(p) for p in rows if isinstance(p, MalformedRecord)],
     )
 
@@ -100,8 +120,7 @@ async def get_position(symbol: SymbolPath, res: Res) -> PositionOut:
     position = await res.store.get(symbol)
     if position is None:
         raise HTTPException(404, f"no position for {symbol}")
-    price = await res.cache.read([symbol])
-    return _out(position, price[symbol], res.clock.now())
+    return await _one(res, position)
 
 
 @router.post(
@@ -143,8 +162,7 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
     except PositionConflict as exc:
         raise HTTPException(409, f"a position on {body.symbol} is already {exc.state}") from None
     response.headers["Location"] = f"{router.prefix}/{position.symbol}"
-    price = await res.cache.read([position.symbol])
-    return _out(position, price[position.symbol], res.clock.now()).model_copy(update={"warning": warning})
+    return (await _one(res, position)).model_copy(update={"warning": warning})
 
 
 def _check_contract(res: Res, instrument_key: str, symbol: str, quantity: int) -> None:
@@ -201,7 +219,17 @@ def _unconfirmed(position: Position, reason: str) -> str:
     },
 )
 async def stop_guarding(symbol: SymbolPath, res: Res) -> PositionOut:
-    """Stop guarding an open position without sending any order (the feed unsubscribes it)."""
+    """Stop guarding an open position without sending any order (the feed unsubscribes it); its safety net
+    GTT is cancelled first (503, nothing changed, when the broker cannot confirm that)."""
+    current = await res.store.get(symbol)
+    if res.safety_net is not None and current is not None and current.state is PositionState.OPEN:
+        try:
+            fired = await res.safety_net.disarm(current)
+        except BrokerError as exc:
+            raise HTTPException(503, f"could not cancel the safety net of {symbol} ({exc}); still guarded") from None
+        if fired is not None:  # the stop was hit at the broker: the guard settles that exit, nothing is dropped
+            detail = f"the safety net of {symbol} fired at the broker (order {fired.order_id}); the guard settles it"
+            raise HTTPException(409, detail)
     try:
         removed = await res.store.remove(symbol)
     except PositionNotFound:
@@ -210,7 +238,8 @@ async def stop_guarding(symbol: SymbolPath, res: Res) -> PositionOut:
         raise HTTPException(409, f"position {symbol} is {exc.state}; it cannot be dropped now") from None
     logger.warning(f"{symbol}: no longer guarded (removed through the API; no order sent)")
     price = await res.cache.read([symbol])
-    return _out(removed, price[symbol], res.clock.now()).model_copy(update={"state": "removed"})
+    net = SafetyNetOut(state="off" if res.safety_net is None else "cancelled")
+    return _out(removed, price[symbol], res.clock.now(), net).model_copy(update={"state": "removed"})
 
 
 @router.patch(
@@ -242,5 +271,4 @@ async def update_levels(symbol: SymbolPath, body: UpdateLevelsRequest, res: Res)
         raise HTTPException(409, f"position {symbol} is {exc.state}; its levels can no longer move") from None
     except ValidationError as exc:
         raise unprocessable(_validation_message(exc)) from None
-    price = await res.cache.read([symbol])
-    return _out(updated, price[symbol], res.clock.now())
+    return await _one(res, updated)
