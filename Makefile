@@ -7,7 +7,7 @@ LINT_PATHS := libs services tests deploy $(wildcard bench)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint fmt test test-unit test-integration test-fast test-e2e mutation proto up down restart status logs \
-        logs-feed logs-monitor logs-api logs-sim logs-alerts demo-outage demo-outage-extended demo-blackout bench
+        logs-feed logs-monitor logs-api logs-sim logs-alerts demo-outage demo-outage-extended demo-blackout bench login token-set
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-22s %s\n", $$1, $$2}'
@@ -73,6 +73,12 @@ status: ## each service's state and heartbeat
 
 logs: ## follow every service's log, each line prefixed with its service
 	@$(RUNNER) logs
+
+login: ## log in through Upstox's OAuth dialog; every service uses the new access token at once
+	@$(PY) -m services.api login
+
+token-set: ## a new access token from stdin for every service, no restart: make token-set < token.txt
+	@$(if $(filter compose,$(MODE)),docker compose exec -T api python -m services.api token set,$(PY) -m services.api token set)
 
 logs-feed: ## follow the feed's log
 	@$(RUNNER) logs feed

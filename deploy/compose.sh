@@ -13,8 +13,16 @@ ensure_api_key() { # the api listens on 0.0.0.0 inside its container, which requ
   fi
 }
 
+ensure_credentials_key() { # encrypts a hot-swapped access token at rest in Redis (see README, Tokens)
+  if ! grep -qE '^CREDENTIALS_KEY=.+' .env 2>/dev/null; then
+    echo "CREDENTIALS_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')" >> .env
+    chmod 600 .env
+    echo "==> wrote a new CREDENTIALS_KEY to .env (it encrypts a replaced access token in Redis)"
+  fi
+}
+
 case "${1:-}" in
-  up) ensure_api_key; "${DC[@]}" "${profile[@]}" up -d --build --wait ;;
+  up) ensure_api_key; ensure_credentials_key; "${DC[@]}" "${profile[@]}" up -d --build --wait ;;
   down) "${DC[@]}" "${profile[@]}" down ;;
   restart) "${DC[@]}" "${profile[@]}" restart ;;
   status) "${DC[@]}" "${profile[@]}" ps ;;

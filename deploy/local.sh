@@ -83,8 +83,17 @@ wait_healthy() {
   printf '\r  every service is healthy: %-30s\n' "$(services)"
 }
 
+ensure_credentials_key() { # encrypts a hot-swapped access token at rest in Redis (see README, Tokens)
+  if ! grep -qE '^CREDENTIALS_KEY=.+' .env 2>/dev/null; then
+    echo "CREDENTIALS_KEY=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')" >> .env
+    chmod 600 .env
+    echo "==> wrote a new CREDENTIALS_KEY to .env (it encrypts a replaced access token in Redis)"
+  fi
+}
+
 up() {
   ensure_venv
+  ensure_credentials_key
   mkdir -p "$RUN" "$LOGS"
   local sim_mode; sim_mode="$(setting 'int(s.simulator_mode)')"
   ensure_redis

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from libs.common.clock import Clock, SystemClock
+from libs.common.credentials import Credentials
 from libs.common.dns import DnsFailure, HostResolver
 from libs.common.instruments import guard_instruments
 from libs.common.models import Position, Side
@@ -196,12 +197,14 @@ class UpstoxBroker:
     def __init__(
         self,
         settings: Settings,
+        credentials: Credentials | None = None,
         *,
         fill_timeout_s: float | None = None,
         resolver: HostResolver | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._settings = settings
+        self._credentials = credentials or Credentials(settings)
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
         self._static_ips: tuple[float, dict[str, Any] | None] | None = None
@@ -213,8 +216,9 @@ class UpstoxBroker:
             timeout=settings.broker_timeout_s, verify=verify, headers={"Accept": "application/json"}, trust_env=False
         )
 
-    def _headers(self, *, order_call: bool) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._settings.access_token.get_secret_value()}"}
+    async def _headers(self, *, order_call: bool) -> dict[str, str]:
+        # read at the moment of use: a token swapped in a second ago is the one sent
+        headers = {"Authorization": f"Bearer {await self._credentials.access()}"}
         if order_call and self._settings.upstox_algo_name:
             headers["X-Algo-Name"] = self._settings.upstox_algo_name
         return headers
@@ -239,7 +243,7 @@ class UpstoxBroker:
     async def _call(self, method: str, url: str, *, order_call: bool = False, **kw: Any) -> Any:
         await (self._order_pacer if order_call else self._read_pacer).wait()
         target, host_headers, extensions = await self._route(url)
-        headers = {**self._headers(order_call=order_call), **host_headers}
+        headers = {**(await self._headers(order_call=order_call)), **host_headers}
         deadline = _send_deadline.get()
         if order_call and deadline is not None and time.monotonic() > deadline:
             raise BrokerError(
@@ -424,6 +428,6 @@ def _sum_fills(fills: list[Fill]) -> Fill | None:
     return Fill(order_id=",".join(f.order_id for f in fills), price=average, quantity=quantity)
 
 
-def create_broker(settings: Settings, clock: Clock | None = None) -> Broker:
+def create_broker(settings: Settings, credentials: Credentials, clock: Clock | None = None) -> Broker:
     """The broker the settings choose (`BROKER=upstox` talks to the simulator in simulator mode)."""
-    return PaperBroker() if settings.broker == "paper" else UpstoxBroker(settings, clock=clock)
+    return PaperBroker() if settings.broker == "paper" else UpstoxBroker(settings, credentials, clock=clock)

@@ -15,6 +15,7 @@ Keys
   events                    stream every event that matters to a person: positions, closes, feed states (capped)
   idempotency:KEY           string the first result of an emergency close sent with that Idempotency-Key
   services:status           hash   per-service notes (e.g. the monitor's last broker error)
+  auth:access-token         string the hot-swapped access token, encrypted (Fernet, CREDENTIALS_KEY); never plain
   broker:positions          string JSON snapshot of the broker's day positions (as_of, holdings), last good read
   broker:unguarded          string JSON list of broker positions no guard record covers (the reconcile's finding)
   orders:blocked            hash   set while order calls are refused for the static IP (reason, since)
@@ -28,6 +29,7 @@ Channels
   feed:subscription-requests  "sub SYMBOL KEY" / "unsub SYMBOL" asks the feed to (un)subscribe now
   positions:events          position lifecycle events (opened, closing, closed, close_failed, unmonitored,
                             reduced, removed, reopened)
+  auth:changes              "access": a new access token was stored (the notice carries no token)
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ CLOSED_ARCHIVE: Final = "positions:closed:archive"
 EVENTS_STREAM: Final = "events"
 IDEMPOTENCY_PREFIX: Final = "idempotency:"
 SERVICES_STATUS: Final = "services:status"
+ACCESS_TOKEN: Final = "auth:access-token"  # noqa: S105 (a key name, not a secret)
 BROKER_POSITIONS: Final = "broker:positions"
 BROKER_UNGUARDED: Final = "broker:unguarded"
 ORDERS_BLOCKED: Final = "orders:blocked"
@@ -59,6 +62,7 @@ TICKS_CHANNEL: Final = "ticks"
 FEED_STATUS_CHANNEL: Final = "feed:status:changes"
 SUBSCRIPTION_REQUESTS_CHANNEL: Final = "feed:subscription-requests"
 POSITION_EVENTS_CHANNEL: Final = "positions:events"
+CREDENTIALS_CHANNEL: Final = "auth:changes"
 
 # Fields of a price:SYMBOL hash. Prices are rupee strings ("575.00") so `HGETALL` reads naturally.
 # `received_at` is the arrival of the last real tick; `as_of` also moves when the feed vouches for a quiet symbol.

@@ -34,6 +34,11 @@ class Redactor:
     def __init__(self, secrets: list[str]) -> None:
         self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
 
+    def add(self, secret: str) -> None:
+        """Also scrub `secret` from now on (a token learnt at runtime)."""
+        if len(secret) >= 4 and secret not in self._secrets:
+            self._secrets = sorted([*self._secrets, secret], key=len, reverse=True)
+
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
@@ -94,12 +99,22 @@ class _Sink:
             self._stream.close()
 
 
+_active = Redactor([])
+
+
+def redact_secret(secret: str) -> None:
+    """Scrub `secret` from every later log line of this process (tokens stored at runtime go through here)."""
+    _active.add(secret)
+
+
 def setup_logging(service: str, settings: Settings, *, stream: TextIO | None = None) -> Redactor:
     """Send this process's logs to stdout (and `LOG_DIR/<service>.log` when set), redacted.
 
     Returns the redactor so callers can scrub other text they show (error bodies, responses).
     """
+    global _active
     redact = Redactor(settings.secrets())
+    _active = redact
     logger.remove()
     logger.add(
         _Sink(stream or sys.stdout, service, settings.log_format, redact),

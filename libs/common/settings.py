@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     upstox_access_token: SecretStr = SecretStr("")
     upstox_api_base: str = ""
     upstox_order_base: str = ""
+    upstox_analytics_token: SecretStr = SecretStr("")
+    upstox_client_id: str = ""
+    upstox_client_secret: SecretStr = SecretStr("")
+    upstox_redirect_uri: str = ""
+    credentials_key: SecretStr = SecretStr("")
+    token_expiry_warn_s: float = Field(1800.0, ge=0)
     sim_host: str = "127.0.0.1"
     sim_port: int = Field(8100, ge=0, le=65535)
     sim_access_token: SecretStr = SecretStr("sim-access-token")
@@ -58,6 +64,7 @@ class Settings(BaseSettings):
     sim_ticks_per_interval: int = Field(0, ge=0)
     fno_expiry_weekday: int = Field(1, ge=0, le=6)
     fno_expiry_warn_min: float = Field(30.0, gt=0)
+    sim_notifier_url: str = ""
 
     # --- Price cache and the guide's three layers ---------------------------------------------
     price_stale_after_s: float = Field(30.0, gt=0)
@@ -195,7 +202,15 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value that must never reach a log line or a response."""
-        values = [self.upstox_access_token, self.api_key, self.healthcheck_ping_url, *self.alert_urls]
+        values = [
+            self.upstox_access_token,
+            self.upstox_analytics_token,
+            self.upstox_client_secret,
+            self.credentials_key,
+            self.api_key,
+            self.healthcheck_ping_url,
+            *self.alert_urls,
+        ]
         if self.sim_access_token.get_secret_value() != "sim-access-token":
             values.append(self.sim_access_token)
         return [v.get_secret_value() for v in values if v.get_secret_value()]

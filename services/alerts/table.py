@@ -80,7 +80,7 @@ ALERTS: dict[str, Rule] = {
         Severity.CRITICAL,
         "Upstox rejects the access token",
         "The feed cannot connect: {error}. No live prices until a valid token is set; SL/TP run on cached prices.",
-        "Set a valid UPSTOX_ACCESS_TOKEN in .env, then make restart (it expires daily at 03:30 IST); "
+        "Renew it without a restart: make login (or make token-set < token.txt); it expires daily at 03:30 IST. "
         "curl -s http://127.0.0.1:{api_port}/api/v1/monitoring/status shows whether it works.",
         condition="feed_token",
     ),
@@ -189,7 +189,8 @@ ALERTS: dict[str, Rule] = {
     # For the events the broker-truth, safety-net, token and static-IP work emit. To alert on them, record the event
     # with `libs.common.events` (`add_event(pipe, encode_event(kind, at, symbol, **fields))`) under these kinds, with
     # the fields the templates name: `closed` with `record.closed_by` "external"/"safety_net" (the close record);
-    # safety_net_failed(symbol, error); safety_net_placed(symbol); token_expiring/token_expired(token, expires_at);
+    # safety_net_failed(symbol, error); safety_net_placed(symbol); token_expiring(token, expires_at);
+    # token_expired(token, expires_at, effect);
     # token_rejected(token, error); token_ok(token); orders_blocked(reason); orders_unblocked.
     "external_close": Rule(
         Severity.WARNING,
@@ -230,7 +231,7 @@ ALERTS: dict[str, Rule] = {
     "token_expired": Rule(
         Severity.CRITICAL,
         "Upstox token expired",
-        "The {token} token expired at {expires_at}: no live prices, no orders.",
+        "The {token} token expired at {expires_at}: {effect}.",
         "Renew it now: python -m services.api login (or POST /api/v1/auth/token).",
         condition="token",
     ),

@@ -13,6 +13,7 @@ from sse_starlette.sse import AppStatus
 
 from libs.common.service import run_service
 from libs.common.settings import Settings
+from services.api import cli
 from services.api.app import create_app
 
 
@@ -45,6 +46,15 @@ async def main(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] and sys.argv[1] in cli.COMMANDS:  # `token set`, `login`: a new access token
+        sys.exit(cli.main(sys.argv[1:]))
     sys.exit(
-        run_service("api", main, description="Connection health, emergency close, status and positions over HTTP.")
+        run_service(
+            "api",
+            main,
+            description="Connection health, emergency close, status and positions over HTTP.",
+            epilog="A new access token for every service, no restart:\n"
+            "  python -m services.api token set   read it from stdin (never an argument)\n"
+            "  python -m services.api login       Upstox's OAuth dialog, caught on UPSTOX_REDIRECT_URI",
+        )
     )

@@ -21,6 +21,7 @@ from libs.common.broker import Broker, create_broker
 from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer
+from libs.common.credentials import Credentials
 from libs.common.heartbeat import beat_forever
 from libs.common.instruments import guard_instruments
 from libs.common.models import MalformedRecord
@@ -33,9 +34,10 @@ from libs.common.settings import Settings
 from services.api.deps import Resources
 from services.api.health import HealthReader
 from services.api.idempotency import Idempotency
-from services.api.routes import alerts, dashboard, metrics, monitoring, positions
+from services.api.routes import alerts, auth, dashboard, metrics, monitoring, positions
 from services.api.security import BodyLimit, allowed_hosts, check_bind, require_read_access
 from services.api.token_probe import TokenProbe
+from services.api.token_watch import ExpiryWatch
 
 DESCRIPTION = """Connection health, emergency close, status and positions of the Upstox resilience guard.
 
@@ -61,7 +63,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings)
-        used_broker = broker or create_broker(settings, clock)
+        credentials = Credentials(settings, redis, clock)
+        used_broker = broker or create_broker(settings, credentials, clock)
         probe_http = http or httpx.AsyncClient(timeout=settings.broker_timeout_s, verify=settings.tls_ca_file or True)
         store = PositionStore(redis, clock)
         holdings = BrokerPositions(redis, used_broker, clock, max_age_s=settings.broker_positions_max_age_s)
@@ -79,15 +82,20 @@ def create_app(
             holdings=holdings,
             gate=gate,
             idempotency=Idempotency(redis, settings.idempotency_ttl_s),
-            token_probe=TokenProbe(settings, clock, probe_http),
+            token_probe=TokenProbe(settings, clock, probe_http, credentials),
+            credentials=credentials,
+            http=probe_http,
             health=HealthReader(redis, settings, clock),
             instruments=guard_instruments(settings, clock.now()),
             safety_net=net,
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
+        watch = ExpiryWatch(settings, credentials, app.state.resources.token_probe, redis, clock)
+        expiry = asyncio.create_task(watch.run(), name="api-token-expiry")
         try:
             yield
         finally:
+            await _stop(expiry)
             await _stop(heartbeat)
             await used_broker.aclose()
             await probe_http.aclose()
@@ -112,6 +120,7 @@ def create_app(
     app.include_router(monitoring.router)
     app.include_router(positions.router)
     app.include_router(alerts.router)
+    app.include_router(auth.router)
     # A plain route, outside the app-wide read check: like the feed's and the monitor's exporters it is readable
     # without the key (Prometheus scrapes it; it holds counts, no positions or secrets).
     app.add_route("/metrics", metrics.metrics, include_in_schema=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
@@ -12,6 +13,7 @@ from libs.common.broker import Broker
 from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock
 from libs.common.closing import Closer
+from libs.common.credentials import Credentials
 from libs.common.instruments import InstrumentIndex
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
@@ -35,6 +37,8 @@ class Resources:
     closer: Closer
     idempotency: Idempotency
     token_probe: TokenProbe
+    credentials: Credentials
+    http: httpx.AsyncClient  # to Upstox (token checks), not to the broker's order host
     health: HealthReader
     instruments: InstrumentIndex
     holdings: BrokerPositions

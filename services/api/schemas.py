@@ -181,11 +181,22 @@ class FeedDetail(BaseModel):
     dns_resolver: str
 
 
+class CredentialStatus(BaseModel):
+    kind: Literal["access", "analytics"]
+    state: Literal["valid", "expiring", "expired", "rejected"]
+    expires_at: str | None = Field(description="ISO 8601 IST; null: never (the simulator's fixed token) or unknown")
+    expiry_basis: str = Field(description="`token` (its exp claim), `03:30 IST rule`, `never` or `unknown`")
+    source: str = Field(description="env, sim, api, cli, login or notifier")
+    used_for: str
+    detail: str
+
+
 class Status(BaseModel):
     timestamp: str
     market: Literal["simulator", "upstox"]
     api_base: str
     token: TokenStatus
+    credentials: list[CredentialStatus] = Field(description="the access token, then the analytics token if set")
     redis: RedisStatus
     services: dict[str, ServiceStatus]
     feed: FeedDetail | None
@@ -310,4 +321,35 @@ class AlertTestOut(BaseModel):
     sent: int
     failed: int
     targets: list[AlertTestTarget]
+    message: str
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+# A token is printable ASCII without spaces; it is never echoed back, not even in a 422.
+TokenText = Annotated[str, Field(min_length=8, max_length=4096, pattern=r"^[\x21-\x7e]+$")]
+
+
+class TokenIn(_Request):
+    access_token: TokenText
+
+
+class NotifierIn(BaseModel):
+    """Upstox's access-token request webhook (fields as Upstox posts them; unknown ones ignored)."""
+
+    client_id: str = Field(max_length=200)
+    user_id: str = Field(max_length=200)
+    access_token: TokenText
+    token_type: str = Field("Bearer", max_length=40)
+    expires_at: str | None = Field(None, max_length=40)
+    issued_at: str | None = Field(None, max_length=40)
+    message_type: Literal["access_token"] = "access_token"
+
+
+class TokenOut(BaseModel):
+    status: Literal["accepted"]
+    source: str
+    user_id: str
+    expires_at: str | None
+    expiry_basis: str
     message: str

@@ -90,7 +90,7 @@ class RestPoller:
         wanted = {str(k): str(s) for s, k in (await self._redis.hgetall(keys.FEED_SUBSCRIPTIONS)).items() if k}
         if not wanted:
             return 0
-        token = self._s.access_token.get_secret_value()
+        token = await self._connection.credentials.market_data()  # analytics token when set, else access
         api = self._api
         resolution = await self._resolver.resolve(api.host)
         url = f"{'https' if api.secure else 'http'}://{netloc(resolution.address, api.port)}{api.path}{LTP_PATH}"

@@ -29,7 +29,8 @@ from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from libs.common.clock import Clock
+from libs.common.clock import Clock, to_ist
+from libs.common.credentials import Credentials
 from libs.common.dns import DnsFailure, HostResolver, Resolution
 from libs.common.logging import tagged
 from libs.common.models import FeedState
@@ -106,8 +107,11 @@ class FeedConnection:
         subscriptions: Subscriptions,
         resolver: HostResolver,
         rng: random.Random | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self._s = settings
+        self._credentials = credentials or Credentials(settings, redis, clock)
+        self._token_used = ""
         self._clock = clock
         self._redis = redis
         self._cache = cache
@@ -123,20 +127,34 @@ class FeedConnection:
         self._warned_at: dict[str, float] = {}
         self._absurd_logged: set[str] = set()
 
+    @property
+    def credentials(self) -> Credentials:
+        """The tokens this feed presents (the REST LTP poll shares them)."""
+        return self._credentials
+
     # --- the reconnect loop --------------------------------------------------------------------
     async def run(self) -> None:
         outage: Outage | None = None
         token_rejected = False
+        token_expired = False
         dns_failed = False
         await self._status.transition(FeedState.CONNECTING)
         try:
             while True:
                 if outage is not None:
-                    delay_s = outage.next_attempt()
-                    if token_rejected:
+                    if token_expired:  # quietly, until a new token is stored (no churn against a dead token)
+                        await self._credentials.wait_for_change(True, self._token_used, None)
+                        logger.info("A new access token is in place; reconnecting")
+                        delay_s = 0.0
+                    elif token_rejected:
                         delay_s = outage.jittered(self._s.auth_retry_delay_s)
+                    else:
+                        delay_s = outage.next_attempt()
                     await self._announce_attempt(outage, delay_s)
-                    await self._clock.sleep(delay_s)
+                    if token_rejected and not token_expired:  # a new token cuts the wait short
+                        await self._credentials.wait_for_change(True, self._token_used, delay_s)
+                    else:
+                        await self._clock.sleep(delay_s)
                     check_dns = dns_failed or outage.attempts % self._s.dns_check_every_attempts == 0
                 else:
                     check_dns = False
@@ -146,26 +164,37 @@ class FeedConnection:
                 except AuthRejected as exc:
                     token_rejected, dns_failed = True, False
                     self._status.token_ok = False
-                    self._status.last_error = f"access token rejected ({exc})"
-                    error.error(
-                        f"Access token rejected (HTTP {exc.status_code}): set a valid UPSTOX_ACCESS_TOKEN; "
-                        f"retrying about every {self._s.auth_retry_delay_s:.0f} s"
-                    )
-                    self._failed(reconnecting, f" - access token rejected (HTTP {exc.status_code})")
+                    expired_at = await self._expired_at()
+                    token_expired = expired_at is not None
+                    if expired_at is not None:
+                        self._status.last_error = f"access token expired at {expired_at}; waiting for a new one"
+                        warning.warning(
+                            f"The access token expired at {expired_at}: the feed waits for a new one "
+                            "(POST /api/v1/auth/token or python -m services.api token set)"
+                        )
+                    else:
+                        which = "analytics" if self._credentials.has_analytics else "access"
+                        self._status.last_error = f"{which} token rejected ({exc})"
+                        error.error(
+                            f"{which.capitalize()} token rejected (HTTP {exc.status_code}): "
+                            f"set a valid UPSTOX_{which.upper()}_TOKEN; "
+                            f"retrying about every {self._s.auth_retry_delay_s:.0f} s"
+                        )
+                        self._failed(reconnecting, f" - {which} token rejected (HTTP {exc.status_code})")
                 except DnsFailure as exc:
-                    token_rejected, dns_failed = False, True
+                    token_rejected, token_expired, dns_failed = False, False, True
                     self._status.network_errors += 1
                     self._status.last_error = str(exc)
                     self._failed(reconnecting, " - DNS still failing")
                 except FeedUnavailable as exc:
-                    token_rejected, dns_failed = False, False
+                    token_rejected, token_expired, dns_failed = False, False, False
                     if exc.network:
                         self._status.network_errors += 1
                     self._status.last_error = str(exc)
                     self._failed(reconnecting, "")
                     verbose.info(f"Reason: {exc}")
                 else:
-                    token_rejected = dns_failed = False
+                    token_rejected = token_expired = dns_failed = False
                     if reconnecting:
                         success.success("Reconnection successful!")
                     outage = None
@@ -189,6 +218,18 @@ class FeedConnection:
             self.link.live = False
             if self.link.ws is not None:
                 await self._close(self.link.ws, abort=False)
+
+    async def _expired_at(self) -> str | None:
+        """When the rejected token is a swappable access token whose expiry has passed: that time (IST)."""
+        if self._credentials.has_analytics:
+            return None  # the analytics token lives a year and is set in .env; retry slowly instead
+        held = await self._credentials.held_access()
+        if held.token != self._token_used:
+            return None  # already replaced: the next attempt uses the new one
+        expiry = self._credentials.expiry(held)
+        if expiry.at is None or expiry.at > self._clock.now():
+            return None
+        return to_ist(expiry.at).strftime("%Y-%m-%d %H:%M:%S IST")
 
     async def _announce_attempt(self, outage: Outage, delay_s: float) -> None:
         budget = self._s.reconnect_attempts_per_cycle
@@ -221,7 +262,7 @@ class FeedConnection:
                 verbose.info("Attempting reconnection...")
         else:
             logger.info(f"Connecting to the Upstox market-data feed via {api.host_header}...")
-        token = self._s.access_token.get_secret_value()
+        token = self._token_used = await self._credentials.market_data()
         if self._s.feed_connect_style == "redirect":
             scheme = "wss" if api.secure else "ws"
             uri = f"{scheme}://{api.host_header}{api.path}{REDIRECT_PATH}"

@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 
 from libs.common.broker import create_broker
 from libs.common.clock import SystemClock
+from libs.common.credentials import Credentials
 from libs.common.metrics import start_exporter
 from libs.common.redis_client import create_redis
 from libs.common.service import run_service
@@ -20,7 +21,7 @@ from services.monitor.monitor import Monitor
 
 async def main(settings: Settings) -> None:
     redis = create_redis(settings)
-    broker = create_broker(settings)
+    broker = create_broker(settings, Credentials(settings, redis))
     where = "simulator" if settings.simulator_mode else "Upstox"
     target = "no orders leave the process" if settings.broker == "paper" else f"orders go to {where}"
     logger.info(f"Closing through the {settings.broker} broker ({target})")

@@ -141,6 +141,7 @@ class Monitor:
         self._started = False
         self._subscriptions_ensured = False
         self._wake = asyncio.Event()
+        self._retry_on_new_token: set[str] = set()  # symbols whose close backoff a new access token lifts
         self.bad_notices = 0
         self.sweeps = 0
 
@@ -376,8 +377,10 @@ class Monitor:
             return False
         if self._busy(symbol):
             return False
-        if position.next_attempt_at is not None and now < position.next_attempt_at:
+        backoff = position.next_attempt_at is not None and now < position.next_attempt_at
+        if backoff and symbol not in self._retry_on_new_token:
             return False
+        self._retry_on_new_token.discard(symbol)
         if view.fallback:
             tagged("FALLBACK").info(fallback_line(symbol, view))
             self._fallback_logged_at[symbol] = self._clock.monotonic()
@@ -612,6 +615,14 @@ class Monitor:
             self._refresh_again.discard(symbol)
             self._start_refresh(symbol)
 
+    def on_new_token(self) -> None:
+        """A new access token was stored: a close held back by its backoff (e.g. after a 401) is retried now."""
+        waiting = {s for s, p in self._watch.items() if p.next_attempt_at is not None}
+        if waiting:
+            logger.info(f"New access token: retrying the close of {', '.join(sorted(waiting))} now")
+        self._retry_on_new_token = waiting
+        self.request_sweep()
+
     def request_sweep(self) -> None:
         """Run the next sweep now instead of at the next interval."""
         self._wake.set()
@@ -660,7 +671,7 @@ class Monitor:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.TICKS_CHANNEL, keys.POSITION_EVENTS_CHANNEL)
+                await pubsub.subscribe(keys.TICKS_CHANNEL, keys.POSITION_EVENTS_CHANNEL, keys.CREDENTIALS_CHANNEL)
                 if pubsub.connection is not None:
                     pubsub.connection.register_connect_callback(self._on_pubsub_connect)
                 self.request_sweep()
@@ -671,6 +682,8 @@ class Monitor:
                         continue
                     if message["channel"] == keys.TICKS_CHANNEL:
                         self.on_notice(message["data"])
+                    elif message["channel"] == keys.CREDENTIALS_CHANNEL:
+                        self.on_new_token()
                     else:
                         self.on_event(message["data"])
             except (RedisError, OSError) as exc:

@@ -1,7 +1,8 @@
 """The simulator's REST side (Upstox endpoints) and its `/sim/` control API, one FastAPI app.
 
-Every Upstox endpoint checks `Authorization: Bearer <SIM_ACCESS_TOKEN>` (401 UDAPI100050 otherwise),
-except the instrument file, which Upstox serves without a token. The control API needs no token.
+Every Upstox endpoint checks `Authorization: Bearer <token>` (401 UDAPI100050 otherwise): `SIM_ACCESS_TOKEN`,
+or a live token issued by `POST /sim/tokens` (services.sim.tokens); market data (authorize, the feed, LTP)
+also takes an analytics token. The instrument file needs none, as at Upstox; nor does the control API.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from libs.common.money import rupees, to_paise
 from services.sim import errors
 from services.sim.errors import UpstoxError, error_response, success
 from services.sim.faults import FaultKind
+from services.sim.tokens import Scope, add_token_routes, profile_data
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -29,15 +31,25 @@ LTP_MAX_KEYS = 500
 
 
 def bearer(request: Request) -> str:
-    """The request's Bearer token when it is the accepted one; else 401 UDAPI100050."""
+    """The request's Bearer token when it is a live access token; else 401 UDAPI100050."""
+    return _bearer(request, "account")
+
+
+def market_bearer(request: Request) -> str:
+    """The request's Bearer token when it may read market data (a live access or analytics token)."""
+    return _bearer(request, "market")
+
+
+def _bearer(request: Request, scope: Scope) -> str:
     sim: Simulator = request.app.state.sim
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not sim.token_ok(token.strip()):
+    if scheme.lower() != "bearer" or not sim.token_ok(token.strip(), scope):
         raise errors.invalid_token()
     return token.strip()
 
 
 Token = Annotated[str, Depends(bearer)]
+MarketToken = Annotated[str, Depends(market_bearer)]
 
 # Calls that must come from a registered static IP (place, modify, cancel, multi-order, exit-all, GTT).
 _ORDER_CALL_MARKERS = (
@@ -83,7 +95,7 @@ def create_app(sim: Simulator) -> FastAPI:
 
     # --- market data feed ----------------------------------------------------------------------
     @app.get("/v3/feed/market-data-feed/authorize")
-    async def authorize(request: Request, _: Token) -> dict[str, Any]:
+    async def authorize(request: Request, _: MarketToken) -> dict[str, Any]:
         if sim.faults.active("auth"):
             raise errors.invalid_token()
         uri = sim.authorized_uri(request.url.hostname or sim.settings.sim_host)
@@ -94,7 +106,7 @@ def create_app(sim: Simulator) -> FastAPI:
         # Upstox answers the upgrade with a redirect to the feeder; the client must follow it.
         header = websocket.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not sim.token_ok(token.strip()) or sim.faults.active("auth"):
+        if scheme.lower() != "bearer" or not sim.token_ok(token.strip(), "market") or sim.faults.active("auth"):
             await websocket.send_denial_response(
                 JSONResponse(errors.error_body(errors.INVALID_TOKEN, "Invalid token used to access API"), 401)
             )
@@ -105,21 +117,7 @@ def create_app(sim: Simulator) -> FastAPI:
     # --- account and orders ------------------------------------------------------------------
     @app.get("/v2/user/profile")
     async def profile(_: Token) -> dict[str, Any]:
-        return success(
-            {
-                "email": "sim@example.invalid",
-                "exchanges": ["NSE", "BSE", "NFO"],
-                "products": ["D", "I", "CO", "MTF"],
-                "broker": "UPSTOX",
-                "user_id": "SIM001",
-                "user_name": "Simulated User",
-                "order_types": list(("MARKET", "LIMIT", "SL", "SL-M")),
-                "user_type": "individual",
-                "poa": False,
-                "ddpi": False,
-                "is_active": True,
-            }
-        )
+        return success(profile_data())
 
     async def _place(request: Request, token: str, version: int) -> tuple[list[Any], float]:
         started = sim.clock.monotonic()
@@ -215,11 +213,11 @@ def create_app(sim: Simulator) -> FastAPI:
         return success(data)
 
     @app.get("/v2/market-quote/ltp")
-    async def ltp_v2(_: Token, instrument_key: Annotated[str, Query()]) -> dict[str, Any]:
+    async def ltp_v2(_: MarketToken, instrument_key: Annotated[str, Query()]) -> dict[str, Any]:
         return _ltp(instrument_key, v3=False)
 
     @app.get("/v3/market-quote/ltp")
-    async def ltp_v3(_: Token, instrument_key: Annotated[str, Query()]) -> dict[str, Any]:
+    async def ltp_v3(_: MarketToken, instrument_key: Annotated[str, Query()]) -> dict[str, Any]:
         return _ltp(instrument_key, v3=True)
 
     @app.get("/market-quote/instruments/exchange/{name}.json.gz")
@@ -229,6 +227,7 @@ def create_app(sim: Simulator) -> FastAPI:
         return Response(sim.instrument_file(), media_type="application/gzip")
 
     _control_routes(app, sim)
+    add_token_routes(app, sim)
     return app
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -41,6 +40,7 @@ from services.sim.gtt import GttBook
 from services.sim.market import Market
 from services.sim.orders import OrderBook
 from services.sim.tls import DEFAULT_NAMES, SimTLS, make_tls
+from services.sim.tokens import Scope, TokenRegistry
 
 
 class _DenialNoise(logging.Filter):
@@ -81,6 +81,8 @@ class Simulator:
         self.faults = Faults()
         self.blocked_order_calls = 0  # order calls refused by the ip_block fault
         self.codes = AuthCodes()
+        self.tokens = TokenRegistry(self.clock, settings.sim_access_token.get_secret_value())
+        self.background: set[asyncio.Task[None]] = set()
         self.orders = OrderBook(
             self.market,
             self.clock,
@@ -131,8 +133,9 @@ class Simulator:
     def token(self) -> str:
         return self.settings.sim_access_token.get_secret_value()
 
-    def token_ok(self, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self.token.encode())
+    def token_ok(self, token: str, scope: Scope = "account") -> bool:
+        """May `token` be used now for an account call (orders, GTT, positions, profile) or market data?"""
+        return self.tokens.check(token, scope)
 
     def authorized_uri(self, host: str) -> str:
         """A fresh single-use feeder URI on `host` (the host name the client used)."""
@@ -188,7 +191,7 @@ class Simulator:
         await self.feeder.stop()
         if self.dns is not None:
             self.dns.stop()
-        for task in self._tasks:
+        for task in [*self._tasks, *self.background]:
             if task.get_name() != "sim-rest":
                 task.cancel()
         for task in self._tasks:

@@ -12,6 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.python.asgi import shutdown_lifespans
@@ -29,7 +30,13 @@ EXAMPLES_PER_OPERATION = 25
 
 def test_no_request_the_spec_allows_gets_a_5xx(settings: Settings) -> None:
     app = create_app(
-        settings.model_copy(update={"broker": "paper", "api_allowed_hosts": ["testserver"]}),  # schemathesis' Host
+        settings.model_copy(
+            update={
+                "broker": "paper",
+                "api_allowed_hosts": ["testserver"],  # schemathesis' Host
+                "credentials_key": SecretStr("fuzz-credentials-key"),
+            }
+        ),
         broker=PaperBroker(),
         http=httpx.AsyncClient(transport=httpx.MockTransport(profile_ok)),
     )
@@ -41,7 +48,7 @@ def test_no_request_the_spec_allows_gets_a_5xx(settings: Settings) -> None:
 
 def _fuzz(schema: schemathesis.BaseSchema) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10  # + POST /api/v1/alerts/test, DELETE /api/v1/positions/{symbol}
+    assert len(operations) == 12  # + alerts/test, DELETE positions/{symbol}, auth/token, auth/notifier
     seen: dict[str, set[int]] = {}
 
     for operation in operations:

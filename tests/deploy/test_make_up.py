@@ -63,6 +63,7 @@ def test_make_up_on_a_clean_checkout_then_make_down_leaves_nothing_behind(tmp_pa
         assert "mode: local" in up.stdout
         assert "starting a local Redis" in up.stdout
         assert "every service is healthy: sim feed monitor api alerts" in up.stdout
+        assert "CREDENTIALS_KEY=" in (checkout / ".env").read_text()  # a hot swap can be stored encrypted
         assert f"curl -s http://127.0.0.1:{api_port}/api/v1/monitoring/connection-health" in up.stdout
 
         deadline = time.monotonic() + 60

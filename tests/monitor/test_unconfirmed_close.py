@@ -156,14 +156,14 @@ async def test_the_api_path_keeps_the_claim_too(redis: Redis, clock: ManualClock
     assert await broker.find_by_tag(close_tag(position.claim_id)) is not None
 
 
-async def test_an_order_call_past_its_claim_deadline_is_never_sent(settings: Settings) -> None:
+async def test_an_order_call_past_its_claim_deadline_is_never_sent() -> None:
     sent: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request.method)
         return httpx.Response(200, json=ORDER if request.method == "POST" else filled(39))
 
-    broker = upstox_with(settings, handler)
+    broker = upstox_with(Settings(_env_file=None), handler)  # type: ignore[call-arg]  # no Redis: a unit test
     with sending_before(time.monotonic() - 0.001), pytest.raises(BrokerError, match="nothing sent") as info:
         await broker.close(long_bosch(), "guard-close-x", 57500)
     assert not isinstance(info.value, BrokerOutcomeUnknown) and sent == []
@@ -173,14 +173,14 @@ async def test_an_order_call_past_its_claim_deadline_is_never_sent(settings: Set
     assert sent == ["POST", "GET"]
 
 
-async def test_static_ips_are_read_once_a_minute(settings: Settings) -> None:
+async def test_static_ips_are_read_once_a_minute() -> None:
     calls: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request.url.path)
         return httpx.Response(200, json={"status": "success", "data": {"primary_ip": "203.0.113.7"}})
 
-    broker = upstox_with(settings, handler)
+    broker = upstox_with(Settings(_env_file=None), handler)  # type: ignore[call-arg]  # no Redis: a unit test
     assert await broker.static_ips() == {"primary_ip": "203.0.113.7"}
     assert await broker.static_ips() == {"primary_ip": "203.0.113.7"}
     await broker.aclose()
@@ -188,7 +188,7 @@ async def test_static_ips_are_read_once_a_minute(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize(("protection", "sent"), [(-1, -1), (5, 5), (0, None)])
-async def test_closing_orders_carry_the_market_protection(settings: Settings, protection: float, sent: object) -> None:
+async def test_closing_orders_carry_the_market_protection(protection: float, sent: object) -> None:
     bodies: list[dict[str, Any]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -199,7 +199,8 @@ async def test_closing_orders_carry_the_market_protection(settings: Settings, pr
             200, json={"status": "success", "data": {**details("complete")["data"], "filled_quantity": 39}}
         )
 
-    broker = upstox_with(settings.model_copy(update={"order_market_protection": protection}), handler)
+    unit = Settings(_env_file=None, order_market_protection=protection)  # type: ignore[call-arg]  # no Redis
+    broker = upstox_with(unit, handler)
     await broker.close(long_bosch(), "guard-close-x", 57500)
     await broker.aclose()
     assert bodies[0].get("market_protection") == sent and bodies[0]["order_type"] == "MARKET"

@@ -27,6 +27,7 @@ from services.api.schemas import (
     SYMBOL_PATTERN,
     BrokerPositionsStatus,
     ConnectionHealth,
+    CredentialStatus,
     EmergencyClosePending,
     EmergencyCloseRequest,
     EmergencyCloseResponse,
@@ -43,6 +44,7 @@ from services.api.schemas import (
     ValidationErrorOut,
     unprocessable,
 )
+from services.api.token_watch import credential_views
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
 
@@ -164,6 +166,21 @@ async def service_status(res: Res) -> Status:
     now = res.clock.now()
     verdict = await res.token_probe.verdict()
     token = TokenStatus(valid=verdict.valid, checked_at=ist_iso(verdict.checked_at), detail=verdict.detail)
+    warn_s = res.settings.token_expiry_warn_s
+    views = await credential_views(res.credentials, res.token_probe, verdict, now, warn_s)
+    credentials = [
+        CredentialStatus(
+            kind=v.kind,
+            state=v.state,
+            expires_at=None if v.expires_at is None else ist_iso(v.expires_at),
+            expiry_basis=v.expiry_basis,
+            source=v.source,
+            used_for=v.used_for,
+            detail=v.detail,
+        )
+        for v in views
+    ]
+    access = views[0]
     started = time.perf_counter()
     try:
         await res.redis.ping()
@@ -200,17 +217,21 @@ async def service_status(res: Res) -> Status:
         orders, broker_positions = await _orders_status(res), await _broker_positions_status(res)
         expiring = await _expiring_today(res)
         safety_net = await _safety_net_status(res)
+    if access.state in ("expired", "rejected") and (orders is None or not orders.blocked):
+        # a dead access token blocks every order just as a refused IP does
+        orders = OrdersStatus(blocked=True, reason=f"access token {access.state}: {access.detail}")
     return Status(
         timestamp=ist_iso(now),
         market="simulator" if res.settings.simulator_mode else "upstox",
         api_base=res.settings.api_base,
         token=token,
+        credentials=credentials,
+        orders=orders,
         redis=redis,
         services=services,
         feed=feed,
         notes=notes,
         recent_events=events,
-        orders=orders,
         broker_positions=broker_positions,
         expiring_today=expiring,
         safety_net=safety_net,
