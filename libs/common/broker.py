@@ -1,9 +1,11 @@
 """The broker interface that closes positions and reports what is held, and its two adapters.
 
 `UpstoxBroker` sends a MARKET order through `/v3/order/place` (the order host) with a `tag` naming the
-close (`X-Algo-Name` when `UPSTOX_ALGO_NAME` is set), then polls `/v2/order/details` with backoff until
-the order is complete, rejected or cancelled (a partial fill comes back as a `Fill` of fewer units). Calls
-are paced under Upstox's per-second and per-minute limits (`libs.common.pacing`).
+close and `slice: true` (above the exchange's freeze quantity it becomes child orders of at most the freeze
+quantity, each followed to its end and summed; `X-Algo-Name` when `UPSTOX_ALGO_NAME` is set), then polls
+`/v2/order/details` with backoff until the order is complete, rejected or cancelled (a partial fill comes back
+as a `Fill` of fewer units). Calls are paced under Upstox's per-second and per-minute limits
+(`libs.common.pacing`).
 Hosts are resolved through `libs.common.dns` (system DNS, the fallback servers, the remembered address),
 as the feed does. With no token it talks to the simulator, so the whole path runs in tests and demos.
 `PaperBroker` fills at the price the decision used and has no positions to report.
@@ -26,6 +28,7 @@ import httpx
 from libs.common.clock import Clock, SystemClock
 from libs.common.credentials import Credentials
 from libs.common.dns import DnsFailure, HostResolver
+from libs.common.instruments import guard_instruments
 from libs.common.models import Position, Side
 from libs.common.money import Paise, to_paise
 from libs.common.pacing import Pacer
@@ -44,6 +47,7 @@ ORDER_CALL_LIMITS = ((1.2, 10), (63.0, 500))
 # burst of closes is not held back (fill polling backs off instead).
 READ_CALL_LIMITS = ((1.2, 50),)
 STATIC_IPS_CACHE_S = 60.0
+MAX_SLICES = 25  # child orders one sliced order may become
 
 
 # Monotonic s after which an order call must not leave this task (its close claim may be taken over by then).
@@ -204,6 +208,7 @@ class UpstoxBroker:
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
         self._static_ips: tuple[float, dict[str, Any] | None] | None = None
+        self._instruments = guard_instruments(settings)  # built now, not on a close's clock
         self._order_pacer = Pacer(*ORDER_CALL_LIMITS)
         self._read_pacer = Pacer(*READ_CALL_LIMITS)
         verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
@@ -267,14 +272,26 @@ class UpstoxBroker:
             raise BrokerError(f"broker rejected the request: {resp.status_code} ({described})")
         return body
 
+    def _max_order_quantity(self, instrument_key: str) -> int | None:
+        """The most one sliced order may carry (25 child orders of the freeze quantity, whole lots); None when
+        the instrument is not known here (then the broker's own refusal is the limit)."""
+        inst = self._instruments.by_key(instrument_key)
+        if inst is None:
+            return None
+        return int(inst.freeze_quantity) * MAX_SLICES // inst.lot_size * inst.lot_size
+
     async def call(self, method: str, url: str, *, order_call: bool = False, **kw: Any) -> Any:
         """One REST call through this client (resolver, token, `X-Algo-Name` on order calls) for the broker's
         other features (the safety net's GTTs); raises like the close path (BrokerError and its subclasses)."""
         return await self._call(method, url, order_call=order_call, **kw)
 
     async def close(self, position: Position, tag: str, decision_price: Paise | None) -> Fill:
+        # Above 25 x the freeze quantity one order cannot carry it all: sell that much now; the closer follows
+        # the rest up in the same claim (as after a partial fill).
+        cap = self._max_order_quantity(position.instrument_key)
+        quantity = position.quantity if cap is None else min(position.quantity, cap)
         order: dict[str, Any] = {
-            "quantity": position.quantity,
+            "quantity": quantity,
             "product": self._settings.order_product,
             "validity": "DAY",
             "price": 0,
@@ -285,23 +302,30 @@ class UpstoxBroker:
             "disclosed_quantity": 0,
             "trigger_price": 0,
             "is_amo": False,
-            "slice": False,
+            # Above the exchange's freeze quantity the broker splits the order into child orders of at most the
+            # freeze quantity (all under this tag); below it, one order as without slicing.
+            "slice": True,
         }
         if self._settings.order_market_protection:  # -1: the broker's automatic band; a clipped rest is cancelled
             order["market_protection"] = self._settings.order_market_protection
         body = await self._call("POST", f"{self._settings.order_base}/v3/order/place", order_call=True, json=order)
         try:
-            order_id = str(body["data"]["order_ids"][0])
-        except (KeyError, IndexError, TypeError):
-            raise BrokerOutcomeUnknown(f"unexpected order response: {str(body)[:200]}") from None
-        try:
-            data = await self._until_done(order_id)
-        except BrokerError as exc:  # placed, but its end is unconfirmed: it may still fill
-            raise BrokerOutcomeUnknown(f"order {order_id} placed, fill unconfirmed ({exc})") from None
-        fill = _fill_of(data)
+            order_ids = [str(i) for i in body["data"]["order_ids"]]
+        except (KeyError, TypeError):
+            order_ids = []
+        if not order_ids:
+            raise BrokerOutcomeUnknown(f"unexpected order response: {str(body)[:200]}")
+        ended = []
+        for order_id in order_ids:
+            try:
+                ended.append(await self._until_done(order_id))
+            except BrokerError as exc:  # placed, but its end is unconfirmed: it may still fill
+                raise BrokerOutcomeUnknown(f"order {order_id} placed, fill unconfirmed ({exc})") from None
+        fill = _sum_fills([f for f in map(_fill_of, ended) if f is not None])
         if fill is None:
+            data = ended[-1]
             reason = data.get("status_message") or data.get("status")
-            raise OrderDead(f"order {order_id} {data.get('status')}: {reason}")
+            raise OrderDead(f"order {','.join(order_ids)} {data.get('status')}: {reason}")
         return fill
 
     async def _until_done(self, order_id: str) -> dict[str, Any]:
@@ -341,12 +365,7 @@ class UpstoxBroker:
             status = order.get("status")
             ended = status == _FILLED or status in _DEAD
             done.append(order if ended else await self._until_done(str(order["order_id"])))
-        fills = [f for f in (_fill_of(o) for o in done) if f is not None]
-        if not fills:
-            return None
-        quantity = sum(f.quantity or 0 for f in fills)
-        average = round(sum((f.quantity or 0) * f.price for f in fills) / quantity)
-        return Fill(order_id=",".join(f.order_id for f in fills), price=average, quantity=quantity)
+        return _sum_fills([f for f in (_fill_of(o) for o in done) if f is not None])
 
     async def positions(self) -> list[Holding] | None:
         body = await self._call("GET", f"{self._settings.api_base}/v2/portfolio/short-term-positions")
@@ -395,6 +414,18 @@ def _fill_of(order: dict[str, Any]) -> Fill | None:
     if filled <= 0 or order.get("average_price") in (None, "", 0, 0.0):
         return None
     return Fill(order_id=str(order["order_id"]), price=to_paise(order["average_price"]), quantity=filled)
+
+
+def _sum_fills(fills: list[Fill]) -> Fill | None:
+    """The fills of several orders (the child orders of a sliced close, or every order of a tag) as one:
+    summed quantity at the average price; None when nothing filled."""
+    if not fills:
+        return None
+    if len(fills) == 1:
+        return fills[0]
+    quantity = sum(f.quantity or 0 for f in fills)
+    average = round(sum((f.quantity or 0) * f.price for f in fills) / quantity)
+    return Fill(order_id=",".join(f.order_id for f in fills), price=average, quantity=quantity)
 
 
 def create_broker(settings: Settings, credentials: Credentials, clock: Clock | None = None) -> Broker:

@@ -8,18 +8,25 @@ starting price) and `price_band_pct` (the daily band around the previous close).
 Shipped rows: `NSE_INDEX|Nifty 50` (NIFTY), `NSE_INDEX|Nifty Bank` (BANKNIFTY), real NSE equities whose
 ISINs are well known (BOSCHLTD `NSE_EQ|INE323A01026`, KAYNES `NSE_EQ|INE918Z01012`, RELIANCE, ...), and
 200 obviously synthetic equities `SIMEQ001`..`SIMEQ200` (key `NSE_EQ|SIMEQ001`). `extra=N` adds N more
-synthetic rows `SIMEQ0001`.. (four or more digits, key `NSE_EQ|SIMEQ0001`) for benchmarks.
+synthetic rows `SIMEQ0001`.. (four or more digits, key `NSE_EQ|SIMEQ0001`) for benchmarks. NSE_FO rows
+(NIFTY / BANKNIFTY futures and options) are generated for the day by `libs.common.fno`.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from libs.common.clock import to_ist
+
+if TYPE_CHECKING:
+    from libs.common.settings import Settings
 
 DEFAULT_INDEX_TICK_PAISE = 5
 _EXTRA_BANDS = (20, 10, 5, 2)
@@ -42,6 +49,20 @@ class Instrument:
     freeze_quantity: float = 100000.0
     close_price_paise: int = 10000
     price_band_pct: float = 20.0
+    # F&O only (`libs.common.fno`): 0 / "" for equities and indices.
+    expiry_ms: int = 0  # epoch ms of 23:59:59 IST on the expiry date, as in Upstox's file
+    strike_paise: int = 0
+    underlying_key: str = ""
+    weekly: bool = False
+
+    @property
+    def is_derivative(self) -> bool:
+        """True for futures and options (they expire; their price follows `underlying_key`)."""
+        return bool(self.expiry_ms)
+
+    @property
+    def is_option(self) -> bool:
+        return self.instrument_type in ("CE", "PE")
 
     @property
     def is_index(self) -> bool:
@@ -83,6 +104,11 @@ class Instrument:
                 tick_size=float(self.tick_size_paise),
                 security_type="NORMAL",
             )
+        if self.is_derivative:
+            row.update(expiry=self.expiry_ms, weekly=self.weekly, minimum_lot=self.lot_size)
+            row.update(underlying_key=self.underlying_key, underlying_type="INDEX")
+            if self.is_option:
+                row["strike_price"] = self.strike_paise / 100
         row["close_price"] = self.close_price_paise / 100
         row["price_band_pct"] = self.price_band_pct
         return row
@@ -134,12 +160,21 @@ def _synthetic(count: int) -> Iterator[Instrument]:
         )
 
 
-def load_instruments(extra: int = 0) -> list[Instrument]:
-    """The shipped instruments, then `extra` synthetic equities (`SIMEQ0001`..) for benchmarks.
+def load_instruments(
+    extra: int = 0, *, now: float | None = None, expiry_weekday: int = 1, fno: bool = True
+) -> list[Instrument]:
+    """The shipped instruments, the simulator's NIFTY / BANKNIFTY futures and options listed on the IST day of
+    `now` (default: the wall clock; none when `fno` is False), then `extra` synthetic equities (`SIMEQ0001`..)
+    for benchmarks.
 
-    Deterministic: the same `extra` always gives the same list in the same order.
+    Deterministic: the same `extra`, day and `expiry_weekday` always give the same list in the same order.
     """
-    return [*_shipped(), *_synthetic(extra)]
+    from libs.common.fno import fno_instruments  # fno builds on Instrument
+
+    shipped = _shipped()
+    day = to_ist(time.time() if now is None else now).date()
+    contracts = fno_instruments(shipped, day, expiry_weekday) if fno else ()
+    return [*shipped, *contracts, *_synthetic(extra)]
 
 
 class InstrumentIndex:
@@ -172,9 +207,21 @@ class InstrumentIndex:
         return inst.instrument_key if inst else None
 
 
-def instrument_index(extra: int = 0) -> InstrumentIndex:
-    """`InstrumentIndex` over `load_instruments(extra)`."""
-    return InstrumentIndex(load_instruments(extra))
+def instrument_index(
+    extra: int = 0, *, now: float | None = None, expiry_weekday: int = 1, fno: bool = True
+) -> InstrumentIndex:
+    """`InstrumentIndex` over `load_instruments(...)`."""
+    return InstrumentIndex(load_instruments(extra, now=now, expiry_weekday=expiry_weekday, fno=fno))
+
+
+def guard_instruments(settings: Settings, now: float | None = None) -> InstrumentIndex:
+    """The instruments a guard service knows. The F&O rows are the simulator's own (their keys are not real
+    Upstox keys), so they are known in simulator mode only; with a real token an F&O position is registered
+    with its `instrument_key` and has no lot or expiry checks."""
+    sim = settings.simulator_mode
+    return instrument_index(
+        settings.sim_extra_instruments if sim else 0, now=now, expiry_weekday=settings.fno_expiry_weekday, fno=sim
+    )
 
 
 def master_file_gz(instruments: Iterable[Instrument]) -> bytes:

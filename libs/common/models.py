@@ -63,6 +63,8 @@ class FeedStatus(BaseModel):
     state: FeedState = FeedState.CLOSED
     connected: bool = False
     subscribed_symbols: int = 0
+    mode: str = ""  # the subscription mode of every symbol not in `other_modes`
+    other_modes: str = "{}"  # JSON: SYMBOL -> mode for the symbols subscribed in another mode (options)
     reconnect_attempts: int = 0
     network_errors: int = 0
     corrupt_frames: int = 0

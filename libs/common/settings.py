@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     sim_require_algo_name: str = ""
     sim_ws_ping_interval_s: float = Field(5.0, gt=0)
     sim_ticks_per_interval: int = Field(0, ge=0)
+    fno_expiry_weekday: int = Field(1, ge=0, le=6)
+    fno_expiry_warn_min: float = Field(30.0, gt=0)
     sim_notifier_url: str = ""
 
     # --- Price cache and the guide's three layers ---------------------------------------------

@@ -263,6 +263,20 @@ ALERTS: dict[str, Rule] = {
         condition="orders_blocked",
         ends=True,
     ),
+    # F&O expiry day (services/monitor/expiry.py).
+    "expiry_warning": Rule(
+        Severity.WARNING,
+        "{symbol} expires today",
+        "{symbol} stops trading at 15:30 IST, in {minutes_left} min, and {quantity} {side} are still open.",
+        "Close or roll it before 15:30: {close_cmd}",
+    ),
+    "expired_open": Rule(
+        Severity.CRITICAL,
+        "{symbol} expired while still open",
+        "{symbol} stopped trading at 15:30 IST with {quantity} {side} still open: the guard can no longer close "
+        "it; the exchange settles it.",
+        "Check the settlement at the broker, then stop guarding it: DELETE /api/v1/positions/{symbol}",
+    ),
     # Sent by POST /api/v1/alerts/test.
     "test": Rule(Severity.INFO, "Test alert", "Alerts from the Upstox resilience guard reach you here."),
 }

@@ -23,7 +23,7 @@ from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer
 from libs.common.credentials import Credentials
 from libs.common.heartbeat import beat_forever
-from libs.common.instruments import instrument_index
+from libs.common.instruments import guard_instruments
 from libs.common.models import MalformedRecord
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
@@ -96,7 +96,7 @@ def create_app(
             credentials=credentials,
             http=probe_http,
             health=HealthReader(redis, settings, clock),
-            instruments=instrument_index(settings.sim_extra_instruments),
+            instruments=guard_instruments(settings, clock.now()),
             safety_net=net,
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")

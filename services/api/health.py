@@ -11,6 +11,7 @@ whatever the cache size.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -103,6 +104,14 @@ def choose_branch(
     return {"fresh": "fresh_cache", "stale": "stale_cache", "expired": "expired"}[worst]  # type: ignore[return-value]
 
 
+def _modes(raw: str) -> dict[str, str]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 def _age(now: float, then: float | None) -> float | None:
     return None if then is None else round(max(0.0, now - then), 3)
 
@@ -191,6 +200,8 @@ class HealthReader:
             websocket=WebSocketHealth(
                 connected=liveness.live,
                 subscribed_symbols=feed.subscribed_symbols,
+                mode=feed.mode,
+                modes=_modes(feed.other_modes),
                 reconnect_attempts=feed.reconnect_attempts,
                 network_errors=feed.network_errors,
                 state=feed.state.value,

@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libs.common.models import CloseReason, PriceSource, Side
 
-# A trading symbol as Upstox writes it (it becomes part of Redis key names: no spaces or colons).
-Symbol = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9&_.\-]+$", examples=["BOSCHLTD"])]
+# A trading symbol as Upstox writes it (it becomes part of Redis key names: no colons; single spaces only
+# between words, as in F&O symbols such as "NIFTY 24000 CE 08 DEC 26").
+SYMBOL_PATTERN = r"^[A-Za-z0-9&_.\-]+( [A-Za-z0-9&_.\-]+)*$"
+Symbol = Annotated[str, Field(min_length=1, max_length=40, pattern=SYMBOL_PATTERN, examples=["BOSCHLTD"])]
 Rupees = Annotated[float, Field(gt=0, le=10_000_000)]
 SlPct = Annotated[float, Field(gt=0, lt=100, description="percent of entry_price")]
 TpPct = Annotated[float, Field(gt=0, le=1000, description="percent of entry_price")]
@@ -26,6 +28,8 @@ class _Request(BaseModel):
 class WebSocketHealth(BaseModel):
     connected: bool = Field(description="the feed is alive and its WebSocket is connected")
     subscribed_symbols: int
+    mode: str = Field("", description="the subscription mode of every symbol not listed in `modes`")
+    modes: dict[str, str] = Field(default_factory=dict, description="SYMBOL -> mode where it differs (options)")
     reconnect_attempts: int
     network_errors: int
     state: str = Field(description="the feed's connection state: connecting, live, reconnecting, closing, closed")
@@ -78,6 +82,21 @@ class FeedLeadershipInfo(BaseModel):
     standbys: list[str] = Field(description="live feed instances ready to take over")
 
 
+class ExpiringContract(BaseModel):
+    """An open position's F&O contract that expires today (trading ends 15:30 IST)."""
+
+    symbol: str
+    instrument_key: str
+    trading_ends: str = Field(examples=["2026-01-06T15:30:00+05:30"])
+    minutes_left: float
+    expired: bool = Field(description="trading has ended while the position is still open")
+
+
+class ExpiringPosition(ExpiringContract):
+    quantity: int
+    side: Side
+
+
 class ConnectionHealth(BaseModel):
     timestamp: str = Field(examples=["2026-01-07T11:30:00+05:30"])
     websocket: WebSocketHealth
@@ -85,6 +104,7 @@ class ConnectionHealth(BaseModel):
     advice_branch: Literal["live", "fallback", "fresh_cache", "stale_cache", "expired"]
     advice: str
     feed_leadership: FeedLeadershipInfo | None = None
+    expiring_today: list[ExpiringContract] = Field(default_factory=list)
 
 
 class EmergencyCloseRequest(_Request):
@@ -198,6 +218,7 @@ class Status(BaseModel):
     recent_events: list[dict[str, Any]]
     orders: OrdersStatus | None = None
     broker_positions: BrokerPositionsStatus | None = None
+    expiring_today: list[ExpiringPosition] = Field(default_factory=list)
     safety_net: SafetyNetStatus | None = None
 
 

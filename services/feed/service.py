@@ -26,7 +26,7 @@ from libs.common.clock import Clock, SystemClock
 from libs.common.dns import HostResolver
 from libs.common.feed_lease import FeedLease, FencedOut
 from libs.common.heartbeat import beat_forever
-from libs.common.instruments import InstrumentIndex, instrument_index
+from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.logging import tagged
 from libs.common.metrics import start_exporter
 from libs.common.models import FeedState
@@ -65,7 +65,7 @@ class Feed:
         self.settings = settings
         self.redis = redis
         self.clock = clock or SystemClock()
-        index = instruments or instrument_index(settings.sim_extra_instruments if settings.simulator_mode else 0)
+        index = instruments or guard_instruments(settings, self.clock.now())
         self.subscriptions = Subscriptions(watchlist(settings, index), index)
         # Only the holder of the feed lease connects and writes (its writes are fenced by the lease's token).
         self.lease = FeedLease(redis, settings, self.clock)

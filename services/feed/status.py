@@ -41,6 +41,8 @@ class StatusBoard:
         self._flush = redis.register_script(_FLUSH)
         self.state = FeedState.CLOSED
         self.subscribed_symbols = 0
+        self.mode = ""  # FEED_MODE, the mode of every symbol not in `other_modes`
+        self.other_modes: dict[str, str] = {}  # SYMBOL -> mode (options: option_greeks)
         self.reconnect_attempts = 0
         self.network_errors = 0
         self.corrupt_frames = 0
@@ -69,6 +71,8 @@ class StatusBoard:
             state=self.state,
             connected=self.connected,
             subscribed_symbols=self.subscribed_symbols,
+            mode=self.mode,
+            other_modes=dumps_compact(self.other_modes),
             reconnect_attempts=self.reconnect_attempts,
             network_errors=self.network_errors,
             corrupt_frames=self.corrupt_frames,

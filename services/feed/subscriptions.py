@@ -4,8 +4,12 @@ The wanted set is the configured watchlist (default: every shipped NSE_EQ / NSE_
 mode, nothing with the real Upstox: there the open positions and `FEED_WATCHLIST` are the whole set, never the
 synthetic `SIMEQ*` instruments) union `feed:subscriptions` (SYMBOL -> instrument key, kept by the monitor and
 api for open positions) union the live requests published on `feed:subscription-requests`
-("sub SYMBOL KEY" / "unsub SYMBOL"). Pub/sub loses messages, so the hash is re-read after every reconnect
-and on a timer.
+("sub SYMBOL KEY" / "unsub SYMBOL"), union the underlying index of every F&O contract in it (so a frozen
+option quote can be told from a quiet one). Pub/sub loses messages, so the hash is re-read after every
+reconnect and on a timer.
+
+Options are subscribed in `option_greeks` (their LTP plus greeks, OI and IV), everything else in `FEED_MODE`,
+unless mixing the two modes would break Upstox's combined per-mode limits: then all in `FEED_MODE`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from libs.common.instruments import InstrumentIndex
 from libs.common.settings import Settings
 
 WATCHLIST_SEGMENTS = ("NSE_EQ", "NSE_INDEX")
+OPTION_MODE = "option_greeks"  # an option's LTP plus its greeks, OI and IV
+# Upstox keys per connection, per mode: (alone, when modes are combined) (upstox-orders-and-tokens.md).
+MODE_LIMITS = {"ltpc": (5000, 2000), "option_greeks": (3000, 2000), "full": (2000, 1500)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,13 @@ class Subscriptions:
         # Every known key maps to its symbol, so a frame for any instrument can be stored.
         self.symbol_of: dict[str, str] = {i.instrument_key: i.trading_symbol for i in index.all}
         self.symbol_of.update({key: symbol for symbol, key in self._watch.items()})
+        self._options = {i.instrument_key for i in index.all if i.is_option}
+        by_key = {i.instrument_key: i for i in index.all}
+        self._underlying: dict[str, tuple[str, str]] = {}  # contract key -> (underlying symbol, key)
+        for inst in index.all:
+            und = by_key.get(inst.underlying_key) if inst.is_derivative else None
+            if und is not None:
+                self._underlying[inst.instrument_key] = (und.trading_symbol, und.instrument_key)
         self._wanted = self._compute()
 
     @property
@@ -79,7 +93,19 @@ class Subscriptions:
         return self._wanted
 
     def _compute(self) -> dict[str, str]:
-        return {**self._from_redis, **self._requested, **self._watch}
+        wanted = {**self._from_redis, **self._requested, **self._watch}
+        underlyings = dict(self._underlying[k] for k in wanted.values() if k in self._underlying)
+        return {**underlyings, **wanted}
+
+    def modes(self, base: str) -> dict[str, str]:
+        """SYMBOL -> subscription mode of every wanted symbol (see the module's note)."""
+        plan = {s: OPTION_MODE if k in self._options else base for s, k in self._wanted.items()}
+        counts: dict[str, int] = {}
+        for mode in plan.values():
+            counts[mode] = counts.get(mode, 0) + 1
+        if len(counts) > 1 and any(n > MODE_LIMITS.get(m, (0, 0))[1] for m, n in counts.items()):
+            return dict.fromkeys(plan, base)
+        return plan
 
     def _update(self) -> Change:
         before = self._wanted
@@ -98,13 +124,15 @@ class Subscriptions:
         return self._update()
 
     def apply_request(self, message: str) -> Change:
-        """Apply "sub SYMBOL INSTRUMENT_KEY" or "unsub SYMBOL"; a malformed request is logged and ignored."""
-        parts = message.strip().split(" ", 2)
-        if len(parts) == 3 and parts[0] == "sub" and parts[1] and parts[2]:
-            self._requested[parts[1]] = parts[2]
-        elif len(parts) == 2 and parts[0] == "unsub" and parts[1]:
-            self._requested.pop(parts[1], None)
-            self._from_redis.pop(parts[1], None)  # the next re-read restores it if the hash still has it
+        """Apply "sub SYMBOL INSTRUMENT_KEY" or "unsub SYMBOL"; a malformed request is logged and ignored.
+        F&O symbols have spaces ("NIFTY 24000 CE 08 DEC 26"); instrument keys never do, so the key is the last word."""
+        method, _, rest = message.strip().partition(" ")
+        symbol, _, key = rest.rpartition(" ")
+        if method == "sub" and symbol.strip() and key:
+            self._requested[symbol.strip()] = key
+        elif method == "unsub" and rest.strip():
+            self._requested.pop(rest.strip(), None)
+            self._from_redis.pop(rest.strip(), None)  # the next re-read restores it if the hash still has it
         else:
             logger.warning(f"Ignoring malformed subscription request: {message[:80]!r}")
             return Change()

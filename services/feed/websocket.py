@@ -336,21 +336,35 @@ class FeedConnection:
         except RedisError as exc:
             self._warn("redis-subs", f"Cannot re-read feed:subscriptions ({type(exc).__name__}); using the known set")
         wanted = self._subs.wanted
-        if wanted:
-            await ws.send(subscription_request("sub", list(wanted.values()), self._s.feed_mode))
-        self._status.subscribed_symbols = len(wanted)
-        logger.info(f"Subscribed {len(wanted)} symbols (mode {self._s.feed_mode})")
+        modes = self._subs.modes(self._s.feed_mode)
+        by_mode: dict[str, list[str]] = {}
+        for symbol, key in wanted.items():
+            by_mode.setdefault(modes[symbol], []).append(key)
+        for mode, keys_ in by_mode.items():
+            await ws.send(subscription_request("sub", keys_, mode))
+        self._note_modes(modes)
+        others = "".join(f"; {m}: {len(k)}" for m, k in by_mode.items() if m != self._s.feed_mode)
+        logger.info(f"Subscribed {len(wanted)} symbols (mode {self._s.feed_mode}{others})")
+
+    def _note_modes(self, modes: dict[str, str]) -> None:
+        self._status.subscribed_symbols = len(modes)
+        self._status.mode = self._s.feed_mode
+        self._status.other_modes = {s: m for s, m in modes.items() if m != self._s.feed_mode}
 
     async def apply(self, change: Change) -> None:
         """Send (un)subscriptions for `change` on the live connection; a reconnect resubscribes anyway."""
-        self._status.subscribed_symbols = len(self._subs.wanted)
+        modes = self._subs.modes(self._s.feed_mode)
+        self._note_modes(modes)
         ws = self.link.ws
         if ws is None or not self.link.live:
             return
         still_wanted = set(self._subs.wanted.values())
+        by_mode: dict[str, list[str]] = {}
+        for symbol, key in change.added.items():
+            by_mode.setdefault(modes.get(symbol, self._s.feed_mode), []).append(key)
         try:
-            if change.added:
-                await ws.send(subscription_request("sub", list(change.added.values()), self._s.feed_mode))
+            for mode, keys_ in by_mode.items():
+                await ws.send(subscription_request("sub", keys_, mode))
             gone = [key for key in change.removed.values() if key not in still_wanted]
             if gone:
                 await ws.send(subscription_request("unsub", gone, None))

@@ -33,6 +33,7 @@ from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
 from libs.common.freshness import FeedLiveness, FreshnessPolicy, PriceTruth, read_feed_liveness
 from libs.common.heartbeat import beat_forever
+from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.journal import JournalCap
 from libs.common.logging import tagged
 from libs.common.metrics import TICK_TO_DECISION
@@ -54,6 +55,7 @@ from services.monitor.decision import (
     trigger_tag,
     view_of,
 )
+from services.monitor.expiry import ExpiryWatch
 from services.monitor.reconcile import BrokerReconciler
 from services.monitor.safety_net import SafetyNetKeeper
 from services.monitor.snapshot import SnapshotReader
@@ -90,6 +92,7 @@ class Monitor:
         clock: Clock | None = None,
         *,
         jitter: Callable[[], float] = random.random,
+        instruments: InstrumentIndex | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
@@ -117,6 +120,8 @@ class Monitor:
             )
         self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, broker, self._clock)
         self._jitter = jitter
+        index = instruments or guard_instruments(settings, self._clock.now())
+        self._expiry = ExpiryWatch(self._store, index, self._clock, warn_min=settings.fno_expiry_warn_min)
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
         # Change numbers order what happened here (a clock can stand still between two of them):
@@ -235,6 +240,7 @@ class Monitor:
         # older changes are in this read; keep one sweep's worth more for a sweep still running (tests overlap them)
         self._touched = {s: n for s, n in self._touched.items() if n > self._last_sweep_began}
         self._last_sweep_began = began
+        await self._expiry.check(fresh.values())
         report.duration_ms = (self._clock.monotonic() - started) * 1000
         self.sweeps += 1
         return report

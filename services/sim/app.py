@@ -281,8 +281,10 @@ class FaultControl(BaseModel):
     duration_s: float = Field(0.0, ge=0)
     code: Literal[1000, 1011] = 1000
     ratio: float | None = Field(None, ge=0, lt=1)  # partial_fill: the share that fills
-    delay_s: float | None = Field(None, ge=0, le=600)  # slow_fill: orders rest open; reply_delay: answers held
+    # slow_fill: how long orders rest open; reply_delay: how long an order's answer is held
+    delay_s: float | None = Field(None, ge=0, le=600)
     message: str | None = Field(None, min_length=1, max_length=200)  # reject: the status_message
+    orders: int = Field(0, ge=0, le=1000)  # partial_fill: only the window's first N orders (0: all)
 
 
 class MarketControl(BaseModel):
@@ -342,7 +344,13 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
     @app.post("/sim/faults")
     async def fault(body: FaultControl) -> dict[str, Any]:
         await sim.inject(
-            body.kind, body.duration_s, code=body.code, ratio=body.ratio, delay_s=body.delay_s, message=body.message
+            body.kind,
+            body.duration_s,
+            code=body.code,
+            ratio=body.ratio,
+            delay_s=body.delay_s,
+            message=body.message,
+            orders=body.orders,
         )
         return {"kind": body.kind, "duration_s": body.duration_s, "active": sim.faults.snapshot()}
 

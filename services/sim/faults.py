@@ -35,6 +35,24 @@ class Faults:
         self.reply_delay_s = 0.0  # reply_delay: an order is filled at once, its answer held this long
         self._replies_released = asyncio.Event()
         self.counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+        self._uses_left: dict[str, int] = {}  # faults limited to their first N orders
+
+    def limit(self, kind: FaultKind, orders: int) -> None:
+        """Apply `kind` to only the next `orders` orders of its window (0: every order)."""
+        if orders:
+            self._uses_left[kind] = orders
+        else:
+            self._uses_left.pop(kind, None)
+
+    def take(self, kind: FaultKind) -> bool:
+        """Use the fault on one order: False once its order limit is used up."""
+        left = self._uses_left.get(kind)
+        if left is None:
+            return True
+        if left <= 0:
+            return False
+        self._uses_left[kind] = left - 1
+        return True
 
     def start(self, kind: FaultKind, duration_s: float) -> None:
         """Make `kind` active for `duration_s` seconds from now (0 = a one-off event, no window).
@@ -65,6 +83,7 @@ class Faults:
 
     def clear(self) -> None:
         self._until.clear()
+        self._uses_left.clear()
         self.close_code = 1000
         self.reply_delay_s = 0.0
         self.release_replies()

@@ -132,6 +132,19 @@ def _fill_depth(level: pb.MarketLevel, q: Quote, tick: int, levels: int) -> None
         quote.askQ = 90 * n + q.ltq
 
 
+def _fill_greeks(greeks: pb.OptionGreeks, market: Market, idx: int) -> tuple[float, float] | None:
+    """An option's greeks from the simulator's model; (oi, iv %) to go beside them, None for other rows."""
+    und = market.derivatives.underlying_of.get(idx)
+    if und is None:
+        return None
+    stats = market.derivatives.stats(idx, market.quotes[und].ltp, market.clock.now())
+    if stats is None:
+        return None
+    g = stats.greeks
+    greeks.delta, greeks.theta, greeks.gamma, greeks.vega = round(g.delta, 4), round(g.theta, 4), g.gamma, g.vega
+    return float(stats.oi), round(g.iv * 100, 2)
+
+
 def encode_entry_pb(market: Market, idx: int) -> bytes:
     """The ltpc entry encoded by protobuf itself (the reference for `_ltpc_entry`; used in tests)."""
     inst = market.instruments[idx]
@@ -143,7 +156,8 @@ def encode_entry_pb(market: Market, idx: int) -> bytes:
 def encode_entry(market: Market, idx: int, mode: str, *, snapshot: bool) -> bytes:
     """One `feeds` map entry (field 2) for instrument `idx` in `mode`.
 
-    Live `full` entries omit `optionGreeks` (as real live frames sometimes do): consumers must merge.
+    Live `full` entries of non-options omit `optionGreeks` (as real live frames sometimes do): consumers must
+    merge. Options carry their greeks, open interest and IV (%) in `full` and `option_greeks`.
     """
     inst = market.instruments[idx]
     q = market.quotes[idx]
@@ -160,7 +174,10 @@ def encode_entry(market: Market, idx: int, mode: str, *, snapshot: bool) -> byte
             ff = feed.fullFeed.marketFF
             _fill_ltpc(ff.ltpc, q, False)
             _fill_depth(ff.marketLevel, q, inst.tick_size_paise, 30 if mode == "full_d30" else 5)
-            if snapshot:
+            option = _fill_greeks(ff.optionGreeks, market, idx)
+            if option is not None:
+                ff.oi, ff.iv = option
+            elif snapshot:
                 ff.optionGreeks.SetInParent()
             _fill_ohlc(ff.marketOHLC, q)
             ff.atp = (q.turnover_paise / q.vtt / 100) if q.vtt else q.ltp / 100
@@ -177,7 +194,11 @@ def encode_entry(market: Market, idx: int, mode: str, *, snapshot: bool) -> byte
             depth.askP = (q.ltp + inst.tick_size_paise) / 100
             depth.bidQ, depth.askQ = 100 + q.ltq, 90 + q.ltq
             flg.vtt = q.vtt
-        flg.optionGreeks.SetInParent()
+        option = _fill_greeks(flg.optionGreeks, market, idx)
+        if option is not None:
+            flg.oi, flg.iv = option
+        else:
+            flg.optionGreeks.SetInParent()
     return msg.SerializeToString()
 
 

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from datetime import time as dtime
 
 from libs.common.clock import Clock, to_ist
+from libs.common.fno import is_expired
 from libs.common.instruments import Instrument
 from libs.common.proto import MarketDataFeedV3_pb2 as pb
+from services.sim.derivatives import Derivatives
 
 SEGMENTS = (
     "NSE_EQ",
@@ -104,7 +106,10 @@ class Market:
         self.seed = seed
         self.clock = clock
         self.follow_market_hours = follow_market_hours
-        self.moves_per_step = moves_per_step or max(1, len(instruments) // 10)
+        self.derivatives = Derivatives(instruments)
+        # The random walk moves the cash instruments; F&O contracts follow their underlying.
+        self._walk = [i for i, inst in enumerate(instruments) if not inst.is_derivative]
+        self.moves_per_step = moves_per_step or max(1, len(self._walk) // 10)
         self.listeners: list[TickListener] = []
         self.status_listeners: list[StatusListener] = []
         self.quotes: list[Quote] = []
@@ -140,10 +145,15 @@ class Market:
             )
             for i in self.instruments
         ]
+        self._follow(list(self.derivatives.followers), now_ms)
         self._last_status = self.segment_status()
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
+
+    def expired(self, inst: Instrument) -> bool:
+        """True once an F&O contract stopped trading (15:30 IST of its expiry date)."""
+        return is_expired(inst, self.clock.now())
 
     def ltp_paise(self, instrument_key: str) -> int | None:
         """Current price of an instrument key, or None when unknown."""
@@ -189,9 +199,9 @@ class Market:
         Instruments of a segment that is not NORMAL_OPEN do not move (no live ticks while closed).
         """
         self.steps += 1
-        n = len(self.instruments)
+        walk = self._walk
         rng = self._rng
-        chosen = range(n) if self.moves_per_step >= n else rng.sample(range(n), self.moves_per_step)
+        chosen = walk if self.moves_per_step >= len(walk) else rng.sample(walk, self.moves_per_step)
         draws = rng.choices(_STEPS, k=len(chosen))
         qtys = rng.choices(_QTYS, k=len(chosen))
         status = self.segment_status()
@@ -220,7 +230,23 @@ class Market:
                 price = min(max(ltp - draw * inst.tick_size_paise, low), high)
             self._trade(idx, price, 0 if is_index[idx] else qty, now_ms)
             changed.append(idx)
+        changed += self._follow(changed, now_ms, closed)
         self._notify(changed)
+        return changed
+
+    def _follow(self, moved: list[int], now_ms: int, closed: set[str] | None = None) -> list[int]:
+        """Reprice the contracts of every moved underlying; the indices whose price changed."""
+        followers = self.derivatives.followers
+        changed: list[int] = []
+        for und in moved:
+            for idx in followers.get(und, ()):
+                inst = self.instruments[idx]
+                if idx in self.pinned or (closed and inst.segment in closed):
+                    continue
+                price = self.derivatives.fair(idx, self.quotes[und].ltp, now_ms / 1000)
+                if price is not None and price != self.quotes[idx].ltp:
+                    self._trade(idx, price, inst.lot_size, now_ms)
+                    changed.append(idx)
         return changed
 
     def set_price(self, symbol: str, price_paise: int) -> int:
@@ -232,8 +258,9 @@ class Market:
             raise ValueError("price must be positive")
         self.pinned.add(idx)
         inst = self.instruments[idx]
-        self._trade(idx, price_paise, 0 if inst.is_index else 1, self._now_ms())
-        self._notify([idx])
+        now_ms = self._now_ms()
+        self._trade(idx, price_paise, 0 if inst.is_index else inst.lot_size, now_ms)
+        self._notify([idx, *self._follow([idx], now_ms)])
         return idx
 
     def release(self, symbol: str) -> None:

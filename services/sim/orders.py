@@ -175,7 +175,8 @@ class OrderBook:
 
     def trade(self, symbol: str, side: str, quantity: int, product: str = "I") -> Order:
         """A MARKET order made outside the guard (the person in the Upstox app, or the bot), filled at the
-        current price. No rate limit or order fault applies. Short selling is allowed intraday, as at Upstox.
+        current price (sliced by the freeze quantity, as the app does; the first child not complete is returned,
+        else the last). No rate limit or order fault applies. Short selling is allowed intraday, as at Upstox.
 
         Raises UpstoxError for a bad request (unknown symbol, lot size, product); a refused order (market
         closed) comes back with status `rejected`.
@@ -192,9 +193,10 @@ class OrderBook:
             "disclosed_quantity": 0,
             "trigger_price": 0,
             "is_amo": False,
+            "slice": True,
         }
-        (order,) = self.place(body, version=3, external=True)
-        return order
+        placed = self.place(body, version=3, external=True)
+        return next((o for o in placed if o.status != "complete"), placed[-1])
 
     def place_internal(
         self, inst: Instrument, *, transaction_type: str, quantity: int, product: str, price_paise: int, ref_id: str
@@ -252,7 +254,7 @@ class OrderBook:
                 self._set(order, "rejected", "Market is closed; place an AMO instead")
             return
         if not external:
-            if self.faults.active("partial_fill"):
+            if self.faults.active("partial_fill") and self.faults.take("partial_fill"):
                 order.fill_ratio = self.faults.fill_ratio
             if self.faults.active("slow_fill"):
                 order.fill_not_before = time.monotonic() + self.faults.fill_delay_s

@@ -68,7 +68,9 @@ class Simulator:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.auto_tick = auto_tick
-        self.instruments = load_instruments(settings.sim_extra_instruments)
+        self.instruments = load_instruments(
+            settings.sim_extra_instruments, now=self.clock.now(), expiry_weekday=settings.fno_expiry_weekday
+        )
         self.market = Market(
             self.instruments,
             seed=settings.sim_seed,
@@ -219,9 +221,11 @@ class Simulator:
         ratio: float | None = None,
         delay_s: float | None = None,
         message: str | None = None,
+        orders: int = 0,
     ) -> None:
         """Start a fault (see `POST /sim/faults`); `ratio` (partial_fill), `delay_s` (slow_fill: how long orders
-        rest open; reply_delay: how long an answer is held) and `message` (reject) shape the order faults."""
+        rest open; reply_delay: how long an order's answer is held) and `message` (reject) shape the order faults;
+        `orders` limits partial_fill to the window's first N orders."""
         logger.warning(f"sim fault injected: {kind} for {duration_s}s")
         if ratio is not None:
             self.faults.fill_ratio = ratio
@@ -229,6 +233,8 @@ class Simulator:
             self.faults.fill_delay_s = delay_s
         if message is not None:
             self.faults.reject_message = message
+        if kind == "partial_fill":
+            self.faults.limit(kind, orders)
         if kind == "drop":
             self.faults.start(kind, duration_s)
             await self.feeder.drop(duration_s)

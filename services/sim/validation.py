@@ -69,6 +69,8 @@ def validate(body: Any, *, version: int, market: Market) -> dict[str, Any]:
     inst = market.instruments[idx]
     if inst.is_index:
         raise _bad("Indices cannot be traded", "instrument_token", key)
+    if market.expired(inst):
+        raise _bad(f"{inst.trading_symbol} has expired; it no longer trades", "instrument_token", key)
     quantity = _integer(body, "quantity", 1)
     if quantity % inst.lot_size:
         raise _bad(f"quantity must be a multiple of the lot size {inst.lot_size}", "quantity", quantity)
@@ -95,6 +97,12 @@ def validate(body: Any, *, version: int, market: Market) -> dict[str, Any]:
     slice_ = body.get("slice", False)
     if version == 3 and not isinstance(slice_, bool):
         raise _bad("slice must be true or false", "slice", slice_)
+    if quantity > inst.freeze_quantity and not (version == 3 and slice_):
+        raise _bad(
+            f"quantity exceeds the freeze quantity {int(inst.freeze_quantity)}; send slice: true to split it",
+            "quantity",
+            quantity,
+        )
     price_paise = 0
     trigger_paise = 0
     if order_type in ("LIMIT", "SL"):

@@ -112,7 +112,7 @@ async def test_unknown_symbol_is_404_and_a_closed_one_409(client: httpx.AsyncCli
         ({"symbol": "BOSCHLTD"}, "reason: Field required"),
         ({"symbol": "BOSCHLTD", "reason": "emergency", "force": True}, "force: Extra inputs are not permitted"),
         ({"symbol": "", "reason": "emergency"}, "symbol: String should have at least 1 character"),
-        ({"symbol": "BOSCH LTD", "reason": "emergency"}, "symbol: String should match pattern"),
+        ({"symbol": "BOSCH:LTD", "reason": "emergency"}, "symbol: String should match pattern"),
     ],
 )
 async def test_bad_bodies_are_422_with_a_readable_message(

@@ -82,7 +82,7 @@ async def test_open_positions_come_first_then_a_sample_up_to_limit(client: httpx
     assert list(picked.json()["price_cache"]["cache_entries"]) == ["BOSCHLTD", "NOPRICE", "SIMEQ007", "KAYNES"]
     assert picked.json()["price_cache"]["cache_entries"]["KAYNES"]["status"] == "expired"
 
-    bad = await client.get("/api/v1/monitoring/connection-health", params={"symbols": "A B"})
+    bad = await client.get("/api/v1/monitoring/connection-health", params={"symbols": "A:B"})
     assert bad.status_code == 422
     assert "symbols" in bad.json()["message"]
     assert (await client.get("/api/v1/monitoring/connection-health", params={"limit": -1})).status_code == 422

@@ -9,6 +9,7 @@ from services.feed.subscriptions import Subscriptions, watchlist
 from tests.feed.conftest import Logs
 
 BOSCH = "NSE_EQ|INE323A01026"
+FNO_DAY = 1_796_300_000.0  # Thursday 3 Dec 2026 (IST): the day's F&O rows are fixed
 
 
 def settings(**values: object) -> Settings:
@@ -61,3 +62,23 @@ async def test_requests_and_the_hash_make_the_wanted_set() -> None:
     assert (await subs.refresh(redis)).removed == {"KAYNES": "NSE_EQ|INE918Z01012"}
     assert set(subs.wanted) == {"BOSCHLTD"}
     await redis.aclose()
+
+
+def test_an_option_brings_its_underlying_and_is_subscribed_in_option_greeks() -> None:
+    index = instrument_index(now=FNO_DAY)
+    option = next(i for i in index.all if i.is_option and i.name == "NIFTY")
+    subs = Subscriptions({"BOSCHLTD": "NSE_EQ|INE323A01026"}, index)
+    change = subs.apply_request(f"sub {option.trading_symbol} {option.instrument_key}")
+    assert change.added == {option.trading_symbol: option.instrument_key, "NIFTY": "NSE_INDEX|Nifty 50"}
+    assert subs.modes("ltpc") == {"BOSCHLTD": "ltpc", "NIFTY": "ltpc", option.trading_symbol: "option_greeks"}
+    removed = subs.apply_request(f"unsub {option.trading_symbol}")
+    assert removed.removed == {option.trading_symbol: option.instrument_key, "NIFTY": "NSE_INDEX|Nifty 50"}
+
+
+def test_options_stay_in_the_base_mode_when_mixing_modes_would_break_the_combined_limits() -> None:
+    index = instrument_index(3000, now=FNO_DAY)
+    option = next(i for i in index.all if i.is_option)
+    watch = {i.trading_symbol: i.instrument_key for i in index.all if i.segment == "NSE_EQ"}  # over 2000 ltpc keys
+    subs = Subscriptions(watch, index)
+    subs.apply_request(f"sub {option.trading_symbol} {option.instrument_key}")
+    assert set(subs.modes("ltpc").values()) == {"ltpc"}

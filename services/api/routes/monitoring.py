@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from libs.common import keys
 from libs.common.broker import BrokerError, BrokerOutcomeUnknown
 from libs.common.clock import ist_iso
+from libs.common.expiry import expiring_symbols, expiring_today
 from libs.common.feed_lease import read_leadership
 from libs.common.freshness import FreshnessPolicy
 from libs.common.heartbeat import heartbeat_age_s, live_instances
@@ -24,6 +25,7 @@ from services.api.deps import ApiKey, Res
 from services.api.emergency import emergency_close
 from services.api.idempotency import KeyInProgress, KeyReused, Stored
 from services.api.schemas import (
+    SYMBOL_PATTERN,
     BrokerPositionsStatus,
     ConnectionHealth,
     CredentialStatus,
@@ -31,6 +33,8 @@ from services.api.schemas import (
     EmergencyCloseRequest,
     EmergencyCloseResponse,
     ErrorOut,
+    ExpiringContract,
+    ExpiringPosition,
     FeedDetail,
     FeedLeadershipInfo,
     OrdersStatus,
@@ -46,7 +50,7 @@ from services.api.token_watch import credential_views
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
 
-_SYMBOL = re.compile(r"^[A-Za-z0-9&_.\-]{1,40}$")
+_SYMBOL = re.compile(SYMBOL_PATTERN)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrorOut, "description": "bad body or parameter"},
     503: {"model": ErrorOut, "description": "Redis (or the broker) unreachable"},
@@ -57,7 +61,7 @@ def _symbols(raw: str | None) -> list[str] | None:
     if raw is None:
         return None
     wanted = [s.strip() for s in raw.split(",") if s.strip()]
-    bad = [s for s in wanted if not _SYMBOL.match(s)]
+    bad = [s for s in wanted if len(s) > 40 or not _SYMBOL.match(s)]
     if bad:
         raise unprocessable(f"not a trading symbol: {bad[0][:50]!r}", "query", "symbols")
     return wanted
@@ -71,8 +75,18 @@ async def connection_health(
         str | None, Query(max_length=4000, description="comma-separated symbols to list instead of a sample")
     ] = None,
 ) -> ConnectionHealth:
-    """The guide's connection health, plus feed liveness, open-position price counts and the advice that applies."""
-    return await res.health.read(limit, _symbols(symbols))
+    """The guide's connection health, plus feed liveness, open-position price counts and the advice that applies,
+    and the open F&O positions expiring today."""
+    health = await res.health.read(limit, _symbols(symbols))
+    held = [s for s, entry in health.price_cache.cache_entries.items() if entry.has_open_position]
+    expiring = expiring_symbols(held, res.instruments, res.clock.now())  # no extra Redis round trip
+    return health.model_copy(update={"expiring_today": [ExpiringContract.model_validate(e) for e in expiring]})
+
+
+async def _expiring_today(res: Res) -> list[ExpiringPosition]:
+    now = res.clock.now()
+    positions = [p for p in await res.store.list_open() if isinstance(p, Position)]
+    return [ExpiringPosition.model_validate(e.as_dict(now)) for e in expiring_today(positions, res.instruments, now)]
 
 
 @router.post(
@@ -183,6 +197,7 @@ async def service_status(res: Res) -> Status:
     safety_net: SafetyNetStatus | None = None
     orders: OrdersStatus | None = None
     broker_positions: BrokerPositionsStatus | None = None
+    expiring: list[ExpiringPosition] = []
     if redis.reachable:
         ages: dict[str, float | None] = {}
         for name in keys.SERVICES:
@@ -205,6 +220,7 @@ async def service_status(res: Res) -> Status:
         notes = cast(dict[str, str], await res.redis.hgetall(keys.SERVICES_STATUS))
         events = await res.store.recent_events(10)
         orders, broker_positions = await _orders_status(res), await _broker_positions_status(res)
+        expiring = await _expiring_today(res)
         safety_net = await _safety_net_status(res)
     if access.state in ("expired", "rejected") and (orders is None or not orders.blocked):
         # a dead access token blocks every order just as a refused IP does
@@ -223,6 +239,7 @@ async def service_status(res: Res) -> Status:
         notes=notes,
         recent_events=events,
         broker_positions=broker_positions,
+        expiring_today=expiring,
         safety_net=safety_net,
     )
 

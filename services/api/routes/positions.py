@@ -11,11 +11,13 @@ from pydantic import ValidationError
 from libs.common.broker import BrokerError
 from libs.common.broker_positions import PositionsUnavailable
 from libs.common.clock import ist_iso
+from libs.common.fno import is_expired
 from libs.common.models import MalformedRecord, Position, PositionState, PriceEntry, level_at_pct
 from libs.common.money import rupees, to_paise
 from libs.common.positions import PositionConflict, PositionNotFound
 from services.api.deps import ApiKey, Res
 from services.api.schemas import (
+    SYMBOL_PATTERN,
     CloseList,
     CloseOut,
     ErrorOut,
@@ -30,7 +32,7 @@ from services.api.schemas import (
 
 router = APIRouter(prefix="/api/v1/positions", tags=["positions"])
 
-SymbolPath = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9&_.\-]+$")]
+SymbolPath = Annotated[str, Path(min_length=1, max_length=40, pattern=SYMBOL_PATTERN)]
 _422: dict[int | str, dict[str, Any]] = {422: {"model": ValidationErrorOut, "description": "invalid request"}}
 _MUTATING: dict[int | str, dict[str, Any]] = {
     **_422,
@@ -133,6 +135,7 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
     instrument_key = body.instrument_key or res.instruments.key_of(body.symbol)
     if instrument_key is None:
         raise unprocessable(f"unknown symbol {body.symbol}: give its instrument_key (e.g. NSE_EQ|INE323A01026)")
+    _check_contract(res, instrument_key, body.symbol, body.quantity)
     entry = to_paise(body.entry_price)
     stop_loss = to_paise(body.stop_loss) if body.stop_loss is not None else None
     take_profit = to_paise(body.take_profit) if body.take_profit is not None else None
@@ -160,6 +163,20 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
         raise HTTPException(409, f"a position on {body.symbol} is already {exc.state}") from None
     response.headers["Location"] = f"{router.prefix}/{position.symbol}"
     return (await _one(res, position)).model_copy(update={"warning": warning})
+
+
+def _check_contract(res: Res, instrument_key: str, symbol: str, quantity: int) -> None:
+    """422 for a quantity that is not a whole number of lots (the exchange refuses any order for it, so no
+    close could ever go out) or a contract that has stopped trading."""
+    inst = res.instruments.by_key(instrument_key)
+    if inst is None:
+        return
+    if quantity % inst.lot_size:
+        raise unprocessable(
+            f"quantity {quantity} of {symbol} is not a whole number of lots: the lot size is {inst.lot_size}"
+        )
+    if is_expired(inst, res.clock.now()):
+        raise unprocessable(f"{symbol} has expired (trading ended 15:30 IST on its expiry date)")
 
 
 async def _check_broker_holds(res: Res, position: Position) -> str | None:
