@@ -70,6 +70,9 @@ class FeedStatus(BaseModel):
     corrupt_frames: int = 0
     absurd_prices: int = 0  # ticks refused as not a price (see services/feed/decode.py)
     out_of_order_ticks: int = 0  # ticks older (exchange time) than the cached one, dropped
+    superseded_ticks: int = 0  # ticks left out while the decoder caught up (a newer tick of the symbol was kept)
+    server_pings: int = 0  # pings the server sent on the current connection
+    last_server_ping_at: float | None = None
     silent_symbols: int = 0  # subscribed instruments found silent while their segment trades
     rest_polling: bool = False  # WebSocket down, REST answers: open positions' prices come from LTP V3 (Layer 2b)
     last_message_at: float | None = None  # any frame or pong: the connection is alive

@@ -13,6 +13,7 @@ from loguru import logger
 
 from libs.common.heartbeat import check
 from libs.common.logging import setup_logging
+from libs.common.loop import loop_factory
 from libs.common.metrics import set_service
 from libs.common.settings import ConfigError, Settings, load_settings
 
@@ -47,7 +48,8 @@ def run_service(
     setup_logging(name, settings)
     set_service(name)
     try:
-        asyncio.run(_supervise(name, main, settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+            runner.run(_supervise(name, main, settings))
     except ConfigError as exc:
         logger.error(str(exc.code))
         return 2

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     ws_ping_timeout_s: float = Field(3.0, gt=0)
     ws_open_timeout_s: float = Field(5.0, gt=0)
     feed_silence_timeout_s: float = Field(7.0, gt=0)
+    ws_server_ping_timeout_s: float = Field(30.0, gt=0)
+    feed_inbox_frames: int = Field(200, gt=0)
     vouch_interval_s: float = Field(2.0, gt=0)
     halt_detect_s: float = Field(30.0, gt=0)
     rest_poll_interval_s: float = Field(2.0, gt=0)
@@ -156,6 +158,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     log_dir: str = ""
+
+    # --- Process -----------------------------------------------------------------------------
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @model_validator(mode="after")
     def _market_protection_is_auto_or_a_percentage(self) -> Settings:
