@@ -371,7 +371,8 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
 
     @app.get("/sim/orders")
     async def orders() -> list[dict[str, Any]]:
-        return [o.as_dict() for o in sim.orders.orders.values()]
+        # placed_at (epoch s, sub-second): when the order reached the simulator (`make bench` times the close path)
+        return [{**o.as_dict(), "placed_at": o.placed_at} for o in sim.orders.orders.values()]
 
     @app.get("/sim/gtt")
     async def gtts() -> list[dict[str, Any]]:
