@@ -59,6 +59,18 @@ def market_open(segment_status: Mapping[str, int], segments: set[str]) -> bool:
     return any(status == NORMAL_OPEN for status in (relevant or segment_status.values()))
 
 
+def skim(data: bytes | str) -> tuple[int, int]:
+    """(frame type, number of feeds) without decoding the ticks: for frames whose every symbol a newer frame
+    already carries. Raises `CorruptFrame`."""
+    if not isinstance(data, bytes):
+        raise CorruptFrame("text frame")
+    try:
+        msg = _from_string(data)
+    except DecodeError as exc:
+        raise CorruptFrame(str(exc) or "undecodable protobuf") from None
+    return msg.type, len(msg.feeds)
+
+
 def decode(data: bytes | str, symbol_of: Mapping[str, str], taken: set[str] | None = None) -> Frame:
     """Decode one binary frame; `symbol_of` maps instrument key -> symbol. Raises `CorruptFrame`.
 
@@ -78,7 +90,8 @@ def decode(data: bytes | str, symbol_of: Mapping[str, str], taken: set[str] | No
     append = ticks.append
     unknown = 0
     superseded = 0
-    for key, feed in msg.feeds.items():
+    feeds = msg.feeds
+    for key in feeds:  # keys first: `items()` is pure Python over the upb map and builds every value
         symbol = symbol_of.get(key)
         if symbol is None:
             unknown += 1
@@ -86,6 +99,7 @@ def decode(data: bytes | str, symbol_of: Mapping[str, str], taken: set[str] | No
         if taken is not None and symbol in taken:
             superseded += 1
             continue
+        feed = feeds[key]
         which = feed.WhichOneof("FeedUnion")
         if which == "ltpc":
             ltpc = feed.ltpc

@@ -38,11 +38,11 @@ from libs.common.price_cache import PriceCache
 from libs.common.settings import Settings
 from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
 from services.feed.backoff import Outage
-from services.feed.websocket_live import FeedClientConnection, Link, LiveSession
 from services.feed.metrics import RECONNECTS
 from services.feed.silence import InstrumentWatch
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
+from services.feed.websocket_live import FeedClientConnection, Link, LiveSession
 from services.feed.writer import FrameWriter
 
 verbose = tagged("VERBOSE")

@@ -1,8 +1,9 @@
 """One live market-data connection: read, decode, ping, and decide when the link is dead or mute.
 
 Four tasks share the connection. The reader only moves frames from the socket into the `Inbox`, so reading is
-never starved by decoding or writing and pongs are seen on time at full load. The decoder turns frames into
-ticks for the `FrameWriter`. The pinger sends our pings (no pong within `WS_PING_TIMEOUT_S` = dead link).
+not starved by decoding or writing and pongs are seen on time at full load. The decoder turns frames into
+ticks for the `FrameWriter`. The pinger sends our pings: no pong within `WS_PING_TIMEOUT_S` and no frame read
+in that time either = dead link (a pong queued behind frames still arriving is late, not lost).
 The watch ends the link when the server that has been pinging us stops (no ping and no data for
 `WS_SERVER_PING_TIMEOUT_S`: Upstox pings while idle), or when data stops while the subscribed set must tick;
 data silence alone with pings flowing is reported, not acted on.
@@ -11,7 +12,7 @@ data silence alone with pings flowing is reported, not acted on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -26,7 +27,7 @@ from libs.common.logging import tagged
 from libs.common.models import FeedState
 from libs.common.settings import Settings
 from libs.common.tasks import cancel_and_wait
-from services.feed.decode import NORMAL_OPEN, CorruptFrame, Frame, decode, market_open
+from services.feed.decode import MARKET_INFO, NORMAL_OPEN, CorruptFrame, Frame, decode, market_open, skim
 from services.feed.inbox import Inbox, Received
 from services.feed.metrics import TICKS
 from services.feed.silence import InstrumentWatch
@@ -61,6 +62,7 @@ class Link:
     connected_at: float | None = None
     last_data_at: float | None = None  # last frame carrying feeds (this connection only)
     last_alive_at: float | None = None  # last frame, pong or server ping (this connection only)
+    last_read_at: float | None = None  # last frame read off the socket (this connection only)
     market_open: bool | None = None  # None until the first market_info frame
     segments: dict[str, int] | None = None  # the last market_info: segment -> MarketStatus
 
@@ -135,11 +137,14 @@ class LiveSession:
         link = self.link
         put = self.inbox.put
         now_fn = self._clock.now
+        inbox = self.inbox
         try:
             async for message in ws:
                 now = now_fn()
-                link.last_alive_at = now
+                link.last_alive_at = link.last_read_at = now
                 put(message, now)
+                if inbox.full:
+                    await inbox.drained()  # memory bound: the decoder takes the whole backlog at once, so this is short
         except ConnectionClosed as exc:
             return close_reason(ws, exc)
         return close_reason(ws, None)
@@ -166,8 +171,14 @@ class LiveSession:
         symbol_of = self._subs.symbol_of
         newest_info = False
         superseded = 0
+        everything = len(symbol_of)
         for message, at in reversed(backlog):
             try:
+                if len(taken) >= everything:  # every symbol has its newest tick: older live frames only count
+                    kind, feeds = skim(message)
+                    if kind != MARKET_INFO:
+                        superseded += feeds
+                        continue
                 frame = decode(message, symbol_of, taken)
             except CorruptFrame as exc:
                 self._corrupt(exc)
@@ -228,15 +239,24 @@ class LiveSession:
             await self._clock.sleep(self._s.ws_ping_interval_s)
             try:
                 pong = await ws.ping()
-                async with asyncio.timeout(timeout_s):
-                    await pong
-            except TimeoutError:
-                return f"no pong within {timeout_s:.1f} s (dead connection)", True
+                while not await self._answered(pong, timeout_s):
+                    # Frames still arriving: the pong waits behind them in the socket, the link is alive.
+                    if self._clock.now() - (self.link.last_read_at or 0.0) > timeout_s:
+                        return f"no pong within {timeout_s:.1f} s (dead connection)", True
             except ConnectionClosed as exc:
                 return close_reason(ws, exc)
             now = self._clock.now()
             self.link.last_alive_at = now
             self._status.last_message_at = now
+
+    @staticmethod
+    async def _answered(pong: Awaitable[float], timeout_s: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(pong)
+        except TimeoutError:
+            return False
+        return True
 
     async def _watch(self, ws: ClientConnection) -> tuple[str, bool]:
         """The server's side of liveness, and data silence (see the module doc)."""
