@@ -24,14 +24,6 @@ from libs.common.freshness import TRUTH_FIELDS, Freshness, FreshnessPolicy, Pric
 from libs.common.models import FeedStatus, MalformedRecord
 from libs.common.money import rupees
 from libs.common.settings import Settings
-from services.api.schemas import (
-    CacheEntry,
-    ConnectionHealth,
-    FeedLeadershipInfo,
-    OpenPositionPrices,
-    PriceCacheHealth,
-    WebSocketHealth,
-)
 
 PriceStatus = Literal["fresh", "stale", "expired"]
 Branch = Literal["live", "fallback", "fresh_cache", "stale_cache", "expired"]
@@ -124,7 +116,7 @@ def _older(a: Freshness, b: Freshness) -> bool:
 
 
 class HealthReader:
-    """Builds `ConnectionHealth` for one request."""
+    """Builds the `ConnectionHealth` body for one request."""
 
     def __init__(self, redis: Redis, settings: Settings, clock: Clock) -> None:
         self._redis = redis
@@ -133,8 +125,9 @@ class HealthReader:
         self._health = redis.register_script(_HEALTH)
         self._policy = FreshnessPolicy.from_settings(settings)
 
-    async def read(self, limit: int, symbols: Sequence[str] | None) -> ConnectionHealth:
-        """Health with every open-position symbol first, then `symbols` (or the newest) up to `limit` entries."""
+    async def read(self, limit: int, symbols: Sequence[str] | None) -> dict[str, Any]:
+        """Health with every open-position symbol first, then `symbols` (or the newest) up to `limit` entries,
+        as the JSON body of `ConnectionHealth` (plain dicts: no model per entry on the hot path)."""
         now = self._clock.now()
         raw: list[Any] = await self._health(
             keys=[
@@ -163,26 +156,28 @@ class HealthReader:
         rows = raw[8:]
         listed = [str(symbol) for symbol in rows[::width]]
         open_set = set(listed[:n_open])
-        entries: dict[str, CacheEntry] = {}
+        entries: dict[str, dict[str, Any]] = {}
         counts = {"fresh": 0, "stale": 0, "expired": 0}
         worst_open: Freshness | None = None
+        judge = self._policy.judge
         for i, symbol in enumerate(listed):
             values = dict(zip(TRUTH_FIELDS, rows[i * width + 1 : (i + 1) * width], strict=True))
             truth: PriceTruth | None = None
             if values["ltp"] is not None and values["as_of"] is not None:
                 with contextlib.suppress(ValueError):  # a corrupt hash reads as no price; the monitor reports it
                     truth = PriceTruth.from_fields(values)
-            freshness = self._policy.judge(truth, now, liveness)
-            entries[symbol] = CacheEntry(
-                price=rupees(truth.ltp) if truth and freshness.status != "expired" else None,
-                age_seconds=int(freshness.age_s) if freshness.age_s is not None else None,
-                is_stale=freshness.is_stale,
-                status=freshness.status,
-                has_open_position=symbol in open_set,
-                source=None if freshness.source is None else freshness.source.value,
-                reason=freshness.reason,
-            )
-            if symbol in open_set:
+            freshness = judge(truth, now, liveness)
+            held = symbol in open_set
+            entries[symbol] = {  # CacheEntry's fields, in its order (test_health_body_is_the_schema checks)
+                "price": rupees(truth.ltp) if truth and freshness.status != "expired" else None,
+                "age_seconds": int(freshness.age_s) if freshness.age_s is not None else None,
+                "is_stale": freshness.is_stale,
+                "status": freshness.status,
+                "has_open_position": held,
+                "source": None if freshness.source is None else freshness.source.value,
+                "reason": freshness.reason,
+            }
+            if held:
                 counts[freshness.status] += 1
                 if worst_open is None or _older(freshness, worst_open):
                     worst_open = freshness
@@ -195,32 +190,42 @@ class HealthReader:
         branch = choose_branch(
             liveness.live, quiet_s, worst, self._settings, degraded=bool(counts["stale"] or counts["expired"])
         )
-        return ConnectionHealth(
-            timestamp=ist_iso(now),
-            websocket=WebSocketHealth(
-                connected=liveness.live,
-                subscribed_symbols=feed.subscribed_symbols,
-                mode=feed.mode,
-                modes=_modes(feed.other_modes),
-                reconnect_attempts=feed.reconnect_attempts,
-                network_errors=feed.network_errors,
-                state=feed.state.value,
-                feed_alive=feed_alive,
-                feed_heartbeat_age_s=beat_age,
-                seconds_since_last_message=quiet_s,
-                last_error=feed_error,
-                price_source="websocket" if liveness.live else "rest" if feed_alive and feed.rest_polling else "none",
-            ),
-            price_cache=PriceCacheHealth(
-                cached_symbols=int(count),
-                last_update=last_update,
-                seconds_since_last_update=_age(now, last_update),
-                stale_after_s=self._settings.price_stale_after_s,
-                expires_after_s=self._settings.price_cache_ttl_s,
-                open_positions=OpenPositionPrices(**counts),
-                cache_entries=entries,
-            ),
-            advice_branch=branch,
-            advice=ADVICE[branch],
-            feed_leadership=FeedLeadershipInfo(**leadership.public()),
-        )
+        leader = leadership.public()
+        rest_polling = feed_alive and feed.rest_polling
+        return {  # ConnectionHealth's shape, built without a model per entry (the api's hot path)
+            "timestamp": ist_iso(now),
+            "websocket": {
+                "connected": liveness.live,
+                "subscribed_symbols": feed.subscribed_symbols,
+                "mode": feed.mode,
+                "modes": _modes(feed.other_modes),
+                "reconnect_attempts": feed.reconnect_attempts,
+                "network_errors": feed.network_errors,
+                "state": feed.state.value,
+                "feed_alive": feed_alive,
+                "feed_heartbeat_age_s": beat_age,
+                "seconds_since_last_message": quiet_s,
+                "last_error": feed_error,
+                "price_source": "websocket" if liveness.live else "rest" if rest_polling else "none",
+            },
+            "price_cache": {
+                "cached_symbols": int(count),
+                "last_update": last_update,
+                "seconds_since_last_update": _age(now, last_update),
+                "stale_after_s": float(self._settings.price_stale_after_s),
+                "expires_after_s": int(self._settings.price_cache_ttl_s),
+                "open_positions": counts,
+                "cache_entries": entries,
+            },
+            "advice_branch": branch,
+            "advice": ADVICE[branch],
+            "feed_leadership": {
+                "leader": leader["leader"],
+                "fencing_token": leader["fencing_token"],
+                "leader_since": leader["leader_since"],
+                "lease_age_s": leader["lease_age_s"],
+                "lease_expires_in_s": leader["lease_expires_in_s"],
+                "standbys": list(leader["standbys"]),
+            },
+            "expiring_today": [],
+        }

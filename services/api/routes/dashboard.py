@@ -77,7 +77,7 @@ async def snapshot(res: Res) -> dict[str, Any]:
     }
     return {
         "at": res.clock.now(),
-        "health": health.model_dump(mode="json"),
+        "health": health,
         "feed": details,
         "services": services,
         "positions": [p.model_dump(mode="json") for p in positions.positions],
