@@ -135,9 +135,9 @@ class LiveSession:
     # --- reading and decoding ------------------------------------------------------------------
     async def _read(self, ws: ClientConnection) -> tuple[str, bool]:
         link = self.link
-        put = self.inbox.put
-        now_fn = self._clock.now
         inbox = self.inbox
+        put = inbox.put
+        now_fn = self._clock.now
         try:
             async for message in ws:
                 now = now_fn()
@@ -172,6 +172,7 @@ class LiveSession:
         newest_info = False
         superseded = 0
         everything = len(symbol_of)
+        newest_at = backlog[-1][1]  # the writer stamps a batch with its newest arrival, as when frames merge
         for message, at in reversed(backlog):
             try:
                 if len(taken) >= everything:  # every symbol has its newest tick: older live frames only count
@@ -188,10 +189,11 @@ class LiveSession:
                 if newest_info:
                     frame.segment_status = None  # an older market_info: the newest one already says the state
                 newest_info = True
-            await self._handle(frame, at)
+            await self._handle(frame, at, written_at=newest_at)
         self._status.superseded_ticks += superseded
 
-    async def _handle(self, frame: Frame, at: float) -> None:
+    async def _handle(self, frame: Frame, at: float, *, written_at: float | None = None) -> None:
+        """Take one decoded frame that arrived at `at` (`written_at`: the stamp of its batch, when caught up)."""
         status = self._status
         link = self.link
         status.last_message_at = max(at, status.last_message_at or 0.0)
@@ -202,7 +204,7 @@ class LiveSession:
         if frame.ticks:
             if at > (link.last_data_at or 0.0):
                 link.last_data_at = status.last_data_at = at
-            self._writer.add(frame.ticks, at)
+            self._writer.add(frame.ticks, written_at or at)
             self._instruments.saw(frame.ticks, at)
             TICKS.inc(len(frame.ticks))
         elif frame.unknown_keys and at > (link.last_data_at or 0.0):
