@@ -138,7 +138,8 @@ def markdown(r: dict[str, Any]) -> str:
         "# Benchmarks",
         "",
         f"{m['date']} · {m['nproc']} cores · {m['cpu_model']} · Python {m['python']} · Redis {m['redis']}"
-        + f" · {'quick run' if r['quick'] else 'full run'} in {r.get('duration_s', '?')} s",
+        + f" · {'quick run' if r['quick'] else 'full run'} in {r.get('duration_s', '?')} s"
+        + f" · load average at the start {m.get('loadavg_1m', '?')}",
         "",
         "## Targets",
         "",
