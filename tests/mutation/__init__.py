@@ -169,18 +169,25 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     # --- reconnect jitter ---------------------------------------------------------------------------
     Mutation(
-        "no jitter within the attempt budget (always the upper bound)",
-        "services/feed/backoff.py",
-        "delay = self.rng.uniform(self.base_s, upper)",
-        "delay = upper",
-        ("tests/feed/test_backoff.py",),
+        "no jitter in any backoff (always the ceiling)",
+        "libs/common/backoff.py",
+        "return lowest + (ceiling - lowest) * self.rng.random()",
+        "return ceiling",
+        ("tests/unit/test_backoff.py", "tests/feed/test_outage.py"),
     ),
     Mutation(
         "no jitter once the attempt budget is spent (lock-step at the cap)",
-        "services/feed/backoff.py",
-        "delay = self.rng.uniform(max(self.base_s, 0.8 * self.cap_s), self.cap_s)",
-        "delay = self.cap_s",
-        ("tests/feed/test_backoff.py",),
+        "services/feed/outage.py",
+        "self._at_cap = Backoff(self.cap_s, self.cap_s, 0.2, self.base_s, self.rng)",
+        "self._at_cap = Backoff(self.cap_s, self.cap_s, 0.0, self.base_s, self.rng)",
+        ("tests/feed/test_outage.py",),
+    ),
+    Mutation(
+        "the first attempt after a drop waits the backoff instead of going at once",
+        "services/feed/outage.py",
+        "return 0.0 if self.attempts == 1 else",
+        "return self._within_budget.compute(1) if self.attempts == 1 else",
+        ("tests/feed/test_outage.py",),
     ),
     # --- the feed's heartbeat: `connected` in feed:status outlives a killed feed ----------------------
     Mutation(
