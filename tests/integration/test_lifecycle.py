@@ -104,24 +104,21 @@ async def test_restarts_back_off_while_a_loop_keeps_failing_at_once(settings: Se
     assert all(gap >= 0.16 - 0.02 for gap in gaps[2:4])  # grown to the cap (0.2 s less up to a fifth)
 
 
-async def test_cancel_and_wait_stops_a_task_that_swallows_its_first_cancel() -> None:
-    cancels = 0
+async def test_a_stop_that_is_itself_stopped_still_sees_its_tasks_end() -> None:
+    """The api's lifespan stops `supervise`, which stops its loops: a re-cancel from above must not orphan them."""
 
-    async def stubborn() -> None:
-        nonlocal cancels
-        while True:
-            try:
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:
-                cancels += 1
-                if cancels == 1:
-                    continue
-                raise
+    async def slow_to_tidy() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.3)  # its clean-up, longer than the stop above it waits
 
-    task = asyncio.create_task(stubborn())
+    inner = asyncio.create_task(slow_to_tidy())
     await asyncio.sleep(0)
-    await cancel_and_wait([task], grace_s=0.1)
-    assert task.cancelled() and cancels == 2
+    stopping = asyncio.create_task(cancel_and_wait([inner], grace_s=1.0))
+    await asyncio.sleep(0.05)
+    await cancel_and_wait([stopping], grace_s=0.05)  # re-cancels `stopping` while it waits for `inner`
+    assert stopping.cancelled() and inner.done()
 
 
 async def test_embedded_server_serves_then_stops_gracefully_and_says_when_it_cannot_listen() -> None:
