@@ -4,6 +4,7 @@ implemented by services.sim.server.Simulator), and the Bearer-token checks."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
@@ -11,7 +12,7 @@ from fastapi import Depends, Request
 from libs.common.clock import Clock
 from libs.common.settings import Settings
 from services.sim import errors
-from services.sim.faults import FaultKind, Faults
+from services.sim.faults import Faults
 from services.sim.gtt import GttBook
 from services.sim.market import Market
 from services.sim.orders import OrderBook
@@ -37,17 +38,9 @@ class SimulatorPort(Protocol):
 
     def instrument_file(self) -> bytes: ...
 
-    async def inject(
-        self,
-        kind: FaultKind,
-        duration_s: float,
-        *,
-        code: int = 1000,
-        ratio: float | None = None,
-        delay_s: float | None = None,
-        message: str | None = None,
-        orders: int = 0,
-    ) -> None: ...
+    @property
+    def inject(self) -> Callable[..., Awaitable[None]]:
+        """Simulator.inject: start a fault (kind, duration_s; its shape: code, ratio, delay_s, message, orders)."""
 
     def reset(self) -> None: ...
 
