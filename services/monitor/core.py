@@ -86,6 +86,16 @@ class SweepReport:
 
 
 @dataclass(slots=True)
+class Sweep:
+    """One sweep in progress: its report, what its read listed open (as of the revision `rev`), lines so far."""
+
+    report: SweepReport
+    out: Output = field(default_factory=Output)
+    seen: set[str] = field(default_factory=set)
+    rev: int | None = None
+
+
+@dataclass(slots=True)
 class _Read:
     """A record read in flight: notice prices that arrived meanwhile, and whether an event may be newer."""
 
@@ -348,9 +358,45 @@ class Core:
     # --- the sweep -------------------------------------------------------------------------------
 
     def sweep(self, feed: FeedLiveness) -> Sweep:
-        """Begin a sweep with the feed's liveness just read."""
+        """Begin a sweep with the feed's liveness just read; then `check_slice()` each part of its read and
+        `end_sweep()` it. Sweeps may overlap: each has its own `Sweep`."""
         self._feed = feed
-        return Sweep(self, feed)
+        sweep = Sweep(SweepReport(feed_live=feed.live))
+        self._note_feed(feed.live, sweep.out)
+        return sweep
+
+    def check_slice(self, sweep: Sweep, part: Snapshot, now: float) -> Output:
+        """Check one slice of open positions on their cached prices; returns what to do now."""
+        out, sweep.out = sweep.out, Output()
+        sweep.rev = part.rev
+        for symbol, item in part.positions.items():
+            sweep.seen.add(symbol)
+            if isinstance(item, MalformedRecord):
+                sweep.report.malformed += 1
+                if self._report_bad_once(f"position:{symbol}", str(item), out):
+                    out.malformed.append((symbol, str(item)))
+                continue
+            self._reported_bad.pop(f"position:{symbol}", None)
+            self._learn(symbol, item.rev, item)
+            if item.state is PositionState.CLOSING:
+                if self.stuck(item, now):
+                    sweep.report.reconciling += 1
+                    self.reconcile(item, out)
+                continue
+            known = self._watch.get(symbol)  # this copy, or a newer one an event brought meanwhile
+            if item.state is PositionState.OPEN and known is not None:
+                sweep.report.checked += 1
+                self._check(known, part.prices.get(symbol), sweep.report, now, out)
+        return out
+
+    def end_sweep(self, sweep: Sweep) -> list[Position]:
+        """Forget symbols the sweep's read found not open, unless what is known of them is newer than that read.
+        Returns the open positions watched now."""
+        if sweep.rev is not None:
+            for symbol in [s for s, rev in self._revs.items() if s not in sweep.seen and rev <= sweep.rev]:
+                del self._revs[symbol]
+                self._watch.pop(symbol, None)
+        return list(self._watch.values())
 
     def _note_feed(self, live: bool, out: Output) -> None:
         if live == self._feed_live:
@@ -362,8 +408,15 @@ class Core:
             out.lines.append(Line("WARNING", "Feed is not live: checking SL/TP on cached prices"))
         self._feed_live = live
 
-    def _check(self, position: Position, cached: PriceTruth | MalformedRecord | None, sweep: Sweep, now: float) -> None:
-        symbol, report, out = position.symbol, sweep.report, sweep.out
+    def _check(
+        self,
+        position: Position,
+        cached: PriceTruth | MalformedRecord | None,
+        report: SweepReport,
+        now: float,
+        out: Output,
+    ) -> None:
+        symbol = position.symbol
         if isinstance(cached, MalformedRecord):
             report.malformed += 1
             self._report_bad_once(f"price:{symbol}", str(cached), out)
@@ -417,53 +470,6 @@ class Core:
         one_line = "; ".join(part.strip() for part in error.splitlines() if part.strip())  # one greppable line
         out.lines.append(Line("ERROR", f"Skipping malformed record {key}: {one_line[:300]}"))
         return True
-
-
-class Sweep:
-    """One sweep over the snapshot's slices: `slice()` each, then `end()`. Sweeps may overlap (each has its own)."""
-
-    def __init__(self, core: Core, feed: FeedLiveness) -> None:
-        self._core = core
-        self.report = SweepReport(feed_live=feed.live)
-        self.out = Output()
-        self._seen: set[str] = set()
-        self._rev: int | None = None  # the revision counter when the snapshot read `positions:open`
-        core._note_feed(feed.live, self.out)
-
-    def slice(self, part: Snapshot, now: float) -> Output:
-        """Check one slice of open positions on their cached prices; returns what to do now."""
-        core, out = self._core, self.out
-        self._rev = part.rev
-        for symbol, item in part.positions.items():
-            self._seen.add(symbol)
-            if isinstance(item, MalformedRecord):
-                self.report.malformed += 1
-                if core._report_bad_once(f"position:{symbol}", str(item), self.out):
-                    self.out.malformed.append((symbol, str(item)))
-                continue
-            core._reported_bad.pop(f"position:{symbol}", None)
-            core._learn(symbol, item.rev, item)
-            if item.state is PositionState.CLOSING:
-                if core.stuck(item, now):
-                    self.report.reconciling += 1
-                    core.reconcile(item, self.out)
-                continue
-            known = core._watch.get(symbol)  # this copy, or a newer one an event brought meanwhile
-            if item.state is PositionState.OPEN and known is not None:
-                self.report.checked += 1
-                core._check(known, part.prices.get(symbol), self, now)
-        self.out = Output()
-        return out
-
-    def end(self) -> list[Position]:
-        """Forget symbols the snapshot found not open, unless what is known of them is newer than its read.
-        Returns the open positions watched now."""
-        core = self._core
-        if self._rev is not None:
-            for symbol in [s for s, rev in core._revs.items() if s not in self._seen and rev <= self._rev]:
-                del core._revs[symbol]
-                core._watch.pop(symbol, None)
-        return list(core._watch.values())
 
 
 def _opened(symbol: str, data: Any) -> Position | None:

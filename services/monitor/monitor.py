@@ -161,10 +161,10 @@ class Monitor:
         now = self._clock.now()
         sweep = self._core.sweep(await self._feed_liveness())
         async for part in self._snapshots.read_slices():  # the event loop runs between slices
-            out = sweep.slice(part, now)
+            out = self._core.check_slice(sweep, part, now)
             self._carry_out(out)
             await self._record(out)
-        watched = sweep.end()
+        watched = self._core.end_sweep(sweep)
         await self._journal_cap.enforce()
         await self._expiry.check(watched)
         report = sweep.report

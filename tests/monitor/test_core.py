@@ -91,9 +91,9 @@ def test_an_event_no_newer_than_what_is_known_needs_no_read() -> None:
 def test_a_sweep_that_read_before_an_open_keeps_the_opened_position() -> None:
     core = make_core()
     sweep = core.sweep(LIVE)
-    sweep.slice(snapshot(1, long_kaynes(rev=1, opened_rev=1)), NOW)
+    core.check_slice(sweep, snapshot(1, long_kaynes(rev=1, opened_rev=1)), NOW)
     core.event(opened(bosch(2, opened_rev=2)))  # opened after the sweep's read: its event is newer news
-    assert {p.symbol for p in sweep.end()} == {"KAYNES", "BOSCHLTD"}
+    assert {p.symbol for p in core.end_sweep(sweep)} == {"KAYNES", "BOSCHLTD"}
     assert len(core.notice(notice("690.00"), NOW).closes) == 1
 
 
@@ -103,9 +103,11 @@ def test_a_sweep_that_read_before_a_close_does_not_bring_the_position_back() -> 
     core.event(event("closing", rev=2))  # claimed elsewhere (the api)
     assert core.watched == {}
     sweep = core.sweep(LIVE)
-    sweep.slice(snapshot(1, bosch(1), price="690.00"), NOW)  # read before the claim: older than what is known
+    core.check_slice(
+        sweep, snapshot(1, bosch(1), price="690.00"), NOW
+    )  # read before the claim: older than what is known
     assert sweep.report.checked == 0 and sweep.out == Output()
-    assert sweep.end() == [] and core.notice(notice("690.00"), NOW).closes == []
+    assert core.end_sweep(sweep) == [] and core.notice(notice("690.00"), NOW).closes == []
 
 
 def test_a_sweep_forgets_what_its_read_found_not_open_unless_it_is_newer() -> None:
@@ -113,8 +115,10 @@ def test_a_sweep_forgets_what_its_read_found_not_open_unless_it_is_newer() -> No
     core.event(opened(bosch(1)))
     core.event(opened(long_kaynes(rev=6, opened_rev=6)))
     sweep = core.sweep(LIVE)
-    sweep.slice(snapshot(5), NOW)  # positions:open read at rev 5: BOSCHLTD was gone by then, KAYNES not yet there
-    assert [p.symbol for p in sweep.end()] == ["KAYNES"]
+    core.check_slice(
+        sweep, snapshot(5), NOW
+    )  # positions:open read at rev 5: BOSCHLTD was gone by then, KAYNES not yet there
+    assert [p.symbol for p in core.end_sweep(sweep)] == ["KAYNES"]
 
 
 def test_a_reopen_seen_before_the_previous_close_ends_is_decided_at_once() -> None:
@@ -142,7 +146,7 @@ def test_a_failed_close_waits_for_its_backoff_and_a_stale_read_does_not_undo_it(
     core.ended(position)
     assert core.notice(notice("690.00"), NOW + 0.5).closes == []
     sweep = core.sweep(LIVE)  # read before the claim: the same rev, without the backoff
-    sweep.slice(snapshot(1, position, price="690.00"), NOW + 0.5)
+    core.check_slice(sweep, snapshot(1, position, price="690.00"), NOW + 0.5)
     assert sweep.report.triggered == 0
     assert len(core.notice(notice("690.00"), NOW + 1.1).closes) == 1
 
@@ -158,15 +162,15 @@ def test_a_new_access_token_lifts_the_backoff_once() -> None:
 def test_layer_3_is_said_once_per_outage_and_recorded_on_the_position() -> None:
     core = make_core()
     sweep = core.sweep(DOWN)
-    out = sweep.slice(snapshot(1, bosch(1)), NOW)  # no cached price at all
+    out = core.check_slice(sweep, snapshot(1, bosch(1)), NOW)  # no cached price at all
     assert lines(out) == [
         "[WARNING] Feed is not live: checking SL/TP on cached prices",
         "[FALLBACK] Price cache expired for BOSCHLTD",
         "[WARNING] Can't monitor BOSCHLTD - no fresh prices",
     ]
     assert out.marks == [Mark("BOSCHLTD", NOW)] and sweep.report.unmonitored == 1
-    assert core.sweep(DOWN).slice(snapshot(2, bosch(2, unmonitored_since=NOW)), NOW) == Output()
-    back = core.sweep(DOWN).slice(snapshot(2, bosch(2, unmonitored_since=NOW), price="720.00"), NOW)
+    assert core.check_slice(core.sweep(DOWN), snapshot(2, bosch(2, unmonitored_since=NOW)), NOW) == Output()
+    back = core.check_slice(core.sweep(DOWN), snapshot(2, bosch(2, unmonitored_since=NOW), price="720.00"), NOW)
     assert back.marks == [Mark("BOSCHLTD", None, PriceSource.CACHED)]
     assert lines(back) == [
         "[INFO] Monitoring BOSCHLTD again: cached price available",
@@ -177,21 +181,25 @@ def test_layer_3_is_said_once_per_outage_and_recorded_on_the_position() -> None:
 def test_a_malformed_record_is_reported_once() -> None:
     core = make_core()
     broken = MalformedRecord("position:BROKEN: side sideways")
-    out = core.sweep(LIVE).slice(snapshot(1, broken), NOW)
+    out = core.check_slice(core.sweep(LIVE), snapshot(1, broken), NOW)
     assert out.malformed == [("BROKEN", str(broken))]
     assert out.lines[-1] == Line("ERROR", f"Skipping malformed record position:BROKEN: {broken}")
-    assert core.sweep(LIVE).slice(snapshot(1, broken), NOW).malformed == []
+    assert core.check_slice(core.sweep(LIVE), snapshot(1, broken), NOW).malformed == []
 
 
 def test_a_claim_is_reconciled_only_once_stuck_or_due() -> None:
     core = make_core(monitor_stuck_close_s=30.0)
     claimed = bosch(2, state=PositionState.CLOSING, claim_id="c1", claimed_at=NOW)
-    assert core.sweep(LIVE).slice(snapshot(2, claimed), NOW + 1).reconciles == []  # young: its closer may act
-    assert core.sweep(LIVE).slice(snapshot(2, claimed), NOW + 30).reconciles == [claimed]
-    assert core.sweep(LIVE).slice(snapshot(2, claimed), NOW + 60).reconciles == []  # its reconcile is in flight
+    assert (
+        core.check_slice(core.sweep(LIVE), snapshot(2, claimed), NOW + 1).reconciles == []
+    )  # young: its closer may act
+    assert core.check_slice(core.sweep(LIVE), snapshot(2, claimed), NOW + 30).reconciles == [claimed]
+    assert (
+        core.check_slice(core.sweep(LIVE), snapshot(2, claimed), NOW + 60).reconciles == []
+    )  # its reconcile is in flight
     core.ended(claimed)
     core.unconfirmed(claimed, "c1", NOW + 2)  # a close here ended unconfirmed: settle it when due
-    assert core.sweep(LIVE).slice(snapshot(2, claimed), NOW + 2).reconciles == [claimed]
+    assert core.check_slice(core.sweep(LIVE), snapshot(2, claimed), NOW + 2).reconciles == [claimed]
 
 
 def test_a_failed_close_keeps_the_released_record_when_its_read_landed_first() -> None:
