@@ -116,6 +116,7 @@ class Core:
         self._inflight: dict[str, int] = {}  # symbol -> opened_rev of the position a close or reconcile acts on
         self._reads: dict[str, _Read] = {}
         self._settle_due: dict[str, float] = {}  # claim id of a close ended here unconfirmed -> when to settle it
+        self._settled: dict[str, int] = {}  # symbol -> rev of the claim a reconcile here settled (older reads: stale)
         self._retry_on_new_token: set[str] = set()  # symbols whose close backoff a new access token lifts
         self._unmonitored: set[str] = set()
         self._fallback_logged_at: dict[str, float] = {}
@@ -333,7 +334,9 @@ class Core:
         self._forget(position)
 
     def reconciled(self, position: Position, *, closed: bool) -> None:
+        """The reconcile of the `closing` record `position` settled it: closed, or reopened (closed False)."""
         self._settle_due.pop(position.claim_id, None)
+        self._settled[position.symbol] = position.rev
         if closed:
             self._forget(position)
 
@@ -343,8 +346,8 @@ class Core:
 
     def stuck(self, position: Position, now: float) -> bool:
         """A `closing` position no closer of ours works on, whose claim is old enough (or due) to settle."""
-        if self.busy(position):
-            return False
+        if self.busy(position) or position.rev <= self._settled.get(position.symbol, -1):
+            return False  # in flight here, or a read from before a reconcile here settled it
         due = self._settle_due.get(position.claim_id)
         if due is not None and now >= due:
             return True
@@ -396,6 +399,7 @@ class Core:
             for symbol in [s for s, rev in self._revs.items() if s not in sweep.seen and rev <= sweep.rev]:
                 del self._revs[symbol]
                 self._watch.pop(symbol, None)
+                self._settled.pop(symbol, None)
         return list(self._watch.values())
 
     def _note_feed(self, live: bool, out: Output) -> None:

@@ -213,3 +213,15 @@ def test_a_failed_close_keeps_the_released_record_when_its_read_landed_first() -
     core.read("BOSCHLTD", 3, released, NOW)  # the release as Redis holds it, before the close's task ends
     core.held_back(position, NOW + 1, "broker answered 503")  # the task's own note: older than the record read
     assert core.watched == {"BOSCHLTD": released}
+
+
+def test_a_read_from_before_a_reconcile_settled_the_claim_does_not_reconcile_it_again() -> None:
+    core = make_core(monitor_stuck_close_s=30.0)
+    claimed = bosch(2, state=PositionState.CLOSING, claim_id="c1", claimed_at=NOW)
+    sweep = core.sweep(LIVE)  # its read of the claim began before the reconcile below reopened it
+    assert core.check_slice(core.sweep(LIVE), snapshot(2, claimed), NOW + 30).reconciles == [claimed]
+    core.reconciled(claimed, closed=False)
+    core.ended(claimed)
+    assert core.check_slice(sweep, snapshot(2, claimed), NOW + 30).reconciles == []
+    reclaimed = bosch(5, state=PositionState.CLOSING, claim_id="c2", claimed_at=NOW)  # a later claim, stuck too
+    assert core.check_slice(core.sweep(LIVE), snapshot(5, reclaimed), NOW + 30).reconciles == [reclaimed]
