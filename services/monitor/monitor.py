@@ -42,9 +42,10 @@ from libs.common.replication import ClaimConfirmation
 from libs.common.safety_net import create_safety_net
 from libs.common.settings import Settings
 from libs.common.tasks import cancel_and_wait
-from services.monitor.core import SERVICE, Core, Line, Output, SweepReport
+from services.monitor.core import SERVICE, Core
 from services.monitor.decision import closed_line, retry_delay_s
 from services.monitor.expiry import ExpiryWatch
+from services.monitor.outputs import Line, Output, SweepReport
 from services.monitor.reconcile import BrokerReconciler
 from services.monitor.safety_net import SafetyNetKeeper
 from services.monitor.snapshot import SnapshotReader

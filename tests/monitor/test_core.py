@@ -13,7 +13,8 @@ from libs.common.freshness import FeedLiveness, PriceTruth
 from libs.common.models import CloseReason, MalformedRecord, Position, PositionState, PriceSource
 from libs.common.price_cache import Tick, tick_notice
 from libs.common.settings import Settings
-from services.monitor.core import Core, Line, Mark, Output
+from services.monitor.core import Core
+from services.monitor.outputs import Line, Mark, Output
 from services.monitor.snapshot import Snapshot
 from tests.monitor.conftest import BOSCH_KEY, long_bosch, long_kaynes
 
