@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from loguru import logger
@@ -221,8 +221,9 @@ class Monitor:
         if out.tick_as_of is not None:
             TICK_TO_DECISION.observe(max(0.0, self._clock.now() - out.tick_as_of))  # one per notice
 
-    def _spawn(self, work: Any, position: Position | None, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(work, name=f"monitor.{name}")
+    def _spawn(self, work: Coroutine[Any, Any, None], position: Position | None, name: str) -> None:
+        """Run `work` as a task drained on stop; the core learns when the close or reconcile of `position` ends."""
+        task = asyncio.create_task(work, name=f"monitor.{name}")
         self._tasks.add(task)
 
         def _done(t: asyncio.Task[None]) -> None:
