@@ -77,7 +77,7 @@ async def test_intraday_gtt_is_replaced_once_its_day_is_over(rig: Rig) -> None:
     await rig.open(long_bosch(opened_at=START))
     assert await rig.keeper.keep_once() == 1
     first = await rig.state()
-    assert first.state == "active" and first.trigger == 69475 and first.quantity == 39
+    assert first.state == "active" and first.trigger == 69475 and first.legs == (39,)
     assert first.expires_at is not None and first.expires_at > START
     assert await rig.keeper.keep_once() == 0, "nothing to change"
     rig.clock.advance(first.expires_at - START + 60)  # past midnight IST
