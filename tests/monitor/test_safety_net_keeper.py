@@ -6,6 +6,7 @@ The simulator and the keeper share a manual clock, so a GTT's day ends when the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -48,7 +49,13 @@ class Rig:
 
 @pytest.fixture
 async def rig(settings: Settings, redis: Redis) -> AsyncIterator[Rig]:
-    clock = ManualClock(START)
+    async with rigged(settings, redis, START) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def rigged(settings: Settings, redis: Redis, start: float) -> AsyncIterator[Rig]:
+    clock = ManualClock(start)
     sim_settings = settings.model_copy(update={"sim_order_rate_limit_per_s": 0})
     async with running_simulator(sim_settings, clock=clock, auto_tick=False) as sim:
         s = compressed(settings, upstox_api_base=sim.rest_url, upstox_order_base=sim.rest_url)
