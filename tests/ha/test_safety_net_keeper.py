@@ -80,6 +80,7 @@ async def test_one_keeper_places_each_gtt_once_and_the_other_takes_over_when_it_
         line = f"Safety-net keeper: instance {other} keeps the safety nets"
         await stack.wait_log(f"monitor@{other}", line, since=mark, timeout_s=LEASE_S + 5)
         took_s = time.monotonic() - killed_at
+        print(f"keeper takeover after {took_s:.2f} s")
         assert took_s < LEASE_S + 2, f"took over after {took_s:.1f}s"
         assert (await keeper_of(stack))["keeper"] == other
         assert (await stack.health())["safety_net_keeper"] == other
