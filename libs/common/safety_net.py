@@ -36,7 +36,7 @@ from libs.common.broker import BrokerError, BrokerOutcomeUnknown, Fill, UpstoxBr
 from libs.common.clock import Clock
 from libs.common.feed_lease import FENCE_CHECK, FENCED
 from libs.common.fno import order_legs
-from libs.common.instruments import InstrumentIndex, instrument_index
+from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.logging import tagged
 from libs.common.models import CloseRecord, Position, Side
 from libs.common.money import Paise, fmt_inr, rupees_str, to_paise
@@ -44,7 +44,7 @@ from libs.common.settings import Settings
 
 # Fields of position:SYMBOL that belong to the safety net.
 FIELDS = (
-    "net_state",  # placing | active | retrying | unknown | fired | cancelled | ended | none (no stop-loss)
+    "net_state",  # placing | active | retrying | unknown | fired | cancelled | ended | refused | none (no stop-loss)
     "net_gtt_id",  # the legs' GTT ids, comma-joined
     "net_trigger",  # rupee string of the legs' trigger ('' when not all legs are known to have it)
     "net_intent",  # rupee string of the trigger a call in flight (or one with an unknown outcome) asked for
@@ -206,7 +206,7 @@ class SafetyNet:
         self._redis = redis
         self._broker = broker
         self._clock = clock
-        self._instruments = instruments or instrument_index()
+        self._instruments = instruments or guard_instruments(settings, clock.now())  # lots and freeze quantities
         self._begin = redis.register_script(_BEGIN)
         self._going_on = redis.register_script(_GOING_ON)
         self._end = redis.register_script(_END)

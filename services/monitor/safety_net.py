@@ -45,6 +45,7 @@ _RENEW_DEFAULT_S = 86400.0
 # At most 5 keeper calls a second: half of Upstox's 10 order calls/s (GTTs count among them) stays free for closes.
 _CALL_GAP_S = 0.2
 _GONE = ("UDAPI1134", "UDAPI1135")
+_STANDING = ("active", "retrying", "refused")  # states in which GTTs of the position may stand at the broker
 
 
 class _Legs:
@@ -372,7 +373,7 @@ class SafetyNetKeeper:
     async def check_fired(self) -> int:
         """Ask the broker which of our GTTs are no longer waiting; close the positions where one fired (through
         the normal close path) and re-place the ones that ended without an order. Returns how many fired."""
-        positions = [(p, n) for p, n in await self._open_positions() if n.ids and n.state == "active"]
+        positions = [(p, n) for p, n in await self._open_positions() if n.ids and n.state in _STANDING]
         if not positions:
             return 0
         live = await self._net.live_gtts()
