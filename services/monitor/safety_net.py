@@ -116,10 +116,7 @@ class SafetyNetKeeper:
             if now - self._renewed_at < self.lease.lease_s / 3:
                 return True
             if not await self.lease.renew():  # another monitor holds it (this one paused or was cut off)
-                self.lease.step_down()
-                tagged("WARNING").warning(
-                    f"Safety-net keeper: instance {self.lease.instance} lost the keeper lease; standing by"
-                )
+                self._step_down()
                 return False
             self._renewed_at = now
             return True
@@ -133,6 +130,12 @@ class SafetyNetKeeper:
         await self.recover()
         self._checked_at = None  # look at once for GTTs that fired while no keeper looked
         return True
+
+    def _step_down(self) -> None:
+        self.lease.step_down()
+        tagged("WARNING").warning(
+            f"Safety-net keeper: instance {self.lease.instance} lost the keeper lease; standing by"
+        )
 
     async def run(self) -> None:
         try:
@@ -210,7 +213,7 @@ class SafetyNetKeeper:
                 return calls
             answer = await self._net.begin(position.symbol, trigger, (self.lease.key, self.lease.token))
             if answer == "fenced":
-                self.lease.step_down()
+                self._step_down()
                 return calls
             if answer != "ok":
                 continue

@@ -113,3 +113,36 @@ async def _all_cancelled(stack: HAStack, ids: list[str]) -> bool:
 async def _flat(stack: HAStack, key: str) -> bool:
     rows = (await stack.sim("GET", "/sim/state"))["positions"]
     return [int(r["quantity"]) for r in rows if r["instrument_token"] == key] == [0]
+
+
+async def test_a_keeper_paused_past_its_lease_makes_no_gtt_call_when_it_wakes(tmp_path: Path) -> None:
+    """SIGSTOP the keeper past `SAFETY_NET_LEASE_S`: the other monitor takes the lease and modifies the GTT when
+    the stop-loss moves; the old keeper, SIGCONTed, finds the lease gone, stands by and makes no call of its own
+    (each change is made once)."""
+    async with HAStack(tmp_path, **ENV) as stack:
+        await stack.start("sim")
+        await stack.start_instances(("monitor", "a"), ("monitor", "b"), ("api", "a"))
+        await stack.set_price("BOSCHLTD", 735.0)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await eventually(lambda: _trigger_is(stack, "BOSCHLTD", 694.75), timeout_s=20)
+        first = (await keeper_of(stack))["keeper"]
+        other = ({"a", "b"} - {first}).pop()
+        (gtt_id,) = (await net_of(stack, "BOSCHLTD"))["gtt_ids"]
+
+        marks = {i: stack.mark(f"monitor@{i}") for i in "ab"}
+        stack.pause(f"monitor@{first}")
+        await stack.wait_log(
+            f"monitor@{other}", f"Safety-net keeper: instance {other} keeps", since=marks[other], timeout_s=LEASE_S + 5
+        )
+        resp = await stack.api("PATCH", "/api/v1/positions/BOSCHLTD", json={"stop_loss": 710})
+        assert resp.status_code == 200, resp.text
+        await eventually(lambda: _trigger_is(stack, "BOSCHLTD", 706.45), timeout_s=10)
+
+        stack.resume(f"monitor@{first}")
+        await stack.wait_log(f"monitor@{first}", f"instance {first} lost the keeper lease", since=marks[first])
+        resp = await stack.api("PATCH", "/api/v1/positions/BOSCHLTD", json={"stop_loss": 712})
+        assert resp.status_code == 200, resp.text
+        await eventually(lambda: _trigger_is(stack, "BOSCHLTD", 708.40), timeout_s=10)
+        assert (await history(stack)) == {gtt_id: ["placed", "modified", "modified"]}
+        assert stack.count(f"monitor@{first}", "safety net modified", since=marks[first]) == 0
+        assert (await keeper_of(stack))["keeper"] == other
