@@ -156,3 +156,25 @@ async def _one_keeper_at_a_time(rig: Rig, redis: Redis) -> None:
     assert await other.keep_once() == 1
     (gtt,) = rig.sim.gtt.everything()
     assert [h["event"] for h in gtt["history"]] == ["placed", "modified"]
+
+
+async def test_a_leg_whose_answer_was_lost_is_adopted_and_only_the_rest_is_placed(
+    settings: Settings, redis: Redis
+) -> None:
+    inst = nifty_ce(time.time())
+    symbol = inst.trading_symbol
+    async with rigged(settings, redis, time.time()) as rig:
+        rig.sim.market.set_price(symbol, 15000)
+        await rig.open(option_position(inst))
+        await rig.sim.inject("reply_lost", 30)
+        await rig.keeper.keep_once()  # the first leg is placed, its answer lost: nothing more is placed blindly
+        lost = await rig.state(symbol)
+        assert lost.state == "unknown" and lost.ids == () and lost.intent == 11940
+        assert len(gtts_of(rig, inst.instrument_key)) == 1
+        rig.sim.faults.clear()
+        rig.clock.advance(5)
+        await rig.keeper.keep_once()
+        found = await rig.state(symbol)
+        standing = gtts_of(rig, inst.instrument_key)
+        assert found.state == "active" and found.legs == (1800,) * 3
+        assert sorted(found.ids) == sorted(str(g["gtt_order_id"]) for g in standing) and len(standing) == 3
