@@ -277,11 +277,14 @@ class SafetyNetKeeper:
         position stops being open (a closer claimed it: the caller cancels what stands)."""
         have, placed, modified = list(legs.legs), 0, 0
         for n, quantity in enumerate(wanted):
-            if n and await self._net.going_on(position.symbol) != "ok":
+            call = n >= len(have) or have[n][1] != quantity or have[n][0] in legs.stale
+            if call and (placed or modified):
+                await asyncio.sleep(_CALL_GAP_S)
+            if call and n and await self._net.going_on(position.symbol) != "ok":
                 break
             if n < len(have):
-                gtt_id, had = have[n]
-                if had != quantity or gtt_id in legs.stale:
+                gtt_id, _ = have[n]
+                if call:
                     try:
                         await self._net.modify(gtt_id, position, quantity, trigger)
                     except BrokerError as exc:
@@ -292,8 +295,6 @@ class SafetyNetKeeper:
                     legs.stale.discard(gtt_id)
                     modified += 1
                 continue
-            if placed or modified:
-                await asyncio.sleep(_CALL_GAP_S)
             legs.legs.append((await self._net.place(position, quantity, trigger), quantity))
             placed += 1
         for gtt_id, _ in have[len(wanted) :]:  # fewer legs now (the position was reduced)

@@ -7,6 +7,7 @@ lot 75, freeze 1800) long at 150 with its stop at 120: three GTTs of 1800 each t
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from libs.common.instruments import Instrument, load_instruments
 from libs.common.models import CloseReason, Position, PriceSource, Side
 from libs.common.settings import Settings
 from services.monitor.safety_net import SafetyNetKeeper
+from tests.helpers import eventually
 from tests.monitor.conftest import long_bosch
 from tests.monitor.test_safety_net_keeper import START, Rig, rigged
 
@@ -178,3 +180,28 @@ async def test_a_leg_whose_answer_was_lost_is_adopted_and_only_the_rest_is_place
         standing = gtts_of(rig, inst.instrument_key)
         assert found.state == "active" and found.legs == (1800,) * 3
         assert sorted(found.ids) == sorted(str(g["gtt_order_id"]) for g in standing) and len(standing) == 3
+
+
+async def test_a_close_claimed_while_legs_are_being_placed_leaves_no_gtt_standing(
+    settings: Settings, redis: Redis
+) -> None:
+    """The keeper places three legs, 0.2 s apart; a stop claims the position after the first. The keeper places no
+    further leg once the position is closing, the close waits for the keeper's call, then cancels what stands and
+    sells: one exit, no GTT left live, none cancelled twice."""
+    inst = nifty_ce(time.time())
+    key, symbol = inst.instrument_key, inst.trading_symbol
+    async with rigged(settings, redis, time.time()) as rig:
+        rig.sim.market.set_price(symbol, 15000)
+        await rig.open(option_position(inst))
+        keeping = asyncio.create_task(rig.keeper.keep_once())
+        await eventually(lambda: len(gtts_of(rig, key)) == 1, timeout_s=5, interval_s=0.01)
+        record = await rig.closer.close(stop(symbol, 12500))
+        await keeping
+        assert record.closed_by == "monitor" and record.quantity == 5400
+        made = gtts_of(rig, key)
+        assert 1 <= len(made) < 3, "no leg placed once the position was claimed"
+        for gtt in made:
+            events = [h["event"] for h in gtt["history"]]  # type: ignore[union-attr]
+            assert events == ["placed", "cancelled"], events
+        assert [(q, f) for q, f, _ in sells(rig, key)] == [(1800, 1800)] * 3
+        assert rig.sim.orders.positions.net(key, "I") == 0
