@@ -26,7 +26,7 @@ from libs.common.clock import Clock
 from libs.common.logging import tagged
 from libs.common.models import FeedState
 from libs.common.settings import Settings
-from libs.common.tasks import cancel_and_wait
+from libs.common.service import cancel_and_wait
 from services.feed.decode import MARKET_INFO, NORMAL_OPEN, CorruptFrame, Frame, decode, market_open, skim
 from services.feed.inbox import Inbox, Received
 from services.feed.metrics import TICKS
