@@ -25,6 +25,7 @@ from libs.common import keys
 _WAITING = re.compile(r"Waiting (\d+(?:\.\d+)?) seconds before retry")
 POLL_S = 0.02
 BLIP_S = 1.0
+BLIP_AFTER_LIVE_S = 7.0  # > RECONNECT_BASE_DELAY_S (5 s): the feed retries at once only after a link that lasted
 
 
 def _connected(redis: SyncRedis) -> bool:
@@ -101,7 +102,7 @@ def run(services: Services, redis: SyncRedis, *, symbols: int, drop_s: float) ->
             # 3. a 1 s blip: the network goes away and comes back; how long after it returns are prices fresh?
             if _until(lambda: _connected(redis), 40) is None:
                 raise RuntimeError("feed did not come back after the drop")
-            time.sleep(1.0)
+            time.sleep(BLIP_AFTER_LIVE_S)  # a link live this long gets its first attempt at once (not a flapping one)
             log_mark = len(services.log("feed"))
             http.post(sim_url + "/sim/faults", json={"kind": "drop", "duration_s": BLIP_S}).raise_for_status()
             reopened = _until(lambda: not _accepting(feed_port), 5) and _until(lambda: _accepting(feed_port), 10)

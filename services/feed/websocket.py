@@ -35,7 +35,6 @@ from libs.common.dns import DnsFailure, HostResolver, Resolution
 from libs.common.logging import tagged
 from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache
-from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
 from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
 from services.feed.metrics import RECONNECTS

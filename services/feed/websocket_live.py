@@ -25,8 +25,8 @@ from websockets.protocol import Event
 from libs.common.clock import Clock
 from libs.common.logging import tagged
 from libs.common.models import FeedState
-from libs.common.settings import Settings
 from libs.common.service import cancel_and_wait
+from libs.common.settings import Settings
 from services.feed.decode import MARKET_INFO, NORMAL_OPEN, CorruptFrame, Frame, decode, market_open, skim
 from services.feed.inbox import Inbox, Received
 from services.feed.metrics import TICKS
