@@ -26,7 +26,6 @@ from libs.common.clock import Clock, SystemClock
 from libs.common.dns import HostResolver
 from libs.common.feed_lease import FeedLease, FencedOut
 from libs.common.instruments import InstrumentIndex, guard_instruments
-from libs.common.logging import tagged
 from libs.common.metrics import start_exporter
 from libs.common.models import FeedState
 from libs.common.positions import PositionStore
@@ -41,8 +40,6 @@ from services.feed.silence import Review
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions, watchlist
 from services.feed.websocket import FeedConnection
-
-warning = tagged("WARNING")
 
 
 class Feed:
@@ -135,7 +132,7 @@ class Feed:
         if review.silent:
             await self.cache.mark_silent(review.silent)
         for symbol, reason in review.silent.items():
-            warning.warning(f"{symbol}: {reason}; its price now ages from its last tick")
+            logger.warning(f"{symbol}: {reason}; its price now ages from its last tick")
             await self.events.publish_event("instrument_silent", symbol, reason=reason)
         for symbol in review.back:
             logger.info(f"{symbol} is ticking again")
