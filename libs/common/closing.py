@@ -111,7 +111,7 @@ class Closer:
         # The event never stands between the claim and the order: it goes out on the side.
         closing = self._store.publish_event(
             "closing", request.symbol, reason=request.reason.value, by=request.closed_by, claim_id=claim_id,
-            decided_at=request.decided_at,
+            decided_at=request.decided_at, rev=position.rev,
         )  # fmt: skip
         self._notices[claim_id] = self._on_the_side(closing)
         try:
@@ -138,16 +138,19 @@ class Closer:
     async def _sell(
         self, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
     ) -> CloseRecord:
+        by_net: list[Fill] = []  # what the broker's stop (some of its GTTs) sold already
         if self._safety_net is not None:  # Layer 0 first, so the broker's stop cannot sell too
             settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, retry_at)
-            if settled is not None:
+            if isinstance(settled, CloseRecord):
                 return settled
+            by_net = settled
+        guarded = position.quantity - sum(f.quantity or 0 for f in by_net)
         tag = close_tag(claim_id)
         fills: list[Fill] = []
         sold = 0
         while len(fills) < MAX_ORDERS_PER_CLAIM:
             held = await self._held(position)
-            want = position.quantity - sold if held is None else min(position.quantity - sold, held)
+            want = guarded - sold if held is None else min(guarded - sold, held)
             if want <= 0:
                 break
             if not fills:  # the claim is confirmed once, before its first order; the fence then times the WAIT too
@@ -185,16 +188,18 @@ class Closer:
                 )
                 continue
             break
+        if not fills and by_net:  # the broker is flat after what the safety net's orders sold
+            return await self._settled_by_net(position, claim_id, request, by_net)
         if not fills:
             return await self._finish_external(position, claim_id, request)
-        still_held = await self._held(position) if sold < position.quantity else 0
+        still_held = await self._held(position) if sold < guarded else 0
         if still_held != 0:
-            left = position.quantity - sold if still_held is None else min(position.quantity - sold, still_held)
-            error = f"sold {sold} of {position.quantity}; {left} still held and guarded"
-            await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left)
-            await self._publish("reduced", position.symbol, claim_id, quantity=left, sold=sold)
+            left = guarded - sold if still_held is None else min(guarded - sold, still_held)
+            error = f"sold {sold} of {guarded}; {left} still held and guarded"
+            rev = await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left)
+            await self._publish("reduced", position.symbol, claim_id, quantity=left, sold=sold, rev=rev)
             raise PartialClose(f"{position.symbol}: {error}")
-        return await self._finish(position, claim_id, request, fills, request.closed_by)
+        return await self._finish(position, claim_id, request, by_net + fills, request.closed_by)
 
     async def _held(self, position: Position) -> int | None:
         """Units the broker holds in the position's direction; None when it cannot say (or keeps no positions)."""
@@ -268,26 +273,30 @@ class Closer:
         our own safety net did it."""
         if self._safety_net is not None:
             settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, None)
-            if settled is not None:
+            if isinstance(settled, CloseRecord):
                 return settled
+            if settled:
+                return await self._settled_by_net(position, claim_id, request, settled)
         exit_price = request.decision_price or position.entry_price
         record = self._record(position, request, "", exit_price, "external")
-        if not await self._store.complete(claim_id, record):
+        rev = await self._store.complete(claim_id, record)
+        if not rev:
             raise ClaimFenced(position.symbol, "settled elsewhere (this closer's claim was taken over)")
         logger.warning(
             f"{position.symbol}: the broker holds none of this {position.side} position (closed outside the "
             "guard); no order sent, marked closed (external)"
         )
         observe_close(record.reason, record.closed_by, record.price_source, request.decided_at, record.closed_at)
-        await self._publish("closed", position.symbol, claim_id, record=record.public())
+        await self._publish("closed", position.symbol, claim_id, record=record.public(), rev=rev)
         return record
 
     async def _disarm_safety_net(
         self, net: SafetyNet, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
-    ) -> CloseRecord | None:
-        """Cancel the position's GTT; if it already fired and its order filled the position, that is the close
-        (`closed_by` "safety_net"). When the GTT cannot be made harmless, release the claim and raise: no order
-        may go out beside a stop that can still fire."""
+    ) -> CloseRecord | list[Fill]:
+        """Cancel the position's GTTs; if they already fired and their orders filled the position, that is the
+        close (`closed_by` "safety_net"); else what their orders filled (the guard sells at most the rest). When a
+        GTT cannot be made harmless, release the claim and raise: no order may go out beside a stop that can
+        still fire."""
         await self._still_ours(position.symbol, claim_id)  # a stale closer must not touch a reopened position's GTT
         try:
             fired = await net.disarm(position)
@@ -300,10 +309,18 @@ class Closer:
             await self._store.release(position.symbol, claim_id, error, when)
             raise (OrdersBlocked(error) if blocked else BrokerError(error, status_code=503)) from None
         await self._still_ours(position.symbol, claim_id)  # it may have waited long on the broker
-        if fired is None or not fired.complete or fired.fill is None:
-            return None
-        record = await self._finish(position, claim_id, request, [fired.fill], "safety_net")
-        net.announce(record, fired)
+        if fired is None or fired.fill is None:
+            return []
+        if not fired.complete:
+            return [fired.fill]
+        return await self._settled_by_net(position, claim_id, request, [fired.fill])
+
+    async def _settled_by_net(
+        self, position: Position, claim_id: str, request: CloseRequest, by_net: list[Fill]
+    ) -> CloseRecord:
+        """Some of the safety net's GTTs sold and the broker holds nothing more: their fills are the close."""
+        record = await self._finish(position, claim_id, request, by_net, "safety_net")
+        SafetyNet.announce(record)
         return record
 
     async def _still_ours(self, symbol: str, claim_id: str) -> None:
@@ -312,7 +329,8 @@ class Closer:
             raise ClaimFenced(symbol, "settled elsewhere (this closer's claim was taken over)")
 
     async def _complete(self, symbol: str, claim_id: str, record: CloseRecord, decided_at: float | None) -> None:
-        if not await self._store.complete(claim_id, record):
+        rev = await self._store.complete(claim_id, record)
+        if not rev:
             # Someone settled our claim while the order was in flight. The fill is real; say so loudly.
             logger.error(
                 f"Close of {symbol} filled (order {record.order_id}) but its claim was settled elsewhere; "
@@ -321,7 +339,7 @@ class Closer:
             await self._publish("close_unrecorded", symbol, claim_id, record=record.public())
             raise PositionConflict(symbol, "settled elsewhere while its order was in flight")
         observe_close(record.reason, record.closed_by, record.price_source, decided_at, record.closed_at)
-        await self._publish("closed", symbol, claim_id, record=record.public())
+        await self._publish("closed", symbol, claim_id, record=record.public(), rev=rev)
 
     async def _failed(self, request: CloseRequest, claim_id: str, exc: BrokerError, outcome: str = "failed") -> None:
         await self._publish(
@@ -405,6 +423,9 @@ class Closer:
         if held is not None:
             left = min(left, held)
         note = "no order of its close tag filled at the broker; reopened" if fill is None else f"sold {sold}; reopened"
-        if await self._store.release(position.symbol, position.claim_id, note, None, quantity=left):
-            await self._store.publish_event("reopened", position.symbol, claim_id=position.claim_id, quantity=left)
+        rev = await self._store.release(position.symbol, position.claim_id, note, None, quantity=left)
+        if rev:
+            await self._store.publish_event(
+                "reopened", position.symbol, claim_id=position.claim_id, quantity=left, rev=rev
+            )
         return None

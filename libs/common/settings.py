@@ -121,6 +121,7 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(30.0, gt=0)
     safety_net: Literal["on", "off"] = "on"
     safety_net_buffer_pct: float = Field(0.5, ge=0, le=20)
+    safety_net_lease_s: float = Field(10.0, gt=0)
     reconcile_adopt: bool = False
     reconcile_adopt_stop_loss_pct: float = Field(2.0, gt=0, lt=100)
     reconcile_adopt_take_profit_pct: float = Field(4.0, gt=0, lt=100)

@@ -49,11 +49,12 @@ ADVICE: dict[Branch, str] = {
 }
 
 
-# KEYS: feed:status, heartbeat:feed, prices:index, positions:open, feed:lease, instances:feed.
+# KEYS: feed:status, heartbeat:feed, prices:index, positions:open, feed:lease, instances:feed, safety_net:lease.
 # ARGV: oldest valid as_of, limit, price key prefix, oldest live heartbeat, then the requested symbols (none:
 # sample the index).
 # Returns: feed:status as a flat list, heartbeat (or false), cached count, newest as_of (or false), the number of
-# open-position symbols, the feed lease as a flat list, its PTTL, the live feed instances, then the symbol and its
+# open-position symbols, the feed lease as a flat list, its PTTL, the live feed instances, the monitor instance
+# keeping the safety nets (or false), then the symbol and its
 # price's TRUTH_FIELDS (false when absent) for each listed symbol, open ones first.
 _HEALTH = """
 local oldest, limit, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -80,7 +81,8 @@ for _, list in ipairs({open, wanted}) do
   end
 end
 local lease, feeds = redis.call('HGETALL', KEYS[5]), redis.call('ZRANGEBYSCORE', KEYS[6], ARGV[4], '+inf')
-local out = {status, beat, count, newest[2] or false, #open, lease, redis.call('PTTL', KEYS[5]), feeds}
+local keeper = redis.call('HGET', KEYS[7], 'instance')
+local out = {status, beat, count, newest[2] or false, #open, lease, redis.call('PTTL', KEYS[5]), feeds, keeper}
 for _, symbol in ipairs(listed) do
   out[#out + 1] = symbol
   for _, value in ipairs(redis.call('HMGET', prefix .. symbol, FIELDS)) do out[#out + 1] = value end
@@ -139,14 +141,14 @@ class HealthReader:
         raw: list[Any] = await self._health(
             keys=[
                 keys.FEED_STATUS, keys.heartbeat("feed"), keys.PRICE_INDEX, keys.OPEN_POSITIONS, keys.FEED_LEASE,
-                keys.instances("feed"),
+                keys.instances("feed"), keys.SAFETY_NET_LEASE,
             ],
             args=[
                 now - self._settings.price_cache_ttl_s, limit, keys.PRICE_PREFIX, now - self._settings.heartbeat_ttl_s,
                 *(symbols or ()),
             ],
         )  # fmt: skip
-        status_flat, beat_raw, count, newest, n_open, lease_flat, lease_pttl_ms, feeds_alive = raw[:8]
+        status_flat, beat_raw, count, newest, n_open, lease_flat, lease_pttl_ms, feeds_alive, keeper = raw[:9]
         lease = dict(zip(lease_flat[::2], lease_flat[1::2], strict=True))
         leadership = leadership_from(lease, int(lease_pttl_ms), list(feeds_alive), now)
         try:
@@ -160,7 +162,7 @@ class HealthReader:
         last_update = float(newest) if newest is not None else None
 
         width = 1 + len(TRUTH_FIELDS)
-        rows = raw[8:]
+        rows = raw[9:]
         listed = [str(symbol) for symbol in rows[::width]]
         open_set = set(listed[:n_open])
         entries: dict[str, CacheEntry] = {}
@@ -223,4 +225,5 @@ class HealthReader:
             advice_branch=branch,
             advice=ADVICE[branch],
             feed_leadership=FeedLeadershipInfo(**leadership.public()),
+            safety_net_keeper=str(keeper) if keeper else None,
         )

@@ -93,8 +93,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "claim is check-then-set (read the state, then write it: two round trips)",
         "libs/common/positions.py",
-        "        result = await self._claim(keys=[keys.position(symbol)], args=[claim_id, repr(self._clock.now()), "
-        "reason.value])\n",
+        "        result = await self._claim(\n"
+        "            keys=[keys.position(symbol), keys.POSITIONS_REV], args=[claim_id, repr(self._clock.now()), "
+        "reason.value]\n        )\n",
         "        state = await self._redis.hget(keys.position(symbol), 'state')\n"
         "        result = 'missing' if state is None else ('ok' if state == 'open' else state)\n"
         "        if result == 'ok':\n"
@@ -140,10 +141,17 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "a young claim is reconciled as stuck (a close still in flight elsewhere is reopened)",
-        "services/monitor/monitor.py",
+        "services/monitor/core.py",
         "return claimed_at is None or now - claimed_at >= self._settings.monitor_stuck_close_s",
         "return True",
-        ("tests/monitor/test_monitor.py",),
+        ("tests/monitor/test_core.py", "tests/monitor/test_monitor.py"),
+    ),
+    Mutation(
+        "the monitor keeps an older copy of a position over a newer one (its rev ignored)",
+        "services/monitor/core.py",
+        "        if rev <= self._revs.get(symbol, -1):\n            return False\n",
+        "        if False:\n            return False\n",
+        ("tests/monitor/test_core.py",),
     ),
     Mutation(
         "an emergency close retried with the same Idempotency-Key acts again",
@@ -218,6 +226,27 @@ MUTATIONS: tuple[Mutation, ...] = (
         'if net.state != "fired" and await self.cancel(gtt_id):',
         'if net.state != "fired":',
         ("tests/monitor/test_safety_net_keeper.py",),
+    ),
+    Mutation(
+        "the safety net ignores the freeze quantity (one GTT the exchange rejects when it fires)",
+        "libs/common/fno.py",
+        "per_leg = int(freeze_quantity) // lot * lot",
+        "per_leg = max(quantity, lot)",
+        ("tests/unit/test_fno.py", "tests/monitor/test_safety_net_fno.py"),
+    ),
+    Mutation(
+        "what fired GTTs sold is not counted: the guard sells the whole position again",
+        "libs/common/closing.py",
+        "guarded = position.quantity - sum(f.quantity or 0 for f in by_net)",
+        "guarded = position.quantity",
+        ("tests/monitor/test_safety_net_fno.py",),
+    ),
+    Mutation(
+        "a keeper that lost its lease still calls the broker (the keeper's mark is not fenced)",
+        "libs/common/safety_net.py",
+        "    FENCE_CHECK\n    + \"\"\"\nlocal state = redis.call('HGET', KEYS[1], 'state')",
+        "    \"\"\"\nlocal state = redis.call('HGET', KEYS[1], 'state')",
+        ("tests/monitor/test_safety_net_fno.py",),
     ),
 )
 

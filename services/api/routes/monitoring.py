@@ -39,6 +39,7 @@ from services.api.schemas import (
     FeedLeadershipInfo,
     OrdersStatus,
     RedisStatus,
+    SafetyNetKeeperInfo,
     SafetyNetStatus,
     ServiceStatus,
     Status,
@@ -257,7 +258,14 @@ async def _safety_net_status(res: ResourcesDep) -> SafetyNetStatus:
         states[shown["state"]] = states.get(shown["state"], 0) + 1
         if net.last_error and shown["state"] not in ("active", "none"):
             failing.append({"symbol": symbol, **shown, "attempts": net.attempts})
-    return SafetyNetStatus(enabled=True, buffer_pct=settings.safety_net_buffer_pct, states=states, failing=failing)
+    held = await read_leadership(res.redis, settings, res.clock, key=keys.SAFETY_NET_LEASE, service="monitor")
+    keeper = SafetyNetKeeperInfo(
+        keeper=held.leader, fencing_token=held.token, keeper_since=held.leader_since, lease_age_s=held.lease_age_s,
+        lease_expires_in_s=held.lease_expires_in_s, standbys=held.standbys,
+    )  # fmt: skip
+    return SafetyNetStatus(
+        enabled=True, buffer_pct=settings.safety_net_buffer_pct, keeper=keeper, states=states, failing=failing
+    )
 
 
 async def _orders_status(res: ResourcesDep) -> OrdersStatus:
