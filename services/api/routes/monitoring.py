@@ -22,7 +22,7 @@ from libs.common.freshness import FreshnessPolicy
 from libs.common.heartbeat import heartbeat_age_s, live_instances
 from libs.common.models import FeedStatus, MalformedRecord, Position
 from libs.common.positions import PositionConflict, PositionNotFound
-from services.api.deps import ApiKey, Res
+from services.api.deps import ApiKeyDep, ResourcesDep
 from services.api.emergency import emergency_close
 from services.api.idempotency import KeyInProgress, KeyReused, Stored
 from services.api.schemas import (
@@ -71,7 +71,7 @@ def _symbols(raw: str | None) -> list[str] | None:
 
 @router.get("/connection-health", response_model=ConnectionHealth, responses=_ERRORS)
 async def connection_health(
-    res: Res,
+    res: ResourcesDep,
     limit: Annotated[int, Query(ge=0, le=1000, description="most cache entries to list (open positions always)")] = 50,
     symbols: Annotated[
         str | None, Query(max_length=4000, description="comma-separated symbols to list instead of a sample")
@@ -88,7 +88,7 @@ async def connection_health(
     return Response(orjson.dumps(health), media_type="application/json")
 
 
-async def _expiring_today(res: Res) -> list[ExpiringPosition]:
+async def _expiring_today(res: ResourcesDep) -> list[ExpiringPosition]:
     now = res.clock.now()
     positions = [p for p in await res.store.list_open() if isinstance(p, Position)]
     return [ExpiringPosition.model_validate(e.as_dict(now)) for e in expiring_today(positions, res.instruments, now)]
@@ -97,7 +97,7 @@ async def _expiring_today(res: Res) -> list[ExpiringPosition]:
 @router.post(
     "/emergency-close-position",
     response_model=EmergencyCloseResponse,
-    dependencies=[ApiKey],
+    dependencies=[ApiKeyDep],
     responses={
         400: {"model": ErrorOut, "description": "the body is not readable JSON"},
         401: {"model": ErrorOut, "description": "API key required"},
@@ -111,7 +111,7 @@ async def _expiring_today(res: Res) -> list[ExpiringPosition]:
 )
 async def emergency_close_position(
     body: EmergencyCloseRequest,
-    res: Res,
+    res: ResourcesDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
     ] = None,
@@ -143,7 +143,7 @@ async def emergency_close_position(
     return result
 
 
-async def _close(res: Res, body: EmergencyCloseRequest) -> EmergencyCloseResponse | EmergencyClosePending:
+async def _close(res: ResourcesDep, body: EmergencyCloseRequest) -> EmergencyCloseResponse | EmergencyClosePending:
     try:
         return await emergency_close(res, body.symbol, body.reason)
     except BrokerOutcomeUnknown as exc:
@@ -168,7 +168,7 @@ async def _close(res: Res, body: EmergencyCloseRequest) -> EmergencyCloseRespons
 
 
 @router.get("/status", response_model=Status, responses={422: _ERRORS[422]})
-async def service_status(res: Res) -> Status:
+async def service_status(res: ResourcesDep) -> Status:
     """Whether the access token works, Redis reachability, each service's heartbeat and the market in use."""
     now = res.clock.now()
     verdict = await res.token_probe.verdict()
@@ -249,7 +249,7 @@ async def service_status(res: Res) -> Status:
     )
 
 
-async def _safety_net_status(res: Res) -> SafetyNetStatus:
+async def _safety_net_status(res: ResourcesDep) -> SafetyNetStatus:
     settings = res.settings
     if res.safety_net is None:
         return SafetyNetStatus(enabled=False, buffer_pct=settings.safety_net_buffer_pct, states={}, failing=[])
@@ -272,7 +272,7 @@ async def _safety_net_status(res: Res) -> SafetyNetStatus:
     )
 
 
-async def _orders_status(res: Res) -> OrdersStatus:
+async def _orders_status(res: ResourcesDep) -> OrdersStatus:
     blocked = await res.gate.state()
     since = blocked.get("since")
     static_ips = None
@@ -289,7 +289,7 @@ async def _orders_status(res: Res) -> OrdersStatus:
     )
 
 
-async def _broker_positions_status(res: Res) -> BrokerPositionsStatus | None:
+async def _broker_positions_status(res: ResourcesDep) -> BrokerPositionsStatus | None:
     raw = await res.redis.get(keys.BROKER_UNGUARDED)
     if not raw:
         return None
