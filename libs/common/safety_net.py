@@ -211,7 +211,7 @@ class SafetyNet:
         clock: Clock,
         instruments: InstrumentIndex | None = None,
     ) -> None:
-        self.settings = settings
+        self._settings = settings
         self._redis = redis
         self._broker = broker
         self._clock = clock
@@ -278,7 +278,7 @@ class SafetyNet:
         body = {
             "type": "SINGLE",
             "quantity": quantity,
-            "product": self.settings.order_product,
+            "product": self._settings.order_product,
             "instrument_token": position.instrument_key,
             "transaction_type": closing_side(position),
             "rules": [_entry_rule(position, trigger)],
@@ -318,11 +318,11 @@ class SafetyNet:
         return {str(g.get("gtt_order_id")): g for g in data.get("data") or [] if isinstance(g, dict)}
 
     async def _gtt(self, method: str, path: str, **kw: Any) -> Any:
-        return await self._broker.call(method, f"{self.settings.api_base}{path}", order_call=method != "GET", **kw)
+        return await self._broker.call(method, f"{self._settings.api_base}{path}", order_call=method != "GET", **kw)
 
     async def _order(self, order_id: str) -> dict[str, Any]:
         body = await self._broker.call(
-            "GET", f"{self.settings.api_base}/v2/order/details", params={"order_id": order_id}
+            "GET", f"{self._settings.api_base}/v2/order/details", params={"order_id": order_id}
         )
         return dict(body.get("data") or {})
 
@@ -345,7 +345,7 @@ class SafetyNet:
             return ("ended", None) if status in _ENDED else ("live", None)
         if rule.get("order_id"):
             return "fired", await self._order(str(rule["order_id"]))
-        book = await self._broker.call("GET", f"{self.settings.api_base}/v2/order/retrieve-all")
+        book = await self._broker.call("GET", f"{self._settings.api_base}/v2/order/retrieve-all")
         orders = [o for o in book.get("data") or [] if o.get("order_ref_id") == gtt_id]
         if orders:
             return "fired", dict(orders[-1])
@@ -406,7 +406,7 @@ class SafetyNet:
         """The stored state once no keeper call is in flight. A call refreshes its mark between legs; one whose
         mark is older than a broker timeout and a half is treated as an unknown outcome (and so is a wait beyond
         `_BUSY_WAIT_CALLS` such timeouts)."""
-        stuck_s = self.settings.broker_timeout_s * 1.5
+        stuck_s = self._settings.broker_timeout_s * 1.5
         deadline = self._clock.monotonic() + stuck_s * _BUSY_WAIT_CALLS
         while True:
             net = await self.state(position.symbol)
@@ -442,7 +442,7 @@ class SafetyNet:
         try:
             await self._broker.call(
                 "DELETE",
-                f"{self.settings.order_base}/v3/order/cancel",
+                f"{self._settings.order_base}/v3/order/cancel",
                 order_call=True,
                 params={"order_id": order_id},
             )

@@ -46,9 +46,6 @@ from services.feed.websocket_live import FeedClientConnection, Link, LiveSession
 from services.feed.writer import FrameWriter
 
 verbose = tagged("VERBOSE")
-success = tagged("SUCCESS")
-warning = tagged("WARNING")
-error = tagged("ERROR")
 
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 _MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -145,14 +142,14 @@ class FeedConnection:
                     token_expired = expired_at is not None
                     if expired_at is not None:
                         self._status.last_error = f"access token expired at {expired_at}; waiting for a new one"
-                        warning.warning(
+                        logger.warning(
                             f"The access token expired at {expired_at}: the feed waits for a new one "
                             "(POST /api/v1/auth/token or python -m services.api token set)"
                         )
                     else:
                         which = "analytics" if self._credentials.has_analytics else "access"
                         self._status.last_error = f"{which} token rejected ({exc})"
-                        error.error(
+                        logger.error(
                             f"{which.capitalize()} token rejected (HTTP {exc.status_code}): "
                             f"set a valid UPSTOX_{which.upper()}_TOKEN; "
                             f"retrying about every {self._s.auth_retry_delay_s:.0f} s"
@@ -173,7 +170,7 @@ class FeedConnection:
                 else:
                     token_rejected = token_expired = dns_failed = False
                     if reconnecting:
-                        success.success("Reconnection successful!")
+                        logger.success("Reconnection successful!")
                     outage = None
                     live_since = self._clock.now()
                     reason, network = await self._live(ws)
@@ -183,7 +180,7 @@ class FeedConnection:
                     if network:
                         self._status.network_errors += 1
                     self._status.last_error = reason
-                    warning.warning("WebSocket connection closed")
+                    logger.warning("WebSocket connection closed")
                     verbose.info(f"Reason: {reason}")
                     await self._close(ws, abort=network)
                 if outage is None:
@@ -211,7 +208,7 @@ class FeedConnection:
     async def _announce_attempt(self, outage: Outage, delay_s: float) -> None:
         budget = self._s.reconnect_attempts_per_cycle
         if outage.attempts > budget and outage.attempt_in_cycle == 1:
-            warning.warning(
+            logger.warning(
                 f"Still disconnected after {outage.attempts - 1} attempts; "
                 f"retrying every {self._s.reconnect_max_delay_s:.0f} s (cycle {outage.cycle})"
             )
@@ -223,7 +220,7 @@ class FeedConnection:
         await self._status.flush()
 
     def _failed(self, reconnecting: bool, suffix: str) -> None:
-        error.error(f"{'Reconnection' if reconnecting else 'Connection'} failed{suffix}")
+        logger.error(f"{'Reconnection' if reconnecting else 'Connection'} failed{suffix}")
 
     # --- opening a connection ------------------------------------------------------------------
     async def _open(self, *, check_dns: bool, reconnecting: bool) -> ClientConnection:
@@ -390,4 +387,4 @@ class FeedConnection:
         now = self._clock.monotonic()
         if now - self._warned_at.get(what, -1e9) >= _WARN_EVERY_S:
             self._warned_at[what] = now
-            warning.warning(message)
+            logger.warning(message)

@@ -23,7 +23,6 @@ from websockets.frames import Opcode
 from websockets.protocol import Event
 
 from libs.common.clock import Clock
-from libs.common.logging import tagged
 from libs.common.models import FeedState
 from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
@@ -34,9 +33,6 @@ from services.feed.silence import InstrumentWatch
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions
 from services.feed.writer import FrameWriter
-
-success = tagged("SUCCESS")
-warning = tagged("WARNING")
 
 
 class FeedClientConnection(ClientConnection):
@@ -111,7 +107,7 @@ class LiveSession:
         status.outage_started_at = None
         status.next_retry_at = None
         status.last_error = ""
-        success.success("WebSocket connection established!")
+        logger.success("WebSocket connection established!")
         await status.transition(FeedState.LIVE)
         tasks = [
             asyncio.create_task(self._read(ws), name="feed:websocket:receive"),
@@ -220,7 +216,7 @@ class LiveSession:
         for symbol, ltp in absurd:
             if symbol not in self._absurd_logged:
                 self._absurd_logged.add(symbol)
-                warning.warning(f"Skipping absurd price for {symbol}: {ltp!r} (counted in feed:status absurd_prices)")
+                logger.warning(f"Skipping absurd price for {symbol}: {ltp!r} (counted in feed:status absurd_prices)")
 
     def _market_info(self, segment_status: dict[str, int]) -> bool:
         """Record whether the market is open; True when that changed."""
@@ -287,7 +283,7 @@ class LiveSession:
                 return f"no data for {silence_s:.1f} s while the market is open (mute connection)", True
             elif not reported:
                 reported = True
-                warning.warning(
+                logger.warning(
                     f"No market data for {silence_s:.1f} s, pings answered: the subscribed instruments are quiet "
                     "(no index subscribed to prove the market ticks); not reconnecting"
                 )

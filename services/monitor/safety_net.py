@@ -27,11 +27,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.common import keys
+from libs.common.backoff import Backoff
 from libs.common.broker import BrokerError, BrokerOutcomeUnknown, OrdersBlocked
 from libs.common.clock import Clock
 from libs.common.feed_lease import Lease
 from libs.common.fno import OverLimits
-from libs.common.logging import tagged
 from libs.common.models import MalformedRecord, Position, PositionState
 from libs.common.money import fmt_inr
 from libs.common.order_gate import OrderGate
@@ -80,6 +80,7 @@ class SafetyNetKeeper:
         self._clock = clock
         self._close_fired = close_fired
         self._gate = gate
+        self._retry = Backoff(settings.close_retry_base_s, settings.close_retry_max_s)  # a failed GTT call
         self._wake = asyncio.Event()
         self._checked_at: float | None = None
         self.lease = Lease(
@@ -123,7 +124,7 @@ class SafetyNetKeeper:
         if not await self.lease.acquire():
             return False
         self._renewed_at = now
-        tagged("SUCCESS").success(
+        logger.success(
             f"Safety-net keeper: instance {self.lease.instance} keeps the safety nets "
             f"(fencing token {self.lease.token.partition(':')[0]})"
         )
@@ -133,9 +134,7 @@ class SafetyNetKeeper:
 
     def _step_down(self) -> None:
         self.lease.step_down()
-        tagged("WARNING").warning(
-            f"Safety-net keeper: instance {self.lease.instance} lost the keeper lease; standing by"
-        )
+        logger.warning(f"Safety-net keeper: instance {self.lease.instance} lost the keeper lease; standing by")
 
     async def run(self) -> None:
         try:
@@ -346,8 +345,7 @@ class SafetyNetKeeper:
             if self._gate is not None:
                 await self._gate.blocked(str(exc))
         else:
-            base, cap = self._settings.close_retry_base_s, self._settings.close_retry_max_s
-            delay_s = min(cap, base * 2.0 ** min(attempt - 1, 30))
+            delay_s = self._retry.compute(attempt)
         await self._net.end(
             position.symbol, state=state, last_error=str(exc)[:500], attempts=attempt,
             next_at=repr(self._clock.now() + delay_s), trigger="", **legs.fields(),

@@ -146,7 +146,7 @@ async def test_only_the_lease_holder_keeps_and_a_fenced_keeper_starts_no_call(se
 
 async def _one_keeper_at_a_time(rig: Rig, redis: Redis) -> None:
     other = SafetyNetKeeper(
-        rig.net.settings, redis, rig.net, rig.store, rig.clock, close_fired=lambda p: rig.fired.append(p.symbol)
+        rig.settings, redis, rig.net, rig.store, rig.clock, close_fired=lambda p: rig.fired.append(p.symbol)
     )
     await rig.open(long_bosch(opened_at=rig.clock.now()))
     assert await rig.keeper.keep_once() == 1 and rig.keeper.keeping

@@ -37,6 +37,7 @@ class Rig:
     keeper: SafetyNetKeeper
     fired: list[str]
     closer: Closer
+    settings: Settings  # the guard's (pointing at the simulator)
 
     async def state(self, symbol: str = "BOSCHLTD") -> NetState:
         return await self.net.state(symbol)
@@ -67,7 +68,7 @@ async def rigged(settings: Settings, redis: Redis, start: float) -> AsyncIterato
         keeper = SafetyNetKeeper(s, redis, net, store, clock, close_fired=lambda p: fired.append(p.symbol))
         closer = Closer(store, broker, clock, settings=s, safety_net=net)
         try:
-            yield Rig(sim, clock, store, net, keeper, fired, closer)
+            yield Rig(sim, clock, store, net, keeper, fired, closer, s)
         finally:
             await broker.aclose()
 
