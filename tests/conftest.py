@@ -17,14 +17,16 @@ from redis.asyncio import Redis
 
 from libs.common.redis_client import create_redis
 from libs.common.settings import Settings
+from services.sim.settings import SimSettings
 from tests.helpers import RedisServer, redis_server
 
-SETTING_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
+SETTING_VARIABLES = frozenset(name.upper() for name in SimSettings.model_fields)  # the services' and the simulator's
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Before any test module runs: in-process code that calls load_settings() must not read the checkout's .env.
     Settings.model_config["env_file"] = None
+    SimSettings.model_config["env_file"] = None
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,7 @@ from libs.common.heartbeat import beat_forever, check
 from libs.common.logging import setup_logging
 from libs.common.loop import loop_factory
 from libs.common.metrics import set_service
-from libs.common.settings import ConfigError, Settings, load_settings
+from libs.common.settings import ConfigError, Settings
 
 Loop = Callable[[], Awaitable[None]]
 
@@ -56,8 +56,10 @@ def run_service(
     description: str,
     argv: list[str] | None = None,
     epilog: str | None = None,
+    settings_model: type[Settings] = Settings,
 ) -> int:
-    """Parse `--check`, load settings, set up logging and run `main(settings)` until SIGTERM/SIGINT.
+    """Parse `--check`, load settings (`settings_model`: the simulator has its own), set up logging and run
+    `main(settings)` until SIGTERM/SIGINT.
 
     Returns the process exit code: 0 on a clean stop, 2 on a configuration error.
     """
@@ -70,7 +72,7 @@ def run_service(
     parser.add_argument("--check", action="store_true", help="exit 0 if this service's heartbeat is fresh")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = settings_model.load()
     except ConfigError as exc:
         print(exc.code, file=sys.stderr)
         return 2

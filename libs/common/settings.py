@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Mapping
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -24,7 +25,7 @@ class ConfigError(SystemExit):
 
 
 class Settings(BaseSettings):
-    """The one settings class; each service reads the fields it needs."""
+    """The services' settings; each service reads the fields it needs. The simulator's own are `SimSettings`."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, case_sensitive=False
@@ -52,26 +53,14 @@ class Settings(BaseSettings):
     upstox_redirect_uri: str = ""
     credentials_key: SecretStr = SecretStr("")
     token_expiry_warn_s: float = Field(1800.0, ge=0)
+    # Where the simulator is in simulator mode, and what it lists; how it behaves is its own (services/sim/settings.py).
     sim_host: str = "127.0.0.1"
     sim_port: int = Field(8100, ge=0, le=65535)
-    sim_access_token: SecretStr = SecretStr("sim-access-token")
-    sim_seed: int = 42
-    sim_follow_market_hours: bool = False
-    sim_tick_interval_s: float = Field(0.2, gt=0)
-    sim_extra_instruments: int = Field(0, ge=0)
-    sim_dns_port: int = Field(0, ge=0, le=65535)
     sim_tls: bool = False
-    sim_feed_port: int = Field(8101, ge=0, le=65535)
-    sim_tls_ca_path: str = ""
-    sim_hostnames: list[str] = Field(default_factory=list)
-    sim_order_rate_limit_per_s: int = Field(10, ge=0)
-    sim_order_rate_limit_per_min: int = Field(500, ge=0)
-    sim_require_algo_name: str = ""
-    sim_ws_ping_interval_s: float = Field(5.0, gt=0)
-    sim_ticks_per_interval: int = Field(0, ge=0)
+    sim_access_token: SecretStr = SecretStr("sim-access-token")
+    sim_extra_instruments: int = Field(0, ge=0)
     fno_expiry_weekday: int = Field(1, ge=0, le=6)
     fno_expiry_warn_min: float = Field(30.0, gt=0)
-    sim_notifier_url: str = ""
 
     # --- Price cache and the guide's three layers ---------------------------------------------
     price_stale_after_s: float = Field(30.0, gt=0)
@@ -163,6 +152,31 @@ class Settings(BaseSettings):
     # --- Process -----------------------------------------------------------------------------
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
+    @classmethod
+    def load(cls, **overrides: object) -> Self:
+        """Read the settings; on a bad value raise `ConfigError` with one line naming the variable."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except SettingsError as exc:  # a list setting (FEED_WATCHLIST, ALERT_URLS, ...) that is not JSON
+            field = re.search(r'field "(\w+)"', str(exc))
+            name = field.group(1).upper() if field else "SETTINGS"
+            raise ConfigError(f'config error: {name}: not a JSON list; write it as ["first", "second"]') from None
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                name = "_".join(str(p) for p in err["loc"]).upper() or "SETTINGS"
+                problems.append(f"{name}: {err['msg']}")
+            raise ConfigError("config error: " + "; ".join(problems)) from None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """pydantic's copy, refusing a name this class has no field for: `update` is not validated, so a
+        misspelt or moved setting (say a simulator one on the services' `Settings`) would otherwise be kept
+        silently and change nothing."""
+        unknown = sorted(set(update or {}) - set(type(self).model_fields))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no setting {', '.join(unknown)}")
+        return super().model_copy(update=update, deep=deep)
+
     @model_validator(mode="after")
     def _market_protection_is_auto_or_a_percentage(self) -> Settings:
         if -1 < self.order_market_protection < 0:
@@ -247,16 +261,5 @@ def _host_port(item: str) -> tuple[str, int]:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings; on a bad value raise `ConfigError` with one line naming the variable."""
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except SettingsError as exc:  # a list setting (FEED_WATCHLIST, ALERT_URLS, ...) that is not JSON
-        field = re.search(r'field "(\w+)"', str(exc))
-        name = field.group(1).upper() if field else "SETTINGS"
-        raise ConfigError(f'config error: {name}: not a JSON list; write it as ["first", "second"]') from None
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = "_".join(str(p) for p in err["loc"]).upper() or "SETTINGS"
-            problems.append(f"{name}: {err['msg']}")
-        raise ConfigError("config error: " + "; ".join(problems)) from None
+    """Read the services' settings; on a bad value raise `ConfigError` with one line naming the variable."""
+    return Settings.load(**overrides)

@@ -11,6 +11,7 @@ from libs.common.redis_client import create_redis
 from libs.common.service import run_service, supervise
 from libs.common.settings import Settings
 from services.sim.server import running_simulator
+from services.sim.settings import SimSettings
 
 EPILOG = """\
 control API (no token needed), on http://SIM_HOST:SIM_PORT:
@@ -37,7 +38,8 @@ Upstox endpoints: /v3/feed/market-data-feed[/authorize], /v2/user/profile, /v2|v
 async def main(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, beating while Redis answers: the simulator itself does not need Redis."""
     clock = SystemClock()
-    async with running_simulator(settings, rest_port=settings.sim_port, feed_port=settings.sim_feed_port):
+    sim = SimSettings.of(settings)  # run_service loaded SimSettings: the services' settings plus the simulator's
+    async with running_simulator(sim, rest_port=sim.sim_port, feed_port=sim.sim_feed_port):
         redis = create_redis(settings)
         try:
             try:
@@ -56,5 +58,6 @@ if __name__ == "__main__":
             main,
             description="Upstox-compatible simulator: REST, v3 WebSocket feed (protobuf), orders, fault injection.",
             epilog=EPILOG,
+            settings_model=SimSettings,
         )
     )

@@ -10,19 +10,18 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends, Request
 
 from libs.common.clock import Clock
-from libs.common.settings import Settings
 from services.sim import errors
 from services.sim.faults import Faults
 from services.sim.gtt import GttBook
 from services.sim.market import Market
 from services.sim.orders import OrderBook
+from services.sim.settings import SimSettings
 from services.sim.tokens import Scope, TokenRegistry
 
 
 class SimulatorPort(Protocol):
     """What the REST and control endpoints reach: books, faults and tokens; not the listeners or the lifecycle."""
 
-    settings: Settings
     clock: Clock
     market: Market
     orders: OrderBook
@@ -31,6 +30,9 @@ class SimulatorPort(Protocol):
     tokens: TokenRegistry
     background: set[asyncio.Task[None]]
     blocked_order_calls: int
+
+    @property
+    def settings(self) -> SimSettings: ...
 
     def token_ok(self, token: str, scope: Scope = "account") -> bool: ...
 

@@ -40,6 +40,7 @@ from services.sim.feeder import FEED_PATH, Feeder
 from services.sim.gtt import GttBook
 from services.sim.market import Market
 from services.sim.orders import OrderBook
+from services.sim.settings import SimSettings
 from services.sim.tls import DEFAULT_NAMES, SimTLS, make_tls
 from services.sim.tokens import Scope, TokenRegistry
 
@@ -58,41 +59,42 @@ class Simulator:
     """One simulator instance. `start()` opens the listeners; `stop()` closes them."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None, *, auto_tick: bool = True) -> None:
-        self.settings = settings
+        # The services' settings run a simulator with its own defaults (a test's shared `settings`).
+        self._settings = s = settings if isinstance(settings, SimSettings) else SimSettings.of(settings)
         self.clock: Clock = clock or SystemClock()
         self.auto_tick = auto_tick
         self.instruments = load_instruments(
-            settings.sim_extra_instruments, now=self.clock.now(), expiry_weekday=settings.fno_expiry_weekday
+            s.sim_extra_instruments, now=self.clock.now(), expiry_weekday=s.fno_expiry_weekday
         )
         self.market = Market(
             self.instruments,
-            seed=settings.sim_seed,
+            seed=s.sim_seed,
             clock=self.clock,
-            follow_market_hours=settings.sim_follow_market_hours,
-            moves_per_step=settings.sim_ticks_per_interval,
+            follow_market_hours=s.sim_follow_market_hours,
+            moves_per_step=s.sim_ticks_per_interval,
         )
         self.faults = Faults()
         self.blocked_order_calls = 0  # order calls refused by the ip_block fault
         self.codes = AuthCodes()
-        self.tokens = TokenRegistry(self.clock, settings.sim_access_token.get_secret_value())
+        self.tokens = TokenRegistry(self.clock, s.sim_access_token.get_secret_value())
         self.background: set[asyncio.Task[None]] = set()
         self.orders = OrderBook(
             self.market,
             self.clock,
             faults=self.faults,
-            rate_limit_per_s=settings.sim_order_rate_limit_per_s,
-            rate_limit_per_min=settings.sim_order_rate_limit_per_min,
+            rate_limit_per_s=s.sim_order_rate_limit_per_s,
+            rate_limit_per_min=s.sim_order_rate_limit_per_min,
         )
         self.gtt = GttBook(self.market, self.orders, self.clock)
         self.tls: SimTLS | None = None
-        if settings.sim_tls:
-            self.tls = make_tls(settings.sim_tls_ca_path, settings.sim_hostnames)
+        if s.sim_tls:
+            self.tls = make_tls(s.sim_tls_ca_path, s.sim_hostnames)
         self.feeder = Feeder(
             self.market,
             self.faults,
             self.codes,
             self.clock,
-            ping_interval_s=settings.sim_ws_ping_interval_s,
+            ping_interval_s=s.sim_ws_ping_interval_s,
             ssl_context=self.tls.server_context() if self.tls else None,
         )
         self.dns: DnsResponder | None = None
@@ -103,12 +105,17 @@ class Simulator:
 
     # --- addresses -----------------------------------------------------------------------------
     @property
+    def settings(self) -> SimSettings:
+        """What it was started with (read by the endpoints)."""
+        return self._settings
+
+    @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
 
     @property
     def rest_url(self) -> str:
-        return f"{self.scheme}://{_url_host(self.settings.sim_host)}:{self.rest_port}"
+        return f"{self.scheme}://{_url_host(self._settings.sim_host)}:{self.rest_port}"
 
     @property
     def feed_port(self) -> int:
@@ -124,7 +131,7 @@ class Simulator:
 
     @property
     def token(self) -> str:
-        return self.settings.sim_access_token.get_secret_value()
+        return self._settings.sim_access_token.get_secret_value()
 
     def token_ok(self, token: str, scope: Scope = "account") -> bool:
         """May `token` be used now for an account call (orders, GTT, positions, profile) or market data?"""
@@ -143,7 +150,7 @@ class Simulator:
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self, *, rest_port: int | None = None, feed_port: int | None = None) -> None:
-        s = self.settings
+        s = self._settings
         await self.feeder.start(s.sim_host, s.sim_feed_port if feed_port is None else feed_port)
         sock = socket.socket(socket.AF_INET6 if ":" in s.sim_host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -186,7 +193,7 @@ class Simulator:
             await self._server.stop(timeout_s=5.0)
 
     async def _tick_loop(self) -> None:
-        interval = self.settings.sim_tick_interval_s
+        interval = self._settings.sim_tick_interval_s
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
@@ -246,7 +253,7 @@ class Simulator:
 
     def state(self) -> dict[str, Any]:
         """What `/sim/state` shows."""
-        shipped = self.instruments[: len(self.instruments) - self.settings.sim_extra_instruments]
+        shipped = self.instruments[: len(self.instruments) - self._settings.sim_extra_instruments]
         prices = {inst.trading_symbol: self.market.quotes[i].ltp / 100 for i, inst in enumerate(shipped)}
         return {
             "rest_url": self.rest_url,
@@ -254,7 +261,7 @@ class Simulator:
             "dns_port": self.dns_port,
             "tls_ca_path": str(self.ca_path) if self.ca_path else None,
             "instruments": len(self.instruments),
-            "seed": self.settings.sim_seed,
+            "seed": self._settings.sim_seed,
             "steps": self.market.steps,
             "segment_status": self.market.segment_status(),
             "pinned": sorted(self.instruments[i].trading_symbol for i in self.market.pinned),

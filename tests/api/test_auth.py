@@ -20,6 +20,7 @@ from libs.common.clock import ist_iso
 from libs.common.credentials import Credentials, token_exp
 from libs.common.settings import Settings
 from services.sim.server import Simulator, running_simulator
+from services.sim.settings import SimSettings
 from tests.api.conftest import ApiFactory
 from tests.helpers import eventually, free_port, sealed_child
 
@@ -34,13 +35,12 @@ NOTIFIER = "/api/v1/auth/notifier"
 @pytest.fixture
 async def sim(settings: Settings) -> AsyncIterator[Simulator]:
     redirect = f"http://127.0.0.1:{free_port()}/upstox/callback"
-    s = settings.model_copy(
-        update={
-            "upstox_client_id": CLIENT_ID,
-            "upstox_client_secret": SecretStr("client-secret-42"),
-            "upstox_redirect_uri": redirect,
-            "sim_order_rate_limit_per_s": 0,
-        }
+    s = SimSettings.of(
+        settings,
+        upstox_client_id=CLIENT_ID,
+        upstox_client_secret=SecretStr("client-secret-42"),
+        upstox_redirect_uri=redirect,
+        sim_order_rate_limit_per_s=0,
     )
     async with running_simulator(s) as running:
         yield running

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
 from services.feed.service import Feed
+from services.sim.settings import SimSettings
 
 
 class Logs:
@@ -79,9 +80,9 @@ FAST: dict[str, Any] = {
 }
 
 
-def fast(settings: Settings, **overrides: Any) -> Settings:
+def fast(settings: Settings, **overrides: Any) -> SimSettings:
     """The test settings with the feed's and the simulator's times compressed."""
-    return settings.model_copy(update={**FAST, **overrides})
+    return SimSettings.of(settings, **{**FAST, **overrides})
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from libs.common.positions import PositionConflict, PositionStore
 from libs.common.settings import Settings
 from services.monitor import Monitor
 from services.sim.server import Simulator, running_simulator
+from services.sim.settings import SimSettings
 from tests.helpers import eventually, free_port
 from tests.monitor.conftest import LogLines, compressed, long_bosch, set_feed, write_price
 from tests.monitor.test_monitor_sim import held_at_broker, running, sim_orders
@@ -32,7 +33,7 @@ SL = CloseRequest("BOSCHLTD", CloseReason.STOP_LOSS, "monitor", 69500, PriceSour
 
 @pytest.fixture
 async def sim(settings: Settings) -> AsyncIterator[Simulator]:
-    sim_settings = settings.model_copy(update={"sim_order_rate_limit_per_s": 0, "sim_tick_interval_s": 0.05})
+    sim_settings = SimSettings.of(settings, sim_order_rate_limit_per_s=0, sim_tick_interval_s=0.05)
     async with running_simulator(sim_settings, auto_tick=False) as running_sim:
         running_sim.market.set_price("BOSCHLTD", 69500)
         yield running_sim
@@ -244,7 +245,7 @@ async def test_the_broker_path_resolves_through_the_dns_fallback_over_verified_t
     that server is gone by the time of the close: the addresses remembered at the reconcile's start serve."""
     host, order_host = "api.upstox.invalid", "api-hft.upstox.invalid"
     tls = {"sim_tls": True, "sim_dns_port": free_port(), "sim_order_rate_limit_per_s": 0, "sim_hostnames": [order_host]}
-    sim_settings = settings.model_copy(update=tls)
+    sim_settings = SimSettings.of(settings, **tls)
     async with running_simulator(sim_settings, auto_tick=False) as tls_sim:
         tls_sim.market.set_price("BOSCHLTD", 69500)
         held_at_broker(tls_sim, long_bosch())
@@ -276,7 +277,7 @@ async def test_the_broker_path_resolves_through_the_dns_fallback_over_verified_t
 async def test_the_algo_name_goes_with_every_order_call(
     redis: Redis, settings: Settings, algo_name: str, closes: bool
 ) -> None:
-    sim_settings = settings.model_copy(update={"sim_require_algo_name": "my-algo", "sim_order_rate_limit_per_s": 0})
+    sim_settings = SimSettings.of(settings, sim_require_algo_name="my-algo", sim_order_rate_limit_per_s=0)
     async with running_simulator(sim_settings, auto_tick=False) as named_sim:
         named_sim.market.set_price("BOSCHLTD", 69500)
         held_at_broker(named_sim, long_bosch())
@@ -344,7 +345,7 @@ async def test_reconcile_adopts_unguarded_positions_only_when_asked(
 
 async def test_a_burst_of_closes_is_paced_under_the_order_rate_limit(redis: Redis, settings: Settings) -> None:
     symbols = [f"SIMEQ{i:03d}" for i in range(1, 16)]
-    limited = settings.model_copy(update={"sim_order_rate_limit_per_s": 10})
+    limited = SimSettings.of(settings, sim_order_rate_limit_per_s=10)
     async with running_simulator(limited, auto_tick=False) as paced_sim:
         bsettings = compressed(
             settings, upstox_api_base=paced_sim.rest_url, upstox_order_base=paced_sim.rest_url, monitor_stuck_close_s=60

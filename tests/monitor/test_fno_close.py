@@ -18,6 +18,7 @@ from libs.common.models import CloseReason, Position, PriceSource, Side
 from libs.common.positions import PositionStore
 from libs.common.settings import Settings
 from services.sim.server import Simulator, running_simulator
+from services.sim.settings import SimSettings
 from tests.monitor.conftest import compressed
 from tests.monitor.test_monitor_sim import sim_orders
 
@@ -27,7 +28,7 @@ CLOCK = SystemClock()
 
 @pytest.fixture
 async def sim(settings: Settings) -> AsyncIterator[Simulator]:
-    async with running_simulator(settings.model_copy(update={"sim_order_rate_limit_per_s": 0}), auto_tick=False) as s:
+    async with running_simulator(SimSettings.of(settings, sim_order_rate_limit_per_s=0), auto_tick=False) as s:
         yield s
 
 

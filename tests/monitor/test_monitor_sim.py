@@ -24,6 +24,7 @@ from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
 from services.monitor import Monitor
 from services.sim.server import Simulator, running_simulator
+from services.sim.settings import SimSettings
 from tests.helpers import eventually, redis_server
 from tests.monitor.conftest import (
     LogLines,
@@ -42,7 +43,7 @@ CLOCK = SystemClock()
 
 @pytest.fixture
 async def sim(settings: Settings) -> AsyncIterator[Simulator]:
-    sim_settings = settings.model_copy(update={"sim_order_rate_limit_per_s": 0, "sim_tick_interval_s": 0.05})
+    sim_settings = SimSettings.of(settings, sim_order_rate_limit_per_s=0, sim_tick_interval_s=0.05)
     async with running_simulator(sim_settings, auto_tick=False) as running:
         yield running
 

@@ -22,6 +22,7 @@ from libs.common.safety_net import NetState, SafetyNet, trigger_for
 from libs.common.settings import Settings
 from services.monitor.safety_net import SafetyNetKeeper
 from services.sim.server import Simulator, running_simulator
+from services.sim.settings import SimSettings
 from tests.monitor.conftest import compressed, long_bosch
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ async def rig(settings: Settings, redis: Redis) -> AsyncIterator[Rig]:
 @contextlib.asynccontextmanager
 async def rigged(settings: Settings, redis: Redis, start: float) -> AsyncIterator[Rig]:
     clock = ManualClock(start)
-    sim_settings = settings.model_copy(update={"sim_order_rate_limit_per_s": 0})
+    sim_settings = SimSettings.of(settings, sim_order_rate_limit_per_s=0)
     async with running_simulator(sim_settings, clock=clock, auto_tick=False) as sim:
         s = compressed(settings, upstox_api_base=sim.rest_url, upstox_order_base=sim.rest_url)
         sim.market.set_price("BOSCHLTD", 73500)

@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from libs.common.proto import MarketDataFeedV3_pb2 as pb
 from libs.common.settings import Settings
 from services.sim.server import Simulator, running_simulator
+from services.sim.settings import SimSettings
 
 TOKEN = "sim-access-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
@@ -23,7 +24,7 @@ KAYNES = "NSE_EQ|INE918Z01012"
 NIFTY = "NSE_INDEX|Nifty 50"
 
 
-def sim_settings(settings: Settings, **overrides: Any) -> Settings:
+def sim_settings(settings: Settings, **overrides: Any) -> SimSettings:
     """The test settings with the simulator's times compressed."""
     values: dict[str, Any] = {
         "sim_tick_interval_s": 0.05,
@@ -31,7 +32,7 @@ def sim_settings(settings: Settings, **overrides: Any) -> Settings:
         "sim_order_rate_limit_per_s": 0,
         **overrides,
     }
-    return settings.model_copy(update=values)
+    return SimSettings.of(settings, **values)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
 from services.sim import __main__ as sim_main
 from services.sim.server import running_simulator
+from services.sim.settings import SimSettings
 from tests.helpers import eventually, free_port, sealed_child
 from tests.sim.conftest import TOKEN, recv_frame, sim_settings
 
@@ -85,7 +86,7 @@ def test_help_lists_the_control_api(tmp_path: Path) -> None:
 
 
 async def test_heartbeat_is_beaten_when_redis_is_reachable(settings: Settings, redis: Redis) -> None:
-    serving = settings.model_copy(update={"sim_port": free_port(), "sim_feed_port": free_port()})
+    serving = SimSettings.of(settings, sim_port=free_port(), sim_feed_port=free_port())
     task = asyncio.create_task(sim_main.main(serving))
     try:
         await eventually(lambda: heartbeat_age_s(redis, "sim", SystemClock()), timeout_s=5)

@@ -6,14 +6,22 @@ import ast
 import re
 
 from libs.common.settings import Settings
+from services.sim.settings import SimSettings
 from tests.helpers import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    missing = [name.upper() for name in Settings.model_fields if f"| `{name.upper()}` |" not in README]
+def test_every_setting_is_in_the_readme_configuration_table_of_its_owner() -> None:
+    services, _, simulator = _section("Configuration").partition("The simulator's own settings")
+    listed = {
+        name: {cells[0].strip().strip("`") for cells in _table_rows(text)}
+        for name, text in (("services", services), ("simulator", simulator))
+    }
+    missing = [name.upper() for name in Settings.model_fields if name.upper() not in listed["services"]]
     assert not missing, f"README configuration table lacks: {missing}"
+    own = [name.upper() for name in SimSettings.model_fields if name not in Settings.model_fields]
+    assert own and sorted(listed["simulator"]) == sorted(own), "README's simulator settings table != SimSettings' own"
 
 
 def _tests_in(relative: str) -> set[str]:

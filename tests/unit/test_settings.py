@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from libs.common.settings import ConfigError, Settings, load_settings
+from services.sim.settings import SimSettings
 
 
 def make(**kw: object) -> Settings:
@@ -88,3 +90,31 @@ def test_alert_urls_and_the_ping_url_are_secrets(monkeypatch: pytest.MonkeyPatch
     assert "tgram://123456789:token/987654321" in s.secrets()
     assert "https://hc-ping.com/some-uuid" in s.secrets()
     assert "token" not in repr(s.alert_urls)
+
+
+def test_the_simulators_settings_are_its_own_under_the_same_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIM_SEED", "7")
+    monkeypatch.setenv("SIM_ORDER_RATE_LIMIT_PER_S", "0")
+    monkeypatch.setenv("SIM_PORT", "8200")
+    sim = SimSettings.load(_env_file=None)
+    assert (sim.sim_seed, sim.sim_order_rate_limit_per_s, sim.sim_port) == (7, 0, 8200)
+    services = load_settings(_env_file=None)
+    assert services.sim_port == 8200  # where the simulator is: the services' too
+    assert not {"sim_seed", "sim_order_rate_limit_per_s", "sim_tick_interval_s"} & set(Settings.model_fields)
+
+
+def test_a_copy_naming_a_setting_the_class_lacks_fails_instead_of_keeping_a_default() -> None:
+    services = make(redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(TypeError, match="sim_order_rate_limit_per_s"):
+        services.model_copy(update={"sim_order_rate_limit_per_s": 0})  # a simulator setting on the services' class
+    with pytest.raises(TypeError, match="sim_tick_intreval_s"):
+        SimSettings.of(services, sim_tick_intreval_s=0.05)
+    sim = SimSettings.of(services, sim_order_rate_limit_per_s=0)
+    assert (sim.sim_order_rate_limit_per_s, sim.redis_url, sim.sim_seed) == (0, "redis://127.0.0.1:1/0", 42)
+    assert sim.model_copy(update={"sim_seed": 3}).sim_seed == 3
+    assert SimSettings.of(sim).sim_order_rate_limit_per_s == 0  # a simulator's settings keep their own values
+
+
+def test_the_simulators_overrides_are_validated() -> None:
+    with pytest.raises(ValidationError):
+        SimSettings.of(make(), sim_tick_interval_s=0)

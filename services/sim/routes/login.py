@@ -16,10 +16,10 @@ from pydantic import BaseModel, Field
 
 from libs.common.clock import ist_iso
 from libs.common.credentials import next_0330_ist
-from libs.common.settings import Settings
 from services.sim import errors
 from services.sim.deps import SimDep, SimulatorPort
 from services.sim.errors import UpstoxError, success
+from services.sim.settings import SimSettings
 from services.sim.tokens import USER_ID, TokenKind, profile_data
 
 INVALID_AUTH_CODE = "UDAPI100057"
@@ -37,7 +37,7 @@ class TokenRequestBody(BaseModel):
 
 
 def _app_registered(
-    settings: Settings, client_id: str, client_secret: str | None = None, redirect_uri: str | None = None
+    settings: SimSettings, client_id: str, client_secret: str | None = None, redirect_uri: str | None = None
 ) -> None:
     ours = settings.upstox_client_id
     if not ours or not hmac.compare_digest(client_id.encode(), ours.encode()):
