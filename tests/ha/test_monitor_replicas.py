@@ -31,7 +31,7 @@ async def test_two_monitors_one_frozen_mid_close_send_one_order(tmp_path: Path) 
         await stack.start("sim")
         await stack.start_instances(("feed", "a"), ("monitor", "a"), ("monitor", "b"), ("api", "a"))
         await stack.set_price("BOSCHLTD", 720.0)
-        await stack.open_held("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
         await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"), timeout_s=10)
         status = await stack.status()
         assert sorted(status["instances"]["monitor"]) == ["a", "b"]
@@ -75,7 +75,7 @@ async def test_a_claimant_frozen_before_its_order_never_sends_it_late(tmp_path: 
         await stack.start("sim")
         await stack.start_instances(("feed", "a"), ("monitor", "a"), ("monitor", "b"), ("api", "a"))
         await stack.set_price("BOSCHLTD", 720.0)
-        await stack.open_held("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
         await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"), timeout_s=10)
         marks = {i: stack.mark(f"monitor@{i}") for i in "ab"}
 
