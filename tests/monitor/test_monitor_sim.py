@@ -243,9 +243,11 @@ async def test_example_2_on_the_real_clock_expiry_warned_once(redis: Redis, sett
     msettings = compressed(settings, price_stale_after_s=0.3, price_cache_ttl_s=1, monitor_fallback_log_interval_s=0.2)
     store = PositionStore(redis, CLOCK)
     await store.open(long_bosch())
-    await write_price(redis, msettings, "BOSCHLTD", "720.00", CLOCK.now())
-    await set_feed(redis, msettings, CLOCK, live=False)
     monitor = Monitor(msettings, redis, UpstoxBroker(msettings), CLOCK)
+    # Built before the price is written: the cached phase lasts 0.3 s, and building takes a good part of it
+    # on a loaded machine (the instrument lists), so the first sweep saw the price already stale.
+    await set_feed(redis, msettings, CLOCK, live=False)
+    await write_price(redis, msettings, "BOSCHLTD", "720.00", CLOCK.now())
     async with running(monitor):
         await eventually(lambda: logs.count("Can't monitor BOSCHLTD - no fresh prices") == 1, timeout_s=5)
         assert await redis.exists(keys.price("BOSCHLTD")) == 0  # Redis expired the key itself
