@@ -96,7 +96,7 @@ def create_app(
             credentials=credentials,
             http=probe_http,
             health=HealthReader(redis, settings, clock),
-            instruments=guard_instruments(settings, clock.now()),
+            instruments=guard_instruments(settings, clock),
             safety_net=net,
         )
         heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")

@@ -120,7 +120,7 @@ class Monitor:
             )
         self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, broker, self._clock)
         self._jitter = jitter
-        index = instruments or guard_instruments(settings, self._clock.now())
+        index = instruments or guard_instruments(settings, self._clock)
         self._expiry = ExpiryWatch(self._store, index, self._clock, warn_min=settings.fno_expiry_warn_min)
         self._watch: dict[str, Position] = {}  # open positions by symbol: all the tick path needs
         self._inflight: dict[str, asyncio.Task[None]] = {}  # one close or reconcile per symbol at a time
