@@ -215,7 +215,8 @@ class Monitor:
                     fresh[symbol] = item
             for symbol, position in positions.items():
                 if position.state is PositionState.CLOSING:
-                    if self._stuck(position, now):
+                    # not when a reconcile here settled it after this read began: the read is older than that
+                    if self._touched.get(symbol, 0) <= began and self._stuck(position, now):
                         report.reconciling += 1
                         self._spawn_reconcile(position)
                     continue
@@ -532,6 +533,7 @@ class Monitor:
         begun = next(self._changes)
         try:
             record = await self._closer.reconcile(position)
+            self._touched[symbol] = next(self._changes)  # a sweep that read it closing before this must not redo it
         except BrokerError as exc:
             logger.error(f"Reconcile of {symbol} failed: {exc}; it stays closing and is retried")
             if position.claim_id in self._settle_due:
