@@ -18,7 +18,7 @@ $(PY):
 
 install: $(PY) ## create .venv and install the project with its dev tools
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,sim,local]'
 
 lint: ## ruff check, ruff format --check, mypy --strict
 	ruff check $(LINT_PATHS)

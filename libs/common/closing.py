@@ -111,7 +111,7 @@ class Closer:
         # The event never stands between the claim and the order: it goes out on the side.
         closing = self._store.publish_event(
             "closing", request.symbol, reason=request.reason.value, by=request.closed_by, claim_id=claim_id,
-            decided_at=request.decided_at,
+            decided_at=request.decided_at, rev=position.rev,
         )  # fmt: skip
         self._notices[claim_id] = self._on_the_side(closing)
         try:
@@ -191,8 +191,8 @@ class Closer:
         if still_held != 0:
             left = position.quantity - sold if still_held is None else min(position.quantity - sold, still_held)
             error = f"sold {sold} of {position.quantity}; {left} still held and guarded"
-            await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left)
-            await self._publish("reduced", position.symbol, claim_id, quantity=left, sold=sold)
+            rev = await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left)
+            await self._publish("reduced", position.symbol, claim_id, quantity=left, sold=sold, rev=rev)
             raise PartialClose(f"{position.symbol}: {error}")
         return await self._finish(position, claim_id, request, fills, request.closed_by)
 
@@ -272,14 +272,15 @@ class Closer:
                 return settled
         exit_price = request.decision_price or position.entry_price
         record = self._record(position, request, "", exit_price, "external")
-        if not await self._store.complete(claim_id, record):
+        rev = await self._store.complete(claim_id, record)
+        if not rev:
             raise ClaimFenced(position.symbol, "settled elsewhere (this closer's claim was taken over)")
         logger.warning(
             f"{position.symbol}: the broker holds none of this {position.side} position (closed outside the "
             "guard); no order sent, marked closed (external)"
         )
         observe_close(record.reason, record.closed_by, record.price_source, request.decided_at, record.closed_at)
-        await self._publish("closed", position.symbol, claim_id, record=record.public())
+        await self._publish("closed", position.symbol, claim_id, record=record.public(), rev=rev)
         return record
 
     async def _disarm_safety_net(
@@ -312,7 +313,8 @@ class Closer:
             raise ClaimFenced(symbol, "settled elsewhere (this closer's claim was taken over)")
 
     async def _complete(self, symbol: str, claim_id: str, record: CloseRecord, decided_at: float | None) -> None:
-        if not await self._store.complete(claim_id, record):
+        rev = await self._store.complete(claim_id, record)
+        if not rev:
             # Someone settled our claim while the order was in flight. The fill is real; say so loudly.
             logger.error(
                 f"Close of {symbol} filled (order {record.order_id}) but its claim was settled elsewhere; "
@@ -321,7 +323,7 @@ class Closer:
             await self._publish("close_unrecorded", symbol, claim_id, record=record.public())
             raise PositionConflict(symbol, "settled elsewhere while its order was in flight")
         observe_close(record.reason, record.closed_by, record.price_source, decided_at, record.closed_at)
-        await self._publish("closed", symbol, claim_id, record=record.public())
+        await self._publish("closed", symbol, claim_id, record=record.public(), rev=rev)
 
     async def _failed(self, request: CloseRequest, claim_id: str, exc: BrokerError, outcome: str = "failed") -> None:
         await self._publish(
@@ -405,6 +407,9 @@ class Closer:
         if held is not None:
             left = min(left, held)
         note = "no order of its close tag filled at the broker; reopened" if fill is None else f"sold {sold}; reopened"
-        if await self._store.release(position.symbol, position.claim_id, note, None, quantity=left):
-            await self._store.publish_event("reopened", position.symbol, claim_id=position.claim_id, quantity=left)
+        rev = await self._store.release(position.symbol, position.claim_id, note, None, quantity=left)
+        if rev:
+            await self._store.publish_event(
+                "reopened", position.symbol, claim_id=position.claim_id, quantity=left, rev=rev
+            )
         return None

@@ -15,6 +15,7 @@ Keys
   replication:probe         string a counter a close increments so its WAIT covers its claim (replication.py)
   position:SYMBOL           hash   the position on SYMBOL (open -> closing -> closed); `net_*` fields: its safety net
   positions:open            set    symbols whose position is open or closing
+  positions:rev             string the last position revision handed out (every position script takes the next)
   positions:closed          list   journal of closes, newest first (JSON close records), at most JOURNAL_MAXLEN
   positions:closed:archive  stream older closes moved out of the journal, oldest first (field `record`)
   events                    stream every event that matters to a person: positions, closes, feed states (capped)
@@ -52,6 +53,7 @@ FEED_LEASE_COUNTER: Final = "feed:lease:counter"
 REPLICATION_PROBE: Final = "replication:probe"
 POSITION_PREFIX: Final = "position:"
 OPEN_POSITIONS: Final = "positions:open"
+POSITIONS_REV: Final = "positions:rev"
 CLOSED_JOURNAL: Final = "positions:closed"
 CLOSED_ARCHIVE: Final = "positions:closed:archive"
 EVENTS_STREAM: Final = "events"

@@ -173,6 +173,11 @@ class Position(BaseModel):
     last_error: str = ""
     next_attempt_at: float | None = None
     unmonitored_since: float | None = None
+    # Set by the position scripts (libs/common/positions.py) from `positions:rev`: every change of the record
+    # takes the next revision, so of two copies the one with the higher `rev` is the newer; `opened_rev` is the
+    # revision it was opened at, which tells this position from an earlier one on the same symbol.
+    rev: int = 0
+    opened_rev: int = 0
 
     @model_validator(mode="after")
     def _levels_on_the_right_side(self) -> Self:

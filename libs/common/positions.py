@@ -3,6 +3,11 @@
 A position lives in `position:SYMBOL`; its state moves open -> closing -> closed only through the
 scripts below, each of which checks the state (and the claim id) inside Redis. The monitor and the
 API both close through `libs.common.closing`, which uses these; nobody writes the state directly.
+
+Every change takes the next revision from `positions:rev` into the record's `rev` (the `_REV` snippet; the
+counter is the last of a script's KEYS). The events of a change carry it, so a reader holding copies from an
+event and from a read keeps the one with the higher `rev`; one counter for all symbols, so a position opened
+after another was removed outranks what was known of the removed one.
 """
 
 from __future__ import annotations
@@ -19,43 +24,56 @@ from libs.common.clock import Clock
 from libs.common.events import add_event, decode_event, encode_event
 from libs.common.models import CloseReason, CloseRecord, MalformedRecord, Position, PositionState
 
-# KEYS: position, open set, subscriptions hash. ARGV: symbol, instrument_key, then field/value pairs.
-# A resent call of our own (same opened_at) answers 'ok' again.
+# The next revision into the record (KEYS[1]); `rev` holds it for the script's reply.
+_REV = """
+local rev = redis.call('INCR', KEYS[#KEYS])
+redis.call('HSET', KEYS[1], 'rev', rev)
+"""
+
+# KEYS: position, open set, subscriptions hash, revision counter. ARGV: symbol, instrument_key, then field/value
+# pairs. Returns {'ok' or the state that refused it, rev, opened_rev}. A resent call of our own (same opened_at)
+# answers 'ok' again.
 _OPEN = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'open' or state == 'closing' then
   for i = 3, #ARGV, 2 do
     if ARGV[i] == 'opened_at' and state == 'open' and redis.call('HGET', KEYS[1], 'opened_at') == ARGV[i + 1] then
-      return 'ok'
+      local revs = redis.call('HMGET', KEYS[1], 'rev', 'opened_rev')
+      return {'ok', tonumber(revs[1] or 0), tonumber(revs[2] or 0)}
     end
   end
-  return state
+  return {state, 0, 0}
 end
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+REV
+redis.call('HSET', KEYS[1], 'opened_rev', rev)
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-return 'ok'
+return {'ok', rev, rev}
 """
 
 # Every script below is idempotent per claim id: redis-py resends a script whose reply timed out, and a second
 # run of one that already took effect must answer as the first did.
 
-# KEYS: position. ARGV: claim_id, claimed_at, reason. Returns 'ok' or the state that refused the claim.
+# KEYS: position, revision counter. ARGV: claim_id, claimed_at, reason. Returns 'ok' or the state that refused
+# the claim.
 _CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 if state == 'closing' and redis.call('HGET', KEYS[1], 'claim_id') == ARGV[1] then return 'ok' end
 if state ~= 'open' then return state end
 redis.call('HSET', KEYS[1], 'state', 'closing', 'claim_id', ARGV[1], 'claimed_at', ARGV[2], 'close_reason', ARGV[3])
+REV
 return 'ok'
 """
 
-# KEYS: position. ARGV: claim_id, error, next_attempt_at, quantity ('' = unchanged). Reopens a position whose
-# close failed (with the quantity still held when part of it was sold).
+# KEYS: position, revision counter. ARGV: claim_id, error, next_attempt_at, quantity ('' = unchanged). Reopens a
+# position whose close failed (with the quantity still held when part of it was sold). Returns its rev, 0 when
+# the claim is not ours.
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'released_claim') == ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'open' then
-  return 1
+  return tonumber(redis.call('HGET', KEYS[1], 'rev') or 1)
 end
 if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'closing' then
   return 0
@@ -64,56 +82,74 @@ redis.call('HSET', KEYS[1], 'state', 'open', 'claim_id', '', 'claimed_at', '', '
            'next_attempt_at', ARGV[3], 'released_claim', ARGV[1])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'quantity', ARGV[4]) end
 redis.call('HINCRBY', KEYS[1], 'close_attempts', 1)
-return 1
+REV
+return rev
 """
 
-# KEYS: position, open set, journal, subscriptions hash. ARGV: claim_id, symbol, record JSON.
+# KEYS: position, open set, journal, subscriptions hash, revision counter. ARGV: claim_id, symbol, record JSON.
+# Returns the closed record's rev, 0 when the claim is not ours.
 _COMPLETE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] then return 0 end
-if state == 'closed' then return 1 end
+if state == 'closed' then return tonumber(redis.call('HGET', KEYS[1], 'rev') or 1) end
 if state ~= 'closing' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'closed', 'last_error', '', 'next_attempt_at', '')
 redis.call('HINCRBY', KEYS[1], 'close_attempts', 1)
+REV
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[2])
-return 1
+return rev
 """
 
-# KEYS: position. ARGV: quantity. Lowers the guarded quantity of an open position (the broker holds less).
+# KEYS: position, revision counter. ARGV: quantity. Lowers the guarded quantity of an open position (the broker
+# holds less). Returns {'ok' or the state that refused it, rev}.
 _REDUCE = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'open' then return state or 'missing' end
+if state ~= 'open' then return {state or 'missing', 0} end
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1])
-return 'ok'
+REV
+return {'ok', rev}
 """
 
-# KEYS: position, open set, subscriptions hash. ARGV: symbol. Stops guarding an open position (no order).
+# KEYS: position, open set, subscriptions hash, revision counter. ARGV: symbol. Stops guarding an open position
+# (no order). Returns {'ok' or the state that refused it, the rev of the removal (the record is gone)}.
 _REMOVE = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'open' then return state or 'missing' end
+if state ~= 'open' then return {state or 'missing', 0} end
+REV
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
-return 'ok'
+return {'ok', rev}
 """
 
-# KEYS: position. ARGV: field/value pairs. Changes SL/TP only while the position is open.
+# KEYS: position, revision counter. ARGV: field/value pairs. Changes SL/TP only while the position is open.
+# Returns {'ok' or the state that refused it, rev}.
 _UPDATE_LEVELS = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'open' then return state or 'missing' end
+if state ~= 'open' then return {state or 'missing', 0} end
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 'ok'
+REV
+return {'ok', rev}
 """
 
 
-# KEYS: position. ARGV: epoch s the monitor lost its prices, or '' when they came back. Open positions only.
+# KEYS: position, revision counter. ARGV: epoch s the monitor lost its prices, or '' when they came back. Open
+# positions only. Returns the rev, 0 when the position is not open.
 _MARK_UNMONITORED = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 0 end
 redis.call('HSET', KEYS[1], 'unmonitored_since', ARGV[1])
-return 1
+REV
+return rev
 """
+
+
+def with_rev(script: str) -> str:
+    """`script` with its `REV` line replaced by the snippet that gives the record the next revision."""
+    if "\nREV\n" not in script:
+        raise ValueError("the script has no REV line")
+    return script.replace("\nREV\n", _REV)
 
 
 def new_claim_id() -> str:
@@ -144,14 +180,14 @@ class PositionStore:
     def __init__(self, redis: Redis, clock: Clock) -> None:
         self._redis = redis
         self._clock = clock
-        self._open = redis.register_script(_OPEN)
-        self._claim = redis.register_script(_CLAIM)
-        self._release = redis.register_script(_RELEASE)
-        self._complete = redis.register_script(_COMPLETE)
-        self._update_levels = redis.register_script(_UPDATE_LEVELS)
-        self._mark_unmonitored = redis.register_script(_MARK_UNMONITORED)
-        self._reduce = redis.register_script(_REDUCE)
-        self._remove = redis.register_script(_REMOVE)
+        self._open = redis.register_script(with_rev(_OPEN))
+        self._claim = redis.register_script(with_rev(_CLAIM))
+        self._release = redis.register_script(with_rev(_RELEASE))
+        self._complete = redis.register_script(with_rev(_COMPLETE))
+        self._update_levels = redis.register_script(with_rev(_UPDATE_LEVELS))
+        self._mark_unmonitored = redis.register_script(with_rev(_MARK_UNMONITORED))
+        self._reduce = redis.register_script(with_rev(_REDUCE))
+        self._remove = redis.register_script(with_rev(_REMOVE))
 
     async def open(self, position: Position) -> Position:
         """Register an open position and ask the feed to subscribe its symbol.
@@ -159,12 +195,13 @@ class PositionStore:
         Raises PositionConflict when the symbol already has an open or closing position.
         """
         fields = [item for pair in position.to_redis().items() for item in pair]
-        result = await self._open(
-            keys=[keys.position(position.symbol), keys.OPEN_POSITIONS, keys.FEED_SUBSCRIPTIONS],
+        result, rev, opened_rev = await self._open(
+            keys=[keys.position(position.symbol), keys.OPEN_POSITIONS, keys.FEED_SUBSCRIPTIONS, keys.POSITIONS_REV],
             args=[position.symbol, position.instrument_key, *fields],
         )
         if result != "ok":
             raise PositionConflict(position.symbol, str(result))
+        position = position.model_copy(update={"rev": int(rev), "opened_rev": int(opened_rev)})
         await self._redis.publish(
             keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"sub {position.symbol} {position.instrument_key}"
         )
@@ -211,13 +248,13 @@ class PositionStore:
         updated = Position.model_validate({**current.model_dump(), **changes})
         data = updated.to_redis()
         fields = [item for name in changes for item in (name, data[name])]
-        result = await self._update_levels(keys=[keys.position(symbol)], args=fields)
+        result, rev = await self._update_levels(keys=[keys.position(symbol), keys.POSITIONS_REV], args=fields)
         if result != "ok":
             raise PositionConflict(symbol, str(result))
         await self.publish_event(
-            "levels_changed", symbol, stop_loss=data.get("stop_loss"), take_profit=data.get("take_profit")
+            "levels_changed", symbol, stop_loss=data.get("stop_loss"), take_profit=data.get("take_profit"), rev=rev
         )
-        return updated
+        return updated.model_copy(update={"rev": int(rev)})
 
     async def claim(self, symbol: str, reason: CloseReason, claim_id: str | None = None) -> tuple[str, Position]:
         """Atomically move `symbol` from open to closing; only the holder of the returned claim id may finish it.
@@ -226,7 +263,9 @@ class PositionStore:
         Raises PositionNotFound (no position) or PositionConflict (already closing or closed).
         """
         claim_id = claim_id or new_claim_id()
-        result = await self._claim(keys=[keys.position(symbol)], args=[claim_id, repr(self._clock.now()), reason.value])
+        result = await self._claim(
+            keys=[keys.position(symbol), keys.POSITIONS_REV], args=[claim_id, repr(self._clock.now()), reason.value]
+        )
         if result == "missing":
             raise PositionNotFound(symbol)
         if result != "ok":
@@ -238,12 +277,14 @@ class PositionStore:
 
     async def release(
         self, symbol: str, claim_id: str, error: str, next_attempt_at: float | None, *, quantity: int | None = None
-    ) -> bool:
+    ) -> int:
         """Return a claimed position to open after a failed close, recording why; `quantity` lowers the guarded
-        quantity to what is still held (part was sold). False if the claim is not ours."""
+        quantity to what is still held (part was sold). Returns the reopened record's rev, 0 (false) if the claim
+        is not ours."""
         nxt = "" if next_attempt_at is None else repr(next_attempt_at)
         qty = "" if quantity is None else str(quantity)
-        return bool(await self._release(keys=[keys.position(symbol)], args=[claim_id, error[:500], nxt, qty]))
+        args = [claim_id, error[:500], nxt, qty]
+        return int(await self._release(keys=[keys.position(symbol), keys.POSITIONS_REV], args=args))
 
     async def claim_holder(self, symbol: str) -> tuple[str, str, float | None]:
         """(state, claim id, claimed_at epoch s) of the position now, for fencing a closer before its order."""
@@ -251,10 +292,11 @@ class PositionStore:
         state, claim_id, claimed_at = await self._redis.hmget(keys.position(symbol), fields)
         return str(state or ""), str(claim_id or ""), float(claimed_at) if claimed_at else None
 
-    async def reduce(self, symbol: str, quantity: int) -> bool:
-        """Lower the guarded quantity of an open position to `quantity` (the broker holds less). False if the
-        position is not open."""
-        return bool(await self._reduce(keys=[keys.position(symbol)], args=[quantity]) == "ok")
+    async def reduce(self, symbol: str, quantity: int) -> int:
+        """Lower the guarded quantity of an open position to `quantity` (the broker holds less). Returns the
+        record's rev, 0 (false) if the position is not open."""
+        result, rev = await self._reduce(keys=[keys.position(symbol), keys.POSITIONS_REV], args=[quantity])
+        return int(rev) if result == "ok" else 0
 
     async def remove(self, symbol: str) -> Position:
         """Stop guarding an open position without any order; the feed unsubscribes it.
@@ -264,34 +306,47 @@ class PositionStore:
         current = await self.get(symbol)
         if current is None:
             raise PositionNotFound(symbol)
-        result = await self._remove(
-            keys=[keys.position(symbol), keys.OPEN_POSITIONS, keys.FEED_SUBSCRIPTIONS], args=[symbol]
+        result, rev = await self._remove(
+            keys=[keys.position(symbol), keys.OPEN_POSITIONS, keys.FEED_SUBSCRIPTIONS, keys.POSITIONS_REV],
+            args=[symbol],
         )
         if result == "missing" and current.state is not PositionState.OPEN:
             raise PositionNotFound(symbol)
         if result not in ("ok", "missing"):  # missing after reading it open: a resent call that already removed it
             raise PositionConflict(symbol, str(result))
         await self._redis.publish(keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"unsub {symbol}")
-        await self.publish_event("removed", symbol, position=current.public())
+        await self.publish_event("removed", symbol, position=current.public(), rev=int(rev) or current.rev)
         return current
 
-    async def complete(self, claim_id: str, record: CloseRecord) -> bool:
-        """Mark the claimed position closed and journal the close. False if the claim is not ours."""
-        done = await self._complete(
-            keys=[keys.position(record.symbol), keys.OPEN_POSITIONS, keys.CLOSED_JOURNAL, keys.FEED_SUBSCRIPTIONS],
+    async def complete(self, claim_id: str, record: CloseRecord) -> int:
+        """Mark the claimed position closed and journal the close. Returns the closed record's rev, 0 (false) if
+        the claim is not ours."""
+        position_keys = [keys.position(record.symbol), keys.OPEN_POSITIONS, keys.CLOSED_JOURNAL]
+        rev = await self._complete(
+            keys=[*position_keys, keys.FEED_SUBSCRIPTIONS, keys.POSITIONS_REV],
             args=[claim_id, record.symbol, record.to_json()],
         )
-        if done:
+        if rev:
             await self._redis.publish(keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"unsub {record.symbol}")
-        return bool(done)
+        return int(rev)
 
-    async def mark_unmonitored(self, symbol: str, since: float | None) -> bool:
+    async def mark_unmonitored(self, symbol: str, since: float | None) -> int:
         """Record (epoch s) or clear (None) that the monitor has no usable price for an open position.
 
-        Returns False when the position is not open (nothing recorded).
+        Returns the record's rev, 0 (false) when the position is not open (nothing recorded).
         """
         value = "" if since is None else repr(since)
-        return bool(await self._mark_unmonitored(keys=[keys.position(symbol)], args=[value]))
+        return int(await self._mark_unmonitored(keys=[keys.position(symbol), keys.POSITIONS_REV], args=[value]))
+
+    async def read_at_rev(self, symbol: str) -> tuple[int, Position | None]:
+        """The position on `symbol` (None when there is none) with the revision counter read in the same
+        transaction: a record absent at that revision is older news than anything of a higher one.
+        Raises MalformedRecord."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.POSITIONS_REV)
+            pipe.hgetall(keys.position(symbol))
+            rev, data = await pipe.execute()
+        return int(rev or 0), Position.from_redis(data) if data else None
 
     async def journal(self, limit: int = 100) -> list[CloseRecord | MalformedRecord]:
         """The newest `limit` closes, newest first."""

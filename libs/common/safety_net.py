@@ -33,6 +33,7 @@ from libs.common.instruments import InstrumentIndex, instrument_index
 from libs.common.logging import tagged
 from libs.common.models import CloseRecord, Position, Side
 from libs.common.money import Paise, fmt_inr, rupees_str, to_paise
+from libs.common.positions import with_rev
 from libs.common.settings import Settings
 
 # Fields of position:SYMBOL that belong to the safety net.
@@ -55,33 +56,39 @@ _ENDED = ("CANCELLED", "EXPIRED")
 _ORDER_WORKING = ("open", "trigger pending", "open pending", "validation pending", "put order req received")
 _BUSY_POLL_S = 0.05
 
-# KEYS: position. ARGV: now, intended trigger. Marks a keeper call in flight on an open position.
+# Each script takes the record's next revision (`REV`, see libs/common/positions.py) when it writes.
+# KEYS: position, revision counter. ARGV: now, intended trigger. Marks a keeper call in flight on an open position.
 _BEGIN = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'open' then return state or 'missing' end
 local busy = redis.call('HGET', KEYS[1], 'net_busy')
 if busy and busy ~= '' then return 'busy' end
 redis.call('HSET', KEYS[1], 'net_busy', ARGV[1], 'net_intent', ARGV[2])
+REV
 return 'ok'
 """
 
-# KEYS: position. ARGV: field/value pairs. Records a call's result (the call is over); returns the state.
+# KEYS: position, revision counter. ARGV: field/value pairs. Records a call's result (the call is over); returns
+# the state.
 _END = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'net_busy', '')
+REV
 return state
 """
 
 
-# KEYS: position. ARGV: the GTT id a disarm acted on ('' = none), then field/value pairs. Written only while the
-# hash still names that GTT (or none): a closer that was stalled must not overwrite a newer GTT's state.
+# KEYS: position, revision counter. ARGV: the GTT id a disarm acted on ('' = none), then field/value pairs.
+# Written only while the hash still names that GTT (or none): a closer that was stalled must not overwrite a
+# newer GTT's state.
 _SETTLE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local current = redis.call('HGET', KEYS[1], 'net_gtt_id')
 if current and current ~= '' and current ~= ARGV[1] then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+REV
 return 1
 """
 
@@ -178,9 +185,9 @@ class SafetyNet:
         self._broker = broker
         self._clock = clock
         self._instruments = instruments or instrument_index()
-        self._begin = redis.register_script(_BEGIN)
-        self._end = redis.register_script(_END)
-        self._settle = redis.register_script(_SETTLE)
+        self._begin = redis.register_script(with_rev(_BEGIN))
+        self._end = redis.register_script(with_rev(_END))
+        self._settle = redis.register_script(with_rev(_SETTLE))
 
     # --- stored state --------------------------------------------------------------------------
     async def state(self, symbol: str) -> NetState:
@@ -197,19 +204,20 @@ class SafetyNet:
 
     async def begin(self, symbol: str, trigger: Paise) -> str:
         """Mark a keeper call in flight ('ok'), or say why not: the position's state, or 'busy'."""
-        return str(await self._begin(keys=[keys.position(symbol)], args=[repr(self._clock.now()), rupees_str(trigger)]))
+        args = [repr(self._clock.now()), rupees_str(trigger)]
+        return str(await self._begin(keys=[keys.position(symbol), keys.POSITIONS_REV], args=args))
 
     async def end(self, symbol: str, **fields: Any) -> str:
         """Record a call's result (`net_` is prefixed to each name) and clear `net_busy`; returns the position's
         state ('missing' when it is gone)."""
         args = [x for name, value in fields.items() for x in (f"net_{name}", "" if value is None else str(value))]
-        return str(await self._end(keys=[keys.position(symbol)], args=args))
+        return str(await self._end(keys=[keys.position(symbol), keys.POSITIONS_REV], args=args))
 
     async def settle(self, symbol: str, known_id: str, /, **fields: Any) -> bool:
         """Record what a disarm found (`net_` is prefixed to each name), unless the position names another GTT
         than `known_id` (the one it read) by now. False when nothing was written."""
         args = [x for name, value in fields.items() for x in (f"net_{name}", "" if value is None else str(value))]
-        return bool(await self._settle(keys=[keys.position(symbol)], args=[known_id, *args]))
+        return bool(await self._settle(keys=[keys.position(symbol), keys.POSITIONS_REV], args=[known_id, *args]))
 
     # --- GTT calls -----------------------------------------------------------------------------
     def tick_of(self, instrument_key: str) -> int:

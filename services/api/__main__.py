@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
-from collections.abc import Iterator
 
 import uvicorn
 from loguru import logger
 from sse_starlette.sse import AppStatus
 
-from libs.common.service import run_service
+from libs.common.service import EmbeddedServer, run_service
 from libs.common.settings import Settings
 from services.api import cli
 from services.api.app import create_app
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: run_service owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def main(settings: Settings) -> None:
@@ -30,19 +19,16 @@ async def main(settings: Settings) -> None:
     config = uvicorn.Config(
         app, host=settings.api_host, port=settings.api_port, log_config=None, access_log=False, lifespan="on"
     )
-    server = _Server(config)
-    serving = asyncio.create_task(server.serve(), name="api-uvicorn")
+    server = EmbeddedServer(config, name="api:uvicorn")
+    await server.start()  # SystemExit when it cannot listen
     logger.info(f"api listening on http://{settings.api_host}:{settings.api_port} (docs at /docs)")
-    try:
-        await asyncio.shield(serving)
-    except asyncio.CancelledError:
-        # SIGTERM: let uvicorn finish in-flight requests and run the lifespan's shutdown.
-        server.should_exit = True
-        AppStatus.should_exit = True  # end the dashboard's event streams first: a clean stop, no cancelled sends
-        await serving
-        raise
-    if not server.started:
-        raise SystemExit(f"api could not listen on {settings.api_host}:{settings.api_port}")
+    # SIGTERM: end the dashboard's event streams first (a clean stop, no cancelled sends), then let uvicorn finish
+    # in-flight requests and run the lifespan's shutdown.
+    await server.serve_until_cancelled(on_stop=_end_event_streams)
+
+
+def _end_event_streams() -> None:
+    AppStatus.should_exit = True
 
 
 if __name__ == "__main__":

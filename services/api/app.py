@@ -1,9 +1,8 @@
-"""`create_app()`: the FastAPI application, its lifespan (Redis, broker, token probe, heartbeat) and errors."""
+"""`create_app()`: the FastAPI application, its lifespan (Redis, broker, token probe, the supervised loops), errors."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,7 +21,6 @@ from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer
 from libs.common.credentials import Credentials
-from libs.common.heartbeat import beat_forever
 from libs.common.instruments import guard_instruments
 from libs.common.models import MalformedRecord
 from libs.common.order_gate import OrderGate
@@ -31,6 +29,7 @@ from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
 from libs.common.replication import ClaimConfirmation
 from libs.common.safety_net import create_safety_net
+from libs.common.service import cancel_and_wait, supervise
 from libs.common.settings import Settings
 from services.api.deps import Resources
 from services.api.health import HealthReader
@@ -99,14 +98,13 @@ def create_app(
             instruments=guard_instruments(settings, clock),
             safety_net=net,
         )
-        heartbeat = asyncio.create_task(beat_forever(redis, "api", settings, clock), name="api-heartbeat")
         watch = ExpiryWatch(settings, credentials, app.state.resources.token_probe, redis, clock)
-        expiry = asyncio.create_task(watch.run(), name="api-token-expiry")
+        loops = supervise("api", {"token-expiry": watch.run}, redis=redis, settings=settings, clock=clock)
+        running = asyncio.create_task(loops, name="api")
         try:
             yield
         finally:
-            await _stop(expiry)
-            await _stop(heartbeat)
+            await cancel_and_wait([running], grace_s=0.2)  # its loops have nothing to tidy: no need to wait long
             await used_broker.aclose()
             await probe_http.aclose()
             await redis.aclose()
@@ -138,16 +136,6 @@ def create_app(
     app.add_route("/", dashboard.page, include_in_schema=False)
     app.mount("/dashboard", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard")
     return app
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel `task` until it ends: on Python 3.11 a cancel that lands as a Redis reply arrives can be
-    swallowed inside redis-py (asyncio.wait_for's race), and the loop would then run on."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.2)
-    with contextlib.suppress(asyncio.CancelledError):
-        task.result()
 
 
 def _readable(errors: Any) -> list[dict[str, Any]]:

@@ -19,8 +19,8 @@ from redis.exceptions import RedisError
 from libs.common.clock import Clock
 from libs.common.feed_lease import FeedLease
 from libs.common.logging import tagged
+from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
-from libs.common.tasks import cancel_and_wait
 
 success = tagged("SUCCESS")
 warning = tagged("WARNING")

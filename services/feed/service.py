@@ -5,9 +5,9 @@ lease: services/feed/leadership.py), `feed:writer` (ticks to Redis),
 `feed:vouch` (keeps quiet symbols fresh while the link is healthy, reports silent ones, trims `prices:index`),
 `feed:subscriptions` (subscribe and unsubscribe requests, and the periodic re-read of `feed:subscriptions`),
 `feed:rest-poll` (LTP over REST for open positions while the WebSocket is down, Layer 2b), `feed:status` (writes
-`feed:status` on a timer) and `feed:heartbeat`. A task that fails is logged with its error
-and restarted after a short delay; none dies silently. Price and status writes are fenced by the feed lease, so a
-standby's (or a deposed leader's) writes are refused inside Redis.
+`feed:status` on a timer) and `feed:heartbeat`, all run by `supervise` (libs/common/service.py): a task that fails
+is logged with its error and restarted with backoff; none dies silently. Price and status writes are fenced by the
+feed lease, so a standby's (or a deposed leader's) writes are refused inside Redis.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from libs.common import keys
 from libs.common.clock import Clock, SystemClock
 from libs.common.dns import HostResolver
 from libs.common.feed_lease import FeedLease, FencedOut
-from libs.common.heartbeat import beat_forever
 from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.logging import tagged
 from libs.common.metrics import start_exporter
@@ -33,8 +32,8 @@ from libs.common.models import FeedState
 from libs.common.positions import PositionStore
 from libs.common.price_cache import PriceCache
 from libs.common.redis_client import create_redis
+from libs.common.service import supervise
 from libs.common.settings import Settings
-from libs.common.tasks import cancel_and_wait
 from services.feed.leadership import FeedLeadership
 from services.feed.metrics import StatusCollector
 from services.feed.rest_poll import RestPoller
@@ -43,10 +42,6 @@ from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions, watchlist
 from services.feed.websocket import FeedConnection
 
-RESTART_DELAY_S = 1.0
-_REDIS_RETRY_S = 1.0
-
-error = tagged("ERROR")
 warning = tagged("WARNING")
 
 
@@ -85,37 +80,20 @@ class Feed:
 
     async def run(self) -> None:
         """Run every task until cancelled; on the way out, close the connection and record `closed`."""
-        specs: dict[str, Callable[[], Awaitable[None]]] = {
-            "feed:connection": lambda: self.leadership.run(self._lead),
-            "feed:writer": self.connection.writer.run,
-            "feed:vouch": self._vouch_forever,
-            "feed:rest-poll": self.rest_poller.run,
-            "feed:subscriptions": self._follow_requests,
-            "feed:status": self._status_forever,
-            "feed:heartbeat": lambda: beat_forever(
-                self.redis, "feed", self.settings, self.clock, for_service=lambda: self.leadership.leading
-            ),
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "connection": lambda: self.leadership.run(self._lead),
+            "writer": self.connection.writer.run,
+            "vouch": self._vouch_forever,
+            "rest-poll": self.rest_poller.run,
+            "subscriptions": self._follow_requests,
+            "status": self._status_forever,
         }
-        tasks: dict[asyncio.Task[None], str] = {}
-        for name, factory in specs.items():
-            tasks[asyncio.create_task(_as_coroutine(factory), name=name)] = name
         try:
-            while True:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    name = tasks.pop(task)
-                    exc = task.exception() if not task.cancelled() else None
-                    self.restarts[name] = self.restarts.get(name, 0) + 1
-                    if exc is not None:
-                        logger.opt(exception=exc).error(
-                            f"Task {name} failed: {type(exc).__name__}: {exc}; restarting in {RESTART_DELAY_S} s"
-                        )
-                    else:
-                        error.error(f"Task {name} ended unexpectedly; restarting in {RESTART_DELAY_S} s")
-                    restarted = _restart_later(specs[name], self.clock)
-                    tasks[asyncio.create_task(restarted, name=name)] = name
+            await supervise(
+                "feed", loops, redis=self.redis, settings=self.settings, clock=self.clock,
+                beats_for_service=lambda: self.leadership.leading,
+            )  # fmt: skip
         finally:
-            await cancel_and_wait(tasks)
             with contextlib.suppress(RedisError):
                 await self.status.transition(FeedState.CLOSED, "stopped")  # fenced: only a leader records it
                 await self.lease.release()  # a standby takes over at once instead of after the lease
@@ -170,15 +148,8 @@ class Feed:
             await self.status.flush()
 
     async def _follow_requests(self) -> None:
-        """Apply subscription requests as they come, and re-read `feed:subscriptions` on a timer."""
-        while True:
-            try:
-                await self._follow_requests_once()
-            except RedisError as exc:
-                logger.warning(f"Subscription requests: Redis unavailable ({type(exc).__name__}); retrying")
-                await self.clock.sleep(_REDIS_RETRY_S)
-
-    async def _follow_requests_once(self) -> None:
+        """Apply subscription requests as they come, and re-read `feed:subscriptions` on a timer. A Redis outage
+        ends it: `supervise` logs it and restarts it with backoff (re-subscribing and re-reading at once)."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(keys.SUBSCRIPTION_REQUESTS_CHANNEL)
@@ -203,15 +174,6 @@ class Feed:
             # Shielded: a second cancel (see tasks.cancel_and_wait) must not leave its connection open.
             with contextlib.suppress(RedisError, OSError, asyncio.CancelledError):
                 await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
-
-
-async def _as_coroutine(factory: Callable[[], Awaitable[None]]) -> None:
-    await factory()
-
-
-async def _restart_later(factory: Callable[[], Awaitable[None]], clock: Clock) -> None:
-    await clock.sleep(RESTART_DELAY_S)
-    await factory()
 
 
 async def main(settings: Settings) -> None:

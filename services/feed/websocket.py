@@ -35,12 +35,12 @@ from libs.common.dns import DnsFailure, HostResolver, Resolution
 from libs.common.logging import tagged
 from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache
+from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
-from libs.common.tasks import cancel_and_wait
 from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
-from services.feed.backoff import Outage
 from services.feed.decode import NORMAL_OPEN, CorruptFrame, decode, market_open
 from services.feed.metrics import RECONNECTS, TICKS
+from services.feed.outage import Outage
 from services.feed.silence import InstrumentWatch
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
@@ -135,6 +135,7 @@ class FeedConnection:
     # --- the reconnect loop --------------------------------------------------------------------
     async def run(self) -> None:
         outage: Outage | None = None
+        at_once = False  # whether the next outage's first attempt goes at once
         token_rejected = False
         token_expired = False
         dns_failed = False
@@ -147,7 +148,7 @@ class FeedConnection:
                         logger.info("A new access token is in place; reconnecting")
                         delay_s = 0.0
                     elif token_rejected:
-                        delay_s = outage.jittered(self._s.auth_retry_delay_s)
+                        delay_s = outage.auth_retry(self._s.auth_retry_delay_s)
                     else:
                         delay_s = outage.next_attempt()
                     await self._announce_attempt(outage, delay_s)
@@ -198,7 +199,11 @@ class FeedConnection:
                     if reconnecting:
                         success.success("Reconnection successful!")
                     outage = None
+                    live_since = self._clock.now()
                     reason, network = await self._live(ws)
+                    # The first attempt after a drop goes at once (the official SDK's way), unless the link lived
+                    # less than the base delay: a server that drops every link at once waits the backoff's floor.
+                    at_once = self._clock.now() - live_since >= self._s.reconnect_base_delay_s
                     if network:
                         self._status.network_errors += 1
                     self._status.last_error = reason
@@ -206,12 +211,8 @@ class FeedConnection:
                     verbose.info(f"Reason: {reason}")
                     await self._close(ws, abort=network)
                 if outage is None:
-                    outage = Outage(
-                        self._s.reconnect_base_delay_s,
-                        self._s.reconnect_max_delay_s,
-                        self._s.reconnect_attempts_per_cycle,
-                        self._rng,
-                    )
+                    outage = Outage.from_settings(self._s, self._rng, at_once=at_once)
+                    at_once = False
                     self._status.outage_started_at = self._clock.now()
                     await self._status.transition(FeedState.RECONNECTING, self._status.last_error)
         finally:

@@ -10,6 +10,7 @@ as the tests do::
     await monitor.run()            # all of it, forever: heartbeat, sweep loop, tick listener
 """
 
-from services.monitor.monitor import Monitor, SweepReport
+from services.monitor.monitor import Monitor
+from services.monitor.outputs import SweepReport
 
 __all__ = ["Monitor", "SweepReport"]

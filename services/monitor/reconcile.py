@@ -86,13 +86,13 @@ class BrokerReconciler:
             held = snapshot.held(item.instrument_key, product, item.side)
             if held == 0:
                 counts["closed_external"] += await self._closed_outside(item, snapshot)
-            elif held < item.quantity and await self._store.reduce(item.symbol, held):
+            elif held < item.quantity and (rev := await self._store.reduce(item.symbol, held)):
                 counts["reduced"] += 1
                 logger.warning(
                     f"{item.symbol}: the broker holds {held} of the {item.quantity} guarded ({item.side}); "
                     f"guarding the remainder {held}"
                 )
-                await self._store.publish_event("reduced", item.symbol, quantity=held, was=item.quantity)
+                await self._store.publish_event("reduced", item.symbol, quantity=held, was=item.quantity, rev=rev)
         loose = [h for h in snapshot.holdings if h.quantity != 0 and h.instrument_key not in guarded]
         if self._settings.reconcile_adopt:
             adopted = [h for h in loose if await self._adopt(h)]

@@ -40,10 +40,12 @@ return out
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Per open symbol: its position (or why it cannot be read) and its cached price (None when absent)."""
+    """Per open symbol: its position (or why it cannot be read) and its cached price (None when absent); `rev`:
+    the revision counter when `positions:open` was read (a symbol not in it was not open as of that rev)."""
 
     positions: dict[str, Position | MalformedRecord]
     prices: dict[str, PriceTruth | MalformedRecord | None]
+    rev: int = 0
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -73,20 +75,29 @@ class SnapshotReader:
         """Every symbol in `positions:open` with its position and cached price."""
         positions: dict[str, Position | MalformedRecord] = {}
         prices: dict[str, PriceTruth | MalformedRecord | None] = {}
+        rev = 0
         async for part in self.read_slices():
             positions.update(part.positions)
             prices.update(part.prices)
-        return Snapshot(positions, prices)
+            rev = part.rev
+        return Snapshot(positions, prices, rev)
 
     async def read_slices(self) -> AsyncIterator[Snapshot]:
-        """The snapshot one slice of symbols at a time (a script call, plus one read of changed hashes)."""
-        symbols = sorted(str(s) for s in await self._redis.smembers(keys.OPEN_POSITIONS))
+        """The snapshot one slice of symbols at a time (a script call, plus one read of changed hashes); one
+        empty slice when no position is open."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.smembers(keys.OPEN_POSITIONS)
+            pipe.get(keys.POSITIONS_REV)
+            members, rev_text = await pipe.execute()
+        symbols, rev = sorted(str(s) for s in members), int(rev_text or 0)
         parsed: dict[str, tuple[str, Position | MalformedRecord]] = {}
-        for start in range(0, len(symbols), self._slice):
+        for start in range(0, max(len(symbols), 1), self._slice):
             if start:
                 await asyncio.sleep(0)  # let tick notices through between slices
             part = symbols[start : start + self._slice]
-            rows = cast(list[Any], await self._script(args=[keys.POSITION_PREFIX, keys.PRICE_PREFIX, *part]))
+            rows: list[Any] = []
+            if part:
+                rows = cast(list[Any], await self._script(args=[keys.POSITION_PREFIX, keys.PRICE_PREFIX, *part]))
             changed = [
                 (symbol, str(row[0]))
                 for symbol, row in zip(part, rows, strict=True)
@@ -104,7 +115,7 @@ class SnapshotReader:
                     parsed[symbol] = known
                     positions[symbol] = known[1]
                 prices[symbol] = self._price(symbol, dict(zip(TRUTH_FIELDS, truth, strict=True)))
-            yield Snapshot(positions, prices)
+            yield Snapshot(positions, prices, rev)
         self._parsed = parsed
         self._ltps = {s: v for s, v in self._ltps.items() if s in parsed}
 

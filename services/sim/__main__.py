@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from loguru import logger
 from redis.exceptions import RedisError
 
 from libs.common.clock import SystemClock
-from libs.common.heartbeat import beat, beat_forever
+from libs.common.heartbeat import beat
 from libs.common.redis_client import create_redis
-from libs.common.service import run_service
+from libs.common.service import run_service, supervise
 from libs.common.settings import Settings
 from services.sim.server import running_simulator
 
@@ -37,27 +34,19 @@ Upstox endpoints: /v3/feed/market-data-feed[/authorize], /v2/user/profile, /v2|v
 """
 
 
-async def _heartbeat(settings: Settings) -> None:
-    redis = create_redis(settings)
-    try:
-        try:
-            await beat(redis, "sim", settings, SystemClock())
-        except (RedisError, OSError):
-            logger.warning("Redis is not reachable: the simulator runs without a heartbeat (--check will fail)")
-        await beat_forever(redis, "sim", settings, SystemClock())
-    finally:
-        await redis.aclose()
-
-
 async def main(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, beating while Redis answers: the simulator itself does not need Redis."""
+    clock = SystemClock()
     async with running_simulator(settings, rest_port=settings.sim_port, feed_port=settings.sim_feed_port):
-        heartbeat = asyncio.create_task(_heartbeat(settings), name="sim-heartbeat")
+        redis = create_redis(settings)
         try:
-            await asyncio.Event().wait()
+            try:
+                await beat(redis, "sim", settings, clock)
+            except (RedisError, OSError):
+                logger.warning("Redis is not reachable: the simulator runs without a heartbeat (--check will fail)")
+            await supervise("sim", {}, redis=redis, settings=settings, clock=clock)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError):
-                await heartbeat
+            await redis.aclose()
 
 
 if __name__ == "__main__":

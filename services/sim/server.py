@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from loguru import logger
 
 from libs.common.clock import Clock, SystemClock, to_ist
 from libs.common.instruments import Instrument, load_instruments, master_file_gz
+from libs.common.service import EmbeddedServer, cancel_and_wait
 from libs.common.settings import Settings
 from services.sim.app import create_app
 from services.sim.dns_responder import DnsResponder
@@ -52,14 +53,6 @@ class _DenialNoise(logging.Filter):
 
 
 logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the process's supervisor (run_service) owns signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class Simulator:
@@ -104,7 +97,7 @@ class Simulator:
         )
         self.dns: DnsResponder | None = None
         self.rest_port = 0
-        self._server: uvicorn.Server | None = None
+        self._server: EmbeddedServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._instrument_file: tuple[date, bytes] | None = None  # the day it lists, the gzipped file
 
@@ -186,12 +179,8 @@ class Simulator:
             ssl_certfile=str(self.tls.cert_path) if self.tls else None,
             ssl_keyfile=str(self.tls.key_path) if self.tls else None,
         )
-        self._server = _EmbeddedServer(config)
-        self._tasks.append(asyncio.create_task(self._server.serve(sockets=[sock]), name="sim-rest"))
-        while not self._server.started:
-            if self._tasks[-1].done():
-                self._tasks[-1].result()
-            await asyncio.sleep(0.01)
+        self._server = EmbeddedServer(config, name="sim:rest")
+        await self._server.start(sockets=[sock])
         if s.sim_dns_port:
             self.dns = DnsResponder([*DEFAULT_NAMES, *s.sim_hostnames], _dns_answer_address(s.sim_host))
             await self.dns.start(s.sim_host if ":" not in s.sim_host else "127.0.0.1", s.sim_dns_port)
@@ -206,17 +195,14 @@ class Simulator:
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.should_exit = True  # stops accepting now; awaited below, after the feeder
         await self.feeder.stop()
         if self.dns is not None:
             self.dns.stop()
-        for task in [*self._tasks, *self.background]:
-            if task.get_name() != "sim-rest":
-                task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 5.0)
+        await cancel_and_wait([*self._tasks, *self.background], grace_s=5.0)
         self._tasks.clear()
+        if self._server is not None:
+            await self._server.stop(timeout_s=5.0)
 
     async def _tick_loop(self) -> None:
         interval = self.settings.sim_tick_interval_s

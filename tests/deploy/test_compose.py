@@ -52,4 +52,4 @@ def test_the_api_is_published_on_loopback_only_and_the_sim_is_a_profile() -> Non
 def test_the_dockerfile_runs_the_services_as_a_non_root_user() -> None:
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "USER guard" in dockerfile
-    assert "pip install --no-cache-dir ." in dockerfile
+    assert "pip install --no-cache-dir '.[sim]'" in dockerfile  # the image runs the simulator too

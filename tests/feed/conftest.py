@@ -11,8 +11,8 @@ import pytest
 from loguru import logger
 from redis.asyncio import Redis
 
+from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
-from libs.common.tasks import cancel_and_wait
 from services.feed.service import Feed
 
 

@@ -20,8 +20,8 @@ from libs.common.models import CloseReason, CloseRecord, Position, PositionState
 from libs.common.money import Paise
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.redis_client import create_redis
+from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
-from libs.common.tasks import cancel_and_wait
 from services.monitor import Monitor
 from services.sim.server import Simulator, running_simulator
 from tests.helpers import eventually, redis_server

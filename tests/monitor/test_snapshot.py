@@ -32,11 +32,13 @@ async def test_slices_cover_every_symbol_and_only_changed_hashes_are_parsed_agai
     assert first.prices["BOSCHLTD"] == PriceTruth(ltp=73500, as_of=1700000000.5)
     assert first.prices["KAYNES"] is None
     assert isinstance(first.positions["GHOST"], MalformedRecord)
-    assert first.positions["BOSCHLTD"] == long_bosch()
+    assert first.positions["BOSCHLTD"] == long_bosch(rev=1, opened_rev=1)  # the first position script's revision
+    assert first.rev == 3  # the revision counter when `positions:open` was read: three opens
 
     await store.update_levels("KAYNES", stop_loss=18500, take_profit=None)
     second = await reader.read()
     assert second.positions["BOSCHLTD"] is first.positions["BOSCHLTD"]  # unchanged: not parsed again
     kaynes = second.positions["KAYNES"]
     assert isinstance(kaynes, Position) and kaynes.stop_loss == 18500
+    assert (kaynes.rev, kaynes.opened_rev, second.rev) == (4, 2, 4)  # the change took the next revision
     assert kaynes is not first.positions["KAYNES"]

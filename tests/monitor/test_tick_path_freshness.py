@@ -1,24 +1,23 @@
-"""The tick path knows a position before its first tick notice, whatever the sweep or a finishing close does.
+"""The tick path knows a position before its first tick notice, through real events and reads.
 
-Each case is an interleaving that used to leave a position to the next sweep (a second later).
+The interleavings (a sweep that read before an event, a reopen seen before the previous close ends, a stale
+read after a failed close) are plain inputs and outputs of the core in test_core.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from libs.common.clock import ManualClock
-from libs.common.closing import CloseRequest
-from libs.common.models import CloseRecord, PositionState
+from libs.common.models import CloseReason, PositionState
 from libs.common.positions import PositionStore
 from libs.common.settings import Settings
 from tests.helpers import eventually
-from tests.monitor.conftest import long_bosch, long_kaynes, set_feed, write_price
+from tests.monitor.conftest import long_bosch, set_feed, write_price
 
 pytestmark = pytest.mark.integration
 
@@ -62,53 +61,22 @@ async def test_a_notice_that_arrives_while_a_refresh_reads_is_decided_when_it_la
     assert monitor.sweeps == 0  # the tick path decided it, not a sweep
 
 
-async def test_a_sweep_whose_read_began_before_an_open_keeps_the_opened_position(
-    redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore, make_monitor: Any
-) -> None:
-    await set_feed(redis, settings, clock, live=True)
-    await store.open(long_kaynes())
-    await write_price(redis, settings, "KAYNES", "190.00", clock.now())
-    monitor = make_monitor()
-    reader = monitor._snapshots
-    read_slices = reader.read_slices
-
-    async def read_then_an_open_lands() -> AsyncIterator[Any]:
-        async for part in read_slices():
-            yield part
-        await store.open(long_bosch())  # opened after the sweep's read: its event reaches the tick path first
-        monitor.on_event(await last_event(store))
-
-    reader.read_slices = read_then_an_open_lands
-    report = await monitor.sweep_once()
-    assert report.checked == 1
-    assert set(monitor.watched) == {"KAYNES", "BOSCHLTD"}
-    notice = await write_price(redis, settings, "BOSCHLTD", "690.00", clock.now())
-    assert monitor.on_notice(notice) == 1
-    await monitor.drain()
-    assert await state_of(store, "BOSCHLTD") is PositionState.CLOSED
-
-
-async def test_a_reopen_seen_before_the_previous_close_ends_is_watched_and_decided(
+async def test_events_carry_the_revision_the_watch_keeps_the_newest_copy_by(
     redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore, make_monitor: Any
 ) -> None:
     monitor = make_monitor()
     await store.open(long_bosch())
     monitor.on_event(await last_event(store))
-    closer = monitor._closer
-    close = closer.close
-
-    async def close_then_a_reopen_is_seen(request: CloseRequest, **kw: Any) -> CloseRecord:
-        record = await close(request, **kw)
-        await store.open(long_bosch(stop_loss=70000))  # the "opened" event beats this task's own ending
-        monitor.on_event(await last_event(store))
-        return record
-
-    closer.close = close_then_a_reopen_is_seen
-    assert monitor.on_notice(await write_price(redis, settings, "BOSCHLTD", "690.00", clock.now())) == 1
-    await monitor.drain()
-    assert monitor.watched["BOSCHLTD"].stop_loss == 70000
-    closer.close = close
-    assert monitor.on_notice(await write_price(redis, settings, "BOSCHLTD", "695.00", clock.now())) == 1
-    await monitor.drain()
-    assert await state_of(store, "BOSCHLTD") is PositionState.CLOSED
-    assert len(await store.journal()) == 2
+    assert monitor.watched["BOSCHLTD"].rev == 1
+    await store.update_levels("BOSCHLTD", stop_loss=70000, take_profit=None)
+    levels = json.loads(await last_event(store))
+    assert levels["rev"] == 2
+    monitor.on_event(json.dumps(levels))
+    await eventually(lambda: monitor.watched["BOSCHLTD"].stop_loss == 70000, timeout_s=3)
+    await store.claim("BOSCHLTD", CloseReason.EMERGENCY)  # the api claims it; its "closing" event carries rev 3
+    monitor.on_event(json.dumps({"kind": "closing", "symbol": "BOSCHLTD", "rev": 3}))
+    assert monitor.watched == {}
+    await write_price(redis, settings, "BOSCHLTD", "690.00", clock.now())
+    await set_feed(redis, settings, clock, live=True)
+    assert (await monitor.sweep_once()).triggered == 0  # read as closing: no second close from the monitor
+    assert monitor.watched == {}

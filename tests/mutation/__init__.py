@@ -93,8 +93,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "claim is check-then-set (read the state, then write it: two round trips)",
         "libs/common/positions.py",
-        "        result = await self._claim(keys=[keys.position(symbol)], args=[claim_id, repr(self._clock.now()), "
-        "reason.value])\n",
+        "        result = await self._claim(\n"
+        "            keys=[keys.position(symbol), keys.POSITIONS_REV], args=[claim_id, repr(self._clock.now()), "
+        "reason.value]\n        )\n",
         "        state = await self._redis.hget(keys.position(symbol), 'state')\n"
         "        result = 'missing' if state is None else ('ok' if state == 'open' else state)\n"
         "        if result == 'ok':\n"
@@ -140,10 +141,17 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "a young claim is reconciled as stuck (a close still in flight elsewhere is reopened)",
-        "services/monitor/monitor.py",
+        "services/monitor/core.py",
         "return claimed_at is None or now - claimed_at >= self._settings.monitor_stuck_close_s",
         "return True",
-        ("tests/monitor/test_monitor.py",),
+        ("tests/monitor/test_core.py", "tests/monitor/test_monitor.py"),
+    ),
+    Mutation(
+        "the monitor keeps an older copy of a position over a newer one (its rev ignored)",
+        "services/monitor/core.py",
+        "        if rev <= self._revs.get(symbol, -1):\n            return False\n",
+        "        if False:\n            return False\n",
+        ("tests/monitor/test_core.py",),
     ),
     Mutation(
         "an emergency close retried with the same Idempotency-Key acts again",
@@ -169,18 +177,25 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     # --- reconnect jitter ---------------------------------------------------------------------------
     Mutation(
-        "no jitter within the attempt budget (always the upper bound)",
-        "services/feed/backoff.py",
-        "delay = self.rng.uniform(self.base_s, upper)",
-        "delay = upper",
-        ("tests/feed/test_backoff.py",),
+        "no jitter in any backoff (always the ceiling)",
+        "libs/common/backoff.py",
+        "return lowest + (ceiling - lowest) * self.rng.random()",
+        "return ceiling",
+        ("tests/unit/test_backoff.py", "tests/feed/test_outage.py"),
     ),
     Mutation(
         "no jitter once the attempt budget is spent (lock-step at the cap)",
-        "services/feed/backoff.py",
-        "delay = self.rng.uniform(max(self.base_s, 0.8 * self.cap_s), self.cap_s)",
-        "delay = self.cap_s",
-        ("tests/feed/test_backoff.py",),
+        "services/feed/outage.py",
+        "self._at_cap = Backoff(self.cap_s, self.cap_s, 0.2, self.base_s, self.rng)",
+        "self._at_cap = Backoff(self.cap_s, self.cap_s, 0.0, self.base_s, self.rng)",
+        ("tests/feed/test_outage.py",),
+    ),
+    Mutation(
+        "the first attempt after a drop waits the backoff instead of going at once",
+        "services/feed/outage.py",
+        "return 0.0 if self.attempts == 1 else",
+        "return self._within_budget.compute(1) if self.attempts == 1 else",
+        ("tests/feed/test_outage.py",),
     ),
     # --- the feed's heartbeat: `connected` in feed:status outlives a killed feed ----------------------
     Mutation(

@@ -20,8 +20,8 @@ from websockets.asyncio.client import connect
 from libs.common.clock import SystemClock
 from libs.common.heartbeat import heartbeat_age_s
 from libs.common.proto import MarketDataFeedV3_pb2 as pb
+from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
-from libs.common.tasks import cancel_and_wait
 from services.sim import __main__ as sim_main
 from services.sim.server import running_simulator
 from tests.helpers import eventually, free_port, sealed_child
@@ -85,7 +85,8 @@ def test_help_lists_the_control_api(tmp_path: Path) -> None:
 
 
 async def test_heartbeat_is_beaten_when_redis_is_reachable(settings: Settings, redis: Redis) -> None:
-    task = asyncio.create_task(sim_main._heartbeat(settings))
+    serving = settings.model_copy(update={"sim_port": free_port(), "sim_feed_port": free_port()})
+    task = asyncio.create_task(sim_main.main(serving))
     try:
         await eventually(lambda: heartbeat_age_s(redis, "sim", SystemClock()), timeout_s=5)
     finally:

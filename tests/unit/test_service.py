@@ -4,7 +4,7 @@ import asyncio
 import os
 import signal
 
-from libs.common.service import _supervise
+from libs.common.service import _until_signal
 from libs.common.settings import Settings
 
 
@@ -23,7 +23,7 @@ async def test_sigterm_stops_a_service_even_when_its_first_cancel_is_swallowed()
                 raise
 
     asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
-    await asyncio.wait_for(_supervise("test", main, Settings(_env_file=None)), timeout=5)  # type: ignore[call-arg]
+    await asyncio.wait_for(_until_signal("test", main, Settings(_env_file=None)), timeout=5)  # type: ignore[call-arg]
     assert cancels == 2
 
 
@@ -31,4 +31,4 @@ async def test_a_main_that_returns_ends_the_service() -> None:
     async def main(settings: Settings) -> None:
         return None
 
-    await asyncio.wait_for(_supervise("test", main, Settings(_env_file=None)), timeout=5)  # type: ignore[call-arg]
+    await asyncio.wait_for(_until_signal("test", main, Settings(_env_file=None)), timeout=5)  # type: ignore[call-arg]

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import random
 
-from services.feed.backoff import Outage
+from services.feed.outage import Outage
 
 
-def outage(seed: int, base: float = 5.0, cap: float = 10.0, budget: int = 10) -> Outage:
-    return Outage(base, cap, budget, random.Random(seed))
+def outage(seed: int, base: float = 5.0, cap: float = 10.0, budget: int = 10, *, at_once: bool = False) -> Outage:
+    return Outage(base, cap, budget, random.Random(seed), at_once)
 
 
 def test_defaults_retry_every_5_to_10_seconds_and_never_below_the_base() -> None:
@@ -16,12 +16,21 @@ def test_defaults_retry_every_5_to_10_seconds_and_never_below_the_base() -> None
         assert all(5.0 <= d <= 10.0 for d in delays), delays
 
 
+def test_after_a_drop_the_first_attempt_goes_at_once_then_the_guide_backoff() -> None:
+    for seed in range(100):
+        o = outage(seed, at_once=True)
+        delays = [o.next_attempt() for _ in range(12)]
+        assert delays[0] == 0.0
+        assert all(5.0 <= d <= 10.0 for d in delays[1:]), delays
+        assert (o.attempt_in_cycle, o.cycle) == (2, 2)  # the at-once attempt is attempt 1/10, counted as such
+
+
 def test_the_delay_grows_from_the_base_towards_the_cap() -> None:
     firsts, laters = [], []
     for seed in range(300):
         o = outage(seed, base=1.0, cap=30.0)
         delays = [o.next_attempt() for _ in range(6)]
-        assert delays[0] <= 3.0  # first draw is between base and 3 x base
+        assert 1.0 <= delays[0] <= 3.0
         firsts.append(delays[0])
         laters.append(delays[5])
     assert sum(laters) / len(laters) > 3 * sum(firsts) / len(firsts)
@@ -50,7 +59,7 @@ def test_attempts_are_counted_in_cycles_of_the_budget_and_go_on_at_the_cap() -> 
 
 def test_auth_retries_are_slow_with_jitter() -> None:
     o = outage(3)
-    values = [o.jittered(60.0) for _ in range(100)]
+    values = [o.auth_retry(60.0) for _ in range(100)]
     assert all(54.0 <= v <= 66.0 for v in values)
     assert len({round(v, 2) for v in values}) > 50
 
