@@ -21,7 +21,7 @@ from typing import Any
 
 from redis import Redis as SyncRedis
 
-from bench import ceiling, decision, decode, feed_latency, health, ingest, recovery, report
+from bench import ceiling, close_path, decision, decode, feed_latency, health, ingest, recovery, report
 from bench.env import Knobs, Services, machine, private_redis, service_ready
 from bench.frames import watchlist_instruments
 from libs.common.settings import Settings
@@ -117,6 +117,12 @@ def main() -> int:
                     return out
 
                 _section(results, "decision", decision_all, needs=("monitor",))
+                _section(
+                    results,
+                    "close_path",
+                    lambda: close_path.run(services, url, positions=knobs.n(50, 20)),
+                    needs=("monitor", "sim"),
+                )
 
                 def health_all() -> dict[str, Any]:
                     return {

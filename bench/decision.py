@@ -25,7 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench import profile
-from bench.env import CpuMeter, Knobs, Services, percentiles, private_redis
+from bench.env import CpuMeter, Knobs, Services, percentiles, private_redis, rss_mb
 from libs.common import keys
 from libs.common.clock import SystemClock
 from libs.common.models import Position, Side
@@ -168,6 +168,7 @@ def run(
             positions=positions,
             load_ticks_per_s=load_ticks_per_s,
             monitor_cpu_pct=meter.percent(),
+            monitor_rss_mb=rss_mb(monitor.pid),
             duration_s=round(wall, 1),
         )
         if profile_s > 0:  # after the timed triggers, under the same background load: py-spy shares the 2 cores

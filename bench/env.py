@@ -57,6 +57,7 @@ def machine() -> dict[str, Any]:
         "redis": redis_version.split("v=")[1].split()[0] if "v=" in redis_version else redis_version.strip(),
         "kernel": platform.release(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "loadavg_1m": round(os.getloadavg()[0], 2),  # what else runs: figures from a busy machine read as such
     }
 
 
@@ -77,6 +78,15 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process now, in MB (VmRSS from /proc/PID/status)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 class CpuMeter:

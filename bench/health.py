@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from bench import profile
-from bench.env import CpuMeter, Services, percentiles
+from bench.env import CpuMeter, Services, percentiles, rss_mb
 from bench.load import play_live_feed
 from libs.common.clock import SystemClock
 from libs.common.models import Position, Side
@@ -135,6 +135,7 @@ def run(
         meter.start()
         result: dict[str, Any] = {"symbols": symbols, "health": asyncio.run(_health(base, requests, rps_window_s))}
         result["api_cpu_pct"] = meter.percent()
+        result["api_rss_mb"] = rss_mb(api.pid)
         if profile_s > 0:  # profiled apart from the timed requests: py-spy would share the 2 cores with them
             with ThreadPoolExecutor(1) as pool:
                 sampled = pool.submit(profile.sample, api.pid, profile_s)

@@ -19,8 +19,9 @@ from typing import Any
 from redis import Redis as SyncRedis
 
 from bench import profile
-from bench.env import CpuMeter, Services, command_calls
+from bench.env import CpuMeter, Services, command_calls, rss_mb
 from bench.frames import extra_for
+from libs.common import keys
 from tests.helpers import free_port
 
 TARGET_TICKS_PER_S = 50_000
@@ -64,9 +65,7 @@ def run(
         services.wait_check("sim", env)
     else:
         port = free_port()
-        # Saturated, the feed reads seconds behind the socket, so its pong waits behind buffered frames and
-        # the default 3 s ping timeout drops the link (reported as `reconnects`); give the replay more slack.
-        env.update(SIM_PORT=str(port), WS_PING_TIMEOUT_S="30")
+        env.update(SIM_PORT=str(port))  # default ping settings: the feed's reader keeps pongs on time saturated
         services.start("sim", env, module="bench.replay", args=(str(port), str(symbols)))
         # The replay answers only the authorize path; the feed needs nothing else from it.
         _wait_port(port)
@@ -100,6 +99,8 @@ def run(
             "ticks_per_frame": round(ticks / frames, 1) if frames else 0,
             "cpu_pct": cpu,
             "reconnects": services.log("feed")[log_mark:].count("Reconnecting (attempt"),
+            "superseded_ticks": int(redis.hget(keys.FEED_STATUS, "superseded_ticks") or 0),
+            "feed_rss_mb": rss_mb(feed.pid),
         }
         if profile_s > 0:
             result["profile"] = profile.sample(feed.pid, profile_s)

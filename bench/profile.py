@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -31,7 +32,8 @@ BUCKETS = {
 
 def sample(pid: int, duration_s: float, rate_hz: int = 200) -> dict[str, Any]:
     """Sample `pid` for `duration_s`; top self-time functions and bucket shares, or {"skipped": why}."""
-    binary = shutil.which("py-spy")
+    # The venv's own py-spy first: `make bench` runs .venv/bin/python without the venv on PATH.
+    binary = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if binary is None:
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,6 +5,7 @@
 - recovery: drop for a few seconds; from the moment the simulator accepts connections again (polled on its
   feeder port) to the first fresh price in Redis (the newest `prices:index` score newer than that moment),
   next to the backoff delay in force then (the feed's last `Waiting X.X seconds before retry` line).
+- blip: the same for a 1 s drop (the first reconnect attempt goes at once, then the guide's backoff).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from libs.common import keys
 
 _WAITING = re.compile(r"Waiting (\d+(?:\.\d+)?) seconds before retry")
 POLL_S = 0.02
+BLIP_S = 1.0
+BLIP_AFTER_LIVE_S = 7.0  # > RECONNECT_BASE_DELAY_S (5 s): the feed retries at once only after a link that lasted
 
 
 def _connected(redis: SyncRedis) -> bool:
@@ -91,11 +94,23 @@ def run(services: Services, redis: SyncRedis, *, symbols: int, drop_s: float) ->
             if reopened is None:
                 raise RuntimeError("simulator did not reopen its feeder port")
             fresh = _until(lambda: _newest_as_of(redis) > reopened, 40)
-        waits = [float(m) for m in _WAITING.findall(services.log("feed")[log_mark:])]
-        out["recovery_s"] = None if fresh is None else round(fresh - reopened, 2)
-        out["backoff_delay_s"] = waits[-1] if waits else None
-        out["retries_during_drop"] = len(waits)
-        out["outage_s"] = None if fresh is None else round(fresh - t0, 2)
+            waits = [float(m) for m in _WAITING.findall(services.log("feed")[log_mark:])]
+            out["recovery_s"] = None if fresh is None else round(fresh - reopened, 2)
+            out["backoff_delay_s"] = waits[-1] if waits else None
+            out["retries_during_drop"] = len(waits)
+            out["outage_s"] = None if fresh is None else round(fresh - t0, 2)
+            # 3. a 1 s blip: the network goes away and comes back; how long after it returns are prices fresh?
+            if _until(lambda: _connected(redis), 40) is None:
+                raise RuntimeError("feed did not come back after the drop")
+            time.sleep(BLIP_AFTER_LIVE_S)  # a link live this long gets its first attempt at once (not a flapping one)
+            log_mark = len(services.log("feed"))
+            http.post(sim_url + "/sim/faults", json={"kind": "drop", "duration_s": BLIP_S}).raise_for_status()
+            reopened = _until(lambda: not _accepting(feed_port), 5) and _until(lambda: _accepting(feed_port), 10)
+            if reopened is None:
+                raise RuntimeError("simulator did not reopen its feeder port after the blip")
+            fresh = _until(lambda: _newest_as_of(redis) > reopened, 40)
+            out["blip_recovery_s"] = None if fresh is None else round(fresh - reopened, 2)
+            out["blip_attempts"] = services.log("feed")[log_mark:].count("Reconnecting (attempt")
         return out
     finally:
         services.stop("feed")

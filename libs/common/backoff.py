@@ -33,6 +33,12 @@ class Backoff:
         if not (self.base_s > 0 and self.cap_s >= self.base_s and 0.0 <= self.jitter <= 1.0):
             raise ValueError(f"invalid backoff: base {self.base_s}, cap {self.cap_s}, jitter {self.jitter}")
 
+    @classmethod
+    def around(cls, base_s: float, cap_s: float, spread: float, rng: random.Random | None = None) -> Backoff:
+        """Waits within +/- `spread` (a share) of base, 2 x base, ... up to the cap (+/- `spread` there too):
+        drawn below a ceiling `spread` above each step."""
+        return cls((1 + spread) * base_s, (1 + spread) * cap_s, 2 * spread / (1 + spread), rng=rng or random.Random())
+
     def ceiling(self, failures: int) -> float:
         """The longest wait after `failures` (>= 1) consecutive failures: base x 2**(failures - 1), capped."""
         return min(self.cap_s, self.base_s * 2.0 ** min(max(failures, 1) - 1, _MAX_DOUBLINGS))

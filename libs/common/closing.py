@@ -138,16 +138,19 @@ class Closer:
     async def _sell(
         self, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
     ) -> CloseRecord:
+        by_net: list[Fill] = []  # what the broker's stop (some of its GTTs) sold already
         if self._safety_net is not None:  # Layer 0 first, so the broker's stop cannot sell too
             settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, retry_at)
-            if settled is not None:
+            if isinstance(settled, CloseRecord):
                 return settled
+            by_net = settled
+        guarded = position.quantity - sum(f.quantity or 0 for f in by_net)
         tag = close_tag(claim_id)
         fills: list[Fill] = []
         sold = 0
         while len(fills) < MAX_ORDERS_PER_CLAIM:
             held = await self._held(position)
-            want = position.quantity - sold if held is None else min(position.quantity - sold, held)
+            want = guarded - sold if held is None else min(guarded - sold, held)
             if want <= 0:
                 break
             if not fills:  # the claim is confirmed once, before its first order; the fence then times the WAIT too
@@ -185,16 +188,18 @@ class Closer:
                 )
                 continue
             break
+        if not fills and by_net:  # the broker is flat after what the safety net's orders sold
+            return await self._settled_by_net(position, claim_id, request, by_net)
         if not fills:
             return await self._finish_external(position, claim_id, request)
-        still_held = await self._held(position) if sold < position.quantity else 0
+        still_held = await self._held(position) if sold < guarded else 0
         if still_held != 0:
-            left = position.quantity - sold if still_held is None else min(position.quantity - sold, still_held)
-            error = f"sold {sold} of {position.quantity}; {left} still held and guarded"
+            left = guarded - sold if still_held is None else min(guarded - sold, still_held)
+            error = f"sold {sold} of {guarded}; {left} still held and guarded"
             rev = await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left)
             await self._publish("reduced", position.symbol, claim_id, quantity=left, sold=sold, rev=rev)
             raise PartialClose(f"{position.symbol}: {error}")
-        return await self._finish(position, claim_id, request, fills, request.closed_by)
+        return await self._finish(position, claim_id, request, by_net + fills, request.closed_by)
 
     async def _held(self, position: Position) -> int | None:
         """Units the broker holds in the position's direction; None when it cannot say (or keeps no positions)."""
@@ -268,8 +273,10 @@ class Closer:
         our own safety net did it."""
         if self._safety_net is not None:
             settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, None)
-            if settled is not None:
+            if isinstance(settled, CloseRecord):
                 return settled
+            if settled:
+                return await self._settled_by_net(position, claim_id, request, settled)
         exit_price = request.decision_price or position.entry_price
         record = self._record(position, request, "", exit_price, "external")
         rev = await self._store.complete(claim_id, record)
@@ -285,10 +292,11 @@ class Closer:
 
     async def _disarm_safety_net(
         self, net: SafetyNet, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
-    ) -> CloseRecord | None:
-        """Cancel the position's GTT; if it already fired and its order filled the position, that is the close
-        (`closed_by` "safety_net"). When the GTT cannot be made harmless, release the claim and raise: no order
-        may go out beside a stop that can still fire."""
+    ) -> CloseRecord | list[Fill]:
+        """Cancel the position's GTTs; if they already fired and their orders filled the position, that is the
+        close (`closed_by` "safety_net"); else what their orders filled (the guard sells at most the rest). When a
+        GTT cannot be made harmless, release the claim and raise: no order may go out beside a stop that can
+        still fire."""
         await self._still_ours(position.symbol, claim_id)  # a stale closer must not touch a reopened position's GTT
         try:
             fired = await net.disarm(position)
@@ -301,10 +309,18 @@ class Closer:
             await self._store.release(position.symbol, claim_id, error, when)
             raise (OrdersBlocked(error) if blocked else BrokerError(error, status_code=503)) from None
         await self._still_ours(position.symbol, claim_id)  # it may have waited long on the broker
-        if fired is None or not fired.complete or fired.fill is None:
-            return None
-        record = await self._finish(position, claim_id, request, [fired.fill], "safety_net")
-        net.announce(record, fired)
+        if fired is None or fired.fill is None:
+            return []
+        if not fired.complete:
+            return [fired.fill]
+        return await self._settled_by_net(position, claim_id, request, [fired.fill])
+
+    async def _settled_by_net(
+        self, position: Position, claim_id: str, request: CloseRequest, by_net: list[Fill]
+    ) -> CloseRecord:
+        """Some of the safety net's GTTs sold and the broker holds nothing more: their fills are the close."""
+        record = await self._finish(position, claim_id, request, by_net, "safety_net")
+        SafetyNet.announce(record)
         return record
 
     async def _still_ours(self, symbol: str, claim_id: str) -> None:

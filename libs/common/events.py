@@ -7,9 +7,9 @@ An entry is ``{"event": JSON}`` with at least ``kind``, ``symbol`` ("" when none
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -20,7 +20,8 @@ EVENTS_MAXLEN = 10_000
 
 def encode_event(kind: str, at: float, symbol: str = "", **data: Any) -> str:
     """The JSON payload of one event (compact; values JSON cannot hold become strings)."""
-    return json.dumps({"kind": kind, "symbol": symbol, "at": at, **data}, separators=(",", ":"), default=str)
+    event = {"kind": kind, "symbol": symbol, "at": at, **data}
+    return orjson.dumps(event, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def add_event(pipe: Pipeline | Redis, payload: str) -> Any:
@@ -30,7 +31,7 @@ def add_event(pipe: Pipeline | Redis, payload: str) -> Any:
 
 def decode_event(fields: dict[str, str]) -> dict[str, Any]:
     """The event of one stream entry. Raises ValueError when it is not a JSON object with a `kind`."""
-    event = json.loads(fields.get("event", ""))
+    event = orjson.loads(fields.get("event", ""))  # orjson.JSONDecodeError is a ValueError
     if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
         raise ValueError("not an event")
     return event

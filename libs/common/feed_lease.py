@@ -1,4 +1,9 @@
-"""Feed leadership: a Redis lease with a fencing token, so exactly one feed holds the Upstox connection.
+"""Leases with a fencing token in Redis: one holder at a time of a job that must not run twice.
+
+`Lease` is the mechanism; its users are the feed (`FeedLease`: the one Upstox market-data connection) and the
+monitors' safety-net keeper (`safety_net:lease`, `services.monitor.safety_net`: one monitor places the GTTs).
+
+Feed leadership: a Redis lease with a fencing token, so exactly one feed holds the Upstox connection.
 
 Upstox allows one market-data connection per app and user, so any number of feed processes may run but
 only the holder of `feed:lease` connects and writes. The lease expires `FEED_LEASE_S` after its last renewal;
@@ -87,15 +92,19 @@ def fence_checked(result: Any) -> Any:
     return result
 
 
-class FeedLease:
-    """This process's side of the lease. `token` is its fencing token while it leads, '' otherwise."""
+class Lease:
+    """This process's side of the lease in hash `key` (tokens counted in `counter`). `token` is its fencing
+    token while it holds the lease, '' otherwise."""
 
-    def __init__(self, redis: Redis, settings: Settings, clock: Clock) -> None:
+    def __init__(self, redis: Redis, clock: Clock, *, key: str, counter: str, lease_s: float, instance: str) -> None:
         self._redis = redis
         self._clock = clock
-        self.instance = settings.instance_name
-        self.holder = f"{settings.instance_name}/{uuid.uuid4().hex[:8]}"  # unique even if two share a name
-        self._lease_ms = int(settings.feed_lease_s * 1000)
+        self.key = key
+        self._counter = counter
+        self.instance = instance
+        self.holder = f"{instance}/{uuid.uuid4().hex[:8]}"  # unique even if two share a name
+        self.lease_s = lease_s
+        self._lease_ms = int(lease_s * 1000)
         self.token = ""
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
@@ -103,12 +112,12 @@ class FeedLease:
 
     def fence_args(self) -> list[str]:
         """The last two ARGV of a fenced write script (see `FENCE_CHECK`)."""
-        return [keys.FEED_LEASE, self.token]
+        return [self.key, self.token]
 
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it; True when this process now leads. Raises RedisError."""
         token = await self._acquire(
-            keys=[keys.FEED_LEASE, keys.FEED_LEASE_COUNTER],
+            keys=[self.key, self._counter],
             args=[self.instance, self.holder, self._lease_ms, repr(self._clock.now()), self._lease_ms / 2000],
         )
         self.token = str(token or "")
@@ -117,7 +126,7 @@ class FeedLease:
     async def renew(self) -> bool:
         """Extend the lease; False (and `token` cleared) when another process holds it. Raises RedisError."""
         renewed = await self._renew(
-            keys=[keys.FEED_LEASE],
+            keys=[self.key],
             args=[self.token, self.instance, self.holder, self._lease_ms, repr(self._clock.now())],
         )
         if not renewed:
@@ -131,20 +140,30 @@ class FeedLease:
     async def release(self) -> None:
         """Give the lease up now (clean stop) if still ours. Raises RedisError."""
         if self.token:
-            await self._release(keys=[keys.FEED_LEASE], args=[self.token])
+            await self._release(keys=[self.key], args=[self.token])
             self.token = ""
+
+
+class FeedLease(Lease):
+    """The feed's lease (`feed:lease`, `FEED_LEASE_S`)."""
+
+    def __init__(self, redis: Redis, settings: Settings, clock: Clock) -> None:
+        super().__init__(
+            redis, clock, key=keys.FEED_LEASE, counter=keys.FEED_LEASE_COUNTER, lease_s=settings.feed_lease_s,
+            instance=settings.instance_name,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class Leadership:
-    """Who leads the feed, as health and /status show it."""
+    """Who holds a lease (leads the feed, keeps the safety nets), as health and /status show it."""
 
     leader: str | None  # instance name of the lease holder, None when nobody holds it
     token: str | None
     leader_since: float | None  # epoch s of the acquisition
     lease_age_s: float | None  # seconds since the lease was last renewed
     lease_expires_in_s: float | None
-    standbys: list[str]  # live feed instances other than the leader
+    standbys: list[str]  # live instances of the service other than the leader
 
     def public(self) -> dict[str, Any]:
         return {
@@ -157,22 +176,25 @@ class Leadership:
         }
 
 
-async def read_leadership(redis: Redis, settings: Settings, clock: Clock) -> Leadership:
-    """The feed's leader, its lease and the standbys (feed instances beating within the TTL), in one round trip.
+async def read_leadership(
+    redis: Redis, settings: Settings, clock: Clock, *, key: str = keys.FEED_LEASE, service: str = "feed"
+) -> Leadership:
+    """The holder of lease `key` (the feed's by default), its lease and the standbys (instances of `service`
+    beating within the TTL), in one round trip.
 
     Raises RedisError.
     """
     now = clock.now()
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.FEED_LEASE)
-        pipe.pttl(keys.FEED_LEASE)
-        pipe.zrangebyscore(keys.instances("feed"), now - settings.heartbeat_ttl_s, "+inf")
+        pipe.hgetall(key)
+        pipe.pttl(key)
+        pipe.zrangebyscore(keys.instances(service), now - settings.heartbeat_ttl_s, "+inf")
         lease, pttl_ms, alive = cast(tuple[dict[str, str], int, list[str]], tuple(await pipe.execute()))
     return leadership_from(lease, pttl_ms, alive, now)
 
 
 def leadership_from(lease: dict[str, str], pttl_ms: int, alive: list[str], now: float) -> Leadership:
-    """Leadership from the lease hash, its PTTL and the live feed instances (read elsewhere in one call)."""
+    """Leadership from the lease hash, its PTTL and the service's live instances (read elsewhere in one call)."""
     leader = lease.get("instance") if lease else None
     renewed = _float(lease.get("renewed_at"))
     return Leadership(

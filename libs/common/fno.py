@@ -49,6 +49,33 @@ UNDERLYINGS = (
 )
 
 
+MAX_SLICES = 25  # the exchange slices one order into at most this many children
+
+
+class OverLimits(ValueError):
+    """A quantity that cannot be sent within the exchange's lot and freeze-quantity limits."""
+
+
+def order_legs(quantity: int, lot_size: int, freeze_quantity: float, max_legs: int = MAX_SLICES) -> list[int]:
+    """Split `quantity` into exchange orders that each stand on their own: whole lots, at most the freeze
+    quantity each (rounded down to whole lots), largest first. For orders nobody slices, such as the one a GTT
+    places when it fires. Raises OverLimits (naming the rule) when it cannot be done in `max_legs` orders."""
+    lot = max(lot_size, 1)
+    per_leg = int(freeze_quantity) // lot * lot
+    if quantity < 1 or quantity % lot:
+        raise OverLimits(f"quantity {quantity} is not a whole number of lots of {lot}")
+    if per_leg < lot:
+        raise OverLimits(f"the freeze quantity {int(freeze_quantity)} is below one lot of {lot}")
+    full, rest = divmod(quantity, per_leg)
+    legs = [per_leg] * full + ([rest] if rest else [])
+    if len(legs) > max_legs:
+        raise OverLimits(
+            f"quantity {quantity} needs {len(legs)} orders of at most {per_leg} (the freeze quantity), "
+            f"more than {max_legs}"
+        )
+    return legs
+
+
 def trading_ends_at(inst: Instrument) -> float:
     """Epoch s at which `inst` stops trading (15:30 IST of its expiry date); inf for non-derivatives."""
     if not inst.expiry_ms:

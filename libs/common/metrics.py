@@ -19,8 +19,6 @@ from loguru import logger
 from prometheus_client import Counter, Histogram
 from redis.asyncio.retry import Retry
 
-from libs.common.logging import tagged
-
 T = TypeVar("T")
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series only add noise to dashboards
@@ -72,7 +70,7 @@ def start_exporter(port: int, host: str) -> bool:
     try:
         prometheus_client.start_http_server(port, addr=host)
     except OSError as exc:
-        tagged("WARNING").warning(f"Metrics not exported: cannot listen on {host}:{port} ({exc.strerror or exc})")
+        logger.warning(f"Metrics not exported: cannot listen on {host}:{port} ({exc.strerror or exc})")
         return False
     logger.info(f"Metrics at http://{host}:{port}/metrics")
     return True

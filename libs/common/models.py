@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -70,6 +70,9 @@ class FeedStatus(BaseModel):
     corrupt_frames: int = 0
     absurd_prices: int = 0  # ticks refused as not a price (see services/feed/decode.py)
     out_of_order_ticks: int = 0  # ticks older (exchange time) than the cached one, dropped
+    superseded_ticks: int = 0  # ticks left out while the decoder caught up (a newer tick of the symbol was kept)
+    server_pings: int = 0  # pings the server sent on the current connection
+    last_server_ping_at: float | None = None
     silent_symbols: int = 0  # subscribed instruments found silent while their segment trades
     rest_polling: bool = False  # WebSocket down, REST answers: open positions' prices come from LTP V3 (Layer 2b)
     last_message_at: float | None = None  # any frame or pong: the connection is alive
@@ -156,6 +159,7 @@ class Position(BaseModel):
     """The position on one symbol. State moves open -> closing -> closed, only through the claim."""
 
     model_config = ConfigDict(frozen=True)
+    MONEY_FIELDS: ClassVar[tuple[str, ...]] = ("entry_price", "stop_loss", "take_profit")  # paise; rupees outside
 
     symbol: str = Field(min_length=1, max_length=40)
     instrument_key: str = Field(min_length=3)
@@ -209,7 +213,7 @@ class Position(BaseModel):
 
     def to_redis(self) -> dict[str, str]:
         data = self.model_dump(mode="json")
-        for field in ("entry_price", "stop_loss", "take_profit"):
+        for field in self.MONEY_FIELDS:
             if data[field] is not None:
                 data[field] = rupees_str(data[field])
         return _str_map(data)
@@ -218,7 +222,7 @@ class Position(BaseModel):
     def from_redis(cls, data: dict[str, str]) -> Self:
         try:
             raw: dict[str, Any] = {k: v for k, v in data.items() if v != ""}
-            for field in ("entry_price", "stop_loss", "take_profit"):
+            for field in cls.MONEY_FIELDS:
                 if field in raw:
                     raw[field] = to_paise(raw[field])
             return cls.model_validate(raw)
@@ -229,7 +233,7 @@ class Position(BaseModel):
     def public(self) -> dict[str, Any]:
         """JSON for people and the API: rupees as numbers."""
         out = self.model_dump(mode="json")
-        for field in ("entry_price", "stop_loss", "take_profit"):
+        for field in self.MONEY_FIELDS:
             if out[field] is not None:
                 out[field] = rupees(out[field])
         return out
@@ -239,6 +243,7 @@ class CloseRecord(BaseModel):
     """One entry of the close journal."""
 
     model_config = ConfigDict(frozen=True)
+    MONEY_FIELDS: ClassVar[tuple[str, ...]] = ("entry_price", "exit_price", "pnl")  # paise; rupees outside
 
     symbol: str
     instrument_key: str
@@ -266,7 +271,7 @@ class CloseRecord(BaseModel):
 
     def public(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
-        for field in ("entry_price", "exit_price", "pnl"):
+        for field in self.MONEY_FIELDS:
             out[field] = rupees(out[field])
         return out
 

@@ -7,11 +7,11 @@ never with a keyspace scan. The hash is the truth; a notice only says "look agai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -188,7 +188,7 @@ def tick_notice(as_of: float, ticks: Sequence[Tick], *, rest: bool = False) -> s
     data: dict[str, object] = {"as_of": as_of, "prices": {t.symbol: t.ltp for t in ticks}}
     if rest:
         data["source"] = "rest"
-    return json.dumps(data, separators=(",", ":"))
+    return orjson.dumps(data).decode()
 
 
 def parse_tick_notice(payload: str) -> tuple[float, dict[str, str]]:
@@ -199,7 +199,7 @@ def parse_tick_notice(payload: str) -> tuple[float, dict[str, str]]:
 
 def parse_notice(payload: str) -> tuple[float, dict[str, str], bool]:
     """(as_of, {symbol: rupee string}, from the REST poll) from a tick notice; raises ValueError when malformed."""
-    data = json.loads(payload)
+    data = orjson.loads(payload)  # orjson.JSONDecodeError is a ValueError
     prices = data["prices"]
     if not isinstance(prices, dict):
         raise ValueError("prices must be an object")

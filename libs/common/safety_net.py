@@ -6,6 +6,11 @@ at the stop-loss moved out by `SAFETY_NET_BUFFER_PCT` (so the guard's own stop f
 Only the stop: exit legs of a MULTIPLE GTT arm only after its entry fills, so no one-cancels-other pair can
 be built for a position that already exists; the take-profit stays the guard's job.
 
+An F&O position is protected by several GTTs (its legs) when it is larger than the freeze quantity: a fired
+GTT places one exchange order that nobody slices, so each leg is whole lots and at most the freeze quantity
+(`libs.common.fno.order_legs`); all legs share the trigger. `net_gtt_id` and `net_quantity` hold the legs'
+ids and quantities, comma-joined in the same order (one leg: one id, as before).
+
 Its state lives in the position's hash (`net_*` fields, see `FIELDS`), written only by the scripts below:
 - the monitor's keeper (`services.monitor.safety_net`) places, modifies and re-places it; every broker call
   it makes is bracketed by `net_busy`, so a closer can wait for a call in flight instead of missing a GTT;
@@ -19,7 +24,7 @@ No double exit: a GTT that cannot be cancelled, or whose order cannot be seen ye
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -29,7 +34,9 @@ from redis.asyncio import Redis
 from libs.common import keys
 from libs.common.broker import BrokerError, BrokerOutcomeUnknown, Fill, UpstoxBroker
 from libs.common.clock import Clock
-from libs.common.instruments import InstrumentIndex, instrument_index
+from libs.common.feed_lease import FENCE_CHECK, FENCED
+from libs.common.fno import order_legs
+from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.logging import tagged
 from libs.common.models import CloseRecord, Position, Side
 from libs.common.money import Paise, fmt_inr, rupees_str, to_paise
@@ -38,32 +45,49 @@ from libs.common.settings import Settings
 
 # Fields of position:SYMBOL that belong to the safety net.
 FIELDS = (
-    "net_state",  # placing | active | retrying | unknown | fired | cancelled | ended | none (no stop-loss)
-    "net_gtt_id",
-    "net_trigger",  # rupee string of the GTT's trigger
+    "net_state",  # placing | active | retrying | unknown | fired | cancelled | ended | refused | none (no stop-loss)
+    "net_gtt_id",  # the legs' GTT ids, comma-joined
+    "net_trigger",  # rupee string of the legs' trigger ('' when not all legs are known to have it)
     "net_intent",  # rupee string of the trigger a call in flight (or one with an unknown outcome) asked for
-    "net_quantity",
+    "net_quantity",  # the legs' quantities, comma-joined in the order of net_gtt_id
     "net_expires_at",  # epoch s
     "net_last_error",
     "net_attempts",
     "net_next_at",  # epoch s of the next attempt after a failure
     "net_busy",  # epoch s a keeper call to the broker began ('' when none is in flight)
-    "net_order_id",  # the order the GTT placed when it fired
+    "net_order_id",  # the orders the GTTs placed when they fired, comma-joined
 )
 _GONE_CODES = ("UDAPI1134", "UDAPI1135")  # no such GTT / GTT no longer active
 _FIRED = ("TRIGGERED", "COMPLETED", "FAILED", "OPEN")
 _ENDED = ("CANCELLED", "EXPIRED")
 _ORDER_WORKING = ("open", "trigger pending", "open pending", "validation pending", "put order req received")
 _BUSY_POLL_S = 0.05
+_BUSY_WAIT_CALLS = 4  # a closer waits for a keeper call of several legs at most this many broker timeouts
 
 # Each script takes the record's next revision (`REV`, see libs/common/positions.py) when it writes.
-# KEYS: position, revision counter. ARGV: now, intended trigger. Marks a keeper call in flight on an open position.
-_BEGIN = """
+# KEYS: position, revision counter. ARGV: now, intended trigger, then the keeper's lease key and fencing token
+# (FENCE_CHECK: a keeper that lost the lease starts no call). Marks a keeper call in flight on an open position.
+_BEGIN = (
+    FENCE_CHECK
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'open' then return state or 'missing' end
 local busy = redis.call('HGET', KEYS[1], 'net_busy')
 if busy and busy ~= '' then return 'busy' end
 redis.call('HSET', KEYS[1], 'net_busy', ARGV[1], 'net_intent', ARGV[2])
+REV
+return 'ok'
+"""
+)
+
+# KEYS: position, revision counter. ARGV: now. Between two legs of one keeper call: refreshes the mark while the
+# position is open.
+_GOING_ON = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'open' then return state or 'missing' end
+local busy = redis.call('HGET', KEYS[1], 'net_busy')
+if not busy or busy == '' then return 'lost' end
+redis.call('HSET', KEYS[1], 'net_busy', ARGV[1])
 REV
 return 'ok'
 """
@@ -101,7 +125,7 @@ class NetState:
     gtt_id: str = ""
     trigger: Paise | None = None
     intent: Paise | None = None
-    quantity: int | None = None
+    legs: tuple[int, ...] = ()  # the quantity of each GTT in `ids`
     expires_at: float | None = None
     last_error: str = ""
     attempts: int = 0
@@ -119,13 +143,13 @@ class NetState:
             value = data.get(name)
             return to_paise(value) if value not in (None, "") else None
 
-        quantity = data.get("net_quantity")
+        legs = str(data.get("net_quantity") or "")
         return cls(
             state=str(data.get("net_state") or ""),
             gtt_id=str(data.get("net_gtt_id") or ""),
             trigger=paise("net_trigger"),
             intent=paise("net_intent"),
-            quantity=int(quantity) if quantity not in (None, "") else None,
+            legs=tuple(int(q) for q in legs.split(",") if q.strip().isdigit()),
             expires_at=num("net_expires_at"),
             last_error=str(data.get("net_last_error") or ""),
             attempts=int(data.get("net_attempts") or 0),
@@ -134,11 +158,18 @@ class NetState:
             order_id=str(data.get("net_order_id") or ""),
         )
 
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The GTT id of each leg."""
+        return tuple(i for i in self.gtt_id.split(",") if i)
+
     def public(self) -> dict[str, Any]:
-        """`{state, gtt_id, trigger_price, last_error}` for the api."""
+        """`{state, gtt_id, gtt_ids, quantities, trigger_price, last_error}` for the api (`gtt_id`: the first leg)."""
         return {
             "state": self.state or "placing",
-            "gtt_id": self.gtt_id or None,
+            "gtt_id": self.ids[0] if self.ids else None,
+            "gtt_ids": list(self.ids),
+            "quantities": list(self.legs),
             "trigger_price": None if self.trigger is None else self.trigger / 100,
             "last_error": self.last_error or None,
         }
@@ -148,9 +179,9 @@ class NetState:
 class Fired:
     """A GTT that fired: the order it placed, what that order filled, and whether that closes the position."""
 
-    gtt_id: str
-    order_id: str
-    fill: Fill | None
+    gtt_id: str  # comma-joined, one per leg
+    order_id: str  # comma-joined: the orders the fired legs placed
+    fill: Fill | None  # what those orders filled together
     complete: bool
 
 
@@ -184,8 +215,9 @@ class SafetyNet:
         self._redis = redis
         self._broker = broker
         self._clock = clock
-        self._instruments = instruments or instrument_index()
+        self._instruments = instruments or guard_instruments(settings, clock)  # lots and freeze quantities
         self._begin = redis.register_script(with_rev(_BEGIN))
+        self._going_on = redis.register_script(with_rev(_GOING_ON))
         self._end = redis.register_script(with_rev(_END))
         self._settle = redis.register_script(with_rev(_SETTLE))
 
@@ -202,10 +234,18 @@ class SafetyNet:
             rows = await pipe.execute()
         return {s: NetState.from_fields(dict(zip(FIELDS, r, strict=True))) for s, r in zip(symbols, rows, strict=True)}
 
-    async def begin(self, symbol: str, trigger: Paise) -> str:
-        """Mark a keeper call in flight ('ok'), or say why not: the position's state, or 'busy'."""
-        args = [repr(self._clock.now()), rupees_str(trigger)]
-        return str(await self._begin(keys=[keys.position(symbol), keys.POSITIONS_REV], args=args))
+    async def begin(self, symbol: str, trigger: Paise, fence: tuple[str, str] = ("", "")) -> str:
+        """Mark a keeper call in flight ('ok'), or say why not: the position's state, 'busy', or 'fenced' when
+        `fence` (lease key, token) is not the keeper lease's current holder."""
+        args = [repr(self._clock.now()), rupees_str(trigger), *fence]
+        answer = await self._begin(keys=[keys.position(symbol), keys.POSITIONS_REV], args=args)
+        return "fenced" if answer == FENCED else str(answer)
+
+    async def going_on(self, symbol: str) -> str:
+        """Between two legs of one call: 'ok' (the mark is refreshed), or the position's state once it is no
+        longer open (a closer claimed it: place no further leg), or 'lost' (the mark was cleared)."""
+        args = [repr(self._clock.now())]
+        return str(await self._going_on(keys=[keys.position(symbol), keys.POSITIONS_REV], args=args))
 
     async def end(self, symbol: str, **fields: Any) -> str:
         """Record a call's result (`net_` is prefixed to each name) and clear `net_busy`; returns the position's
@@ -224,11 +264,20 @@ class SafetyNet:
         inst = self._instruments.by_key(instrument_key)
         return inst.tick_size_paise if inst else 5
 
-    async def place(self, position: Position, trigger: Paise) -> str:
-        """Place the stop GTT; returns its id. Raises BrokerError (OrdersBlocked, BrokerOutcomeUnknown)."""
+    def legs(self, position: Position) -> list[int]:
+        """The GTT quantities that protect the position within its instrument's lot and freeze limits. Raises
+        OverLimits when it cannot be protected by at most `MAX_SLICES` whole-lot GTTs."""
+        inst = self._instruments.by_key(position.instrument_key)
+        if inst is None:
+            return [position.quantity]
+        return order_legs(position.quantity, inst.lot_size, inst.freeze_quantity)
+
+    async def place(self, position: Position, quantity: int, trigger: Paise) -> str:
+        """Place one stop GTT of `quantity`; returns its id. Raises BrokerError (OrdersBlocked,
+        BrokerOutcomeUnknown)."""
         body = {
             "type": "SINGLE",
-            "quantity": position.quantity,
+            "quantity": quantity,
             "product": self.settings.order_product,
             "instrument_token": position.instrument_key,
             "transaction_type": closing_side(position),
@@ -240,11 +289,11 @@ class SafetyNet:
         except (KeyError, IndexError, TypeError):
             raise BrokerError(f"unexpected GTT place response: {str(data)[:200]}") from None
 
-    async def modify(self, gtt_id: str, position: Position, trigger: Paise) -> None:
+    async def modify(self, gtt_id: str, position: Position, quantity: int, trigger: Paise) -> None:
         body = {
             "gtt_order_id": gtt_id,
             "type": "SINGLE",
-            "quantity": position.quantity,
+            "quantity": quantity,
             "rules": [_entry_rule(position, trigger)],
         }
         await self._gtt("PUT", "/v3/order/gtt/modify", json=body)
@@ -304,14 +353,15 @@ class SafetyNet:
             raise BrokerError(f"GTT {gtt_id} fired and its order is not visible yet", status_code=503)
         return "ended", None
 
-    async def find_stray(self, position: Position, trigger: Paise) -> str | None:
-        """The id of a live GTT at the broker that a call with an unknown outcome may have placed for this
-        position (same instrument, side, quantity and trigger), if any."""
+    async def find_strays(self, position: Position, trigger: Paise, known: tuple[str, ...]) -> list[tuple[str, int]]:
+        """(id, quantity) of each live GTT at the broker, not among `known`, that a call with an unknown outcome
+        may have placed for this position (same instrument, closing side and trigger)."""
+        strays = []
         for gtt_id, gtt in (await self.live_gtts()).items():
             rules = gtt.get("rules") or []
             if (
-                gtt.get("instrument_token") == position.instrument_key
-                and int(gtt.get("quantity") or 0) == position.quantity
+                gtt_id not in known
+                and gtt.get("instrument_token") == position.instrument_key
                 and any(
                     r.get("status") in ("SCHEDULED", "PENDING")
                     and r.get("transaction_type") == closing_side(position)
@@ -319,83 +369,100 @@ class SafetyNet:
                     for r in rules
                 )
             ):
-                return gtt_id
-        return None
+                strays.append((gtt_id, int(gtt.get("quantity") or 0)))
+        return strays
 
     # --- the disarm every close runs first -----------------------------------------------------
     async def disarm(self, position: Position) -> Fired | None:
-        """Make sure the position's GTT cannot sell too, before the guard sends anything.
+        """Make sure none of the position's GTTs can sell too, before the guard sends anything.
 
-        Returns None when no GTT can act any more (none, cancelled now or before, expired), or `Fired` when it
-        fired: `complete` when its order filled the whole position (that fill is the close), otherwise its
-        order was cancelled here (a gap) and the guard sells what is still held. Idempotent.
+        Returns None when no GTT can act any more (none, cancelled now or before, expired), or `Fired` when some
+        fired: `complete` when their orders filled the whole position (that fill is the close), otherwise any of
+        their orders still working was cancelled here (a gap) and the guard sells what is still held. Idempotent.
         Raises BrokerError (OrdersBlocked included) when that cannot be made sure: send nothing, retry.
         """
         net = await self._settled_state(position)
-        if net.state == "cancelled" or (not net.gtt_id and net.state != "unknown"):
+        if net.state == "cancelled" or (not net.ids and net.state != "unknown"):
             return None
-        gtt_id = net.gtt_id
-        if not gtt_id:  # a place call with an unknown outcome: ask the broker what it holds
-            if net.intent is not None:
-                gtt_id = await self.find_stray(position, net.intent) or ""
-            if not gtt_id:
-                await self.settle(position.symbol, "", state="cancelled")
-                return None
-        if net.state != "fired" and await self.cancel(gtt_id):
-            await self.settle(position.symbol, net.gtt_id, state="cancelled", gtt_id=gtt_id)
+        targets = net.ids
+        if net.state == "unknown" and net.intent is not None:  # a place with an unknown outcome: what stands?
+            targets += tuple(gtt_id for gtt_id, _ in await self.find_strays(position, net.intent, targets))
+        joined = ",".join(targets)
+        fired: list[tuple[str, dict[str, Any]]] = []
+        for gtt_id in targets:
+            if net.state != "fired" and await self.cancel(gtt_id):
+                continue
+            outcome, order = await self.inspect(gtt_id)
+            if outcome == "live":  # not cancellable yet reported live: do not guess
+                raise BrokerError(f"GTT {gtt_id} could not be cancelled and is still live", status_code=503)
+            if order is not None:
+                fired.append((gtt_id, order))
+        if not fired:
+            await self.settle(position.symbol, net.gtt_id, state="cancelled", gtt_id=joined)
             return None
-        outcome, order = await self.inspect(gtt_id)
-        if outcome == "live":  # not cancellable yet reported live: do not guess
-            raise BrokerError(f"GTT {gtt_id} could not be cancelled and is still live", status_code=503)
-        if order is None:
-            await self.settle(position.symbol, net.gtt_id, state="cancelled", gtt_id=gtt_id)
-            return None
-        return await self._take_over(position, net.gtt_id, gtt_id, order)
+        return await self._take_over(position, net.gtt_id, joined, fired)
 
     async def _settled_state(self, position: Position) -> NetState:
-        """The stored state once no keeper call is in flight (waits up to a broker timeout and a half for one;
-        a call that never ended is treated as an unknown outcome)."""
-        deadline = self._clock.monotonic() + self.settings.broker_timeout_s * 1.5
+        """The stored state once no keeper call is in flight. A call refreshes its mark between legs; one whose
+        mark is older than a broker timeout and a half is treated as an unknown outcome (and so is a wait beyond
+        `_BUSY_WAIT_CALLS` such timeouts)."""
+        stuck_s = self.settings.broker_timeout_s * 1.5
+        deadline = self._clock.monotonic() + stuck_s * _BUSY_WAIT_CALLS
         while True:
             net = await self.state(position.symbol)
             if net.busy_since is None:
                 return net
-            if self._clock.monotonic() > deadline:
-                return NetState(state="unknown", gtt_id=net.gtt_id, trigger=net.trigger, intent=net.intent)
+            if self._clock.now() - net.busy_since > stuck_s or self._clock.monotonic() > deadline:
+                return replace(net, state="unknown", busy_since=None)
             await asyncio.sleep(_BUSY_POLL_S)
 
-    async def _take_over(self, position: Position, known_id: str, gtt_id: str, order: dict[str, Any]) -> Fired:
+    async def _take_over(
+        self, position: Position, known_id: str, joined: str, fired: list[tuple[str, dict[str, Any]]]
+    ) -> Fired:
+        quantity, value, order_ids, complete = 0, 0, [], True
+        for gtt_id, placed in fired:
+            order = await self._stop_working(position, gtt_id, placed)
+            order_ids.append(str(order.get("order_id") or ""))
+            filled = int(order.get("filled_quantity") or 0)
+            price = order.get("average_price")
+            if filled and price not in (None, "", 0):
+                quantity += filled
+                value += filled * to_paise(price)
+            complete = complete and order.get("status") == "complete"
+        order_id = ",".join(order_ids)
+        fill = Fill(order_id, round(value / quantity), quantity) if quantity else None
+        await self.settle(position.symbol, known_id, state="fired", gtt_id=joined, order_id=order_id)
+        return Fired(joined, order_id, fill, complete and quantity >= position.quantity)
+
+    async def _stop_working(self, position: Position, gtt_id: str, order: dict[str, Any]) -> dict[str, Any]:
+        """The fired GTT's order as it ends: one a gap left open is cancelled (the live guard takes over)."""
         order_id = str(order.get("order_id") or "")
-        if str(order.get("status")) in _ORDER_WORKING:  # a gap left its LIMIT open: the live guard takes over
-            try:
-                await self._broker.call(
-                    "DELETE",
-                    f"{self.settings.order_base}/v3/order/cancel",
-                    order_call=True,
-                    params={"order_id": order_id},
-                )
-            except BrokerError as exc:
-                if "UDAPI100040" not in str(exc):  # anything but "it ended meanwhile" (filled, say)
-                    raise
-            order = await self._order(order_id)
-            filled_now = f"{order.get('filled_quantity') or 0} of {order.get('quantity')}"
-            logger.warning(
-                f"{position.symbol}: the safety net's order {order_id} (GTT {gtt_id}) was not filled ({filled_now}); "
-                "cancelled it, the guard closes the rest"
+        if str(order.get("status")) not in _ORDER_WORKING:
+            return order
+        try:
+            await self._broker.call(
+                "DELETE",
+                f"{self.settings.order_base}/v3/order/cancel",
+                order_call=True,
+                params={"order_id": order_id},
             )
-        filled = int(order.get("filled_quantity") or 0)
-        price = order.get("average_price")
-        fill = Fill(order_id, to_paise(price), filled) if filled and price not in (None, "", 0) else None
-        await self.settle(position.symbol, known_id, state="fired", gtt_id=gtt_id, order_id=order_id)
-        complete = fill is not None and filled >= position.quantity and order.get("status") == "complete"
-        return Fired(gtt_id, order_id, fill, complete)
+        except BrokerError as exc:
+            if "UDAPI100040" not in str(exc):  # anything but "it ended meanwhile" (filled, say)
+                raise
+        order = await self._order(order_id)
+        filled_now = f"{order.get('filled_quantity') or 0} of {order.get('quantity')}"
+        logger.warning(
+            f"{position.symbol}: the safety net's order {order_id} (GTT {gtt_id}) was not filled ({filled_now}); "
+            "cancelled it, the guard closes the rest"
+        )
+        return order
 
     @staticmethod
-    def announce(record: CloseRecord, fired: Fired) -> None:
+    def announce(record: CloseRecord) -> None:
         """The `[SAFETY]` line of a position the broker's stop closed (its event is the `closed` event, whose
         record says `closed_by: "safety_net"`; the alerts service names it "Safety net closed SYMBOL")."""
         tagged("SAFETY").warning(
-            f"{record.symbol}: closed by the safety net at the broker (GTT {fired.gtt_id}, order {fired.order_id}): "
+            f"{record.symbol}: closed by the safety net at the broker (order {record.order_id}): "
             f"{record.quantity} at {fmt_inr(record.exit_price)}, P&L {fmt_inr(record.pnl)}"
         )
 

@@ -33,6 +33,7 @@ from libs.common.backoff import Backoff
 from libs.common.clock import Clock
 from libs.common.heartbeat import beat_forever, check
 from libs.common.logging import setup_logging
+from libs.common.loop import loop_factory
 from libs.common.metrics import set_service
 from libs.common.settings import ConfigError, Settings, load_settings
 
@@ -78,7 +79,8 @@ def run_service(
     setup_logging(name, settings)
     set_service(name)
     try:
-        asyncio.run(_until_signal(name, main, settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+            runner.run(_until_signal(name, main, settings))
     except ConfigError as exc:
         logger.error(str(exc.code))
         return 2

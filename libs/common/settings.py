@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     ws_ping_timeout_s: float = Field(3.0, gt=0)
     ws_open_timeout_s: float = Field(5.0, gt=0)
     feed_silence_timeout_s: float = Field(7.0, gt=0)
+    ws_server_ping_timeout_s: float = Field(30.0, gt=0)
+    feed_inbox_frames: int = Field(200, gt=0)
     vouch_interval_s: float = Field(2.0, gt=0)
     halt_detect_s: float = Field(30.0, gt=0)
     rest_poll_interval_s: float = Field(2.0, gt=0)
@@ -122,6 +124,7 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(30.0, gt=0)
     safety_net: Literal["on", "off"] = "on"
     safety_net_buffer_pct: float = Field(0.5, ge=0, le=20)
+    safety_net_lease_s: float = Field(10.0, gt=0)
     reconcile_adopt: bool = False
     reconcile_adopt_stop_loss_pct: float = Field(2.0, gt=0, lt=100)
     reconcile_adopt_take_profit_pct: float = Field(4.0, gt=0, lt=100)
@@ -157,6 +160,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     log_dir: str = ""
+
+    # --- Process -----------------------------------------------------------------------------
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @model_validator(mode="after")
     def _market_protection_is_auto_or_a_percentage(self) -> Settings:

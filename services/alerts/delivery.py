@@ -10,13 +10,13 @@ With no targets, a message goes to the log only.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from loguru import logger
 from redis.asyncio import Redis
 
 from libs.common import keys
+from libs.common.backoff import Backoff
 from libs.common.clock import Clock, ist_iso
 from libs.common.logging import tagged
 from libs.common.notify import Kind, Target, send
@@ -41,7 +41,9 @@ class _Message:
 
 
 @dataclass
-class _Backoff:
+class _Retries:
+    """One target's run of failed sends, and when the next try is due."""
+
     failures: int = 0
     next_at: float = 0.0
 
@@ -53,7 +55,8 @@ class Delivery:
         self._clock = clock
         self._consumer = consumer
         self._targets = targets
-        self._backoff = {t.key: _Backoff() for t in targets}
+        self._backoff = {t.key: _Retries() for t in targets}
+        self._retry = Backoff.around(settings.alert_retry_base_s, settings.alert_retry_max_s, 0.2)
         self._messages: dict[str, _Message] = {}
 
     async def run(self) -> None:
@@ -104,7 +107,7 @@ class Delivery:
                     await pipe.execute()
                 del self._messages[entry_id]
 
-    async def _send(self, entry_id: str, alert: Alert, target: Target, backoff: _Backoff) -> bool:
+    async def _send(self, entry_id: str, alert: Alert, target: Target, backoff: _Retries) -> bool:
         outcome = await send(target, alert.heading(), alert.text(), _KIND[alert.severity])
         SENDS.labels(result="sent" if outcome.sent else "failed").inc()
         note = f"alerts.undelivered.{target.label}"  # shown by GET /api/v1/monitoring/status
@@ -120,8 +123,7 @@ class Delivery:
             backoff.failures, backoff.next_at = 0, 0.0
             return True
         backoff.failures += 1
-        base = self._settings.alert_retry_base_s * 2 ** min(backoff.failures - 1, 20)
-        delay_s = min(self._settings.alert_retry_max_s, base) * random.uniform(0.8, 1.2)
+        delay_s = self._retry.compute(backoff.failures)
         backoff.next_at = self._clock.monotonic() + delay_s
         waiting = sum(target.key not in m.sent for m in self._messages.values())
         at = ist_iso(self._clock.now())

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from libs.common.clock import to_ist
+from libs.common.models import CloseRecord
 from libs.common.money import fmt_inr, to_paise
 from libs.common.settings import Settings
 
@@ -343,7 +344,7 @@ def alert_type(event: dict[str, Any]) -> str:
     return kind
 
 
-_MONEY = ("entry_price", "exit_price", "pnl", "stop_loss", "take_profit")
+_MONEY = (*CloseRecord.MONEY_FIELDS, "stop_loss", "take_profit")  # a close record, and the position it closed
 
 
 def facts(event: dict[str, Any], settings: Settings) -> dict[str, Any]:

@@ -51,5 +51,5 @@ def get_resources(request: Request) -> Resources:
     return resources
 
 
-Res = Annotated[Resources, Depends(get_resources)]
-ApiKey = Depends(require_api_key)
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+ApiKeyDep = Depends(require_api_key)

@@ -24,14 +24,6 @@ from libs.common.freshness import TRUTH_FIELDS, Freshness, FreshnessPolicy, Pric
 from libs.common.models import FeedStatus, MalformedRecord
 from libs.common.money import rupees
 from libs.common.settings import Settings
-from services.api.schemas import (
-    CacheEntry,
-    ConnectionHealth,
-    FeedLeadershipInfo,
-    OpenPositionPrices,
-    PriceCacheHealth,
-    WebSocketHealth,
-)
 
 PriceStatus = Literal["fresh", "stale", "expired"]
 Branch = Literal["live", "fallback", "fresh_cache", "stale_cache", "expired"]
@@ -49,11 +41,12 @@ ADVICE: dict[Branch, str] = {
 }
 
 
-# KEYS: feed:status, heartbeat:feed, prices:index, positions:open, feed:lease, instances:feed.
+# KEYS: feed:status, heartbeat:feed, prices:index, positions:open, feed:lease, instances:feed, safety_net:lease.
 # ARGV: oldest valid as_of, limit, price key prefix, oldest live heartbeat, then the requested symbols (none:
 # sample the index).
 # Returns: feed:status as a flat list, heartbeat (or false), cached count, newest as_of (or false), the number of
-# open-position symbols, the feed lease as a flat list, its PTTL, the live feed instances, then the symbol and its
+# open-position symbols, the feed lease as a flat list, its PTTL, the live feed instances, the monitor instance
+# keeping the safety nets (or false), then the symbol and its
 # price's TRUTH_FIELDS (false when absent) for each listed symbol, open ones first.
 _HEALTH = """
 local oldest, limit, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -80,7 +73,8 @@ for _, list in ipairs({open, wanted}) do
   end
 end
 local lease, feeds = redis.call('HGETALL', KEYS[5]), redis.call('ZRANGEBYSCORE', KEYS[6], ARGV[4], '+inf')
-local out = {status, beat, count, newest[2] or false, #open, lease, redis.call('PTTL', KEYS[5]), feeds}
+local keeper = redis.call('HGET', KEYS[7], 'instance')
+local out = {status, beat, count, newest[2] or false, #open, lease, redis.call('PTTL', KEYS[5]), feeds, keeper}
 for _, symbol in ipairs(listed) do
   out[#out + 1] = symbol
   for _, value in ipairs(redis.call('HMGET', prefix .. symbol, FIELDS)) do out[#out + 1] = value end
@@ -124,7 +118,7 @@ def _older(a: Freshness, b: Freshness) -> bool:
 
 
 class HealthReader:
-    """Builds `ConnectionHealth` for one request."""
+    """Builds the `ConnectionHealth` body for one request."""
 
     def __init__(self, redis: Redis, settings: Settings, clock: Clock) -> None:
         self._redis = redis
@@ -133,20 +127,21 @@ class HealthReader:
         self._health = redis.register_script(_HEALTH)
         self._policy = FreshnessPolicy.from_settings(settings)
 
-    async def read(self, limit: int, symbols: Sequence[str] | None) -> ConnectionHealth:
-        """Health with every open-position symbol first, then `symbols` (or the newest) up to `limit` entries."""
+    async def read(self, limit: int, symbols: Sequence[str] | None) -> dict[str, Any]:
+        """Health with every open-position symbol first, then `symbols` (or the newest) up to `limit` entries,
+        as the JSON body of `ConnectionHealth` (plain dicts: no model per entry on the hot path)."""
         now = self._clock.now()
         raw: list[Any] = await self._health(
             keys=[
                 keys.FEED_STATUS, keys.heartbeat("feed"), keys.PRICE_INDEX, keys.OPEN_POSITIONS, keys.FEED_LEASE,
-                keys.instances("feed"),
+                keys.instances("feed"), keys.SAFETY_NET_LEASE,
             ],
             args=[
                 now - self._settings.price_cache_ttl_s, limit, keys.PRICE_PREFIX, now - self._settings.heartbeat_ttl_s,
                 *(symbols or ()),
             ],
         )  # fmt: skip
-        status_flat, beat_raw, count, newest, n_open, lease_flat, lease_pttl_ms, feeds_alive = raw[:8]
+        status_flat, beat_raw, count, newest, n_open, lease_flat, lease_pttl_ms, feeds_alive, keeper = raw[:9]
         lease = dict(zip(lease_flat[::2], lease_flat[1::2], strict=True))
         leadership = leadership_from(lease, int(lease_pttl_ms), list(feeds_alive), now)
         try:
@@ -160,29 +155,31 @@ class HealthReader:
         last_update = float(newest) if newest is not None else None
 
         width = 1 + len(TRUTH_FIELDS)
-        rows = raw[8:]
+        rows = raw[9:]
         listed = [str(symbol) for symbol in rows[::width]]
         open_set = set(listed[:n_open])
-        entries: dict[str, CacheEntry] = {}
+        entries: dict[str, dict[str, Any]] = {}
         counts = {"fresh": 0, "stale": 0, "expired": 0}
         worst_open: Freshness | None = None
+        judge = self._policy.judge
         for i, symbol in enumerate(listed):
             values = dict(zip(TRUTH_FIELDS, rows[i * width + 1 : (i + 1) * width], strict=True))
             truth: PriceTruth | None = None
             if values["ltp"] is not None and values["as_of"] is not None:
                 with contextlib.suppress(ValueError):  # a corrupt hash reads as no price; the monitor reports it
                     truth = PriceTruth.from_fields(values)
-            freshness = self._policy.judge(truth, now, liveness)
-            entries[symbol] = CacheEntry(
-                price=rupees(truth.ltp) if truth and freshness.status != "expired" else None,
-                age_seconds=int(freshness.age_s) if freshness.age_s is not None else None,
-                is_stale=freshness.is_stale,
-                status=freshness.status,
-                has_open_position=symbol in open_set,
-                source=None if freshness.source is None else freshness.source.value,
-                reason=freshness.reason,
-            )
-            if symbol in open_set:
+            freshness = judge(truth, now, liveness)
+            held = symbol in open_set
+            entries[symbol] = {  # CacheEntry's fields, in its order (tests/api/test_health.py holds it to the schema)
+                "price": rupees(truth.ltp) if truth and freshness.status != "expired" else None,
+                "age_seconds": int(freshness.age_s) if freshness.age_s is not None else None,
+                "is_stale": freshness.is_stale,
+                "status": freshness.status,
+                "has_open_position": held,
+                "source": None if freshness.source is None else freshness.source.value,
+                "reason": freshness.reason,
+            }
+            if held:
                 counts[freshness.status] += 1
                 if worst_open is None or _older(freshness, worst_open):
                     worst_open = freshness
@@ -195,32 +192,43 @@ class HealthReader:
         branch = choose_branch(
             liveness.live, quiet_s, worst, self._settings, degraded=bool(counts["stale"] or counts["expired"])
         )
-        return ConnectionHealth(
-            timestamp=ist_iso(now),
-            websocket=WebSocketHealth(
-                connected=liveness.live,
-                subscribed_symbols=feed.subscribed_symbols,
-                mode=feed.mode,
-                modes=_modes(feed.other_modes),
-                reconnect_attempts=feed.reconnect_attempts,
-                network_errors=feed.network_errors,
-                state=feed.state.value,
-                feed_alive=feed_alive,
-                feed_heartbeat_age_s=beat_age,
-                seconds_since_last_message=quiet_s,
-                last_error=feed_error,
-                price_source="websocket" if liveness.live else "rest" if feed_alive and feed.rest_polling else "none",
-            ),
-            price_cache=PriceCacheHealth(
-                cached_symbols=int(count),
-                last_update=last_update,
-                seconds_since_last_update=_age(now, last_update),
-                stale_after_s=self._settings.price_stale_after_s,
-                expires_after_s=self._settings.price_cache_ttl_s,
-                open_positions=OpenPositionPrices(**counts),
-                cache_entries=entries,
-            ),
-            advice_branch=branch,
-            advice=ADVICE[branch],
-            feed_leadership=FeedLeadershipInfo(**leadership.public()),
-        )
+        leader = leadership.public()
+        rest_polling = feed_alive and feed.rest_polling
+        return {  # ConnectionHealth's shape, built without a model per entry (the api's hot path)
+            "timestamp": ist_iso(now),
+            "websocket": {
+                "connected": liveness.live,
+                "subscribed_symbols": feed.subscribed_symbols,
+                "mode": feed.mode,
+                "modes": _modes(feed.other_modes),
+                "reconnect_attempts": feed.reconnect_attempts,
+                "network_errors": feed.network_errors,
+                "state": feed.state.value,
+                "feed_alive": feed_alive,
+                "feed_heartbeat_age_s": beat_age,
+                "seconds_since_last_message": quiet_s,
+                "last_error": feed_error,
+                "price_source": "websocket" if liveness.live else "rest" if rest_polling else "none",
+            },
+            "price_cache": {
+                "cached_symbols": int(count),
+                "last_update": last_update,
+                "seconds_since_last_update": _age(now, last_update),
+                "stale_after_s": float(self._settings.price_stale_after_s),
+                "expires_after_s": int(self._settings.price_cache_ttl_s),
+                "open_positions": counts,
+                "cache_entries": entries,
+            },
+            "advice_branch": branch,
+            "advice": ADVICE[branch],
+            "feed_leadership": {
+                "leader": leader["leader"],
+                "fencing_token": leader["fencing_token"],
+                "leader_since": leader["leader_since"],
+                "lease_age_s": leader["lease_age_s"],
+                "lease_expires_in_s": leader["lease_expires_in_s"],
+                "standbys": list(leader["standbys"]),
+            },
+            "safety_net_keeper": str(keeper) if keeper else None,
+            "expiring_today": [],
+        }

@@ -104,6 +104,7 @@ class ConnectionHealth(BaseModel):
     advice_branch: Literal["live", "fallback", "fresh_cache", "stale_cache", "expired"]
     advice: str
     feed_leadership: FeedLeadershipInfo | None = None
+    safety_net_keeper: str | None = Field(None, description="the monitor instance keeping the safety nets (GTTs)")
     expiring_today: list[ExpiringContract] = Field(default_factory=list)
 
 
@@ -148,15 +149,29 @@ class OrdersStatus(BaseModel):
 class SafetyNetOut(BaseModel):
     """Layer 0: the position's stop-loss kept at the broker (a GTT)."""
 
-    state: str = Field(description="placing, active, retrying, unknown, fired, cancelled, ended, none or off")
-    gtt_id: str | None = None
+    state: str = Field(description="placing, active, retrying, unknown, fired, cancelled, ended, refused, none or off")
+    gtt_id: str | None = Field(None, description="the first GTT's id (see gtt_ids)")
+    gtt_ids: list[str] = Field(
+        default_factory=list, description="one GTT per leg: whole lots, at most the freeze quantity each"
+    )
+    quantities: list[int] = Field(default_factory=list, description="each leg's quantity, in gtt_ids order")
     trigger_price: float | None = None
     last_error: str | None = None
+
+
+class SafetyNetKeeperInfo(BaseModel):
+    keeper: str | None = Field(description="the monitor instance holding safety_net:lease (it places the GTTs)")
+    fencing_token: str | None = Field(description="the keeper's fencing token: N:holder")
+    keeper_since: float | None = Field(description="epoch s the keeper acquired the lease")
+    lease_age_s: float | None = Field(description="seconds since the keeper last renewed its lease")
+    lease_expires_in_s: float | None = Field(description="seconds until the lease expires unless renewed")
+    standbys: list[str] = Field(description="live monitor instances ready to take over")
 
 
 class SafetyNetStatus(BaseModel):
     enabled: bool
     buffer_pct: float
+    keeper: SafetyNetKeeperInfo | None = None
     states: dict[str, int] = Field(description="open positions per safety-net state")
     failing: list[dict[str, Any]] = Field(description="open positions whose GTT is not in place, and why")
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
+from loguru import logger
 
 from libs.common.logging import tagged
 
 AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
 REDIRECT_PATH = "/v3/feed/market-data-feed"
 
-error_log = tagged("ERROR")
 verbose = tagged("VERBOSE")
 
 
@@ -79,7 +79,7 @@ async def authorize(api: Endpoint, address: str, token: str, ssl_context: ssl.SS
         async with httpx.AsyncClient(verify=ssl_context, timeout=timeout_s, trust_env=False) as client:
             response = await client.get(url, headers=headers, extensions=extensions)
     except httpx.TransportError as exc:
-        error_log.error(f"Network error during authorization: {type(exc).__name__}")
+        logger.error(f"Network error during authorization: {type(exc).__name__}")
         verbose.info(f"Cannot connect to host {api.host}:{api.port} ({exc or type(exc).__name__})")
         raise FeedUnavailable(f"authorization failed: {type(exc).__name__}", network=True) from exc
     if response.status_code in (401, 403):

@@ -49,6 +49,7 @@ class Frame:
     ticks: list[Tick] = field(default_factory=list)
     segment_status: dict[str, int] | None = None
     unknown_keys: int = 0
+    superseded: int = 0  # ticks left out because a newer frame of the same batch had the symbol (decode_newest)
     absurd: list[tuple[str, float]] = field(default_factory=list)  # (symbol, ltp) refused as not a price
 
 
@@ -58,8 +59,24 @@ def market_open(segment_status: Mapping[str, int], segments: set[str]) -> bool:
     return any(status == NORMAL_OPEN for status in (relevant or segment_status.values()))
 
 
-def decode(data: bytes | str, symbol_of: Mapping[str, str]) -> Frame:
-    """Decode one binary frame; `symbol_of` maps instrument key -> symbol. Raises `CorruptFrame`."""
+def skim(data: bytes | str) -> tuple[int, int]:
+    """(frame type, number of feeds) without decoding the ticks: for frames whose every symbol a newer frame
+    already carries. Raises `CorruptFrame`."""
+    if not isinstance(data, bytes):
+        raise CorruptFrame("text frame")
+    try:
+        msg = _from_string(data)
+    except DecodeError as exc:
+        raise CorruptFrame(str(exc) or "undecodable protobuf") from None
+    return msg.type, len(msg.feeds)
+
+
+def decode(data: bytes | str, symbol_of: Mapping[str, str], taken: set[str] | None = None) -> Frame:
+    """Decode one binary frame; `symbol_of` maps instrument key -> symbol. Raises `CorruptFrame`.
+
+    With `taken` (symbols already decoded from newer frames), those symbols are skipped and counted in
+    `superseded`, and every symbol decoded here is added to it.
+    """
     if not isinstance(data, bytes):
         raise CorruptFrame("text frame")
     try:
@@ -72,11 +89,17 @@ def decode(data: bytes | str, symbol_of: Mapping[str, str]) -> Frame:
     ticks = frame.ticks
     append = ticks.append
     unknown = 0
-    for key, feed in msg.feeds.items():
+    superseded = 0
+    feeds = msg.feeds
+    for key in feeds:  # keys first: `items()` is pure Python over the upb map and builds every value
         symbol = symbol_of.get(key)
         if symbol is None:
             unknown += 1
             continue
+        if taken is not None and symbol in taken:
+            superseded += 1
+            continue
+        feed = feeds[key]
         which = feed.WhichOneof("FeedUnion")
         if which == "ltpc":
             ltpc = feed.ltpc
@@ -113,5 +136,8 @@ def decode(data: bytes | str, symbol_of: Mapping[str, str]) -> Frame:
             frame.absurd.append((symbol, ltp))
             continue
         append(Tick(symbol, key, f"{ltp:.2f}", ltpc.ltt or None, f"{cp:.2f}" if cp > 0 else None))
+        if taken is not None:
+            taken.add(symbol)
     frame.unknown_keys = unknown
+    frame.superseded = superseded
     return frame

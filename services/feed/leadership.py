@@ -18,12 +18,8 @@ from redis.exceptions import RedisError
 
 from libs.common.clock import Clock
 from libs.common.feed_lease import FeedLease
-from libs.common.logging import tagged
 from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
-
-success = tagged("SUCCESS")
-warning = tagged("WARNING")
 
 
 class FeedLeadership:
@@ -48,7 +44,7 @@ class FeedLeadership:
             except RedisError:
                 acquired = False  # the connection's own loops report Redis outages
             if acquired:
-                success.success(
+                logger.success(
                     f"Feed leader: instance {self.lease.instance} holds the feed lease "
                     f"(fencing token {self.lease.token.partition(':')[0]}); connecting to the market-data feed"
                 )
@@ -89,7 +85,7 @@ class FeedLeadership:
             await cancel_and_wait([task])
             raise
         self.lease.step_down()  # fenced from here on, before the connection is even closed
-        warning.warning(f"Lost the feed lease: {reason}; closing the Upstox connection and standing by")
+        logger.warning(f"Lost the feed lease: {reason}; closing the Upstox connection and standing by")
         await cancel_and_wait([task])
 
 

@@ -45,4 +45,5 @@ class StatusCollector(Collector):
             "guard_ticks_dropped", "Ticks counted and dropped instead of cached", labels=["reason"]
         )
         refused.add_metric(["absurd_price"], status.absurd_prices)
+        refused.add_metric(["superseded"], status.superseded_ticks)
         yield refused

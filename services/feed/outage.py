@@ -62,5 +62,5 @@ class Outage:
         return self._within_budget.compute(self.attempts)
 
     def auth_retry(self, delay_s: float) -> float:
-        """The wait before retrying a rejected token: `delay_s` +/- 10 % (drawn below a ceiling 10 % above it)."""
-        return Backoff(1.1 * delay_s, 1.1 * delay_s, 0.2 / 1.1, rng=self.rng).compute(1)
+        """The wait before retrying a rejected token: `delay_s` +/- 10 %."""
+        return Backoff.around(delay_s, delay_s, 0.1, self.rng).compute(1)

@@ -54,7 +54,7 @@ class RestPoller:
         *,
         leading: Callable[[], bool] = lambda: True,
     ) -> None:
-        self._s = settings
+        self._settings = settings
         self._leading = leading  # only the feed leader polls (and may write): libs/common/feed_lease.py
         self._clock = clock
         self._redis = redis
@@ -73,7 +73,7 @@ class RestPoller:
     async def run(self) -> None:
         try:
             while True:
-                await self._clock.sleep(max(self._s.rest_poll_interval_s, _MIN_CALL_SPACING_S))
+                await self._clock.sleep(max(self._settings.rest_poll_interval_s, _MIN_CALL_SPACING_S))
                 if self._connection.link.live or not self._leading():
                     self._set_polling(False)
                     continue
@@ -152,4 +152,4 @@ class RestPoller:
         now = self._clock.monotonic()
         if now - self._warned_at >= _WARN_EVERY_S:
             self._warned_at = now
-            tagged("WARNING").warning(message)
+            logger.warning(message)

@@ -26,7 +26,6 @@ from libs.common.clock import Clock, SystemClock
 from libs.common.dns import HostResolver
 from libs.common.feed_lease import FeedLease, FencedOut
 from libs.common.instruments import InstrumentIndex, guard_instruments
-from libs.common.logging import tagged
 from libs.common.metrics import start_exporter
 from libs.common.models import FeedState
 from libs.common.positions import PositionStore
@@ -42,8 +41,6 @@ from services.feed.status import StatusBoard
 from services.feed.subscriptions import Subscriptions, watchlist
 from services.feed.websocket import FeedConnection
 
-warning = tagged("WARNING")
-
 
 class Feed:
     """The feed, runnable in-process: `await Feed(settings, redis).run()` until cancelled."""
@@ -57,7 +54,7 @@ class Feed:
         instruments: InstrumentIndex | None = None,
         resolver: HostResolver | None = None,
     ) -> None:
-        self.settings = settings
+        self._settings = settings
         self.redis = redis
         self.clock = clock or SystemClock()
         index = instruments or guard_instruments(settings, self.clock)
@@ -90,7 +87,7 @@ class Feed:
         }
         try:
             await supervise(
-                "feed", loops, redis=self.redis, settings=self.settings, clock=self.clock,
+                "feed", loops, redis=self.redis, settings=self._settings, clock=self.clock,
                 beats_for_service=lambda: self.leadership.leading,
             )  # fmt: skip
         finally:
@@ -111,7 +108,7 @@ class Feed:
         `prices:index`."""
         last_as_of = 0.0
         while True:
-            await self.clock.sleep(self.settings.vouch_interval_s)
+            await self.clock.sleep(self._settings.vouch_interval_s)
             try:
                 await self.cache.trim_index(self.clock.now())
                 as_of = self.connection.vouch_as_of()
@@ -135,7 +132,7 @@ class Feed:
         if review.silent:
             await self.cache.mark_silent(review.silent)
         for symbol, reason in review.silent.items():
-            warning.warning(f"{symbol}: {reason}; its price now ages from its last tick")
+            logger.warning(f"{symbol}: {reason}; its price now ages from its last tick")
             await self.events.publish_event("instrument_silent", symbol, reason=reason)
         for symbol in review.back:
             logger.info(f"{symbol} is ticking again")
@@ -143,7 +140,7 @@ class Feed:
 
     async def _status_forever(self) -> None:
         while True:
-            await self.clock.sleep(self.settings.heartbeat_interval_s)
+            await self.clock.sleep(self._settings.heartbeat_interval_s)
             self.status.out_of_order_ticks = self.cache.out_of_order
             await self.status.flush()
 
@@ -153,7 +150,7 @@ class Feed:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(keys.SUBSCRIPTION_REQUESTS_CHANNEL)
-            refresh_s = self.settings.feed_subscriptions_refresh_s
+            refresh_s = self._settings.feed_subscriptions_refresh_s
             next_refresh = self.clock.monotonic()  # re-read at once: requests sent while we were away are lost
             while True:
                 if self.clock.monotonic() >= next_refresh:

@@ -48,6 +48,9 @@ class StatusBoard:
         self.corrupt_frames = 0
         self.absurd_prices = 0
         self.out_of_order_ticks = 0
+        self.superseded_ticks = 0
+        self.server_pings = 0
+        self.last_server_ping_at: float | None = None
         self.silent_symbols = 0
         self.rest_polling = False
         self.last_message_at: float | None = None
@@ -78,6 +81,9 @@ class StatusBoard:
             corrupt_frames=self.corrupt_frames,
             absurd_prices=self.absurd_prices,
             out_of_order_ticks=self.out_of_order_ticks,
+            superseded_ticks=self.superseded_ticks,
+            server_pings=self.server_pings,
+            last_server_ping_at=self.last_server_ping_at,
             silent_symbols=self.silent_symbols,
             rest_polling=self.rest_polling,
             last_message_at=self.last_message_at,

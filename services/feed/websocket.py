@@ -4,10 +4,11 @@ One connection at a time. Each attempt resolves the host through `libs.common.dn
 fallback servers, then the remembered address), authorizes over REST (or uses the redirect endpoint) and
 connects to the resolved address with the host name kept for SNI, certificate checks and the Host header.
 
-A live connection ends when the server closes or drops it, when a client ping gets no pong within
-`WS_PING_TIMEOUT_S` (dead link), or when no data frame arrives for `FEED_SILENCE_TIMEOUT_S` while the market
-is open (mute link). Every end starts an outage: attempts are counted per outage and logged with the
-guide's lines, delays come from `services.feed.backoff`, and the loop never gives up. Our own backoff
+A live connection (`services.feed.websocket_live`) ends when the server closes or drops it, when a ping gets no pong
+within `WS_PING_TIMEOUT_S` or the server's own pings stop (dead link), or when no data frame arrives for
+`FEED_SILENCE_TIMEOUT_S` while a set that must tick is subscribed (mute link). Every end starts an outage:
+attempts are counted per outage and logged with the guide's lines, delays come from `services.feed.backoff`,
+and the loop never gives up. Our own backoff
 applies even when a server accepts and then drops at once (the websockets library's reconnect iterator
 would retry such a server immediately and grows its delay to 90 s, so it is not used).
 """
@@ -19,7 +20,6 @@ import json
 import random
 import ssl
 import uuid
-from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import websockets
@@ -35,15 +35,14 @@ from libs.common.dns import DnsFailure, HostResolver, Resolution
 from libs.common.logging import tagged
 from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache
-from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
 from services.feed.authorize import REDIRECT_PATH, AuthRejected, Endpoint, FeedUnavailable, authorize
-from services.feed.decode import NORMAL_OPEN, CorruptFrame, decode, market_open
-from services.feed.metrics import RECONNECTS, TICKS
+from services.feed.metrics import RECONNECTS
 from services.feed.outage import Outage
 from services.feed.silence import InstrumentWatch
 from services.feed.status import StatusBoard
 from services.feed.subscriptions import Change, Subscriptions
+from services.feed.websocket_live import FeedClientConnection, Link, LiveSession
 from services.feed.writer import FrameWriter
 
 verbose = tagged("VERBOSE")
@@ -54,19 +53,6 @@ error = tagged("ERROR")
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 _MAX_FRAME_BYTES = 16 * 1024 * 1024
 _WARN_EVERY_S = 5.0
-
-
-@dataclass
-class Link:
-    """Facts about the current connection that the vouching loop reads. Times are epoch s."""
-
-    ws: ClientConnection | None = None
-    live: bool = False
-    connected_at: float | None = None
-    last_data_at: float | None = None  # last frame carrying feeds (this connection only)
-    last_alive_at: float | None = None  # last frame or pong (this connection only)
-    market_open: bool | None = None  # None until the first market_info frame
-    segments: dict[str, int] | None = None  # the last market_info: segment -> MarketStatus
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -83,15 +69,6 @@ def subscription_request(method: str, instrument_keys: list[str], mode: str | No
     if mode is not None:
         data["mode"] = mode
     return json.dumps({"guid": uuid.uuid4().hex, "method": method, "data": data}).encode()
-
-
-def _close_reason(ws: ClientConnection, exc: ConnectionClosed | None) -> tuple[str, bool]:
-    """(why the connection ended, whether it was a network failure rather than a clean close)."""
-    rcvd = exc.rcvd if exc is not None else ws.protocol.close_rcvd
-    if rcvd is None:
-        return "connection lost (no close frame)", True
-    detail = f": {rcvd.reason}" if rcvd.reason else ""
-    return f"closed by the server (code {rcvd.code}{detail})", rcvd.code not in (1000, 1001)
 
 
 class FeedConnection:
@@ -121,11 +98,10 @@ class FeedConnection:
         self._rng = rng or random.Random()
         self._ssl = tls_context(settings)
         self._api = Endpoint.parse(settings.api_base)
-        self.link = Link()
         self.writer = FrameWriter(cache, clock)
         self.instruments = InstrumentWatch(settings.halt_detect_s, settings.vouch_interval_s)
         self._warned_at: dict[str, float] = {}
-        self._absurd_logged: set[str] = set()
+        self.live = LiveSession(settings, clock, status, subscriptions, self.writer, self.instruments, self._warn)
 
     @property
     def credentials(self) -> Credentials:
@@ -291,7 +267,7 @@ class FeedConnection:
         if target.secure:
             options.update(ssl=self._ssl, server_hostname=target.host)
         try:
-            return await websockets.connect(
+            ws = await websockets.connect(
                 uri,
                 additional_headers=headers,
                 host=resolution.address,
@@ -302,8 +278,12 @@ class FeedConnection:
                 max_size=_MAX_FRAME_BYTES,
                 compression=None,
                 user_agent_header="upstox-resilience-guard",
+                create_connection=FeedClientConnection,
                 **options,  # type: ignore[arg-type]
             )
+            if isinstance(ws, FeedClientConnection):
+                ws.clock = self._clock
+            return ws
         except InvalidStatus as exc:
             raise self._status_error(exc) from exc
         except ValueError as exc:
@@ -377,138 +357,12 @@ class FeedConnection:
             logger.info(f"Unsubscribed {', '.join(sorted(change.removed))}")
 
     # --- a live connection ---------------------------------------------------------------------
+    @property
+    def link(self) -> Link:
+        return self.live.link
+
     async def _live(self, ws: ClientConnection) -> tuple[str, bool]:
-        """Run one live connection until it ends; returns (reason, whether it was a network failure)."""
-        now = self._clock.now()
-        self.link = Link(ws=ws, live=True, connected_at=now, last_alive_at=now)
-        self._status.token_ok = True
-        self._status.reconnect_attempts = 0
-        self._status.outage_started_at = None
-        self._status.next_retry_at = None
-        self._status.last_error = ""
-        success.success("WebSocket connection established!")
-        await self._status.transition(FeedState.LIVE)
-        tasks = [
-            asyncio.create_task(self._receive(ws), name="feed:websocket:receive"),
-            asyncio.create_task(self._ping(ws), name="feed:websocket:ping"),
-            asyncio.create_task(self._watch_silence(), name="feed:websocket:silence"),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self.link.live = False  # stop vouching the moment the link is in doubt
-            await cancel_and_wait(tasks, grace_s=0.5)
-        first = next(t for t in tasks if t in done)
-        exc = first.exception()
-        if exc is not None:
-            logger.opt(exception=exc).error(f"Feed task {first.get_name()} failed: {type(exc).__name__}: {exc}")
-            return f"{first.get_name()} failed: {type(exc).__name__}", True
-        return first.result()
-
-    async def _receive(self, ws: ClientConnection) -> tuple[str, bool]:
-        link = self.link
-        status = self._status
-        symbol_of = self._subs.symbol_of
-        now_fn = self._clock.now
-        add = self.writer.add
-        saw = self.instruments.saw
-        try:
-            async for message in ws:
-                now = now_fn()
-                link.last_alive_at = now
-                status.last_message_at = now
-                try:
-                    frame = decode(message, symbol_of)
-                except CorruptFrame as exc:
-                    status.corrupt_frames += 1
-                    self._warn("corrupt", f"Dropped a corrupt feed frame ({status.corrupt_frames} so far): {exc}")
-                    continue
-                if frame.segment_status is not None and self._market_info(frame.segment_status):
-                    await status.flush()
-                if frame.absurd:
-                    self._refuse(frame.absurd)
-                if frame.ticks:
-                    link.last_data_at = now
-                    status.last_data_at = now
-                    add(frame.ticks, now)
-                    saw(frame.ticks, now)
-                    TICKS.inc(len(frame.ticks))
-                    await asyncio.sleep(0)  # let the writer run: a busy socket never suspends this loop
-                elif frame.unknown_keys:
-                    link.last_data_at = now
-                    status.last_data_at = now
-        except ConnectionClosed as exc:
-            return _close_reason(ws, exc)
-        return _close_reason(ws, None)
-
-    def _refuse(self, absurd: list[tuple[str, float]]) -> None:
-        """Count ticks that are not prices; say so once per symbol (a stuck bad source would flood the log)."""
-        self._status.absurd_prices += len(absurd)
-        for symbol, ltp in absurd:
-            if symbol not in self._absurd_logged:
-                self._absurd_logged.add(symbol)
-                warning.warning(f"Skipping absurd price for {symbol}: {ltp!r} (counted in feed:status absurd_prices)")
-
-    def _market_info(self, segment_status: dict[str, int]) -> bool:
-        """Record whether the market is open; True when that changed."""
-        segments = {key.partition("|")[0] for key in self._subs.wanted.values()}
-        is_open = market_open(segment_status, segments)
-        self.link.segments = segment_status
-        changed = is_open != self.link.market_open
-        if changed:
-            logger.info(f"Market is {'open' if is_open else 'closed'} (per market_info)")
-        self.link.market_open = is_open
-        self._status.market_open = is_open
-        return changed
-
-    async def _ping(self, ws: ClientConnection) -> tuple[str, bool]:
-        timeout_s = self._s.ws_ping_timeout_s
-        while True:
-            await self._clock.sleep(self._s.ws_ping_interval_s)
-            try:
-                pong = await ws.ping()
-                async with asyncio.timeout(timeout_s):
-                    await pong
-            except TimeoutError:
-                return f"no pong within {timeout_s:.1f} s (dead connection)", True
-            except ConnectionClosed as exc:
-                return _close_reason(ws, exc)
-            now = self._clock.now()
-            self.link.last_alive_at = now
-            self._status.last_message_at = now
-
-    async def _watch_silence(self) -> tuple[str, bool]:
-        """A live link is one that answers pings (`_ping`). Data silence alone ends it only when the subscribed set
-        must tick: it holds an index whose segment trades (an index moves every second while its market is open).
-        A set of stocks may be quiet for minutes (Upstox sends data only on trades): that is reported, not acted on."""
-        timeout_s = self._s.feed_silence_timeout_s
-        step_s = min(0.5, timeout_s / 4)
-        link = self.link
-        reported = False
-        while True:
-            await self._clock.sleep(step_s)
-            if link.market_open is False:
-                continue  # a closed market sends nothing; pings alone prove the link
-            since = link.last_data_at or link.connected_at or self._clock.now()
-            quiet_s = self._clock.now() - since
-            if quiet_s <= timeout_s:
-                reported = False
-            elif self._must_tick():
-                return f"no data for {timeout_s:.1f} s while the market is open (mute connection)", True
-            elif not reported:
-                reported = True
-                warning.warning(
-                    f"No market data for {timeout_s:.1f} s, pings answered: the subscribed instruments are quiet "
-                    "(no index subscribed to prove the market ticks); not reconnecting"
-                )
-
-    def _must_tick(self) -> bool:
-        segments = self.link.segments
-        for key in self._subs.wanted.values():
-            segment = key.partition("|")[0]
-            if segment.endswith("_INDEX") and (segments is None or segments.get(segment) == NORMAL_OPEN):
-                return True
-        return False
+        return await self.live.run(ws)
 
     async def _close(self, ws: ClientConnection, *, abort: bool) -> None:
         if abort:

@@ -35,15 +35,6 @@ def view_of(ltp: Paise, freshness: Freshness) -> PriceView | None:
     return PriceView(ltp, source, freshness.age_s)
 
 
-def retry_delay_s(attempts: int, base_s: float, max_s: float, jitter: float) -> float:
-    """Delay before retrying a failed close: min(max, base * 2**attempts), scaled into [75 %, 100 %] by `jitter`.
-
-    `attempts` is how many closes already failed before this one; `jitter` is a uniform draw in [0, 1).
-    """
-    delay: float = min(max_s, base_s * 2.0 ** min(attempts, 30))
-    return delay * (0.75 + 0.25 * jitter)
-
-
 def fallback_line(symbol: str, view: PriceView) -> str:
     """`Using stale price for BOSCHLTD: ₹575.00 (45s old)` (the age in whole seconds)."""
     kind = {PriceSource.CACHED: "cached", PriceSource.REST: "REST"}.get(view.source, "stale")

@@ -34,7 +34,7 @@ _LAYER_OF = {
     Verdict.EXPIRED: "manual",
 }
 _STATES = (PositionState.OPEN, PositionState.CLOSING)
-NET_STATES = ("placing", "active", "retrying", "unknown", "fired", "cancelled", "ended", "none")
+NET_STATES = ("placing", "active", "retrying", "unknown", "fired", "cancelled", "ended", "refused", "none")
 _SCRAPE_TIMEOUT_S = 5.0
 
 

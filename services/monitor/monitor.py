@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from loguru import logger
@@ -25,12 +25,12 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from libs.common import keys
+from libs.common.backoff import Backoff
 from libs.common.broker import Broker, BrokerError, BrokerOutcomeUnknown, OrdersBlocked
 from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import Clock, SystemClock
 from libs.common.closing import Closer, CloseRequest
 from libs.common.freshness import FeedLiveness, FreshnessPolicy, read_feed_liveness
-from libs.common.heartbeat import beat_forever
 from libs.common.instruments import InstrumentIndex, guard_instruments
 from libs.common.journal import JournalCap
 from libs.common.logging import tagged
@@ -40,17 +40,17 @@ from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.replication import ClaimConfirmation
 from libs.common.safety_net import create_safety_net
+from libs.common.service import supervise
 from libs.common.settings import Settings
-from libs.common.tasks import cancel_and_wait
 from services.monitor.core import SERVICE, Core
-from services.monitor.decision import closed_line, retry_delay_s
+from services.monitor.decision import closed_line
 from services.monitor.expiry import ExpiryWatch
 from services.monitor.outputs import Line, Output, SweepReport
 from services.monitor.reconcile import BrokerReconciler
 from services.monitor.safety_net import SafetyNetKeeper
 from services.monitor.snapshot import SnapshotReader
 
-_PUBSUB_RETRY_S = (0.1, 2.0)  # first and capped delay between pub/sub reconnects
+_PUBSUB_RETRY = Backoff(base_s=0.1, cap_s=2.0)  # between pub/sub reconnects (redis-py retries a blip itself first)
 
 
 class Monitor:
@@ -63,7 +63,7 @@ class Monitor:
         broker: Broker,
         clock: Clock | None = None,
         *,
-        jitter: Callable[[], float] = random.random,
+        rng: random.Random | None = None,
         instruments: InstrumentIndex | None = None,
     ) -> None:
         self._settings = settings
@@ -91,7 +91,12 @@ class Monitor:
                 settings, redis, net, self._store, self._clock, close_fired=self.close_fired_safety_net, gate=gate
             )
         self.reconciler = BrokerReconciler(settings, redis, self._store, self._closer, holdings, broker, self._clock)
-        self._jitter = jitter
+        # The close retry: base x 2**(failures - 1) up to the cap, the last quarter drawn off at random (a base
+        # above the cap means the cap every time, as the settings always allowed).
+        retry_base_s, retry_cap_s = settings.close_retry_base_s, settings.close_retry_max_s
+        self._close_backoff = Backoff(
+            min(retry_base_s, retry_cap_s), retry_cap_s, jitter=0.25, rng=rng or random.Random()
+        )
         index = instruments or guard_instruments(settings, self._clock)
         self._expiry = ExpiryWatch(self._store, index, self._clock, warn_min=settings.fno_expiry_warn_min)
         self._core = Core(settings)
@@ -246,9 +251,7 @@ class Monitor:
     async def _close(self, position: Position, request: CloseRequest) -> None:
         symbol = position.symbol
         now = self._clock.now()
-        delay_s = retry_delay_s(
-            position.close_attempts, self._settings.close_retry_base_s, self._settings.close_retry_max_s, self._jitter()
-        )
+        delay_s = self._close_backoff.compute(position.close_attempts + 1)
         try:
             record = await self._closer.close(request, retry_at=now + delay_s)
         except (PositionConflict, PositionNotFound) as exc:
@@ -359,7 +362,7 @@ class Monitor:
                     await self._wake.wait()
 
     async def _listen_loop(self) -> None:
-        delay_s = _PUBSUB_RETRY_S[0]
+        failures = 0
         handlers = {
             keys.TICKS_CHANNEL: self._on_tick_message,
             keys.POSITION_EVENTS_CHANNEL: self._on_event_message,
@@ -372,15 +375,15 @@ class Monitor:
                 if pubsub.connection is not None:
                     pubsub.connection.register_connect_callback(self._on_pubsub_connect)
                 self.request_sweep()
-                delay_s = _PUBSUB_RETRY_S[0]
+                failures = 0
                 await pubsub.run(poll_timeout=1.0)  # dispatches each message to its channel's handler
             except (RedisError, OSError) as exc:
                 self._redis_lost(exc)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, _PUBSUB_RETRY_S[1])
+            failures += 1
+            await asyncio.sleep(_PUBSUB_RETRY.compute(failures))
 
     def _on_tick_message(self, message: dict[str, Any]) -> None:
         self.on_notice(message["data"])
@@ -392,25 +395,14 @@ class Monitor:
         self.on_new_token()
 
     async def run(self) -> None:
-        """The service: heartbeat, sweep loop and tick listener until cancelled; closes in flight get to finish."""
-        loops = [
-            asyncio.create_task(
-                beat_forever(self._redis, SERVICE, self._settings, self._clock), name="monitor.heartbeat"
-            ),
-            asyncio.create_task(self._sweep_loop(), name="monitor.sweep"),
-            asyncio.create_task(self._listen_loop(), name="monitor.ticks"),
-            asyncio.create_task(self.reconciler.run(), name="monitor.reconcile"),
-        ]
+        """The service until cancelled: heartbeat, sweep loop, tick listener, broker reconcile (and the safety-net
+        keeper), each restarted after a failure (libs/common/service.py); closes in flight then get to finish."""
+        loops = {"sweep": self._sweep_loop, "ticks": self._listen_loop, "reconcile": self.reconciler.run}
         if self.safety_net is not None:
-            loops.append(asyncio.create_task(self.safety_net.run(), name="monitor.safety_net"))
+            loops["safety_net"] = self.safety_net.run
         try:
-            ended, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
-            for loop in ended:
-                loop.result()  # the loops run forever: one that ended has crashed
+            await supervise(SERVICE, loops, redis=self._redis, settings=self._settings, clock=self._clock)
         finally:
-            # Not a TaskGroup: it cancels its tasks once, and a cancel lost inside redis-py (Python 3.11) would
-            # keep a loop, and so the service, running after SIGTERM. cancel_and_wait cancels again.
-            await cancel_and_wait(loops)
             await self.drain(timeout_s=self._settings.broker_timeout_s, cancel_after=True)
 
     async def drain(self, timeout_s: float | None = None, *, cancel_after: bool = False) -> None:

@@ -10,6 +10,8 @@ every market step (and every segment status change), whoever is connected. Shape
 - On trigger a LIMIT order goes to the order book at the trigger price moved by `LIMIT_BUFFER_PCT` in the
   order's favour (Upstox's own price-protection buffer): it fills when the market allows, and a gap through
   the limit leaves it open. The order carries `order_ref_id` = the GTT's id; the rule carries the `order_id`.
+  The exchange checks that order like any other (`OrderBook.place_internal`): nothing slices it, so a GTT over
+  the freeze quantity fires into a `rejected` order and its rule ends FAILED.
 - A rule whose order was placed is COMPLETED (the exchange acknowledged it); a GTT with nothing left to do
   is no longer returned by `GET /v3/order/gtt` (as at Upstox). `GET /sim/gtt` lists every one with history.
 - Intraday (`I`) GTTs expire at the end of the IST day they were made, others after a year.

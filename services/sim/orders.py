@@ -202,7 +202,18 @@ class OrderBook:
         self, inst: Instrument, *, transaction_type: str, quantity: int, product: str, price_paise: int, ref_id: str
     ) -> Order:
         """A DAY LIMIT order the broker places itself (a fired GTT, `ref_id` its id): no rate limit, no order
-        fault; it is checked against the band and the market hours like any other."""
+        fault; the exchange checks it like any other (lot multiple, freeze quantity: nothing slices it, expiry,
+        band, market hours), so one that breaks a rule is booked `rejected` with the exchange's reason."""
+        body = {
+            "quantity": quantity, "product": product, "validity": "DAY", "price": rupees(price_paise),
+            "instrument_token": inst.instrument_key, "order_type": "LIMIT", "transaction_type": transaction_type,
+            "disclosed_quantity": 0, "trigger_price": 0, "is_amo": False,
+        }  # fmt: skip
+        try:
+            validate(body, version=2, market=self.market)
+            refused = None
+        except UpstoxError as exc:
+            refused = exc.message
         order = Order(
             order_id=self._next_id(),
             instrument=inst,
@@ -220,7 +231,7 @@ class OrderBook:
             ref_id=ref_id,
         )
         self.orders[order.order_id] = order
-        self._accept(order, external=True)
+        self._accept(order, external=True, refused=refused)
         return order
 
     def _next_id(self) -> str:
@@ -234,9 +245,12 @@ class OrderBook:
         order.updated_at = self.clock.now()
         order.history.append(order.as_dict())
 
-    def _accept(self, order: Order, *, external: bool) -> None:
+    def _accept(self, order: Order, *, external: bool, refused: str | None = None) -> None:
         for stage in _STAGES:
             self._set(order, stage)
+        if refused is not None:
+            self._set(order, "rejected", refused)
+            return
         inst = order.instrument
         low, high = inst.band_paise
         for label, value in (("price", order.price_paise), ("trigger price", order.trigger_paise)):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from libs.common.models import FeedState
 from libs.common.price_cache import PriceCache, Tick
 from libs.common.settings import Settings
 from services.api.health import ADVICE
+from services.api.schemas import ConnectionHealth
 from tests.api.conftest import BOSCH, ApiFactory, feed_live, set_feed, write_prices
 
 pytestmark = pytest.mark.integration
@@ -171,3 +173,21 @@ async def test_5000_symbols_cost_one_round_trip_and_no_scan(
         # A loose guard against an O(cache) regression (a scan of 5,000 hashes takes far longer); the
         # p99 < 10 ms target is measured by `make bench` on a quiet machine, not in a shared test run.
         assert median_ms < 50, f"median {median_ms:.2f} ms"
+
+
+async def test_the_orjson_body_is_exactly_the_schemas_shape(client: httpx.AsyncClient, redis: Redis) -> None:
+    """The body is built without models (hot path): validating it through `ConnectionHealth` must change nothing,
+    key order included, whether the feed is live or reconnecting, with open positions and stale prices."""
+    now = time.time()
+    await open_position(client, "KAYNES", entry=204.1)
+    await write_prices(redis, now - 45, {"BOSCHLTD": "575.00"})
+    await write_prices(redis, now - 3, {"KAYNES": "204.10"})
+    for state, connected in ((FeedState.LIVE, True), (FeedState.RECONNECTING, False)):
+        await set_feed(redis, state=state, connected=connected, subscribed_symbols=2, last_message_at=now)
+        await redis.set(keys.heartbeat("feed"), f"{time.time():.3f}")
+        resp = await client.get("/api/v1/monitoring/connection-health", params={"symbols": "BOSCHLTD,NOPE"})
+        assert resp.headers["content-type"] == "application/json"
+        body = resp.json()
+        assert set(body["price_cache"]["cache_entries"]) == {"KAYNES", "BOSCHLTD", "NOPE"}
+        assert ConnectionHealth.model_validate(body).model_dump(mode="json") == body
+        assert json.dumps(ConnectionHealth.model_validate(body).model_dump(mode="json")) == json.dumps(body)

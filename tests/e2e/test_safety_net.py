@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from libs.common.closing import TAG_PREFIX
 from tests.e2e.harness import Stack
+from tests.e2e.test_fno import nifty_weekly
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -204,9 +206,63 @@ async def test_safety_net_off_makes_no_gtt_call(tmp_path: Path) -> None:
     async with Stack(tmp_path, **{**NET, "SAFETY_NET": "off"}) as stack:
         await stack.start("sim", "monitor", "api")
         await entry(stack)
-        assert await net_of(stack) == {"state": "off", "gtt_id": None, "trigger_price": None, "last_error": None}
+        assert await net_of(stack) == {
+            "state": "off", "gtt_id": None, "gtt_ids": [], "quantities": [], "trigger_price": None, "last_error": None
+        }  # fmt: skip
         assert (await stack.status())["safety_net"]["enabled"] is False
         resp = await stack.emergency_close("BOSCHLTD")
         assert resp.status_code == 200, resp.text
         assert (await closed(stack))["closed_by"] == "api"
         assert await gtts(stack) == [] and (await stack.sim_state())["gtt_calls"] == 0
+
+
+async def test_an_option_of_three_freeze_quantities_is_netted_within_the_limits_and_closed_flat_by_them(
+    tmp_path: Path,
+) -> None:
+    """NIFTY weekly CE, 3 x 1800 (the freeze quantity) long at 150, stop 120: three GTTs of 1800 each at 119.40
+    (a GTT's order is never sliced: one of 5400 would be rejected by the exchange when it fires). The guard goes
+    down, the premium falls through: the three fire and the broker ends exactly flat; the guard, back, reports
+    the position closed by the safety net with the three fills and sends nothing."""
+    option = nifty_weekly()
+    symbol, key, freeze = option.trading_symbol, option.instrument_key, int(option.freeze_quantity)
+    async with Stack(tmp_path, **NET) as stack:
+        await stack.start("sim", "monitor", "api")
+        await stack.set_price(symbol, 150.0)
+        await stack.open_position(symbol, "long", 3 * freeze, 150.0, stop_loss=120.0)
+
+        async def netted() -> dict[str, Any] | None:
+            resp = await stack.api("GET", f"/api/v1/positions/{quote(symbol)}")
+            net = dict(resp.json()["safety_net"])
+            return net if net["state"] == "active" else None
+
+        net = await eventually(netted, timeout_s=15)
+        assert net["quantities"] == [freeze] * 3 and len(set(net["gtt_ids"])) == 3 and net["trigger_price"] == 119.4
+        placed = [g for g in await gtts(stack) if g["instrument_token"] == key]
+        assert sorted(g["gtt_order_id"] for g in placed) == sorted(net["gtt_ids"])
+        assert all(g["quantity"] == freeze and [h["event"] for h in g["history"]] == ["placed"] for g in placed)
+
+        for name in ("api", "monitor"):
+            stack.stop(name)
+        await stack.set_price(symbol, 119.0)
+        rows = (await stack.sim("GET", "/sim/state"))["positions"]
+        assert [int(r["quantity"]) for r in rows if r["instrument_token"] == key] == [0], "exactly flat"
+        sold = [
+            o
+            for o in await stack.sim("GET", "/sim/orders")
+            if o["instrument_token"] == key and o["transaction_type"] == "SELL"
+        ]
+        assert sorted((o["quantity"], o["status"], o["order_ref_id"]) for o in sold) == sorted(
+            (freeze, "complete", g) for g in net["gtt_ids"]
+        )
+
+        mark = stack.mark("monitor")
+        await stack.start("monitor", "api")
+        records = await eventually(lambda: _closes_of(stack, symbol), timeout_s=20)
+        assert [(r["closed_by"], r["quantity"]) for r in records] == [("safety_net", 3 * freeze)]
+        await stack.wait_log("monitor", f"[SAFETY] {symbol}: closed by the safety net", since=mark)
+        assert await stack.orders(symbol) == [], "the guard sent nothing"
+
+
+async def _closes_of(stack: Stack, symbol: str) -> list[dict[str, Any]] | None:
+    records = [c for c in await stack.closes() if c["symbol"] == symbol]
+    return records or None

@@ -4,7 +4,7 @@ import pytest
 
 from libs.common.price_cache import Tick
 from libs.common.proto import MarketDataFeedV3_pb2 as pb
-from services.feed.decode import MARKET_INFO, CorruptFrame, decode, market_open
+from services.feed.decode import MARKET_INFO, CorruptFrame, decode, market_open, skim
 
 BOSCH = "NSE_EQ|INE323A01026"
 KAYNES = "NSE_EQ|INE918Z01012"
@@ -107,3 +107,28 @@ def test_an_option_may_multiply_its_close() -> None:
     msg.feeds[FO].ltpc.ltp, msg.feeds[FO].ltpc.cp = 450.0, 40.0
     frame = decode(msg.SerializeToString(), {FO: "BANKNIFTY CE"})
     assert frame.ticks == [Tick("BANKNIFTY CE", FO, "450.00", None, "40.00")] and not frame.absurd
+
+
+def _ltp_frame(prices: dict[str, float]) -> bytes:
+    msg = pb.FeedResponse(type=pb.live_feed)
+    for key, ltp in prices.items():
+        msg.feeds[key].ltpc.ltp = ltp
+    return msg.SerializeToString()
+
+
+def test_a_backlog_decoded_newest_first_keeps_each_symbols_newest_tick_and_counts_the_rest() -> None:
+    older = _ltp_frame({BOSCH: 570.0, KAYNES: 200.0})
+    newer = _ltp_frame({BOSCH: 575.0})
+    taken: set[str] = set()
+    first = decode(newer, SYMBOLS, taken)
+    second = decode(older, SYMBOLS, taken)
+    assert [t.ltp for t in first.ticks] == ["575.00"] and first.superseded == 0
+    assert [(t.symbol, t.ltp) for t in second.ticks] == [("KAYNES", "200.00")]
+    assert second.superseded == 1  # BOSCH's 570.00 is older than the 575.00 already kept
+    assert taken == {"BOSCHLTD", "KAYNES"}
+
+
+def test_skim_reads_the_type_and_size_only() -> None:
+    assert skim(_ltp_frame({BOSCH: 1.0, KAYNES: 2.0})) == (pb.live_feed, 2)
+    with pytest.raises(CorruptFrame):
+        skim(b"\xff\xff")

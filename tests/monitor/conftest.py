@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import random
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -149,6 +150,13 @@ class ScriptedBroker(PaperBroker):
         return await super().close(position, tag, decision_price)
 
 
+class LowestDraw(random.Random):
+    """Every draw 0.0: backoffs wait their shortest (the close retry: 75 % of its ceiling)."""
+
+    def random(self) -> float:
+        return 0.0
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
@@ -170,7 +178,7 @@ async def make_monitor(redis: Redis, settings: Settings, clock: ManualClock) -> 
             redis,
             broker if broker is not None else ScriptedBroker(),
             clock_ or clock,
-            jitter=lambda: 0.0,
+            rng=LowestDraw(),
         )
         made.append(monitor)
         return monitor

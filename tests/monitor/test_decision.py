@@ -1,4 +1,7 @@
-"""The pure decision rules: which price a check uses, the guide's wording, the retry delay."""
+"""The pure decision rules: which price a check uses and the guide's wording.
+
+The close retry's delays are libs/common/backoff.py's (tests/unit/test_backoff.py, and test_monitor.py's backoff
+test for the monitor's own)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import pytest
 
 from libs.common.freshness import FeedLiveness, FreshnessPolicy, PriceTruth
 from libs.common.models import Position, PriceSource
-from services.monitor.decision import PriceView, fallback_line, retry_delay_s, trigger_line, view_of
+from services.monitor.decision import PriceView, fallback_line, trigger_line, view_of
 from tests.monitor.conftest import long_bosch, long_kaynes, short_reliance
 
 NOW = 10_000.0
@@ -67,9 +70,3 @@ def test_fallback_wording() -> None:
     assert tp is not None
     assert fallback_line("KAYNES", cached) == "Using cached price for KAYNES: ₹204.10 (10s old)"
     assert trigger_line("KAYNES", cached, tp) == "KAYNES: Price ₹204.10 >= TP ₹197.76 (FALLBACK)"
-
-
-def test_retry_delay_doubles_up_to_the_cap_with_jitter_below_it() -> None:
-    assert [retry_delay_s(n, 1.0, 30.0, 0.999999) for n in range(7)] == pytest.approx([1, 2, 4, 8, 16, 30, 30])
-    assert retry_delay_s(0, 1.0, 30.0, 0.0) == 0.75
-    assert retry_delay_s(1000, 1.0, 30.0, 0.5) <= 30.0

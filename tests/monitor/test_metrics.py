@@ -87,6 +87,7 @@ async def test_safety_nets_counted_by_their_state_every_state_present(
         "fired": 0,
         "cancelled": 0,
         "ended": 0,
+        "refused": 0,
         "none": 1,
     }
 

@@ -387,5 +387,5 @@ async def test_a_stop_that_meets_a_sweep_request_still_stops(settings: Settings,
         done, _ = await asyncio.wait([task], timeout=5)
         assert task in done, "the monitor swallowed its stop"
     finally:
-        for leftover in [t for t in asyncio.all_tasks() if t.get_name().startswith("monitor.")] + [task]:
+        for leftover in [t for t in asyncio.all_tasks() if t.get_name().startswith("monitor")] + [task]:
             leftover.cancel()

@@ -6,6 +6,7 @@ The simulator and the keeper share a manual clock, so a GTT's day ends when the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -48,7 +49,13 @@ class Rig:
 
 @pytest.fixture
 async def rig(settings: Settings, redis: Redis) -> AsyncIterator[Rig]:
-    clock = ManualClock(START)
+    async with rigged(settings, redis, START) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def rigged(settings: Settings, redis: Redis, start: float) -> AsyncIterator[Rig]:
+    clock = ManualClock(start)
     sim_settings = settings.model_copy(update={"sim_order_rate_limit_per_s": 0})
     async with running_simulator(sim_settings, clock=clock, auto_tick=False) as sim:
         s = compressed(settings, upstox_api_base=sim.rest_url, upstox_order_base=sim.rest_url)
@@ -77,7 +84,7 @@ async def test_intraday_gtt_is_replaced_once_its_day_is_over(rig: Rig) -> None:
     await rig.open(long_bosch(opened_at=START))
     assert await rig.keeper.keep_once() == 1
     first = await rig.state()
-    assert first.state == "active" and first.trigger == 69475 and first.quantity == 39
+    assert first.state == "active" and first.trigger == 69475 and first.legs == (39,)
     assert first.expires_at is not None and first.expires_at > START
     assert await rig.keeper.keep_once() == 0, "nothing to change"
     rig.clock.advance(first.expires_at - START + 60)  # past midnight IST

@@ -227,6 +227,27 @@ MUTATIONS: tuple[Mutation, ...] = (
         'if net.state != "fired":',
         ("tests/monitor/test_safety_net_keeper.py",),
     ),
+    Mutation(
+        "the safety net ignores the freeze quantity (one GTT the exchange rejects when it fires)",
+        "libs/common/fno.py",
+        "per_leg = int(freeze_quantity) // lot * lot",
+        "per_leg = max(quantity, lot)",
+        ("tests/unit/test_fno.py", "tests/monitor/test_safety_net_fno.py"),
+    ),
+    Mutation(
+        "what fired GTTs sold is not counted: the guard sells the whole position again",
+        "libs/common/closing.py",
+        "guarded = position.quantity - sum(f.quantity or 0 for f in by_net)",
+        "guarded = position.quantity",
+        ("tests/monitor/test_safety_net_fno.py",),
+    ),
+    Mutation(
+        "a keeper that lost its lease still calls the broker (the keeper's mark is not fenced)",
+        "libs/common/safety_net.py",
+        "    FENCE_CHECK\n    + \"\"\"\nlocal state = redis.call('HGET', KEYS[1], 'state')",
+        "    \"\"\"\nlocal state = redis.call('HGET', KEYS[1], 'state')",
+        ("tests/monitor/test_safety_net_fno.py",),
+    ),
 )
 
 # Bugs to plant once the code exists (issue #13): write them as above, with the exact text of that code.

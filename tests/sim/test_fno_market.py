@@ -14,6 +14,7 @@ from libs.common.instruments import load_instruments, master_file_gz
 from libs.common.proto import MarketDataFeedV3_pb2 as pb
 from services.sim.errors import UpstoxError
 from services.sim.frames import encode_entry
+from services.sim.gtt import GttBook
 from services.sim.market import Market
 from services.sim.orders import OrderBook
 
@@ -84,6 +85,26 @@ def test_lot_and_freeze_rules(market: Market) -> None:
     assert [o.quantity for o in placed] == [1800, 1800, 1800] and {o.status for o in placed} == {"complete"}
     with pytest.raises(UpstoxError, match="more than 25"):
         book.place({**body, "quantity": 26 * 1800, "slice": True}, version=3)
+
+
+def test_a_fired_gtt_over_the_freeze_quantity_is_rejected_by_the_exchange(market: Market) -> None:
+    """A GTT's order is one exchange order that nothing slices: over the freeze quantity it is rejected as the
+    exchange would; whole lots at most the freeze quantity fill."""
+    book = OrderBook(market, market.clock)
+    gtts = GttBook(market, book, market.clock)
+    inst = market.instruments[market.by_symbol[CE]]
+    market.set_price(CE, 15000)
+    book.trade(CE, "buy", 3 * 1800)
+    stop = {"strategy": "ENTRY", "trigger_type": "BELOW", "trigger_price": 120.0}
+    body = {"type": "SINGLE", "product": "I", "instrument_token": inst.instrument_key, "transaction_type": "SELL"}
+    too_big = gtts.place({**body, "quantity": 3 * 1800, "rules": [stop]})
+    legs = [gtts.place({**body, "quantity": 1800, "rules": [stop]}) for _ in range(2)]
+    market.set_price(CE, 11900)
+    rule = too_big.rules[0]
+    assert rule.status == "FAILED" and "freeze quantity 1800" in (rule.message or "")
+    assert book.orders[rule.order_id or ""].status == "rejected"
+    assert [book.orders[g.rules[0].order_id or ""].status for g in legs] == ["complete", "complete"]
+    assert book.positions.net(inst.instrument_key, "I") == 1800  # only the two legs sold
 
 
 def test_nse_fo_has_its_own_segment_status_and_a_closed_segment_does_not_tick(market: Market) -> None:

@@ -38,3 +38,11 @@ def test_a_floor_above_the_ceiling_gives_the_ceiling() -> None:
 def test_nonsense_is_refused(base: float, cap: float, jitter: float) -> None:
     with pytest.raises(ValueError, match="invalid backoff"):
         Backoff(base, cap, jitter)
+
+
+def test_around_draws_within_its_spread_of_each_step() -> None:
+    backoff = Backoff.around(1.0, 30.0, 0.2, random.Random(5))
+    for failures, step in ((1, 1.0), (2, 2.0), (4, 8.0), (12, 30.0)):
+        draws = [backoff.compute(failures) for _ in range(300)]
+        assert all(0.8 * step - 1e-9 <= d <= 1.2 * step + 1e-9 for d in draws)
+        assert min(draws) < 0.85 * step and max(draws) > 1.15 * step  # both sides of the step

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
+import pytest
 from pydantic import SecretStr
 
 from libs.common.clock import IST
-from libs.common.fno import _expiries, expires_on, is_expired, option_value
+from libs.common.fno import OverLimits, _expiries, expires_on, is_expired, option_value, order_legs
 from libs.common.instruments import guard_instruments, load_instruments
 from libs.common.settings import Settings
 
@@ -37,3 +38,18 @@ def test_the_simulators_fno_rows_are_known_in_simulator_mode_only() -> None:
     real = Settings(_env_file=None, upstox_access_token=SecretStr("real-token"))  # type: ignore[call-arg]
     assert any(i.segment == "NSE_FO" for i in guard_instruments(sim).all)
     assert not any(i.segment == "NSE_FO" for i in guard_instruments(real).all)  # their keys are not Upstox's
+
+
+def test_order_legs_are_whole_lots_within_the_freeze_quantity() -> None:
+    assert order_legs(5400, 75, 1800) == [1800, 1800, 1800]
+    assert order_legs(3975, 75, 1800) == [1800, 1800, 375]
+    assert order_legs(150, 75, 1800) == [150]
+    assert order_legs(1750, 35, 875) == [875, 875]
+    assert order_legs(1785, 35, 900) == [875, 875, 35]  # a freeze quantity that is not whole lots rounds down
+    assert order_legs(39, 1, 100000.0) == [39]
+    with pytest.raises(OverLimits, match="not a whole number of lots of 75"):
+        order_legs(100, 75, 1800)
+    with pytest.raises(OverLimits, match="needs 26 orders of at most 1800"):
+        order_legs(26 * 1800, 75, 1800)
+    with pytest.raises(OverLimits, match="below one lot"):
+        order_legs(150, 75, 50)

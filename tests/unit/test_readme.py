@@ -63,3 +63,13 @@ def test_every_test_path_the_readme_names_exists() -> None:
     for relative, name in named:
         defined = _tests_in(relative)
         assert not name or name in defined, f"README names tests/{relative}::{name}, which does not exist"
+
+
+def test_where_things_live_names_every_common_module_and_service_and_nothing_else() -> None:
+    section = README[README.index("\n### Where things live\n") :]
+    section = section[: section.index("\n## ")]
+    named = {row[0].strip().strip("`") for row in _table_rows(section)}
+    modules = {f"libs/common/{p.name}" for p in (REPO_ROOT / "libs" / "common").glob("*.py")}
+    modules.discard("libs/common/__init__.py")
+    services = {f"services/{p.name}/" for p in (REPO_ROOT / "services").iterdir() if (p / "__main__.py").is_file()}
+    assert named == modules | services

@@ -7,7 +7,7 @@ from loguru import logger
 
 from libs.common.clock import ist_iso
 from libs.common.notify import InvalidTarget, Outcome, send, target
-from services.api.deps import ApiKey, Res
+from services.api.deps import ApiKeyDep, ResourcesDep
 from services.api.schemas import AlertTestOut, AlertTestTarget, ErrorOut
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
@@ -18,10 +18,10 @@ TEST_TITLE = "[INFO] Test alert from the Upstox resilience guard"
 @router.post(
     "/test",
     response_model=AlertTestOut,
-    dependencies=[ApiKey],
+    dependencies=[ApiKeyDep],
     responses={401: {"model": ErrorOut, "description": "API key required"}},
 )
-async def send_test_alert(res: Res) -> AlertTestOut:
+async def send_test_alert(res: ResourcesDep) -> AlertTestOut:
     """Send a test message to each ALERT_URLS entry now and say, per entry, whether it went out."""
     now = res.clock.now()
     body = f"Alerts reach you here. Sent at {ist_iso(now)}."

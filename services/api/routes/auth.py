@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
-from services.api.deps import ApiKey, Res
+from services.api.deps import ApiKeyDep, ResourcesDep
 from services.api.schemas import ErrorOut, NotifierIn, TokenIn, TokenOut, ValidationErrorOut
 from services.api.token_swap import Swapped, SwapRefused, swap_access_token
 
@@ -20,14 +20,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/token", response_model=TokenOut, dependencies=[ApiKey], responses={401: {"model": ErrorOut}, **_ERRORS})
-async def set_access_token(body: TokenIn, res: Res) -> TokenOut:
+@router.post(
+    "/token", response_model=TokenOut, dependencies=[ApiKeyDep], responses={401: {"model": ErrorOut}, **_ERRORS}
+)
+async def set_access_token(body: TokenIn, res: ResourcesDep) -> TokenOut:
     """Make a new access token every service's: checked with a profile call first; never echoed back."""
     return _out(await _swap(res, body.access_token, source="api"))
 
 
 @router.post("/notifier", response_model=TokenOut, responses={403: {"model": ErrorOut}, **_ERRORS})
-async def access_token_notifier(body: NotifierIn, res: Res) -> TokenOut:
+async def access_token_notifier(body: NotifierIn, res: ResourcesDep) -> TokenOut:
     """Upstox's access-token request webhook. No API key (Upstox sends none): the client id must be ours and
     the token must pass a profile check as the user it names."""
     ours = res.settings.upstox_client_id
@@ -36,7 +38,7 @@ async def access_token_notifier(body: NotifierIn, res: Res) -> TokenOut:
     return _out(await _swap(res, body.access_token, source="notifier", expected_user_id=body.user_id))
 
 
-async def _swap(res: Res, token: str, *, source: str, expected_user_id: str | None = None) -> Swapped:
+async def _swap(res: ResourcesDep, token: str, *, source: str, expected_user_id: str | None = None) -> Swapped:
     try:
         return await swap_access_token(
             token,

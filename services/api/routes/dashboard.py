@@ -24,7 +24,7 @@ from starlette.requests import Request
 
 from libs.common import keys
 from libs.common.models import FeedStatus, MalformedRecord
-from services.api.deps import Res
+from services.api.deps import ResourcesDep
 from services.api.routes.positions import closed_positions, list_positions
 
 router = APIRouter(tags=["dashboard"])
@@ -45,13 +45,13 @@ async def page(request: Request) -> FileResponse:
 
 
 @router.get("/api/v1/dashboard/stream", response_class=EventSourceResponse, include_in_schema=False)  # endless
-async def dashboard_stream(res: Res) -> EventSourceResponse:
+async def dashboard_stream(res: ResourcesDep) -> EventSourceResponse:
     """Server-Sent Events: `snapshot` (the whole dashboard state as JSON) on every change and every second;
     `unavailable` while Redis cannot be read."""
     return EventSourceResponse(updates(res), ping=15, send_timeout=10)
 
 
-async def snapshot(res: Res) -> dict[str, Any]:
+async def snapshot(res: ResourcesDep) -> dict[str, Any]:
     """What the dashboard shows: connection health, the feed's details, open positions, closes and events."""
     health = await res.health.read(0, None)
     raw = cast(dict[str, str], await res.redis.hgetall(keys.FEED_STATUS))
@@ -77,7 +77,7 @@ async def snapshot(res: Res) -> dict[str, Any]:
     }
     return {
         "at": res.clock.now(),
-        "health": health.model_dump(mode="json"),
+        "health": health,
         "feed": details,
         "services": services,
         "positions": [p.model_dump(mode="json") for p in positions.positions],
@@ -91,7 +91,7 @@ def _age(now: float, beat: str | None) -> float | None:
     return None if beat is None else round(max(0.0, now - float(beat)), 1)
 
 
-async def updates(res: Res) -> AsyncIterator[ServerSentEvent]:
+async def updates(res: ResourcesDep) -> AsyncIterator[ServerSentEvent]:
     """The stream's events, forever: a snapshot, then the next one when woken by a notice or after REFRESH_S."""
     while True:
         pubsub = res.redis.pubsub(ignore_subscribe_messages=True)

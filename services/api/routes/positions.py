@@ -15,7 +15,7 @@ from libs.common.fno import is_expired
 from libs.common.models import MalformedRecord, Position, PositionState, PriceEntry, level_at_pct
 from libs.common.money import rupees, to_paise
 from libs.common.positions import PositionConflict, PositionNotFound
-from services.api.deps import ApiKey, Res
+from services.api.deps import ApiKeyDep, ResourcesDep
 from services.api.schemas import (
     SYMBOL_PATTERN,
     CloseList,
@@ -46,7 +46,7 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
 
 
-async def _nets(res: Res, symbols: list[str]) -> dict[str, SafetyNetOut]:
+async def _nets(res: ResourcesDep, symbols: list[str]) -> dict[str, SafetyNetOut]:
     """Each position's safety net as stored (`off` for all when SAFETY_NET=off or the broker keeps no GTTs)."""
     if res.safety_net is None:
         return dict.fromkeys(symbols, SafetyNetOut(state="off"))
@@ -54,7 +54,7 @@ async def _nets(res: Res, symbols: list[str]) -> dict[str, SafetyNetOut]:
     return {s: SafetyNetOut.model_validate(n.public()) for s, n in states.items()}
 
 
-async def _one(res: Res, position: Position) -> PositionOut:
+async def _one(res: ResourcesDep, position: Position) -> PositionOut:
     price = await res.cache.read([position.symbol])
     nets = await _nets(res, [position.symbol])
     return _out(position, price[position.symbol], res.clock.now(), nets[position.symbol])
@@ -85,7 +85,7 @@ def _out(
 
 
 @router.get("", response_model=PositionList)
-async def list_positions(res: Res) -> PositionList:
+async def list_positions(res: ResourcesDep) -> PositionList:
     """Every open (or closing) position with its cached price."""
     rows = await res.store.list_open()
     good = [p for p in rows if isinstance(p, Position)]
@@ -100,7 +100,7 @@ async def list_positions(res: Res) -> PositionList:
 
 @router.get("/closed", response_model=CloseList, responses=_422)
 async def closed_positions(
-    res: Res, limit: Annotated[int, Query(ge=1, le=1000, description="newest closes to return")] = 100
+    res: ResourcesDep, limit: Annotated[int, Query(ge=1, le=1000, description="newest closes to return")] = 100
 ) -> CloseList:
     """The journal of closes, newest first."""
     rows = await res.store.journal(limit)
@@ -115,7 +115,7 @@ async def closed_positions(
 
 
 @router.get("/{symbol}", response_model=PositionOut, responses={404: {"model": ErrorOut}, **_422})
-async def get_position(symbol: SymbolPath, res: Res) -> PositionOut:
+async def get_position(symbol: SymbolPath, res: ResourcesDep) -> PositionOut:
     """The position on `symbol` in any state (open, closing, closed)."""
     position = await res.store.get(symbol)
     if position is None:
@@ -127,10 +127,10 @@ async def get_position(symbol: SymbolPath, res: Res) -> PositionOut:
     "",
     response_model=PositionOut,
     status_code=201,
-    dependencies=[ApiKey],
+    dependencies=[ApiKeyDep],
     responses={409: {"model": ErrorOut, "description": "a position on the symbol is already open"}, **_MUTATING},
 )
-async def open_position(body: OpenPositionRequest, res: Res, response: Response) -> PositionOut:
+async def open_position(body: OpenPositionRequest, res: ResourcesDep, response: Response) -> PositionOut:
     """Register an open position with SL/TP (absolute rupees or percentages of entry); the feed subscribes it."""
     instrument_key = body.instrument_key or res.instruments.key_of(body.symbol)
     if instrument_key is None:
@@ -165,7 +165,7 @@ async def open_position(body: OpenPositionRequest, res: Res, response: Response)
     return (await _one(res, position)).model_copy(update={"warning": warning})
 
 
-def _check_contract(res: Res, instrument_key: str, symbol: str, quantity: int) -> None:
+def _check_contract(res: ResourcesDep, instrument_key: str, symbol: str, quantity: int) -> None:
     """422 for a quantity that is not a whole number of lots (the exchange refuses any order for it, so no
     close could ever go out) or a contract that has stopped trading."""
     inst = res.instruments.by_key(instrument_key)
@@ -179,7 +179,7 @@ def _check_contract(res: Res, instrument_key: str, symbol: str, quantity: int) -
         raise unprocessable(f"{symbol} has expired (trading ended 15:30 IST on its expiry date)")
 
 
-async def _check_broker_holds(res: Res, position: Position) -> str | None:
+async def _check_broker_holds(res: ResourcesDep, position: Position) -> str | None:
     """409 unless the broker holds at least the quantity, in the same direction and product. When its
     positions cannot be read now, the position is accepted with the returned warning (the reconcile checks)."""
     try:
@@ -210,7 +210,7 @@ def _unconfirmed(position: Position, reason: str) -> str:
 @router.delete(
     "/{symbol}",
     response_model=PositionOut,
-    dependencies=[ApiKey],
+    dependencies=[ApiKeyDep],
     responses={
         404: {"model": ErrorOut, "description": "no position on the symbol"},
         409: {"model": ErrorOut, "description": "the position is closing (an order may be in flight) or closed"},
@@ -218,7 +218,7 @@ def _unconfirmed(position: Position, reason: str) -> str:
         **_422,
     },
 )
-async def stop_guarding(symbol: SymbolPath, res: Res) -> PositionOut:
+async def stop_guarding(symbol: SymbolPath, res: ResourcesDep) -> PositionOut:
     """Stop guarding an open position without sending any order (the feed unsubscribes it); its safety net
     GTT is cancelled first (503, nothing changed, when the broker cannot confirm that)."""
     current = await res.store.get(symbol)
@@ -245,14 +245,14 @@ async def stop_guarding(symbol: SymbolPath, res: Res) -> PositionOut:
 @router.patch(
     "/{symbol}",
     response_model=PositionOut,
-    dependencies=[ApiKey],
+    dependencies=[ApiKeyDep],
     responses={
         404: {"model": ErrorOut, "description": "no position on the symbol"},
         409: {"model": ErrorOut, "description": "the position is closing or closed"},
         **_MUTATING,
     },
 )
-async def update_levels(symbol: SymbolPath, body: UpdateLevelsRequest, res: Res) -> PositionOut:
+async def update_levels(symbol: SymbolPath, body: UpdateLevelsRequest, res: ResourcesDep) -> PositionOut:
     """Move the stop-loss and/or take-profit of an open position (absolute rupees or percentages of entry)."""
     current = await res.store.get(symbol)
     if current is None:

@@ -133,7 +133,8 @@ async def step(sim: SimDep, body: StepControl) -> dict[str, Any]:
 
 @router.get("/orders")
 async def orders(sim: SimDep) -> list[dict[str, Any]]:
-    return [o.as_dict() for o in sim.orders.orders.values()]
+    # placed_at (epoch s, sub-second): when the order reached the simulator (`make bench` times the close path)
+    return [{**o.as_dict(), "placed_at": o.placed_at} for o in sim.orders.orders.values()]
 
 
 @router.get("/gtt")
