@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     sim_ticks_per_interval: int = Field(0, ge=0)
     fno_expiry_weekday: int = Field(1, ge=0, le=6)
     fno_expiry_warn_min: float = Field(30.0, gt=0)
+    instruments_url: str = ""
     sim_notifier_url: str = ""
 
     # --- Price cache and the guide's three layers ---------------------------------------------
