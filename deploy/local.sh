@@ -13,13 +13,8 @@ LOGS="$ROOT/logs"
 DATA="$ROOT/data"
 CONF="$RUN/supervisord.conf"
 UP_TIMEOUT_S="${UP_TIMEOUT_S:-90}"
-
-ensure_venv() {
-  if [ ! -x "$ROOT/.venv/bin/supervisord" ]; then
-    echo "==> installing the project into .venv (first run)"
-    make -s install
-  fi
-}
+# shellcheck source=deploy/lib.sh
+. "$ROOT/deploy/lib.sh"
 
 setting() { # print one setting as the services will see it (.env + environment)
   "$PY" -c "from libs.common.settings import load_settings; s = load_settings(); print($1)"
@@ -39,17 +34,12 @@ ensure_redis() {
   host="$("$PY" -c "from urllib.parse import urlparse; print(urlparse('$url').hostname or '127.0.0.1')")"
   port="$("$PY" -c "from urllib.parse import urlparse; print(urlparse('$url').port or 6379)")"
   case "$host" in 127.*|localhost|::1) ;; *) echo "Redis at $url does not answer and is not local; start it first" >&2; exit 1;; esac
-  command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)" >&2; exit 1; }
-  mkdir -p "$DATA" "$LOGS" "$RUN"
   echo "==> starting a local Redis on port $port (AOF persistence under data/)"
-  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$DATA" --appendonly yes \
-    --appendfsync everysec --save "" --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log"
+  start_redis "$port" "$DATA" redis
   echo "$port" > "$RUN/redis.started"
   for _ in $(seq 50); do redis_answers "$url" && return; sleep 0.1; done
   echo "Redis did not come up; see logs/redis.log" >&2; exit 1
 }
-
-supervisor_running() { [ -S "$RUN/supervisor.sock" ] && "$ROOT/.venv/bin/supervisorctl" -c "$CONF" pid >/dev/null 2>&1; }
 
 write_conf() {
   local sim_autostart="$1"

@@ -82,8 +82,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if unmarked:
         raise pytest.UsageError(f"tests that use Redis must be marked integration or e2e: {unmarked}")
-    # End-to-end tests time real processes on 2 shared cores; one rerun absorbs a scheduling stall. A real bug
-    # fails both runs, and every rerun is listed in the summary (`R`) so a flaky scenario stays visible.
-    for item in items:
-        if item.get_closest_marker("e2e") and not item.get_closest_marker("flaky"):
-            item.add_marker(pytest.mark.flaky(reruns=1))

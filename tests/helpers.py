@@ -88,10 +88,19 @@ def terminate(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
         proc.wait()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before by this process: the kernel may offer a port again
+    once its probe socket is closed, and two services of one stack (a simulator and an api) then shared one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class RedisServer:

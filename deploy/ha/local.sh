@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The HA topology on one machine (make up-ha / make down-ha / make status-ha): a Redis master and a replica,
 # three Sentinels (127.0.0.1:26379-26381, master name `guard`), and two of each service under supervisord
-# (feed-a/feed-b: one leads, one stands by; monitor-a/monitor-b; api-a on API_PORT 8000, api-b on 8001),
+# (feed-a/feed-b: one leads, one stands by; monitor-a/monitor-b; api-a on API_PORT 8000, api-b on 8001;
+# alerts-a/alerts-b: one consumer group, so each event is sent once by whichever instance reads it),
 # plus the simulator when UPSTOX_ACCESS_TOKEN is empty. The same topology as deploy/ha/docker-compose.yml,
 # with every "host" on 127.0.0.1. Ports can be moved (tests use free ones):
 #   HA_REDIS_PORTS="6390 6391" HA_SENTINEL_PORTS="26379 26380 26381" HA_API_PORTS="8000 8001"
@@ -20,14 +21,9 @@ read -r -a SENTINEL_PORTS <<< "${HA_SENTINEL_PORTS:-26379 26380 26381}"
 read -r -a API_PORTS <<< "${HA_API_PORTS:-${API_PORT:-8000} $(( ${API_PORT:-8000} + 1 ))}"
 MASTER=guard
 SENTINELS="$(printf '127.0.0.1:%s,' "${SENTINEL_PORTS[@]}")"; SENTINELS="${SENTINELS%,}"
-INSTANCES="feed:a feed:b monitor:a monitor:b api:a api:b"
-
-ensure_venv() {
-  if [ ! -x "$ROOT/.venv/bin/supervisord" ]; then
-    echo "==> installing the project into .venv (first run)"
-    make -s install
-  fi
-}
+INSTANCES="feed:a feed:b monitor:a monitor:b api:a api:b alerts:a alerts:b"
+# shellcheck source=deploy/lib.sh
+. "$ROOT/deploy/lib.sh"
 
 sim_mode() { "$PY" -c "from libs.common.settings import load_settings; print(int(load_settings().simulator_mode))"; }
 
@@ -36,8 +32,7 @@ answers() { redis-cli -p "$1" ping >/dev/null 2>&1; }
 
 wait_port() { for _ in $(seq 100); do answers "$1" && return; sleep 0.1; done; echo "nothing answers on port $1" >&2; exit 1; }
 
-start_redis() {
-  command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)" >&2; exit 1; }
+start_redis_and_sentinels() {
   mkdir -p "$DATA" "$LOGS" "$RUN"
   # The master is the one the Sentinels named last (saved by down): after a failover that is the promoted
   # replica, which has the newest data.
@@ -45,10 +40,7 @@ start_redis() {
   for port in "$master" "${REDIS_PORTS[@]}"; do
     if answers "$port"; then continue; fi
     local extra=(); [ "$port" != "$master" ] && extra=(--replicaof 127.0.0.1 "$master")
-    mkdir -p "$DATA/redis-$port"
-    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$DATA/redis-$port" --appendonly yes \
-      --appendfsync everysec --save "" --repl-timeout 10 --pidfile "$RUN/redis-$port.pid" \
-      --logfile "$LOGS/redis-$port.log" "${extra[@]}"
+    start_redis "$port" "$DATA/redis-$port" "redis-$port" --repl-timeout 10 "${extra[@]}"
     wait_port "$port"
     echo "==> Redis $([ "$port" = "$master" ] && echo master || echo replica) on 127.0.0.1:$port"
   done
@@ -127,8 +119,6 @@ CONF
   } > "$CONF"
 }
 
-supervisor_running() { [ -S "$RUN/supervisor.sock" ] && "$ROOT/.venv/bin/supervisorctl" -c "$CONF" pid >/dev/null 2>&1; }
-
 check() { # check SERVICE INSTANCE: that instance's own heartbeat, through the Sentinels
   REDIS_SENTINELS="$SENTINELS" REDIS_SENTINEL_MASTER="$MASTER" INSTANCE_NAME="$2" "$PY" -m "services.$1" --check >/dev/null 2>&1
 }
@@ -154,7 +144,7 @@ wait_healthy() {
 
 up() {
   ensure_venv
-  start_redis
+  start_redis_and_sentinels
   local sim; sim="$(sim_mode)"
   write_conf "$([ "$sim" = 1 ] && echo true || echo false)"
   if supervisor_running; then

@@ -208,7 +208,7 @@ class UpstoxBroker:
         self._fill_timeout_s = settings.broker_fill_timeout_s if fill_timeout_s is None else fill_timeout_s
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
         self._static_ips: tuple[float, dict[str, Any] | None] | None = None
-        self._instruments = guard_instruments(settings)  # built now, not on a close's clock
+        self._instruments = guard_instruments(settings, clock)  # built now, not on a close's clock
         self._order_pacer = Pacer(*ORDER_CALL_LIMITS)
         self._read_pacer = Pacer(*READ_CALL_LIMITS)
         verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
@@ -241,22 +241,22 @@ class UpstoxBroker:
         return urlunsplit(parts._replace(netloc=netloc)), headers, extensions
 
     async def _call(self, method: str, url: str, *, order_call: bool = False, **kw: Any) -> Any:
-        await (self._order_pacer if order_call else self._read_pacer).wait()
-        target, host_headers, extensions = await self._route(url)
-        headers = {**(await self._headers(order_call=order_call)), **host_headers}
-        deadline = _send_deadline.get()
-        if order_call and deadline is not None and time.monotonic() > deadline:
-            raise BrokerError(
-                "the close claim got too old before the order could go out; nothing sent", status_code=503
-            )
-        try:
-            resp = await self._http.request(method, target, headers=headers, extensions=extensions, **kw)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
-            raise BrokerError(f"broker unreachable: {type(exc).__name__}", status_code=503) from None
-        except httpx.HTTPError as exc:
-            if order_call:  # the request may have arrived and acted; only its answer is missing
-                raise BrokerOutcomeUnknown(f"no answer from the broker: {type(exc).__name__}") from None
-            raise BrokerError(f"broker unreachable: {type(exc).__name__}", status_code=503) from None
+        async with (self._order_pacer if order_call else self._read_pacer).slot():
+            target, host_headers, extensions = await self._route(url)
+            headers = {**(await self._headers(order_call=order_call)), **host_headers}
+            deadline = _send_deadline.get()
+            if order_call and deadline is not None and time.monotonic() > deadline:
+                raise BrokerError(
+                    "the close claim got too old before the order could go out; nothing sent", status_code=503
+                )
+            try:
+                resp = await self._http.request(method, target, headers=headers, extensions=extensions, **kw)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
+                raise BrokerError(f"broker unreachable: {type(exc).__name__}", status_code=503) from None
+            except httpx.HTTPError as exc:
+                if order_call:  # the request may have arrived and acted; only its answer is missing
+                    raise BrokerOutcomeUnknown(f"no answer from the broker: {type(exc).__name__}") from None
+                raise BrokerError(f"broker unreachable: {type(exc).__name__}", status_code=503) from None
         try:
             body = resp.json()
         except ValueError:

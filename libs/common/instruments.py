@@ -10,26 +10,43 @@ ISINs are well known (BOSCHLTD `NSE_EQ|INE323A01026`, KAYNES `NSE_EQ|INE918Z0101
 200 obviously synthetic equities `SIMEQ001`..`SIMEQ200` (key `NSE_EQ|SIMEQ001`). `extra=N` adds N more
 synthetic rows `SIMEQ0001`.. (four or more digits, key `NSE_EQ|SIMEQ0001`) for benchmarks. NSE_FO rows
 (NIFTY / BANKNIFTY futures and options) are generated for the day by `libs.common.fno`.
+
+A guard process reads its instruments from `INSTRUMENTS_URL` when it is set (a path or an http(s) URL of an
+Upstox instrument file, e.g. Upstox's `NSE.json.gz`, or the simulator's own at `/market-quote/instruments/exchange/
+complete.json.gz`), and lists them again once per trading day (`GuardInstruments`): F&O contracts are listed and
+expire every week, so a guard running for days must not keep yesterday's list.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache
+from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
+from functools import cache, lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
-from libs.common.clock import to_ist
+import httpx
+from loguru import logger
+
+from libs.common.clock import IST, Clock, SystemClock, to_ist
 
 if TYPE_CHECKING:
     from libs.common.settings import Settings
 
 DEFAULT_INDEX_TICK_PAISE = 5
 _EXTRA_BANDS = (20, 10, 5, 2)
+LISTED_AT = time_of_day(6, 30)  # IST: Upstox rewrites its instrument files around 06:00, the market opens at 09:15
+RETRY_S = 60.0  # a list that could not be read is asked for again this much later
+KEEP_EXPIRED_S = 7 * 86400  # a contract gone from the new list stays known this long after it stopped trading
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +148,10 @@ def _from_row(row: dict[str, Any]) -> Instrument:
         freeze_quantity=float(row.get("freeze_quantity", 100000.0)),
         close_price_paise=max(close, tick),
         price_band_pct=float(row.get("price_band_pct", 20.0)),
+        expiry_ms=int(row.get("expiry") or 0),
+        strike_paise=round(float(row.get("strike_price") or 0) * 100),
+        underlying_key=str(row.get("underlying_key") or ""),
+        weekly=bool(row.get("weekly", False)),
     )
 
 
@@ -169,21 +190,34 @@ def load_instruments(
 
     Deterministic: the same `extra`, day and `expiry_weekday` always give the same list in the same order.
     """
+    day = to_ist(time.time() if now is None else now).date()
+    contracts = _contracts(day, expiry_weekday) if fno else ()
+    return [*_shipped(), *contracts, *_synthetic(extra)]
+
+
+@lru_cache(maxsize=4)
+def _contracts(day: date, expiry_weekday: int) -> tuple[Instrument, ...]:
+    """The day's F&O rows, priced once per process (every service builds several lists at start)."""
     from libs.common.fno import fno_instruments  # fno builds on Instrument
 
-    shipped = _shipped()
-    day = to_ist(time.time() if now is None else now).date()
-    contracts = fno_instruments(shipped, day, expiry_weekday) if fno else ()
-    return [*shipped, *contracts, *_synthetic(extra)]
+    return tuple(fno_instruments(_shipped(), day, expiry_weekday))
 
 
 class InstrumentIndex:
     """Lookups by trading symbol and by instrument key over a list of instruments."""
 
     def __init__(self, instruments: Iterable[Instrument]) -> None:
-        self.all: list[Instrument] = list(instruments)
-        self._by_symbol = {i.trading_symbol: i for i in self.all}
-        self._by_key = {i.instrument_key: i for i in self.all}
+        self._list(list(instruments))
+
+    def _list(self, instruments: list[Instrument]) -> None:
+        """Take `instruments` as the list (no await in here: a reader never sees half of it). A symbol listed on
+        several exchanges (RELIANCE on NSE_EQ and BSE_EQ in `complete.json.gz`) means its NSE row."""
+        by_symbol: dict[str, Instrument] = {}
+        for inst in sorted(instruments, key=lambda i: not i.segment.startswith("NSE_")):
+            by_symbol.setdefault(inst.trading_symbol, inst)
+        self.all: list[Instrument] = instruments
+        self._by_symbol = by_symbol
+        self._by_key = {i.instrument_key: i for i in instruments}
 
     def __len__(self) -> int:
         return len(self.all)
@@ -214,14 +248,146 @@ def instrument_index(
     return InstrumentIndex(load_instruments(extra, now=now, expiry_weekday=expiry_weekday, fno=fno))
 
 
-def guard_instruments(settings: Settings, now: float | None = None) -> InstrumentIndex:
-    """The instruments a guard service knows. The F&O rows are the simulator's own (their keys are not real
-    Upstox keys), so they are known in simulator mode only; with a real token an F&O position is registered
-    with its `instrument_key` and has no lot or expiry checks."""
+class GuardInstruments(InstrumentIndex):
+    """The instruments a guard process knows, listed again once per trading day.
+
+    `load(now)` gives the list for the day of `now`; it is called at start and again by the first lookup after
+    06:30 IST of each new day (in a thread, so a slow download never holds the event loop; lookups answer from
+    the previous list meanwhile). A list that cannot be read keeps the previous one (at start: `fallback`) and
+    is asked for again RETRY_S later. A contract missing from the new list that stopped trading within
+    KEEP_EXPIRED_S stays known, so a position still open in it is reported, never dropped.
+    """
+
+    def __init__(
+        self, load: Callable[[float], list[Instrument]], clock: Clock, fallback: Callable[[], list[Instrument]]
+    ) -> None:
+        self._load = load
+        self._clock = clock
+        self._refreshing: asyncio.Task[None] | None = None
+        now = clock.now()
+        try:
+            listed = load(now)
+            self._due = next_listing(now)
+        except (OSError, ValueError, httpx.HTTPError) as exc:
+            logger.warning(f"Instrument list unreadable ({exc}); using the shipped list, asking again in {RETRY_S:g} s")
+            listed, self._due = fallback(), now + RETRY_S
+        super().__init__(listed)
+
+    def by_symbol(self, symbol: str) -> Instrument | None:
+        self._refresh_if_due()
+        return super().by_symbol(symbol)
+
+    def by_key(self, instrument_key: str) -> Instrument | None:
+        self._refresh_if_due()
+        return super().by_key(instrument_key)
+
+    def _refresh_if_due(self) -> None:
+        now = self._clock.now()
+        if now < self._due or self._refreshing is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a command line): read it here
+            self._take(now, self._read(now))
+            return
+        self._refreshing = loop.create_task(self._refresh(now), name="instruments.refresh")
+
+    async def _refresh(self, now: float) -> None:
+        try:
+            self._take(now, await asyncio.to_thread(self._read, now))
+        finally:
+            self._refreshing = None
+
+    def _read(self, now: float) -> list[Instrument] | None:
+        try:
+            return self._load(now)
+        except (OSError, ValueError, httpx.HTTPError) as exc:
+            logger.warning(f"Instrument list unreadable ({exc}); keeping the previous one, again in {RETRY_S:g} s")
+            return None
+
+    def _take(self, now: float, listed: list[Instrument] | None) -> None:
+        if listed is None:
+            self._due = now + RETRY_S
+            return
+        from libs.common.fno import trading_ends_at  # fno builds on Instrument
+
+        keys = {i.instrument_key for i in listed}
+        kept = [
+            i for i in self.all
+            if i.is_derivative and i.instrument_key not in keys and now - trading_ends_at(i) < KEEP_EXPIRED_S
+        ]  # fmt: skip
+        self._list([*listed, *kept])
+        self._due = next_listing(now)
+        day = to_ist(now).date()
+        logger.info(f"Instruments listed for {day}: {len(listed)} (and {len(kept)} recently expired contracts)")
+
+
+def next_listing(now: float) -> float:
+    """Epoch s of the next LISTED_AT (IST) after `now`: when a new day's instrument list is read."""
+    today = datetime.combine(to_ist(now).date(), LISTED_AT, tzinfo=IST)
+    return (today if today.timestamp() > now else today + timedelta(days=1)).timestamp()
+
+
+def read_instrument_file(
+    source: str, *, verify: ssl.SSLContext | bool = True, timeout_s: float = 60
+) -> list[Instrument]:
+    """The rows of an Upstox instrument file (a gzipped JSON array, or plain JSON) at a path or http(s) URL.
+    A row without `instrument_key`, `trading_symbol` or `segment` is skipped. Raises OSError, httpx.HTTPError
+    or ValueError (not JSON, or no row at all)."""
+    if source.startswith(("http://", "https://")):
+        with httpx.Client(timeout=timeout_s, verify=verify, trust_env=False, follow_redirects=True) as http:
+            resp = http.get(source)
+            resp.raise_for_status()
+            data = resp.content
+    else:
+        data = Path(source).expanduser().read_bytes()
+    if data[:2] == b"\x1f\x8b":  # served as application/gzip, not Content-Encoding: unzip here
+        data = gzip.decompress(data)
+    rows = json.loads(data)
+    if not isinstance(rows, list):
+        raise ValueError(f"{source} is not a JSON array of instrument rows")
+    out = []
+    for row in rows:
+        try:
+            out.append(_from_row(row))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    if not out:
+        raise ValueError(f"{source} has no instrument rows")
+    return out
+
+
+def guard_instruments(settings: Settings, clock: Clock | None = None) -> GuardInstruments:
+    """The instruments a guard service knows: `INSTRUMENTS_URL` when set, else the shipped list (and in simulator
+    mode the simulator's F&O contracts, generated the same way it does), listed again each trading day."""
     sim = settings.simulator_mode
-    return instrument_index(
-        settings.sim_extra_instruments if sim else 0, now=now, expiry_weekday=settings.fno_expiry_weekday, fno=sim
-    )
+    weekday = settings.fno_expiry_weekday
+
+    def shipped(now: float) -> list[Instrument]:
+        return load_instruments(settings.sim_extra_instruments if sim else 0, now=now, expiry_weekday=weekday, fno=sim)
+
+    source = settings.instruments_url.strip()
+    if not source:
+        load = shipped
+    else:
+        verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
+
+        def load(now: float) -> list[Instrument]:
+            listed = read_instrument_file(source, verify=verify)
+            logger.info(f"Read {len(listed)} instruments from {_shown(source)}")
+            return listed
+
+    clock = clock or SystemClock()
+    return GuardInstruments(load, clock, fallback=lambda: shipped(clock.now()))
+
+
+def _shown(source: str) -> str:
+    """`source` without what may be a secret (a password in the URL, a signed query)."""
+    parts = urlsplit(source)
+    if not parts.hostname:
+        return source
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=host, query=""))
 
 
 def master_file_gz(instruments: Iterable[Instrument]) -> bytes:

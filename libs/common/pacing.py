@@ -4,33 +4,55 @@ instead of collecting 429s (Upstox: order calls 10/s and 500/min, other calls 50
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+
+_IN_FLIGHT_POLL_S = 0.05  # every slot is taken by a call still waiting for its answer: look again this soon
 
 
 class Pacer:
-    """At most `limit` calls in every rolling window of `(seconds, limit)`; `wait()` takes a slot, sleeping
-    until one is free. Real monotonic time (rate limits follow the wall, not an injected market clock)."""
+    """At most `limit` calls in every rolling window of `(seconds, limit)`. Real monotonic time (rate limits
+    follow the wall, not an injected market clock).
+
+    A call counts from when its answer came back, the latest moment the broker can have counted it, and a call
+    still in flight counts as happening now: stamping a call when it was queued let a loaded client (or a slow
+    network) deliver two windows' worth of calls inside one of the broker's, which answered 429.
+    """
 
     def __init__(self, *windows: tuple[float, int]) -> None:
         self._windows = [(seconds, limit) for seconds, limit in windows if limit > 0]
         self._longest = max((seconds for seconds, _ in self._windows), default=0.0)
-        self._calls: deque[float] = deque()
+        self._answered: deque[float] = deque()  # monotonic times the answers of recent calls came back
+        self._in_flight = 0
         self._lock = asyncio.Lock()
 
-    async def wait(self) -> None:
-        """Return when a call may go out now (and count it)."""
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Make one call inside: entered when it may go out now, counted until (and from) its answer."""
+        await self._take()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._answered.append(time.monotonic())
+
+    async def _take(self) -> None:
         async with self._lock:
             while True:
                 now = time.monotonic()
-                while self._calls and now - self._calls[0] >= self._longest:
-                    self._calls.popleft()
+                while self._answered and now - self._answered[0] >= self._longest:
+                    self._answered.popleft()
                 delay_s = max((self._free_in(now, seconds, limit) for seconds, limit in self._windows), default=0.0)
                 if delay_s <= 0:
-                    self._calls.append(now)
+                    self._in_flight += 1
                     return
                 await asyncio.sleep(delay_s)
 
     def _free_in(self, now: float, seconds: float, limit: int) -> float:
-        recent = [t for t in self._calls if now - t < seconds]
-        return 0.0 if len(recent) < limit else recent[-limit] + seconds - now
+        room = limit - self._in_flight
+        if room <= 0:
+            return _IN_FLIGHT_POLL_S
+        recent = [t for t in self._answered if now - t < seconds]
+        return 0.0 if len(recent) < room else recent[-room] + seconds - now

@@ -215,7 +215,7 @@ class SafetyNet:
         self._redis = redis
         self._broker = broker
         self._clock = clock
-        self._instruments = instruments or guard_instruments(settings, clock.now())  # lots and freeze quantities
+        self._instruments = instruments or guard_instruments(settings, clock)  # lots and freeze quantities
         self._begin = redis.register_script(with_rev(_BEGIN))
         self._going_on = redis.register_script(with_rev(_GOING_ON))
         self._end = redis.register_script(with_rev(_END))

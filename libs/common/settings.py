@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     sim_extra_instruments: int = Field(0, ge=0)
     fno_expiry_weekday: int = Field(1, ge=0, le=6)
     fno_expiry_warn_min: float = Field(30.0, gt=0)
+    instruments_url: str = ""
 
     # --- Price cache and the guide's three layers ---------------------------------------------
     price_stale_after_s: float = Field(30.0, gt=0)

@@ -95,7 +95,7 @@ def create_app(
             credentials=credentials,
             http=probe_http,
             health=HealthReader(redis, settings, clock),
-            instruments=guard_instruments(settings, clock.now()),
+            instruments=guard_instruments(settings, clock),
             safety_net=net,
         )
         watch = ExpiryWatch(settings, credentials, app.state.resources.token_probe, redis, clock)

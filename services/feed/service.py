@@ -57,7 +57,7 @@ class Feed:
         self._settings = settings
         self.redis = redis
         self.clock = clock or SystemClock()
-        index = instruments or guard_instruments(settings, self.clock.now())
+        index = instruments or guard_instruments(settings, self.clock)
         self.subscriptions = Subscriptions(watchlist(settings, index), index)
         # Only the holder of the feed lease connects and writes (its writes are fenced by the lease's token).
         self.lease = FeedLease(redis, settings, self.clock)

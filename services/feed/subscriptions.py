@@ -78,13 +78,7 @@ class Subscriptions:
         # Every known key maps to its symbol, so a frame for any instrument can be stored.
         self.symbol_of: dict[str, str] = {i.instrument_key: i.trading_symbol for i in index.all}
         self.symbol_of.update({key: symbol for symbol, key in self._watch.items()})
-        self._options = {i.instrument_key for i in index.all if i.is_option}
-        by_key = {i.instrument_key: i for i in index.all}
-        self._underlying: dict[str, tuple[str, str]] = {}  # contract key -> (underlying symbol, key)
-        for inst in index.all:
-            und = by_key.get(inst.underlying_key) if inst.is_derivative else None
-            if und is not None:
-                self._underlying[inst.instrument_key] = (und.trading_symbol, und.instrument_key)
+        self._index = index  # asked at each change: it lists each day's new contracts (GuardInstruments)
         self._wanted = self._compute()
 
     @property
@@ -94,12 +88,22 @@ class Subscriptions:
 
     def _compute(self) -> dict[str, str]:
         wanted = {**self._from_redis, **self._requested, **self._watch}
-        underlyings = dict(self._underlying[k] for k in wanted.values() if k in self._underlying)
+        underlyings = dict(u for k in wanted.values() if (u := self._underlying(k)) is not None)
         return {**underlyings, **wanted}
+
+    def _underlying(self, key: str) -> tuple[str, str] | None:
+        """(symbol, key) of the index a contract follows, None for anything else."""
+        inst = self._index.by_key(key)
+        und = self._index.by_key(inst.underlying_key) if inst is not None and inst.is_derivative else None
+        return None if und is None else (und.trading_symbol, und.instrument_key)
+
+    def _is_option(self, key: str) -> bool:
+        inst = self._index.by_key(key)
+        return inst is not None and inst.is_option
 
     def modes(self, base: str) -> dict[str, str]:
         """SYMBOL -> subscription mode of every wanted symbol (see the module's note)."""
-        plan = {s: OPTION_MODE if k in self._options else base for s, k in self._wanted.items()}
+        plan = {s: OPTION_MODE if self._is_option(k) else base for s, k in self._wanted.items()}
         counts: dict[str, int] = {}
         for mode in plan.values():
             counts[mode] = counts.get(mode, 0) + 1

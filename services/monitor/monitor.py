@@ -97,7 +97,7 @@ class Monitor:
         self._close_backoff = Backoff(
             min(retry_base_s, retry_cap_s), retry_cap_s, jitter=0.25, rng=rng or random.Random()
         )
-        index = instruments or guard_instruments(settings, self._clock.now())
+        index = instruments or guard_instruments(settings, self._clock)
         self._expiry = ExpiryWatch(self._store, index, self._clock, warn_min=settings.fno_expiry_warn_min)
         self._core = Core(settings)
         self._policy = FreshnessPolicy.from_settings(settings)

@@ -132,21 +132,26 @@ class Market:
         self.forced_status.clear()
         self.steps = 0
         now_ms = self._now_ms()
-        self.quotes = [
-            Quote(
-                ltp=i.close_price_paise,
-                close=i.close_price_paise,
-                open=i.close_price_paise,
-                high=i.close_price_paise,
-                low=i.close_price_paise,
-                ltt_ms=now_ms,
-                minute_start_ms=now_ms // 60000 * 60000,
-                minute_ohlc=[i.close_price_paise] * 4,
-            )
-            for i in self.instruments
-        ]
+        self.quotes = [_opening_quote(i.close_price_paise, now_ms) for i in self.instruments]
         self._follow(list(self.derivatives.followers), now_ms)
         self._last_status = self.segment_status()
+
+    def list_more(self, contracts: list[Instrument]) -> list[int]:
+        """Start trading the contracts of a new day not listed yet (at their model price); their indices."""
+        fresh = [c for c in contracts if c.instrument_key not in self.index]
+        start = len(self.instruments)
+        now_ms = self._now_ms()
+        for idx, inst in enumerate(fresh, start=start):
+            self.instruments.append(inst)
+            self.index[inst.instrument_key] = idx
+            self.by_symbol.setdefault(inst.trading_symbol, idx)
+            self._bands.append(inst.band_paise)
+            self._is_index.append(inst.is_index)
+            self.quotes.append(_opening_quote(inst.close_price_paise, now_ms))
+        if fresh:
+            self.derivatives = Derivatives(self.instruments)
+            self._follow(list(self.derivatives.followers), now_ms)
+        return list(range(start, len(self.instruments)))
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
@@ -317,3 +322,17 @@ class Market:
             return
         for listener in list(self.listeners):
             listener(changed)
+
+
+def _opening_quote(close_paise: int, now_ms: int) -> Quote:
+    """A quote at the previous close, before the first trade of the day."""
+    return Quote(
+        ltp=close_paise,
+        close=close_paise,
+        open=close_paise,
+        high=close_paise,
+        low=close_paise,
+        ltt_ms=now_ms,
+        minute_start_ms=now_ms // 60000 * 60000,
+        minute_ohlc=[close_paise] * 4,
+    )

@@ -23,14 +23,15 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from loguru import logger
 
-from libs.common.clock import Clock, SystemClock
-from libs.common.instruments import load_instruments, master_file_gz
+from libs.common.clock import Clock, SystemClock, to_ist
+from libs.common.instruments import Instrument, load_instruments, master_file_gz
 from libs.common.service import EmbeddedServer, cancel_and_wait
 from libs.common.settings import Settings
 from services.sim.app import create_app
@@ -63,9 +64,8 @@ class Simulator:
         self._settings = s = settings if isinstance(settings, SimSettings) else SimSettings.of(settings)
         self.clock: Clock = clock or SystemClock()
         self.auto_tick = auto_tick
-        self.instruments = load_instruments(
-            s.sim_extra_instruments, now=self.clock.now(), expiry_weekday=s.fno_expiry_weekday
-        )
+        self.instruments = self._listed(self.clock.now())
+        self._extra_from = len(self.instruments) - s.sim_extra_instruments
         self.market = Market(
             self.instruments,
             seed=s.sim_seed,
@@ -101,7 +101,7 @@ class Simulator:
         self.rest_port = 0
         self._server: EmbeddedServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._instrument_file: bytes | None = None
+        self._instrument_file: tuple[date, bytes] | None = None  # the day it lists, the gzipped file
 
     # --- addresses -----------------------------------------------------------------------------
     @property
@@ -143,10 +143,29 @@ class Simulator:
         ws = "wss" if self.tls else "ws"
         return f"{ws}://{_url_host(host)}:{self.feed_port}{FEED_PATH}?requestId={request_id}&code={code}"
 
+    def _listed(self, now: float) -> list[Instrument]:
+        """The instruments listed on the IST day of `now` (that day's F&O contracts)."""
+        s = self._settings
+        return load_instruments(s.sim_extra_instruments, now=now, expiry_weekday=s.fno_expiry_weekday)
+
     def instrument_file(self) -> bytes:
-        if self._instrument_file is None:
-            self._instrument_file = master_file_gz(self.instruments)
-        return self._instrument_file
+        """Upstox's `complete.json.gz` as of today on the simulator's clock: a new day lists its contracts (and
+        they start trading); yesterday's expired ones are no longer in the file."""
+        self.list_today()
+        assert self._instrument_file is not None
+        return self._instrument_file[1]
+
+    def list_today(self) -> None:
+        """On the first call of a new IST day: list that day's contracts and start trading the new ones."""
+        now = self.clock.now()
+        day = to_ist(now).date()
+        if self._instrument_file is not None and self._instrument_file[0] == day:
+            return
+        listed = self._listed(now)
+        new = self.market.list_more([i for i in listed if i.is_derivative])
+        if new:
+            logger.info(f"sim listed {len(new)} new contracts for {day}")
+        self._instrument_file = (day, master_file_gz(listed))
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self, *, rest_port: int | None = None, feed_port: int | None = None) -> None:
@@ -197,6 +216,7 @@ class Simulator:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
+            self.list_today()
             self.market.check_status()
             self.market.step()
             next_at += interval
@@ -253,8 +273,12 @@ class Simulator:
 
     def state(self) -> dict[str, Any]:
         """What `/sim/state` shows."""
-        shipped = self.instruments[: len(self.instruments) - self._settings.sim_extra_instruments]
-        prices = {inst.trading_symbol: self.market.quotes[i].ltp / 100 for i, inst in enumerate(shipped)}
+        extra = range(self._extra_from, self._extra_from + self._settings.sim_extra_instruments)  # benchmark rows
+        prices = {
+            inst.trading_symbol: self.market.quotes[i].ltp / 100
+            for i, inst in enumerate(self.instruments)
+            if i not in extra
+        }
         return {
             "rest_url": self.rest_url,
             "feed_port": self.feed_port,

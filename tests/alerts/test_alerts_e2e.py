@@ -15,6 +15,7 @@ from libs.common import keys
 from libs.common.models import PositionState
 from tests.alerts.receiver import Receiver
 from tests.e2e.harness import Stack
+from tests.ha.order_proxy import OrderProxy
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -219,22 +220,26 @@ async def test_a_close_with_an_unknown_outcome_is_alerted_then_its_settlement(tm
     """The broker hangs with the close order in flight: "outcome unknown" (no second order); once the broker is
     back the close is settled by its tag and the alert says so, each once."""
     with Receiver() as receiver:
-        # The close reads the broker's positions first (1 s timeout, then the snapshot) and may still send its
-        # order while its claim is younger than half of MONITOR_STUCK_CLOSE_S.
         env = alert_env(receiver, BROKER_TIMEOUT_S="1", MONITOR_STUCK_CLOSE_S="4")
-        async with Stack(tmp_path, **env) as stack:
+        async with Stack(tmp_path, **env) as stack, OrderProxy(stack.sim_port) as proxy:
+            stack.env["UPSTOX_ORDER_BASE"] = proxy.url  # orders pass the proxy: the test sees them go out
             await stack.start("sim", "feed", "monitor", "api")
             await stack.set_price("BOSCHLTD", 720.0)
             await buy(stack, "BOSCHLTD", 10)
             await stack.open_position("BOSCHLTD", "long", 10, 735.0, at_broker=False, stop_loss=698.25)
             await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"))
             await stack.start("alerts")
-            stack.pause("sim")  # the broker host hangs: the order is sent, no answer comes
+            # The broker hangs once the order has gone out (not before: the close reads the positions first, and a
+            # claim older than half of MONITOR_STUCK_CLOSE_S sends nothing, so a hang there is another story).
+            proxy.hold()
             resp = await stack.api("PATCH", "/api/v1/positions/BOSCHLTD", json={"stop_loss": 725.0})
             assert resp.status_code == 200, resp.text
+            await asyncio.wait_for(proxy.order_seen.wait(), timeout=10)
+            stack.pause("sim")  # no answer comes, and nobody can ask about the order
             unknown = "[CRITICAL] Close of BOSCHLTD: outcome unknown"
             await eventually(lambda: unknown in receiver.titles(), timeout_s=15)
             stack.resume("sim")
+            proxy.release()
             await eventually(lambda: "[INFO] BOSCHLTD closed (stop_loss)" in receiver.titles(), timeout_s=20)
             await eventually(lambda: settled(stack), timeout_s=10)
             sells = [o for o in await stack.orders("BOSCHLTD") if o["transaction_type"] == "SELL"]

@@ -80,4 +80,9 @@ async def test_without_targets_an_alert_goes_to_the_log_and_is_acknowledged(redi
 
 
 async def _none_pending(redis: Redis) -> bool:
-    return await redis.xlen(keys.ALERTS_OUTBOX) > 0 and await pending(redis) == 0
+    """Every queued message was read by the group and acknowledged (one not read yet is not pending either)."""
+    if await redis.xlen(keys.ALERTS_OUTBOX) == 0 or await pending(redis) != 0:
+        return False
+    info: Any = await redis.xinfo_stream(keys.ALERTS_OUTBOX)
+    groups: Any = await redis.xinfo_groups(keys.ALERTS_OUTBOX)
+    return bool(groups) and all(g["last-delivered-id"] == info["last-generated-id"] for g in groups)

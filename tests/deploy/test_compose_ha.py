@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-GUARD = ("feed", "monitor", "api")
+GUARD = ("feed", "monitor", "api", "alerts")
 
 
 def services() -> dict[str, Any]:
@@ -30,7 +30,7 @@ def test_two_of_each_service_on_two_hosts_each_checking_its_own_instance() -> No
             assert env["REDIS_SENTINEL_MASTER"] == "guard"
             assert env["REDIS_SENTINELS"].count(":26379") == 3
             names.add(env["INSTANCE_NAME"])
-    assert len(names) == 6  # heartbeat:SERVICE:INSTANCE never shared by two processes
+    assert len(names) == 8  # heartbeat:SERVICE:INSTANCE never shared by two processes
 
 
 def test_a_master_a_replica_and_three_sentinels_on_three_hosts() -> None:

@@ -88,7 +88,7 @@ def test_make_up_ha_runs_the_topology_follows_a_failover_and_make_down_ha_leaves
         for api in apis:
             assert httpx.get(f"{api}/positions", timeout=5).status_code == 200
         status_ha = make("status-ha").stdout
-        assert status_ha.count(": healthy") == 6, status_ha
+        assert status_ha.count(": healthy") == 8, status_ha
     finally:
         down = make("down-ha")
     assert down.returncode == 0, down.stdout + down.stderr

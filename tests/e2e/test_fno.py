@@ -79,7 +79,10 @@ async def test_an_option_stop_fires_on_the_cached_premium_during_a_drop(tmp_path
     option_greeks and its underlying besides the watchlist; health shows the mode per symbol."""
     option = nifty_weekly()
     symbol, lot = option.trading_symbol, option.lot_size
-    async with Stack(tmp_path, PRICE_STALE_AFTER_S="20", RECONCILE_INTERVAL_S="600") as stack:
+    # The REST poll (layer 2b) would price the option through the drop; a long interval keeps it out, so the
+    # cached layer is what this test sees (as when the whole network is down, not just the WebSocket).
+    settings = {"PRICE_STALE_AFTER_S": "20", "RECONCILE_INTERVAL_S": "600", "REST_POLL_INTERVAL_S": "600"}
+    async with Stack(tmp_path, **settings) as stack:
         await stack.start("sim", "feed", "monitor", "api", env={"FEED_WATCHLIST": '["BOSCHLTD"]'})
         await stack.set_price("NIFTY", 24000.0)
         bought = await stack.sim("POST", "/sim/trade", json={"symbol": symbol, "side": "buy", "quantity": 2 * lot})

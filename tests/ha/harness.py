@@ -128,12 +128,6 @@ class HAStack(Stack):
     async def api_at(self, instance: str, method: str, path: str, **kw: Any) -> httpx.Response:
         return await self.http.request(method, self.api_of(instance) + path, **kw)
 
-    async def open_held(self, symbol: str, side: str, quantity: int, entry: float, **levels: float) -> None:
-        """Buy (or sell short) at the simulated broker first, then register the position with the guard."""
-        trade = {"symbol": symbol, "side": "buy" if side == "long" else "sell", "quantity": quantity}
-        await self.sim("POST", "/sim/trade", json=trade)
-        await self.open_position(symbol, side, quantity, entry, **levels)
-
     async def close_orders(self, symbol: str) -> list[dict[str, Any]]:
         """The guard's close orders for `symbol` at the simulated broker (tagged `guard-close-...`)."""
         return [o for o in await self.orders(symbol) if str(o.get("tag") or "").startswith(TAG_PREFIX)]

@@ -1,6 +1,9 @@
 """A TCP proxy in front of the simulator's order endpoint that can hold replies, so a test knows an order
 reached the broker and can keep its sender waiting for the answer (an order "in flight", deterministically).
 
+`order_seen` is set once a whole order request (headers and body) has been passed on: httpx writes the two
+separately, and a sender frozen between them has sent no order yet.
+
     async with OrderProxy(sim_port) as proxy:          # UPSTOX_ORDER_BASE=proxy.url for the services
         proxy.hold()                                   # replies are held from now on
         await proxy.order_seen.wait()                  # an order request went through to the simulator
@@ -67,11 +70,31 @@ class OrderProxy:
             self._tasks -= {up, down}
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, requests: bool) -> None:
+        sent = b""  # the request bytes passed on since the last whole request
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
-                if requests and b"/v3/order/place" in data:
-                    self.order_seen.set()
                 if not requests:
                     await self._released.wait()
                 writer.write(data)
                 await writer.drain()
+                if requests:
+                    sent += data
+                    while (whole := _whole_request(sent)) is not None:
+                        if b"/v3/order/place" in sent[:whole]:
+                            self.order_seen.set()
+                        sent = sent[whole:]
+
+
+def _whole_request(data: bytes) -> int | None:
+    """The length of the first complete HTTP request in `data` (headers and Content-Length body), None if
+    it has not all arrived."""
+    head, sep, _ = data.partition(b"\r\n\r\n")
+    if not sep:
+        return None
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    end = len(head) + len(sep) + length
+    return end if len(data) >= end else None

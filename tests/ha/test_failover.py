@@ -31,9 +31,9 @@ async def test_master_killed_mid_stream_every_service_follows(tmp_path: Path) ->
         await stack.start_instances(*INSTANCES)
         for symbol, ltp in (("BOSCHLTD", 720.0), ("KAYNES", 200.0), ("SBIN", 800.0)):
             await stack.set_price(symbol, ltp)
-        await stack.open_held("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
-        await stack.open_held("KAYNES", "long", 10, 195.0, stop_loss=150.0)
-        await stack.open_held("SBIN", "long", 5, 810.0, stop_loss=700.0)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await stack.open_position("KAYNES", "long", 10, 195.0, stop_loss=150.0)
+        await stack.open_position("SBIN", "long", 5, 810.0, stop_loss=700.0)
         resp = await stack.emergency_close("SBIN")  # a journal entry from before the failover
         assert resp.status_code == 200, resp.text
         await stack.wait_connected(True)

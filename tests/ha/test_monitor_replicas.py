@@ -31,7 +31,7 @@ async def test_two_monitors_one_frozen_mid_close_send_one_order(tmp_path: Path) 
         await stack.start("sim")
         await stack.start_instances(("feed", "a"), ("monitor", "a"), ("monitor", "b"), ("api", "a"))
         await stack.set_price("BOSCHLTD", 720.0)
-        await stack.open_held("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
         await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"), timeout_s=10)
         status = await stack.status()
         assert sorted(status["instances"]["monitor"]) == ["a", "b"]
@@ -75,7 +75,7 @@ async def test_a_claimant_frozen_before_its_order_never_sends_it_late(tmp_path: 
         await stack.start("sim")
         await stack.start_instances(("feed", "a"), ("monitor", "a"), ("monitor", "b"), ("api", "a"))
         await stack.set_price("BOSCHLTD", 720.0)
-        await stack.open_held("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
+        await stack.open_position("BOSCHLTD", "long", 10, 735.0, stop_loss=698.25)
         await eventually(lambda: _ltp_is(stack, "BOSCHLTD", "720.00"), timeout_s=10)
         marks = {i: stack.mark(f"monitor@{i}") for i in "ab"}
 
@@ -88,6 +88,9 @@ async def test_a_claimant_frozen_before_its_order_never_sends_it_late(tmp_path: 
             resp = await stack.api("PATCH", "/api/v1/positions/BOSCHLTD", json={"stop_loss": 725.0})
             assert resp.status_code == 200, resp.text
             await eventually(lambda: _state_is(stack, "BOSCHLTD", PositionState.CLOSING), timeout_s=5)
+            # Inside WAIT, not still reading the broker's positions between its claim and WAIT: frozen there, it
+            # would come back to a flat broker and settle nothing (as safe, but not this scenario).
+            await eventually(lambda: _waiting_for_a_replica(stack), timeout_s=10)
             assert stack.count(f"monitor@{frozen}", "[SL] BOSCHLTD", since=marks[frozen]) == 1
             stack.pause(f"monitor@{frozen}")
             stack.resume(f"monitor@{other}")
@@ -110,6 +113,12 @@ async def test_a_claimant_frozen_before_its_order_never_sends_it_late(tmp_path: 
 
 async def _ltp_is(stack: HAStack, symbol: str, ltp: str) -> bool:
     return (await stack.price(symbol)).get("ltp") == ltp
+
+
+async def _waiting_for_a_replica(stack: HAStack) -> bool:
+    """A client of the master is blocked in WAIT (the claim's confirmation on a replica)."""
+    clients = await stack.redis.client_list()
+    return any(c.get("cmd") == "wait" for c in clients)
 
 
 async def _state_is(stack: HAStack, symbol: str, state: PositionState) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import random
 import re
@@ -15,7 +16,7 @@ from redis.asyncio import Redis
 from libs.common import keys
 from libs.common.broker import BrokerError, Fill, PaperBroker
 from libs.common.clock import Clock, ManualClock
-from libs.common.heartbeat import beat
+from libs.common.heartbeat import beat, beat_forever
 from libs.common.logging import setup_logging
 from libs.common.models import FeedState, FeedStatus, Position, Side
 from libs.common.money import Paise
@@ -102,6 +103,20 @@ async def set_feed(redis: Redis, settings: Settings, clock: Clock, *, live: bool
         await beat(redis, "feed", settings, clock)
     else:
         await redis.delete(keys.heartbeat("feed"))
+
+
+@contextlib.asynccontextmanager
+async def feed_beating(redis: Redis, settings: Settings, clock: Clock) -> AsyncIterator[None]:
+    """A live feed as its process shows it for the whole block: connected, and beating every
+    HEARTBEAT_INTERVAL_S (one beat at the start goes silent after 3 s, which a loaded machine outlasts)."""
+    await set_feed(redis, settings, clock, live=True)
+    task = asyncio.create_task(beat_forever(redis, "feed", settings, clock))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def write_price(

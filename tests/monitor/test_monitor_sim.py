@@ -30,6 +30,7 @@ from tests.monitor.conftest import (
     LogLines,
     ScriptedBroker,
     compressed,
+    feed_beating,
     long_bosch,
     set_feed,
     short_reliance,
@@ -92,7 +93,6 @@ async def test_live_ticks_close_long_and_short_through_the_simulator(
     redis: Redis, msettings: Settings, sim: Simulator, logs: LogLines
 ) -> None:
     store = PositionStore(redis, CLOCK)
-    await set_feed(redis, msettings, CLOCK, live=True)
     held_at_broker(sim, long_bosch(), short_reliance())
     await store.open(long_bosch())
     await store.open(short_reliance())
@@ -100,7 +100,7 @@ async def test_live_ticks_close_long_and_short_through_the_simulator(
     await write_price(redis, msettings, "RELIANCE", "1400.00", CLOCK.now())
     broker = UpstoxBroker(msettings)
     monitor = Monitor(msettings, redis, broker, CLOCK)
-    async with running(monitor):
+    async with feed_beating(redis, msettings, CLOCK), running(monitor):
         await eventually(lambda: set(monitor.watched) == {"BOSCHLTD", "RELIANCE"}, timeout_s=5)
         await eventually(lambda: logs.count("Tick channel") + monitor.sweeps > 1, timeout_s=5)
         sim.market.set_price("BOSCHLTD", 69500)
@@ -244,9 +244,11 @@ async def test_example_2_on_the_real_clock_expiry_warned_once(redis: Redis, sett
     msettings = compressed(settings, price_stale_after_s=0.3, price_cache_ttl_s=1, monitor_fallback_log_interval_s=0.2)
     store = PositionStore(redis, CLOCK)
     await store.open(long_bosch())
-    await write_price(redis, msettings, "BOSCHLTD", "720.00", CLOCK.now())
-    await set_feed(redis, msettings, CLOCK, live=False)
     monitor = Monitor(msettings, redis, UpstoxBroker(msettings), CLOCK)
+    # Built before the price is written: the cached phase lasts 0.3 s, and building takes a good part of it
+    # on a loaded machine (the instrument lists), so the first sweep saw the price already stale.
+    await set_feed(redis, msettings, CLOCK, live=False)
+    await write_price(redis, msettings, "BOSCHLTD", "720.00", CLOCK.now())
     async with running(monitor):
         await eventually(lambda: logs.count("Can't monitor BOSCHLTD - no fresh prices") == 1, timeout_s=5)
         assert await redis.exists(keys.price("BOSCHLTD")) == 0  # Redis expired the key itself
