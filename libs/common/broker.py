@@ -424,7 +424,7 @@ def _sum_fills(fills: list[Fill]) -> Fill | None:
     if len(fills) == 1:
         return fills[0]
     quantity = sum(f.quantity or 0 for f in fills)
-    average = round(sum((f.quantity or 0) * f.price for f in fills) / quantity)
+    average = Paise(round(sum((f.quantity or 0) * f.price for f in fills) / quantity))
     return Fill(order_id=",".join(f.order_id for f in fills), price=average, quantity=quantity)
 
 

@@ -242,7 +242,7 @@ class Closer:
                 continue
             got = (total.quantity or 0) - before_qty if total else 0
             if total is not None and got > 0:
-                price = round(((total.quantity or 0) * total.price - before_value) / got)
+                price = Paise(round(((total.quantity or 0) * total.price - before_value) / got))
                 logger.warning(f"Order with tag {tag} had no clear answer; the broker shows it filled {got}")
                 return Fill(order_id=total.order_id.split(",")[-1], price=price, quantity=got)
         raise BrokerOutcomeUnknown(f"order with tag {tag} had no clear answer ({cause}); no fill shows yet")
@@ -251,7 +251,7 @@ class Closer:
         self, position: Position, claim_id: str, request: CloseRequest, fills: list[Fill], closed_by: str
     ) -> CloseRecord:
         quantity = sum(f.quantity or position.quantity for f in fills)
-        price = round(sum((f.quantity or position.quantity) * f.price for f in fills) / quantity)
+        price = Paise(round(sum((f.quantity or position.quantity) * f.price for f in fills) / quantity))
         sold = position.model_copy(update={"quantity": quantity})
         record = self._record(sold, request, ",".join(f.order_id for f in fills), price, closed_by)
         await self._complete(position.symbol, claim_id, record, request.decided_at)

@@ -19,12 +19,13 @@ from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 from libs.common.clock import IST
+from libs.common.money import Paise
 
 if TYPE_CHECKING:
     from libs.common.instruments import Instrument
 
-OPTION_TICK_PAISE = 5
-FUTURE_TICK_PAISE = 10
+OPTION_TICK_PAISE = Paise(5)
+FUTURE_TICK_PAISE = Paise(10)
 STRIKES_EACH_SIDE = 5
 TRADING_ENDS = time(15, 30)
 _YEAR_S = 365 * 86400.0
@@ -133,7 +134,7 @@ def underlying_of(inst: Instrument) -> Underlying | None:
     return next((u for u in UNDERLYINGS if u.key == inst.underlying_key), None)
 
 
-def fair_price_paise(inst: Instrument, spot_paise: int, now: float) -> tuple[int, Greeks | None]:
+def fair_price_paise(inst: Instrument, spot_paise: Paise, now: float) -> tuple[Paise, Greeks | None]:
     """The derivative's model price (paise, on its tick, at least one tick) given its underlying's price."""
     years = max(trading_ends_at(inst) - now, 0.0) / _YEAR_S
     spot = spot_paise / 100
@@ -145,7 +146,7 @@ def fair_price_paise(inst: Instrument, spot_paise: int, now: float) -> tuple[int
     else:
         value = spot * (1 + _FUTURE_CARRY * years)
     tick = inst.tick_size_paise
-    return max(round(value * 100 / tick) * tick, tick), greeks
+    return Paise(max(round(value * 100 / tick) * tick, tick)), greeks
 
 
 def _last_weekday_of_month(year: int, month: int, weekday: int) -> date:
@@ -189,13 +190,13 @@ def fno_instruments(shipped: Iterable[Instrument], day: date, expiry_weekday: in
         expiries.append((monthly, False))
         for expiry, weekly in sorted(expiries):
             expiry_ms = _expiry_ms(expiry)
-            contracts: list[tuple[str, str, int]] = []
+            contracts: list[tuple[str, str, Paise]] = []
             if not weekly:
-                contracts.append(("FUT", f"{und.symbol} FUT {_label(expiry)}", 0))
+                contracts.append(("FUT", f"{und.symbol} FUT {_label(expiry)}", Paise(0)))
             for n in range(-STRIKES_EACH_SIDE, STRIKES_EACH_SIDE + 1):
                 strike = atm + n * und.strike_step
                 for kind in ("CE", "PE"):
-                    contracts.append((kind, f"{und.symbol} {strike} {kind} {_label(expiry)}", strike * 100))
+                    contracts.append((kind, f"{und.symbol} {strike} {kind} {_label(expiry)}", Paise(strike * 100)))
             for kind, symbol, strike_paise in contracts:
                 # A token made of what the contract is (not of its place in the list), so a service started on
                 # another day never maps a key to a different contract.
@@ -221,5 +222,5 @@ def fno_instruments(shipped: Iterable[Instrument], day: date, expiry_weekday: in
                 yield _with_close(inst, close)
 
 
-def _with_close(inst: Instrument, close_paise: int) -> Instrument:
+def _with_close(inst: Instrument, close_paise: Paise) -> Instrument:
     return replace(inst, close_price_paise=close_paise)

@@ -38,11 +38,12 @@ import httpx
 from loguru import logger
 
 from libs.common.clock import IST, Clock, SystemClock, to_ist
+from libs.common.money import Paise
 
 if TYPE_CHECKING:
     from libs.common.settings import Settings
 
-DEFAULT_INDEX_TICK_PAISE = 5
+DEFAULT_INDEX_TICK_PAISE = Paise(5)
 _EXTRA_BANDS = (20, 10, 5, 2)
 LISTED_AT = time_of_day(6, 30)  # IST: Upstox rewrites its instrument files around 06:00, the market opens at 09:15
 RETRY_S = 60.0  # a list that could not be read is asked for again this much later
@@ -61,14 +62,14 @@ class Instrument:
     instrument_type: str
     isin: str = ""
     exchange_token: str = ""
-    tick_size_paise: int = DEFAULT_INDEX_TICK_PAISE
+    tick_size_paise: Paise = DEFAULT_INDEX_TICK_PAISE
     lot_size: int = 1
     freeze_quantity: float = 100000.0
-    close_price_paise: int = 10000
+    close_price_paise: Paise = Paise(10000)
     price_band_pct: float = 20.0
     # F&O only (`libs.common.fno`): 0 / "" for equities and indices.
     expiry_ms: int = 0  # epoch ms of 23:59:59 IST on the expiry date, as in Upstox's file
-    strike_paise: int = 0
+    strike_paise: Paise = Paise(0)
     underlying_key: str = ""
     weekly: bool = False
 
@@ -92,13 +93,13 @@ class Instrument:
         return self.trading_symbol.startswith("SIMEQ") and self.instrument_key == f"NSE_EQ|{self.trading_symbol}"
 
     @property
-    def band_paise(self) -> tuple[int, int]:
+    def band_paise(self) -> tuple[Paise, Paise]:
         """The day's (lower, upper) circuit limits in paise, snapped inwards to the tick size."""
         tick = self.tick_size_paise
         width = self.close_price_paise * self.price_band_pct / 100
         low = -(-int(self.close_price_paise - width) // tick) * tick  # ceil to tick
         high = int(self.close_price_paise + width) // tick * tick
-        return max(low, tick), high
+        return Paise(max(low, tick)), Paise(high)
 
     def master_row(self) -> dict[str, Any]:
         """The row as it appears in the instrument file (Upstox shape plus the simulator fields)."""
@@ -132,8 +133,8 @@ class Instrument:
 
 
 def _from_row(row: dict[str, Any]) -> Instrument:
-    tick = round(float(row.get("tick_size", DEFAULT_INDEX_TICK_PAISE))) or 1
-    close = round(float(row.get("close_price", 100.0)) * 100) // tick * tick
+    tick = Paise(round(float(row.get("tick_size", DEFAULT_INDEX_TICK_PAISE))) or 1)
+    close = Paise(round(float(row.get("close_price", 100.0)) * 100) // tick * tick)
     return Instrument(
         instrument_key=str(row["instrument_key"]),
         trading_symbol=str(row["trading_symbol"]),
@@ -149,7 +150,7 @@ def _from_row(row: dict[str, Any]) -> Instrument:
         close_price_paise=max(close, tick),
         price_band_pct=float(row.get("price_band_pct", 20.0)),
         expiry_ms=int(row.get("expiry") or 0),
-        strike_paise=round(float(row.get("strike_price") or 0) * 100),
+        strike_paise=Paise(round(float(row.get("strike_price") or 0) * 100)),
         underlying_key=str(row.get("underlying_key") or ""),
         weekly=bool(row.get("weekly", False)),
     )
@@ -166,7 +167,7 @@ def _synthetic(count: int) -> Iterator[Instrument]:
     for i in range(1, count + 1):
         symbol = f"SIMEQ{i:0{width}d}"
         close_paise = 5000 + (i * 7919) % 295000  # ₹50 .. ₹3,000, deterministic
-        tick = 1 if close_paise < 25000 else 5 if close_paise < 100000 else 10
+        tick = Paise(1 if close_paise < 25000 else 5 if close_paise < 100000 else 10)
         yield Instrument(
             instrument_key=f"NSE_EQ|{symbol}",
             trading_symbol=symbol,
@@ -176,7 +177,7 @@ def _synthetic(count: int) -> Iterator[Instrument]:
             instrument_type="EQ",
             isin=symbol,
             tick_size_paise=tick,
-            close_price_paise=close_paise // tick * tick,
+            close_price_paise=Paise(close_paise // tick * tick),
             price_band_pct=_EXTRA_BANDS[i % len(_EXTRA_BANDS)],
         )
 

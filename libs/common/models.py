@@ -209,7 +209,7 @@ class Position(BaseModel):
     def pnl(self, exit_price: Paise) -> Paise:
         """(exit - entry) x qty for a long, the opposite for a short."""
         per_unit = exit_price - self.entry_price
-        return per_unit * self.quantity if self.side is Side.LONG else -per_unit * self.quantity
+        return Paise(per_unit * self.quantity if self.side is Side.LONG else -per_unit * self.quantity)
 
     def to_redis(self) -> dict[str, str]:
         data = self.model_dump(mode="json")

@@ -6,8 +6,9 @@ Rupee strings ("575.00") appear only at the edges: Redis hashes people read, log
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import NewType
 
-Paise = int
+Paise = NewType("Paise", int)  # made by to_paise / ltp_paise when parsing, Paise(...) where one is computed
 
 _ONE_PAISA = Decimal("0.01")
 
@@ -25,13 +26,13 @@ def to_paise(rupees: float | int | str | Decimal) -> Paise:
     if not value.is_finite():
         raise ValueError(f"not a price: {rupees!r}")
     try:
-        return int(value.quantize(_ONE_PAISA, rounding=ROUND_HALF_EVEN) * 100)
+        return Paise(int(value.quantize(_ONE_PAISA, rounding=ROUND_HALF_EVEN) * 100))
     except InvalidOperation:
         raise ValueError(f"not a price: {rupees!r}") from None
 
 
 # No instrument Upstox lists trades near ₹1 crore a unit; anything above is a corrupt value, not a price.
-MAX_LTP_PAISE: Paise = 1_000_000_000
+MAX_LTP_PAISE = Paise(1_000_000_000)
 
 
 def ltp_paise(rupees: float | int | str | Decimal) -> Paise:

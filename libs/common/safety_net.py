@@ -193,7 +193,7 @@ def trigger_for(position: Position, buffer_pct: float, tick_paise: int) -> Paise
     factor = Decimal(1) + Decimal(str(buffer_pct)) / 100 * (-1 if position.side is Side.LONG else 1)
     ticks = Decimal(position.stop_loss) * factor / tick_paise
     rounding = ROUND_FLOOR if position.side is Side.LONG else ROUND_CEILING
-    return max(int(ticks.to_integral_value(rounding)) * tick_paise, tick_paise)
+    return Paise(max(int(ticks.to_integral_value(rounding)) * tick_paise, tick_paise))
 
 
 def closing_side(position: Position) -> str:
@@ -430,7 +430,7 @@ class SafetyNet:
                 value += filled * to_paise(price)
             complete = complete and order.get("status") == "complete"
         order_id = ",".join(order_ids)
-        fill = Fill(order_id, round(value / quantity), quantity) if quantity else None
+        fill = Fill(order_id, Paise(round(value / quantity)), quantity) if quantity else None
         await self.settle(position.symbol, known_id, state="fired", gtt_id=joined, order_id=order_id)
         return Fired(joined, order_id, fill, complete and quantity >= position.quantity)
 

@@ -110,6 +110,8 @@ class BrokerReconciler:
             return False
         side = Side.LONG if holding.quantity > 0 else Side.SHORT
         s = self._settings
+        stop_loss = level_at_pct(entry, side, s.reconcile_adopt_stop_loss_pct, stop=True)
+        take_profit = level_at_pct(entry, side, s.reconcile_adopt_take_profit_pct, stop=False)
         try:
             position = Position(
                 symbol=holding.trading_symbol,
@@ -117,8 +119,8 @@ class BrokerReconciler:
                 side=side,
                 quantity=abs(holding.quantity),
                 entry_price=entry,
-                stop_loss=level_at_pct(entry, side, s.reconcile_adopt_stop_loss_pct, stop=True),
-                take_profit=level_at_pct(entry, side, s.reconcile_adopt_take_profit_pct, stop=False),
+                stop_loss=stop_loss,
+                take_profit=take_profit,
                 opened_at=self._clock.now(),
             )
             await self._store.open(position)
@@ -127,7 +129,7 @@ class BrokerReconciler:
             return False
         logger.warning(
             f"Adopted the broker position {position.symbol}: {side} {position.quantity} @ {fmt_inr(entry)}, "
-            f"SL {fmt_inr(position.stop_loss or 0)}, TP {fmt_inr(position.take_profit or 0)} (RECONCILE_ADOPT)"
+            f"SL {fmt_inr(stop_loss)}, TP {fmt_inr(take_profit)} (RECONCILE_ADOPT)"
         )
         return True
 

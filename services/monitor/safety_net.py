@@ -33,7 +33,7 @@ from libs.common.clock import Clock
 from libs.common.feed_lease import Lease
 from libs.common.fno import OverLimits
 from libs.common.models import MalformedRecord, Position, PositionState
-from libs.common.money import fmt_inr
+from libs.common.money import Paise, fmt_inr
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionStore
 from libs.common.safety_net import NetState, SafetyNet, trigger_for
@@ -51,7 +51,7 @@ _STANDING = ("active", "retrying", "refused")  # states in which GTTs of the pos
 class _Legs:
     """The GTTs (id, quantity) known to stand for a position during one keeper call, in leg order."""
 
-    def __init__(self, net: NetState, trigger: int) -> None:
+    def __init__(self, net: NetState, trigger: Paise) -> None:
         self.legs = list(zip(net.ids, net.legs, strict=False))
         self.stale = {i for i, _ in self.legs} if net.trigger != trigger else set()  # ids to modify to `trigger`
 
@@ -220,7 +220,7 @@ class SafetyNetKeeper:
             await self._call(action, position, net, trigger, wanted)
         return calls
 
-    def _action(self, position: Position, net: NetState, trigger: int, wanted: list[int], now: float) -> str | None:
+    def _action(self, position: Position, net: NetState, trigger: Paise, wanted: list[int], now: float) -> str | None:
         if net.state == "unknown":
             return "settle"
         if not net.ids or net.state in _REPLACE:
@@ -233,7 +233,7 @@ class SafetyNetKeeper:
             return "align"
         return None
 
-    async def _call(self, action: str, position: Position, net: NetState, trigger: int, wanted: list[int]) -> None:
+    async def _call(self, action: str, position: Position, net: NetState, trigger: Paise, wanted: list[int]) -> None:
         symbol = position.symbol
         legs = _Legs(NetState() if action == "place" else net, trigger)
         try:
@@ -269,7 +269,7 @@ class SafetyNetKeeper:
                 await self._net.end(symbol, state="unknown", **legs.fields())
             raise
 
-    async def _align(self, position: Position, legs: _Legs, trigger: int, wanted: list[int]) -> str | None:
+    async def _align(self, position: Position, legs: _Legs, trigger: Paise, wanted: list[int]) -> str | None:
         """Make the standing legs match `wanted` at `trigger`: modify the ones that differ, place the missing ones,
         cancel the extra ones; `legs` follows every step. Returns how (for the log), or None when a GTT turned
         out no longer active (fired, cancelled or expired: the caller finds out which). Stops placing when the
@@ -302,7 +302,7 @@ class SafetyNetKeeper:
             legs.legs.remove(next(leg for leg in legs.legs if leg[0] == gtt_id))
         return "placed" if placed else "modified"
 
-    async def _placed(self, position: Position, legs: _Legs, trigger: int, how: str) -> None:
+    async def _placed(self, position: Position, legs: _Legs, trigger: Paise, how: str) -> None:
         symbol = position.symbol
         ids = [gtt_id for gtt_id, _ in legs.legs]
         state = await self._net.end(
@@ -323,7 +323,7 @@ class SafetyNetKeeper:
         quantities = " + ".join(str(q) for _, q in legs.legs)
         logger.info(
             f"{symbol}: safety net {how} at the broker: GTT {', '.join(ids)}, {quantities} at {fmt_inr(trigger)} "
-            f"({side} the stop-loss {fmt_inr(position.stop_loss or 0)})"
+            f"({side} the stop-loss {fmt_inr(position.stop_loss or Paise(0))})"
         )
         await self._store.publish_event(
             "safety_net_placed", symbol, gtt_id=ids[0] if ids else None, gtt_ids=ids, trigger_price=trigger / 100,
@@ -408,7 +408,7 @@ class SafetyNetKeeper:
                 )
         if len(standing) == len(net.ids):
             return False
-        remaining = _Legs(NetState(), 0)
+        remaining = _Legs(NetState(), Paise(0))
         remaining.legs = standing
         await self._net.end(position.symbol, state="active" if standing else "ended", **remaining.fields())
         self.wake()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from libs.common.fno import Greeks, fair_price_paise, is_expired
 from libs.common.instruments import Instrument
+from libs.common.money import Paise
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,7 @@ class Derivatives:
                 self.followers.setdefault(und, []).append(i)
         self.underlying_of = {d: u for u, ds in self.followers.items() for d in ds}
 
-    def fair(self, idx: int, spot_paise: int, now: float) -> int | None:
+    def fair(self, idx: int, spot_paise: Paise, now: float) -> Paise | None:
         """The contract's model price inside its daily band (the exchange's operating range), None when it has
         expired (it no longer trades)."""
         inst = self.instruments[idx]
@@ -40,7 +41,7 @@ class Derivatives:
         low, high = inst.band_paise
         return min(max(fair_price_paise(inst, spot_paise, now)[0], low), high)
 
-    def stats(self, idx: int, spot_paise: int, now: float) -> OptionStats | None:
+    def stats(self, idx: int, spot_paise: Paise, now: float) -> OptionStats | None:
         """Greeks and open interest of an option (None for futures and non-derivatives)."""
         inst = self.instruments[idx]
         if not inst.is_option:

@@ -26,7 +26,7 @@ from typing import Any
 
 from libs.common.clock import Clock, to_ist
 from libs.common.instruments import Instrument
-from libs.common.money import rupees, rupees_str
+from libs.common.money import Paise, rupees, rupees_str
 from services.sim import errors
 from services.sim.errors import UpstoxError
 from services.sim.market import Market
@@ -58,7 +58,7 @@ def _us(epoch_s: float) -> int:
 class Rule:
     strategy: str
     trigger_type: str
-    trigger_paise: int
+    trigger_paise: Paise
     transaction_type: str
     status: str = "SCHEDULED"
     message: str | None = None
@@ -247,7 +247,7 @@ class GttBook:
             raise _bad("rules must not repeat a strategy", "rules", strategies)
         if "ENTRY" not in strategies:
             raise _bad("an ENTRY rule is required", "rules", strategies, NO_ENTRY_RULE)
-        ltp = self.market.ltp_paise(inst.instrument_key) or 0
+        ltp = self.market.ltp_paise(inst.instrument_key) or Paise(0)
         for rule in rules:
             if rule.strategy != "ENTRY":
                 if rule.trigger_type != "IMMEDIATE":
@@ -276,7 +276,7 @@ class GttBook:
         price = raw.get("trigger_price")
         if isinstance(price, bool) or not isinstance(price, int | float) or price <= 0:
             raise _bad("trigger_price must be a number > 0", f"{path}.trigger_price", price)
-        paise = round(price * 100)
+        paise = Paise(round(price * 100))
         if abs(paise - price * 100) > 1e-6 or paise % inst.tick_size_paise:
             raise _bad(f"trigger_price must be a multiple of the tick size {rupees_str(inst.tick_size_paise)}",
                        f"{path}.trigger_price", price)  # fmt: skip
@@ -378,7 +378,7 @@ class GttBook:
             rule.status = "COMPLETED"
         self._record(gtt, f"{rule.strategy} order {order.order_id} {order.status}", order)
 
-    def _limit_price(self, inst: Instrument, rule: Rule) -> int:
+    def _limit_price(self, inst: Instrument, rule: Rule) -> Paise:
         """The trigger moved by the buffer in the order's favour, on the tick, inside the band."""
         if rule.trigger_type == "IMMEDIATE" and rule.strategy == "ENTRY":
             return rule.trigger_paise
@@ -389,7 +389,7 @@ class GttBook:
             price = int((rule.trigger_paise - buffer) // tick * tick)
         else:
             price = int(-(-(rule.trigger_paise + buffer) // tick) * tick)
-        return min(max(price, low), high)
+        return Paise(min(max(price, low), high))
 
     def _record(self, gtt: Gtt, what: str, order: Order | None = None) -> None:
         entry: dict[str, Any] = {"at": _us(self.clock.now()), "event": what, "rules": [r.as_dict() for r in gtt.rules]}

@@ -18,6 +18,7 @@ from datetime import time as dtime
 from libs.common.clock import Clock, to_ist
 from libs.common.fno import is_expired
 from libs.common.instruments import Instrument
+from libs.common.money import Paise
 from libs.common.proto import MarketDataFeedV3_pb2 as pb
 from services.sim.derivatives import Derivatives
 
@@ -65,11 +66,11 @@ def nse_status_at(epoch_s: float) -> str:
 class Quote:
     """Mutable market state of one instrument (paise, epoch ms)."""
 
-    ltp: int
-    close: int
-    open: int
-    high: int
-    low: int
+    ltp: Paise
+    close: Paise
+    open: Paise
+    high: Paise
+    low: Paise
     ltt_ms: int = 0
     ltq: int = 0
     vtt: int = 0
@@ -160,7 +161,7 @@ class Market:
         """True once an F&O contract stopped trading (15:30 IST of its expiry date)."""
         return is_expired(inst, self.clock.now())
 
-    def ltp_paise(self, instrument_key: str) -> int | None:
+    def ltp_paise(self, instrument_key: str) -> Paise | None:
         """Current price of an instrument key, or None when unknown."""
         idx = self.index.get(instrument_key)
         return None if idx is None else self.quotes[idx].ltp
@@ -230,9 +231,9 @@ class Market:
                 changed.append(idx)
                 continue
             low, high = self._bands[idx]
-            price = ltp + draw * inst.tick_size_paise
+            price = Paise(ltp + draw * inst.tick_size_paise)
             if price > high or price < low:  # bounce off the circuit limit
-                price = min(max(ltp - draw * inst.tick_size_paise, low), high)
+                price = Paise(min(max(ltp - draw * inst.tick_size_paise, low), high))
             self._trade(idx, price, 0 if is_index[idx] else qty, now_ms)
             changed.append(idx)
         changed += self._follow(changed, now_ms, closed)
@@ -254,7 +255,7 @@ class Market:
                     changed.append(idx)
         return changed
 
-    def set_price(self, symbol: str, price_paise: int) -> int:
+    def set_price(self, symbol: str, price_paise: Paise) -> int:
         """Set `symbol`'s price outright and pin it (no band or tick check); ticks go out at once."""
         idx = self.by_symbol.get(symbol)
         if idx is None:
@@ -291,7 +292,7 @@ class Market:
         if idx is not None:
             self._trade(idx, self.quotes[idx].ltp, qty, self._now_ms())
 
-    def _trade(self, idx: int, price: int, qty: int, now_ms: int) -> None:
+    def _trade(self, idx: int, price: Paise, qty: int, now_ms: int) -> None:
         q = self.quotes[idx]
         if now_ms - q.minute_start_ms >= 60000 or now_ms < q.minute_start_ms:
             o, h, lo, c = q.minute_ohlc
@@ -324,7 +325,7 @@ class Market:
             listener(changed)
 
 
-def _opening_quote(close_paise: int, now_ms: int) -> Quote:
+def _opening_quote(close_paise: Paise, now_ms: int) -> Quote:
     """A quote at the previous close, before the first trade of the day."""
     return Quote(
         ltp=close_paise,

@@ -18,7 +18,7 @@ from typing import Any
 
 from libs.common.clock import Clock, to_ist
 from libs.common.instruments import Instrument
-from libs.common.money import rupees, rupees_str
+from libs.common.money import Paise, rupees, rupees_str
 from services.sim import errors
 from services.sim.errors import UpstoxError
 from services.sim.faults import Faults
@@ -47,8 +47,8 @@ class Order:
     product: str
     validity: str
     quantity: int
-    price_paise: int
-    trigger_paise: int
+    price_paise: Paise
+    trigger_paise: Paise
     disclosed_quantity: int
     is_amo: bool
     tag: str | None
@@ -56,7 +56,7 @@ class Order:
     status: str = "put order req received"
     status_message: str | None = None
     filled_quantity: int = 0
-    average_paise: int = 0
+    average_paise: Paise = Paise(0)
     exchange_order_id: str = ""
     updated_at: float = 0.0
     fill_ratio: float = 1.0  # the share that fills (partial_fill fault); the rest is cancelled
@@ -199,7 +199,7 @@ class OrderBook:
         return next((o for o in placed if o.status != "complete"), placed[-1])
 
     def place_internal(
-        self, inst: Instrument, *, transaction_type: str, quantity: int, product: str, price_paise: int, ref_id: str
+        self, inst: Instrument, *, transaction_type: str, quantity: int, product: str, price_paise: Paise, ref_id: str
     ) -> Order:
         """A DAY LIMIT order the broker places itself (a fired GTT, `ref_id` its id): no rate limit, no order
         fault; the exchange checks it like any other (lot multiple, freeze quantity: nothing slices it, expiry,
@@ -223,7 +223,7 @@ class OrderBook:
             validity="DAY",
             quantity=quantity,
             price_paise=price_paise,
-            trigger_paise=0,
+            trigger_paise=Paise(0),
             disclosed_quantity=0,
             is_amo=False,
             tag=None,
@@ -299,7 +299,7 @@ class OrderBook:
         elif order.validity == "IOC":
             self._set(order, "cancelled", "IOC order cancelled: not marketable")
 
-    def _fill(self, order: Order, price_paise: int) -> None:
+    def _fill(self, order: Order, price_paise: Paise) -> None:
         lot = order.instrument.lot_size
         qty = min(order.quantity, int(order.quantity * order.fill_ratio) // lot * lot)
         self._exchange_seq += 1
@@ -316,7 +316,7 @@ class OrderBook:
             rest = order.quantity - qty
             self._set(order, "cancelled", f"{qty} filled; remaining {rest} cancelled by market protection")
 
-    def _record_trade(self, order: Order, qty: int, price_paise: int) -> None:
+    def _record_trade(self, order: Order, qty: int, price_paise: Paise) -> None:
         at = _stamp(self.clock.now())
         self.trades.append(
             {

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from libs.common.instruments import Instrument
-from libs.common.money import rupees
+from libs.common.money import Paise, rupees
 from services.sim.market import Market
 
 
@@ -20,9 +20,9 @@ class _Position:
     instrument: Instrument
     product: str
     buy_qty: int = 0
-    buy_value: int = 0  # paise
+    buy_value: Paise = Paise(0)
     sell_qty: int = 0
-    sell_value: int = 0
+    sell_value: Paise = Paise(0)
 
 
 class BrokerPositions:
@@ -35,16 +35,16 @@ class BrokerPositions:
     def clear(self) -> None:
         self._rows.clear()
 
-    def apply_fill(self, instrument: Instrument, product: str, transaction_type: str, qty: int, price: int) -> None:
+    def apply_fill(self, instrument: Instrument, product: str, transaction_type: str, qty: int, price: Paise) -> None:
         """Book `qty` filled at `price` paise."""
         key = (instrument.instrument_key, product)
         pos = self._rows.setdefault(key, _Position(instrument, product))
         if transaction_type == "BUY":
             pos.buy_qty += qty
-            pos.buy_value += qty * price
+            pos.buy_value = Paise(pos.buy_value + qty * price)
         else:
             pos.sell_qty += qty
-            pos.sell_value += qty * price
+            pos.sell_value = Paise(pos.sell_value + qty * price)
 
     def net(self, instrument_key: str, product: str) -> int:
         """Net quantity held (negative: short), 0 when flat or never traded."""
@@ -56,18 +56,18 @@ class BrokerPositions:
 
     def _row(self, p: _Position) -> dict[str, Any]:
         inst = p.instrument
-        ltp = self.market.ltp_paise(inst.instrument_key) or 0
+        ltp = self.market.ltp_paise(inst.instrument_key) or Paise(0)
         net = p.buy_qty - p.sell_qty
-        buy_avg = p.buy_value // p.buy_qty if p.buy_qty else 0
-        sell_avg = p.sell_value // p.sell_qty if p.sell_qty else 0
-        pnl = p.sell_value - p.buy_value + net * ltp
+        buy_avg = Paise(p.buy_value // p.buy_qty if p.buy_qty else 0)
+        sell_avg = Paise(p.sell_value // p.sell_qty if p.sell_qty else 0)
+        pnl = Paise(p.sell_value - p.buy_value + net * ltp)
         closed = min(p.buy_qty, p.sell_qty)
-        realised = closed * (sell_avg - buy_avg)
+        realised = Paise(closed * (sell_avg - buy_avg))
         average = buy_avg if net > 0 else sell_avg if net < 0 else None
         return {
             "exchange": inst.exchange,
             "multiplier": 1.0,
-            "value": rupees(p.sell_value - p.buy_value),
+            "value": rupees(Paise(p.sell_value - p.buy_value)),
             "pnl": rupees(pnl),
             "product": p.product,
             "instrument_token": inst.instrument_key,
@@ -86,7 +86,7 @@ class BrokerPositions:
             "day_sell_quantity": p.sell_qty,
             "quantity": net,
             "last_price": rupees(ltp),
-            "unrealised": rupees(pnl - realised),
+            "unrealised": rupees(Paise(pnl - realised)),
             "realised": rupees(realised),
             "sell_value": rupees(p.sell_value),
             "tradingsymbol": inst.trading_symbol,

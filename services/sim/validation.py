@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from libs.common.instruments import Instrument
-from libs.common.money import rupees_str
+from libs.common.money import Paise, rupees_str
 from services.sim import errors
 from services.sim.errors import UpstoxError
 from services.sim.market import Market
@@ -37,8 +37,8 @@ def _integer(body: dict[str, Any], name: str, minimum: int) -> int:
     return value
 
 
-def _to_paise_on_tick(value: float, inst: Instrument, name: str) -> int:
-    paise = round(value * 100)
+def _to_paise_on_tick(value: float, inst: Instrument, name: str) -> Paise:
+    paise = Paise(round(value * 100))
     if abs(paise - value * 100) > 1e-6 or paise % inst.tick_size_paise:
         raise _bad(f"{name} must be a multiple of the tick size {rupees_str(inst.tick_size_paise)}", name, value)
     return paise
@@ -103,8 +103,7 @@ def validate(body: Any, *, version: int, market: Market) -> dict[str, Any]:
             "quantity",
             quantity,
         )
-    price_paise = 0
-    trigger_paise = 0
+    price_paise = trigger_paise = Paise(0)
     if order_type in ("LIMIT", "SL"):
         if price <= 0:
             raise _bad(f"price is required for {order_type} orders", "price", price)
