@@ -3,12 +3,12 @@ the wait before each attempt, from the common `Backoff` (libs/common/backoff.py)
 
 After a drop of a link that was live, attempt 1 goes at once (`Waiting 0.0 seconds`), as the official SDK does,
 and the next `QUICK_ATTEMPTS` follow a tenth to a fifth of the base apart (0.5-1 s by default): a blip of a second
-or so costs at most a second, not the 5-10 s backoff (the at-once attempt alone lands inside the blip). Those are a handful of calls per drop, so a
-server that is really down still sees the guide's pace. Then, within the attempt budget of a cycle (10), each
-wait is drawn between the base (5 s) and a ceiling that starts at twice the base and doubles up to the cap
-(10 s): the guide's "retries every 5-10 s".
-After the budget the outage goes on in new cycles at the cap, drawn in its top fifth, so clients that dropped
-together still spread out. A rejected token is retried slowly (`AUTH_RETRY_DELAY_S` +/- 10 %).
+or so costs about a second, not the 5-10 s backoff (the at-once attempt alone lands inside the blip). That is a
+handful of calls per drop, so a server that is really down still sees the guide's pace: within the attempt budget
+of a cycle (10), each wait is drawn between the base (5 s) and a ceiling that starts at twice the base and doubles
+up to the cap (10 s), the guide's "retries every 5-10 s". After the budget the outage goes on in new cycles at the
+cap, drawn in its top fifth, so clients that dropped together still spread out. A rejected token is retried
+slowly (`AUTH_RETRY_DELAY_S` +/- 10 %).
 """
 
 from __future__ import annotations
