@@ -1,11 +1,14 @@
 """One outage of the feed (from a drop until a connection is live again): the guide's `attempt N/M` accounting and
 the wait before each attempt, from the common `Backoff` (libs/common/backoff.py).
 
-After a drop of a link that was live, attempt 1 goes at once (`Waiting 0.0 seconds`), as the official SDK does: a
-blip costs no backoff. Then, within the attempt budget of a cycle (10), each wait is drawn between the base (5 s)
-and a ceiling that starts at twice the base and doubles up to the cap (10 s): the guide's "retries every 5-10 s".
-After the budget the outage goes on in new cycles at the cap, drawn in its top fifth, so clients that dropped
-together still spread out. A rejected token is retried slowly (`AUTH_RETRY_DELAY_S` +/- 10 %).
+After a drop of a link that was live, attempt 1 goes at once (`Waiting 0.0 seconds`), as the official SDK does,
+and the next `QUICK_ATTEMPTS` follow a tenth to a fifth of the base apart (0.5-1 s by default): a blip of a second
+or so costs about a second, not the 5-10 s backoff (the at-once attempt alone lands inside the blip). That is a
+handful of calls per drop, so a server that is really down still sees the guide's pace: within the attempt budget
+of a cycle (10), each wait is drawn between the base (5 s) and a ceiling that starts at twice the base and doubles
+up to the cap (10 s), the guide's "retries every 5-10 s". After the budget the outage goes on in new cycles at the
+cap, drawn in its top fifth, so clients that dropped together still spread out. A rejected token is retried
+slowly (`AUTH_RETRY_DELAY_S` +/- 10 %).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass, field
 
 from libs.common.backoff import Backoff
 from libs.common.settings import Settings
+
+QUICK_ATTEMPTS = 2  # after the at-once attempt of a drop, before the guide's backoff
 
 
 @dataclass
@@ -31,6 +36,7 @@ class Outage:
     def __post_init__(self) -> None:
         self._within_budget = Backoff(min(self.cap_s, 2 * self.base_s), self.cap_s, 1.0, self.base_s, self.rng)
         self._at_cap = Backoff(self.cap_s, self.cap_s, 0.2, self.base_s, self.rng)
+        self._quick = Backoff(self.base_s / 5, self.base_s / 5, 0.5, rng=self.rng)  # a tenth to a fifth of the base
 
     @classmethod
     def from_settings(cls, settings: Settings, rng: random.Random, *, at_once: bool = False) -> Outage:
@@ -57,9 +63,13 @@ class Outage:
         self.attempts += 1
         if self.attempts > self.budget:
             return self._at_cap.compute(1)
-        if self.at_once:
-            return 0.0 if self.attempts == 1 else self._within_budget.compute(self.attempts - 1)
-        return self._within_budget.compute(self.attempts)
+        if not self.at_once:
+            return self._within_budget.compute(self.attempts)
+        if self.attempts == 1:
+            return 0.0
+        if self.attempts <= 1 + QUICK_ATTEMPTS:
+            return self._quick.compute(1)
+        return self._within_budget.compute(self.attempts - 1 - QUICK_ATTEMPTS)
 
     def auth_retry(self, delay_s: float) -> float:
         """The wait before retrying a rejected token: `delay_s` +/- 10 %."""
