@@ -193,8 +193,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "the first attempt after a drop waits the backoff instead of going at once",
         "services/feed/outage.py",
-        "return 0.0 if self.attempts == 1 else",
-        "return self._within_budget.compute(1) if self.attempts == 1 else",
+        "            return 0.0\n",
+        "            return self._within_budget.compute(1)\n",
         ("tests/feed/test_outage.py",),
     ),
     # --- the feed's heartbeat: `connected` in feed:status outlives a killed feed ----------------------
