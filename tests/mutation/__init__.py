@@ -193,8 +193,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "the first attempt after a drop waits the backoff instead of going at once",
         "services/feed/outage.py",
-        "return 0.0 if self.attempts == 1 else",
-        "return self._within_budget.compute(1) if self.attempts == 1 else",
+        "if self.attempts == 1:\n            return 0.0",
+        "if self.attempts == 1:\n            return self._within_budget.compute(1)",
+        ("tests/feed/test_outage.py",),
+    ),
+    Mutation(
+        "no quick attempts after the at-once one: a 1 s blip waits the 5-10 s backoff",
+        "services/feed/outage.py",
+        "if self.attempts <= 1 + QUICK_ATTEMPTS:",
+        "if self.attempts <= 1:",
         ("tests/feed/test_outage.py",),
     ),
     # --- the feed's heartbeat: `connected` in feed:status outlives a killed feed ----------------------
