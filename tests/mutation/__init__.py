@@ -5,7 +5,7 @@ of the checkout; the fast tiers (`pytest -m "not e2e"`) must then fail. A mutati
 the suite. `tests/unit/test_mutations.py` keeps this list in step with the code: when code moves, update
 `find` here rather than delete the mutation.
 
-To add one (e.g. once the broker-position cap and the safety-net cancel exist, see `LATER`), append a
+To add one (or plant one listed in `LATER` once its code exists), append a
 `Mutation` with the file, the exact text, its broken replacement and the test files most likely to catch it
 (they run first, so a caught mutant stops early; every fast test still runs for one that is not caught).
 """
@@ -255,7 +255,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    \"\"\"\nlocal state = redis.call('HGET', KEYS[1], 'state')",
         ("tests/monitor/test_safety_net_fno.py",),
     ),
+    Mutation(
+        "a close sells the position's quantity even when the broker holds less (the broker-position cap removed)",
+        "libs/common/closing.py",
+        "want = guarded - sold if held is None else min(guarded - sold, held)",
+        "want = guarded - sold",
+        ("tests/monitor/test_broker_truth.py", "tests/api/test_broker_truth.py"),
+    ),
 )
 
-# Bugs to plant once the code exists (issue #13): write them as above, with the exact text of that code.
-LATER = ("a close sells the position's quantity even when the broker holds less (the broker-position cap removed)",)
+# Bugs to plant once their code exists: write them as above, with the exact text of that code (none left).
+LATER: tuple[str, ...] = ()
