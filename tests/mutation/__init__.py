@@ -5,7 +5,7 @@ of the checkout; the fast tiers (`pytest -m "not e2e"`) must then fail. A mutati
 the suite. `tests/unit/test_mutations.py` keeps this list in step with the code: when code moves, update
 `find` here rather than delete the mutation.
 
-To add one (e.g. once the broker-position cap and the safety-net cancel exist, see `LATER`), append a
+To add one (or plant one listed in `LATER` once its code exists), append a
 `Mutation` with the file, the exact text, its broken replacement and the test files most likely to catch it
 (they run first, so a caught mutant stops early; every fast test still runs for one that is not caught).
 """
@@ -64,8 +64,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "a short's P&L has a long's sign",
         "libs/common/models.py",
-        "return Paise(per_unit * self.quantity if self.side is Side.LONG else -per_unit * self.quantity)",
-        "return Paise(per_unit * self.quantity)",
+        "return per_unit * self.quantity if self.side is Side.LONG else -per_unit * self.quantity",
+        "return per_unit * self.quantity",
         ("tests/unit/test_models.py",),
     ),
     Mutation(
@@ -193,8 +193,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "the first attempt after a drop waits the backoff instead of going at once",
         "services/feed/outage.py",
-        "            return 0.0\n",
-        "            return self._within_budget.compute(1)\n",
+        "if self.attempts == 1:\n            return 0.0",
+        "if self.attempts == 1:\n            return self._within_budget.compute(1)",
+        ("tests/feed/test_outage.py",),
+    ),
+    Mutation(
+        "no quick attempts after the at-once one: a 1 s blip waits the 5-10 s backoff",
+        "services/feed/outage.py",
+        "if self.attempts <= 1 + QUICK_ATTEMPTS:",
+        "if self.attempts <= 1:",
         ("tests/feed/test_outage.py",),
     ),
     # --- the feed's heartbeat: `connected` in feed:status outlives a killed feed ----------------------
@@ -248,7 +255,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    \"\"\"\nlocal state = redis.call('HGET', KEYS[1], 'state')",
         ("tests/monitor/test_safety_net_fno.py",),
     ),
+    Mutation(
+        "a close sells the position's quantity even when the broker holds less (the broker-position cap removed)",
+        "libs/common/closing.py",
+        "want = guarded - sold if held is None else min(guarded - sold, held)",
+        "want = guarded - sold",
+        ("tests/monitor/test_broker_truth.py", "tests/api/test_broker_truth.py"),
+    ),
 )
 
-# Bugs to plant once the code exists (issue #13): write them as above, with the exact text of that code.
-LATER = ("a close sells the position's quantity even when the broker holds less (the broker-position cap removed)",)
+# Bugs to plant once their code exists: write them as above, with the exact text of that code (none left).
+LATER: tuple[str, ...] = ()
