@@ -64,8 +64,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "a short's P&L has a long's sign",
         "libs/common/models.py",
-        "return per_unit * self.quantity if self.side is Side.LONG else -per_unit * self.quantity",
-        "return per_unit * self.quantity",
+        "return Paise(per_unit * self.quantity if self.side is Side.LONG else -per_unit * self.quantity)",
+        "return Paise(per_unit * self.quantity)",
         ("tests/unit/test_models.py",),
     ),
     Mutation(
