@@ -333,7 +333,8 @@ class Core:
         """Forget symbols the sweep's read found not open, unless what is known of them is newer than that read.
         Returns the open positions watched now."""
         if sweep.rev is not None:
-            for symbol in [s for s, rev in self._revs.items() if s not in sweep.seen and rev <= sweep.rev]:
+            # A set difference, not a pass over every symbol known: 10,000 positions held the loop for ms.
+            for symbol in [s for s in self._revs.keys() - sweep.seen if self._revs[s] <= sweep.rev]:
                 del self._revs[symbol]
                 self._watch.pop(symbol, None)
                 self._settled.pop(symbol, None)
