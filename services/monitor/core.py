@@ -173,13 +173,17 @@ class Core:
         if not hits:
             return out
         age_s = max(0.0, now - as_of)
+        live = source is PriceSource.LIVE
         for symbol, ltp in hits:
             try:
                 price = ltp_paise(ltp)
             except ValueError:
                 self.bad_notices += 1  # one absurd price skips only itself
                 continue
-            self._evaluate(watch[symbol], PriceView(price, source, age_s), now, out)
+            position = watch[symbol]
+            if live and position.trigger(price) is None:
+                continue  # what `_evaluate` would find (a live price logs nothing), without building its view
+            self._evaluate(position, PriceView(price, source, age_s), now, out)
         out.tick_as_of = as_of
         return out
 
