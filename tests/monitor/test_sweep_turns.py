@@ -1,5 +1,6 @@
-"""The sweep shares the monitor's event loop with the tick path: it works in short slices and lets other tasks
-run between them, so a tick notice is decided while a sweep over many positions is still in progress."""
+"""The sweep (and every other pass over all open positions) shares the monitor's event loop with the tick path:
+it works in short slices and lets other tasks run between them, so a tick notice is decided while a sweep over
+many positions is still in progress."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from libs.common.broker import UpstoxBroker
 from libs.common.clock import IST, ManualClock
 from libs.common.fno import expires_on
 from libs.common.instruments import InstrumentIndex, load_instruments
 from libs.common.models import Position, Side
 from libs.common.positions import PositionStore
 from libs.common.price_cache import Tick, tick_notice
+from libs.common.safety_net import SafetyNet
 from libs.common.settings import Settings
 from services.monitor.expiry import ExpiryWatch
+from services.monitor.safety_net import SafetyNetKeeper
 from services.monitor.snapshot import SLICE, SnapshotReader
 from tests.monitor.conftest import LogLines, set_feed
 
@@ -116,3 +120,20 @@ async def test_the_expiry_check_yields_between_chunks_and_reports_in_symbol_orde
         assert turns.count - before >= 2  # three chunks: the loop ran between them
     warned = [line.split(" expires today")[0].removeprefix("[WARNING] ") for line in logs.lines("WARNING")]
     assert warned == sorted(i.trading_symbol for i in expiring)
+
+
+async def test_the_safety_net_keeper_reads_open_positions_in_slices(
+    redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore
+) -> None:
+    positions = await open_many(store, 3 * SLICE)
+    broker = UpstoxBroker(settings, clock=clock)
+    net = SafetyNet(settings, redis, broker, clock)
+    keeper = SafetyNetKeeper(settings, redis, net, store, clock, close_fired=lambda _: None)
+    try:
+        async with LoopTurns() as turns:
+            before = turns.count
+            read = await keeper._open_positions()  # what keep_once and check_fired go through
+            assert turns.count - before >= 3  # at least one turn per slice went to other tasks
+    finally:
+        await broker.aclose()
+    assert [p.symbol for p, _ in read] == [p.symbol for p in positions]
