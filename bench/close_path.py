@@ -47,7 +47,8 @@ def _position(inst: Instrument) -> Position:
         side=Side.LONG,
         quantity=1,
         entry_price=close,
-        stop_loss=close * 97 // 100,
+        # A stop whose GTT trigger (0.5 % under it) is inside the day's band, so the broker accepts the GTT.
+        stop_loss=max(close * 97 // 100, inst.band_paise[0] * 101 // 100),
         take_profit=close * 110 // 100,
         opened_at=time.time(),
     )
