@@ -112,9 +112,10 @@ async def _measure(settings: Settings, sim_url: str, instruments: list[Instrumen
     }
 
 
-def _wait_safety_nets(sim_url: str, count: int, timeout_s: float = 20) -> int:
-    """Until the simulator holds a live GTT for every position (placed under the same pacing, ~10/s), or
-    `timeout_s` (a GTT the simulator refuses is retried by the monitor; its position closes without a cancel)."""
+def _wait_safety_nets(sim_url: str, count: int, timeout_s: float = 45) -> int:
+    """Until the simulator holds a live GTT for every position (placed within the keeper's half of the order
+    pacing, ~4/s), or `timeout_s` (a GTT the simulator refuses is retried by the monitor; its position closes
+    without a cancel)."""
     deadline = time.monotonic() + timeout_s
     live = 0
     with httpx.Client(timeout=10) as http:
