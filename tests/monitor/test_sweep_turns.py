@@ -82,14 +82,14 @@ async def test_other_tasks_run_between_snapshot_slices(redis: Redis, store: Posi
 async def test_a_tick_is_decided_while_a_sweep_is_in_progress(
     redis: Redis, settings: Settings, clock: ManualClock, store: PositionStore, make_monitor: Any, logs: LogLines
 ) -> None:
-    positions = await open_many(store, 3 * SLICE)  # three slices
+    positions = await open_many(store, 6 * SLICE)  # six slices, each a Redis round trip and a yield
     await set_feed(redis, settings, clock, live=True)
     monitor = make_monitor()
     await monitor.sweep_once()  # the tick path now watches every position
     target = positions[-1]
     notice = tick_notice(clock.now(), [Tick(target.symbol, target.instrument_key, "850.00")])
     sweeping = asyncio.create_task(monitor.sweep_once())
-    for _ in range(10):  # well into the sweep: each slice is a Redis round trip and more turns
+    for _ in range(5):  # into the sweep (its first reads take at least this many turns), far from its end
         await asyncio.sleep(0)
     assert not sweeping.done()
     assert monitor.on_notice(notice) == 1  # decided here, as the pub/sub listener would in its own turn
