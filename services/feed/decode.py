@@ -27,6 +27,18 @@ NORMAL_OPEN = pb.NORMAL_OPEN
 _MAX_LTP = MAX_LTP_PAISE / 100
 _CLOSE_BAND = (0.5, 1.5)  # equities and indices: ltp / previous close must be inside this
 _banded: dict[str, bool] = {}  # instrument key -> whether the close band applies (equity or index)
+# Previous close -> its rupee string: a symbol's close is the same all day, so formatting it again per tick is waste.
+_close_text: dict[float, str] = {}
+_CLOSE_TEXT_MAX = 100_000  # forgotten past this (new closes each day)
+
+
+def _close(cp: float) -> str:
+    text = _close_text.get(cp)
+    if text is None:
+        if len(_close_text) >= _CLOSE_TEXT_MAX:
+            _close_text.clear()
+        text = _close_text[cp] = f"{cp:.2f}"
+    return text
 
 
 def _is_banded(key: str) -> bool:
@@ -135,7 +147,7 @@ def decode(data: bytes | str, symbol_of: Mapping[str, str], taken: set[str] | No
         ):
             frame.absurd.append((symbol, ltp))
             continue
-        append(Tick(symbol, key, f"{ltp:.2f}", ltpc.ltt or None, f"{cp:.2f}" if cp > 0 else None))
+        append(Tick(symbol, key, f"{ltp:.2f}", ltpc.ltt or None, _close(cp) if cp > 0 else None))
         if taken is not None:
             taken.add(symbol)
     frame.unknown_keys = unknown
