@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 import sys
@@ -87,6 +88,16 @@ def run_service(
         logger.error(str(exc.code))
         return 2
     return 0
+
+
+def freeze_startup_heap() -> int:
+    """Once a service has started: collect, then move every object alive now (its app, settings, instrument
+    list, imported modules) into the collector's permanent generation, and return how many. A full collection
+    otherwise walks all of them again and again: ~85 ms with the event loop stopped in the api, so every
+    request in flight waits (the emergency close's p99). Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 async def _until_signal(name: str, main: Callable[[Settings], Awaitable[None]], settings: Settings) -> None:

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 
-from libs.common.service import _until_signal
+from libs.common.service import _until_signal, freeze_startup_heap
 from libs.common.settings import Settings
 
 
@@ -32,3 +33,18 @@ async def test_a_main_that_returns_ends_the_service() -> None:
         return None
 
     await asyncio.wait_for(_until_signal("test", main, Settings(_env_file=None)), timeout=5)  # type: ignore[call-arg]
+
+
+def test_what_lives_at_start_up_is_kept_out_of_full_collections() -> None:
+    started_with: list[object] = []  # a container: tracked by the collector, alive when the service has started
+
+    def walked() -> bool:
+        return any(o is started_with for o in gc.get_objects())
+
+    assert walked()
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > 0
+        assert not walked()  # frozen: no collection walks it again
+    finally:
+        gc.unfreeze()
