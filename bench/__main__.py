@@ -120,7 +120,7 @@ def main() -> int:
                 _section(
                     results,
                     "close_path",
-                    lambda: close_path.run(services, url, positions=knobs.n(50, 20)),
+                    lambda: close_path.run(services, url, positions=knobs.n(100, 20)),
                     needs=("monitor", "sim"),
                 )
 

@@ -47,7 +47,8 @@ def _position(inst: Instrument) -> Position:
         side=Side.LONG,
         quantity=1,
         entry_price=close,
-        stop_loss=close * 97 // 100,
+        # A stop whose GTT trigger (0.5 % under it) is inside the day's band, so the broker accepts the GTT.
+        stop_loss=max(close * 97 // 100, inst.band_paise[0] * 101 // 100),
         take_profit=close * 110 // 100,
         opened_at=time.time(),
     )
@@ -111,9 +112,10 @@ async def _measure(settings: Settings, sim_url: str, instruments: list[Instrumen
     }
 
 
-def _wait_safety_nets(sim_url: str, count: int, timeout_s: float = 20) -> int:
-    """Until the simulator holds a live GTT for every position (placed under the same pacing, ~10/s), or
-    `timeout_s` (a GTT the simulator refuses is retried by the monitor; its position closes without a cancel)."""
+def _wait_safety_nets(sim_url: str, count: int, timeout_s: float = 45) -> int:
+    """Until the simulator holds a live GTT for every position (placed within the keeper's half of the order
+    pacing, ~4/s), or `timeout_s` (a GTT the simulator refuses is retried by the monitor; its position closes
+    without a cancel)."""
     deadline = time.monotonic() + timeout_s
     live = 0
     with httpx.Client(timeout=10) as http:

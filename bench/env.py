@@ -6,6 +6,7 @@ no developer `.env`: the working directory is a fresh temporary one). Every wait
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -68,7 +69,7 @@ def percentiles(samples_ms: list[float], *qs: int) -> dict[str, float]:
     ordered = sorted(samples_ms)
     out: dict[str, float] = {}
     for q in qs:
-        rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+        rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))  # the ceil(q% of n)-th
         out[f"p{q}"] = round(ordered[rank], 3)
     return out
 

@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 SYMBOL = "BOSCHLTD"
 ORDERS_KEY = "test:race:orders"  # counted in Redis, so orders from every process add up
+CLAIMS_KEY = "test:race:claims"  # claims granted, counted the same way
 OUTCOMES_KEY = "test:race:outcomes"
 
 
@@ -54,6 +55,16 @@ async def released_together(contenders: Sequence[Callable[[], Awaitable[T]]]) ->
         return await contender()
 
     return await asyncio.gather(*(run(c) for c in contenders), return_exceptions=True)
+
+
+class CountedClaims(PositionStore):
+    """The real store, counting every claim it grants in Redis: the race must grant exactly one, whatever the
+    later lines (the fence before the order) would have caught."""
+
+    async def claim(self, symbol: str, reason: CloseReason, claim_id: str | None = None) -> tuple[str, Position]:
+        granted = await super().claim(symbol, reason, claim_id)
+        await self._redis.incr(CLAIMS_KEY)
+        return granted
 
 
 class CheckThenSetStore(PositionStore):
@@ -73,6 +84,7 @@ class CheckThenSetStore(PositionStore):
             "close_reason": reason.value,
         }
         await self._redis.hset(keys.position(symbol), mapping=fields)
+        await self._redis.incr(CLAIMS_KEY)
         self._mine = (symbol, claim_id)
         position = await self.get(symbol)
         assert position is not None
@@ -109,6 +121,7 @@ def bosch() -> Position:
 @dataclass(frozen=True)
 class RaceResult:
     orders: int  # orders the broker received
+    claims: int  # claims granted
     closed: int  # closes that returned a record
     conflicts: int  # PositionConflict: lost the claim (or, for a broken claim, found it settled elsewhere)
     errors: list[str]  # anything else
@@ -117,7 +130,7 @@ class RaceResult:
 
 async def _warmed_closers(settings: Settings, count: int, check_then_set: bool) -> list[tuple[Redis, Closer]]:
     """`count` closers, each on its own connection, opened and with the claim script loaded."""
-    store_type = CheckThenSetStore if check_then_set else PositionStore
+    store_type = CheckThenSetStore if check_then_set else CountedClaims
     closers = []
     for _ in range(count):
         client = create_redis(settings)
@@ -176,7 +189,7 @@ async def race_closes(
     together on warmed, separate connections. Returns what the broker and the journal saw."""
     redis = create_redis(settings)
     try:
-        await redis.delete(ORDERS_KEY, OUTCOMES_KEY)
+        await redis.delete(ORDERS_KEY, CLAIMS_KEY, OUTCOMES_KEY)
         await PositionStore(redis, SystemClock()).open(bosch())
         if processes == 1:
             outcomes = [_outcome(r) for r in await _contend(settings, contenders, check_then_set, None)]
@@ -199,6 +212,7 @@ async def race_closes(
             outcomes = [name for name, n in counts.items() for _ in range(int(n))]
         return RaceResult(
             orders=int(await redis.get(ORDERS_KEY) or 0),
+            claims=int(await redis.get(CLAIMS_KEY) or 0),
             closed=outcomes.count("closed"),
             conflicts=outcomes.count("conflict"),
             errors=[o for o in outcomes if o.startswith("error")],

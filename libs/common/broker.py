@@ -43,6 +43,8 @@ _POLL_MAX_S = 1.0
 # Upstox order calls per user (unregistered algo): 10/s, 500/min; the windows are paced 20% / 5% longer so a
 # request that travels faster than the one before it still arrives inside the broker's window.
 ORDER_CALL_LIMITS = ((1.2, 10), (63.0, 500))
+# The safety-net keeper's GTT calls may use half of each order window; the other half is kept for closes.
+KEEPER_ORDER_SHARE = 0.5
 # Upstox standard calls per user; its 500/min for them is from a third-party source and not paced here, so a
 # burst of closes is not held back (fill polling backs off instead).
 READ_CALL_LIMITS = ((1.2, 50),)
@@ -209,7 +211,7 @@ class UpstoxBroker:
         self._resolver = resolver or HostResolver.from_settings(settings, clock or SystemClock())
         self._static_ips: tuple[float, dict[str, Any] | None] | None = None
         self._instruments = guard_instruments(settings, clock)  # built now, not on a close's clock
-        self._order_pacer = Pacer(*ORDER_CALL_LIMITS)
+        self._order_pacer = Pacer(*ORDER_CALL_LIMITS, background_share=KEEPER_ORDER_SHARE)
         self._read_pacer = Pacer(*READ_CALL_LIMITS)
         verify = ssl.create_default_context(cafile=settings.tls_ca_file or None)
         self._http = httpx.AsyncClient(

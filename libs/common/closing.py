@@ -28,9 +28,11 @@ from libs.common.metrics import CLOSE_FAILURES, observe_close
 from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
 from libs.common.order_gate import OrderGate
+from libs.common.pacing import in_background
 from libs.common.positions import PositionConflict, PositionStore, new_claim_id
 from libs.common.replication import ClaimConfirmation, ClaimNotConfirmed
 from libs.common.safety_net import SafetyNet
+from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
 
 TAG_PREFIX = "guard-close-"
@@ -115,7 +117,8 @@ class Closer:
         )  # fmt: skip
         self._notices[claim_id] = self._on_the_side(closing)
         try:
-            return await self._sell(position, claim_id, request, retry_at)
+            with in_background(False):  # a close's broker calls go first, whoever started it
+                return await self._sell(position, claim_id, request, retry_at)
         except BrokerOutcomeUnknown as exc:
             # The order may still fill: keep the claim so no retry sends a second one; reconcile() settles it.
             exc.claim_id = claim_id
@@ -139,9 +142,19 @@ class Closer:
         self, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
     ) -> CloseRecord:
         by_net: list[Fill] = []  # what the broker's stop (some of its GTTs) sold already
+        held_at_first: asyncio.Task[int | None] | None = None
         if self._safety_net is not None:  # Layer 0 first, so the broker's stop cannot sell too
-            settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, retry_at)
+            # The broker's position is read while the net is disarmed (one round trip fewer before the order).
+            # Safe: a GTT that fires meanwhile is in `by_net`, so `guarded` already excludes what it sold, and the
+            # order is the smaller of `guarded` and what the broker held; no order goes out before both are known.
+            held_at_first = asyncio.ensure_future(self._held(position))
+            try:
+                settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, retry_at)
+            except BaseException:
+                await cancel_and_wait([held_at_first])
+                raise
             if isinstance(settled, CloseRecord):
+                await cancel_and_wait([held_at_first])
                 return settled
             by_net = settled
         guarded = position.quantity - sum(f.quantity or 0 for f in by_net)
@@ -149,7 +162,7 @@ class Closer:
         fills: list[Fill] = []
         sold = 0
         while len(fills) < MAX_ORDERS_PER_CLAIM:
-            held = await self._held(position)
+            held = await held_at_first if held_at_first is not None and not fills else await self._held(position)
             want = guarded - sold if held is None else min(guarded - sold, held)
             if want <= 0:
                 break
@@ -389,7 +402,8 @@ class Closer:
         Raises PositionNotFound or PositionConflict."""
         claim_id, position = await self._store.claim(symbol, reason, new_claim_id())
         request = CloseRequest(symbol, reason, "reconcile", None, PriceSource.BROKER, None)
-        return await self._finish_external(position, claim_id, request)
+        with in_background(False):
+            return await self._finish_external(position, claim_id, request)
 
     async def reconcile(self, position: Position) -> CloseRecord | None:
         """Settle a position left in `closing` by a stopped closer, from the broker: its close tag's fills and

@@ -35,6 +35,7 @@ from libs.common.fno import OverLimits
 from libs.common.models import MalformedRecord, Position, PositionState
 from libs.common.money import Paise, fmt_inr
 from libs.common.order_gate import OrderGate
+from libs.common.pacing import in_background
 from libs.common.positions import PositionStore
 from libs.common.safety_net import NetState, SafetyNet, trigger_for
 from libs.common.settings import Settings
@@ -42,7 +43,8 @@ from libs.common.settings import Settings
 _REPLACE = ("", "cancelled", "ended")  # no GTT can act for the position: place them
 _RENEW_BEFORE_S = {"I": 0.0}  # intraday GTTs are re-placed once expired; longer ones a day before their end
 _RENEW_DEFAULT_S = 86400.0
-# At most 5 keeper calls a second: half of Upstox's 10 order calls/s (GTTs count among them) stays free for closes.
+# The keeper's calls are spread (at most 5 a second) rather than sent in bursts; the broker client's pacer keeps
+# half of every order window (GTTs count among order calls) for closes whatever the keeper does.
 _CALL_GAP_S = 0.2
 _GONE = ("UDAPI1134", "UDAPI1135")
 _STANDING = ("active", "retrying", "refused")  # states in which GTTs of the position may stand at the broker
@@ -138,26 +140,30 @@ class SafetyNetKeeper:
 
     async def run(self) -> None:
         try:
-            while True:
-                self._wake.clear()
-                try:
-                    if await self.hold():
-                        now = self._clock.monotonic()
-                        if self._checked_at is None or now - self._checked_at >= self._settings.reconcile_interval_s:
-                            await self.check_fired()
-                            self._checked_at = now
-                        await self.keep_once()
-                except (RedisError, OSError) as exc:
-                    logger.warning(f"Safety net check skipped: Redis unreachable ({type(exc).__name__})")
-                except BrokerError as exc:
-                    logger.warning(f"Safety net check skipped: {exc}")
-                except Exception:
-                    logger.exception("Safety net check failed; the next one runs as scheduled")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.monitor_sweep_interval_s)
+            with in_background():  # the keeper's GTT calls leave half of each order window to closes
+                await self._keep()
         finally:
             with contextlib.suppress(RedisError, OSError):  # a clean stop hands the nets over at once
                 await asyncio.shield(self.lease.release())
+
+    async def _keep(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                if await self.hold():
+                    now = self._clock.monotonic()
+                    if self._checked_at is None or now - self._checked_at >= self._settings.reconcile_interval_s:
+                        await self.check_fired()
+                        self._checked_at = now
+                    await self.keep_once()
+            except (RedisError, OSError) as exc:
+                logger.warning(f"Safety net check skipped: Redis unreachable ({type(exc).__name__})")
+            except BrokerError as exc:
+                logger.warning(f"Safety net check skipped: {exc}")
+            except Exception:
+                logger.exception("Safety net check failed; the next one runs as scheduled")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.monitor_sweep_interval_s)
 
     async def _open_positions(self) -> list[tuple[Position, NetState]]:
         symbols = await self._store.open_symbols()

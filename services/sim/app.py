@@ -9,11 +9,11 @@ The endpoints live in services/sim/routes/, one router per resource; they reach 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.sim import errors
 from services.sim.deps import SimulatorPort
@@ -36,7 +36,7 @@ def create_app(sim: SimulatorPort) -> FastAPI:
     app.state.sim = sim
     app.add_exception_handler(UpstoxError, _upstox_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.middleware("http")(_broker_gate)
+    app.add_middleware(BrokerGate, sim=sim)
     for router in (market_data.router, account.router, orders.router, gtt.router, control.router, login.router):
         app.include_router(router)
     return app
@@ -56,18 +56,34 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(UpstoxError(400, errors.INVALID_INPUT, str(first.get("msg", "Invalid input")), path))
 
 
-async def _broker_gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """What stands in front of every Upstox call: the GTT call count, `rest_down`, `ip_block`, the algo name."""
-    sim: SimulatorPort = request.app.state.sim
-    if request.url.path.startswith("/v3/order/gtt"):
-        sim.gtt.calls += 1  # every GTT call that reached the "broker", answered or refused
-    if sim.faults.active("rest_down") and not request.url.path.startswith("/sim/"):
-        return error_response(errors.rest_down())
-    if is_order_call(request.url.path, request.method):
-        if sim.faults.active("ip_block"):
-            sim.blocked_order_calls += 1
-            return error_response(errors.ip_blocked())
-        required = sim.settings.sim_require_algo_name
-        if required and request.headers.get("x-algo-name") != required:
-            return error_response(errors.invalid_algo_name())
-    return await call_next(request)
+class BrokerGate:
+    """What stands in front of every Upstox call: the GTT call count, `rest_down`, `ip_block`, the algo name.
+    A plain ASGI middleware: `BaseHTTPMiddleware`'s task group and streamed body cost more per request than the
+    calls it guards."""
+
+    def __init__(self, app: ASGIApp, sim: SimulatorPort) -> None:
+        self._app = app
+        self._sim = sim
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = self._refusal(scope["path"], scope["method"], Headers(scope=scope))
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+    def _refusal(self, path: str, method: str, headers: Headers) -> Response | None:
+        sim = self._sim
+        if path.startswith("/v3/order/gtt"):
+            sim.gtt.calls += 1  # every GTT call that reached the "broker", answered or refused
+        if sim.faults.active("rest_down") and not path.startswith("/sim/"):
+            return error_response(errors.rest_down())
+        if is_order_call(path, method):
+            if sim.faults.active("ip_block"):
+                sim.blocked_order_calls += 1
+                return error_response(errors.ip_blocked())
+            required = sim.settings.sim_require_algo_name
+            if required and headers.get("x-algo-name") != required:
+                return error_response(errors.invalid_algo_name())
+        return None

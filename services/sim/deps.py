@@ -49,7 +49,8 @@ class SimulatorPort(Protocol):
     def state(self) -> dict[str, Any]: ...
 
 
-def get_sim(request: Request) -> SimulatorPort:
+# The dependencies are coroutines: FastAPI runs a plain `def` one in its thread pool, a thread hop per request.
+async def get_sim(request: Request) -> SimulatorPort:
     sim: SimulatorPort = request.app.state.sim
     return sim
 
@@ -57,12 +58,12 @@ def get_sim(request: Request) -> SimulatorPort:
 SimDep = Annotated[SimulatorPort, Depends(get_sim)]
 
 
-def bearer(request: Request, sim: SimDep) -> str:
+async def bearer(request: Request, sim: SimDep) -> str:
     """The request's Bearer token when it is a live access token; else 401 UDAPI100050."""
     return _bearer(request, sim, "account")
 
 
-def market_bearer(request: Request, sim: SimDep) -> str:
+async def market_bearer(request: Request, sim: SimDep) -> str:
     """The request's Bearer token when it may read market data (a live access or analytics token)."""
     return _bearer(request, sim, "market")
 

@@ -262,6 +262,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "want = guarded - sold",
         ("tests/monitor/test_broker_truth.py", "tests/api/test_broker_truth.py"),
     ),
+    Mutation(
+        "the safety-net keeper's GTT calls take the order slots kept for closes (no priority in the pacer)",
+        "libs/common/pacing.py",
+        "await self._take(_background.get())",
+        "await self._take(False)",
+        ("tests/unit/test_pacing.py",),
+    ),
 )
 
 # Bugs to plant once their code exists: write them as above, with the exact text of that code (none left).
