@@ -194,9 +194,9 @@ def main() -> int:
                     services,
                     server.url,
                     positions=positions,
-                    triggers=knobs.n(2000 if positions == 1000 else 500, 300 if positions == 1000 else 150),
+                    triggers=knobs.n(500 if positions == 100 else 2000, 300 if positions == 1000 else 150),
                     load_ticks_per_s=10_000,
-                    timeout_s=knobs.s(25 if positions == 1000 else 12, 10),
+                    timeout_s=knobs.s(12 if positions == 100 else 25, 10),
                     profile_s=float(os.environ.get("BENCH_PROFILE_S", "0")),
                 )
                 print(json.dumps({str(positions): out[str(positions)]}), flush=True)

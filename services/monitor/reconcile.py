@@ -22,10 +22,11 @@ from libs.common.broker import Broker, BrokerError, Holding
 from libs.common.broker_positions import BrokerPositions, PositionsUnavailable, Snapshot
 from libs.common.clock import Clock
 from libs.common.closing import Closer
-from libs.common.models import Position, PositionState, Side, level_at_pct
+from libs.common.models import MalformedRecord, Position, PositionState, Side, level_at_pct
 from libs.common.money import fmt_inr
 from libs.common.positions import PositionConflict, PositionNotFound, PositionStore
 from libs.common.settings import Settings
+from services.monitor.snapshot import SLICE
 
 
 class BrokerReconciler:
@@ -77,7 +78,13 @@ class BrokerReconciler:
         self._unreadable_logged = False
         product = self._settings.order_product
         guarded: set[str] = set()
-        for item in await self._store.list_open():
+        symbols = await self._store.open_symbols()
+        items: list[Position | MalformedRecord] = []
+        # Read in slices: the tick path shares this event loop, and one read of 10,000 records held it for hundreds
+        # of ms (packing, parsing, validating every record in one turn).
+        for start in range(0, len(symbols), SLICE):
+            items += await self._store.read_many(symbols[start : start + SLICE])
+        for item in items:
             if not isinstance(item, Position):
                 continue
             guarded.add(item.instrument_key)

@@ -39,6 +39,7 @@ from libs.common.pacing import in_background
 from libs.common.positions import PositionStore
 from libs.common.safety_net import NetState, SafetyNet, trigger_for
 from libs.common.settings import Settings
+from services.monitor.snapshot import SLICE
 
 _REPLACE = ("", "cancelled", "ended")  # no GTT can act for the position: place them
 _RENEW_BEFORE_S = {"I": 0.0}  # intraday GTTs are re-placed once expired; longer ones a day before their end
@@ -166,19 +167,24 @@ class SafetyNetKeeper:
                 await asyncio.wait_for(self._wake.wait(), self._settings.monitor_sweep_interval_s)
 
     async def _open_positions(self) -> list[tuple[Position, NetState]]:
+        """Every open position with its net, read and parsed `SLICE` at a time: the event loop (and the tick path
+        on it) runs between slices, where one pass over 10,000 records held it for hundreds of ms."""
         symbols = await self._store.open_symbols()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for symbol in symbols:
-                pipe.hgetall(keys.position(symbol))
-            rows = cast(list[dict[str, str]], await pipe.execute())
         out = []
-        for row in rows:
-            try:
-                position = Position.from_redis(row)
-            except MalformedRecord:
-                continue  # the monitor's sweep reports it
-            if position.state is PositionState.OPEN:
-                out.append((position, NetState.from_fields(dict(row))))
+        for start in range(0, len(symbols), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for symbol in symbols[start : start + SLICE]:
+                    pipe.hgetall(keys.position(symbol))
+                rows = cast(list[dict[str, str]], await pipe.execute())
+            for row in rows:
+                try:
+                    position = Position.from_redis(row)
+                except MalformedRecord:
+                    continue  # the monitor's sweep reports it
+                if position.state is PositionState.OPEN:
+                    out.append((position, NetState.from_fields(dict(row))))
         return out
 
     # --- keeping every GTT in line -------------------------------------------------------------
