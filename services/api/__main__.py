@@ -8,7 +8,7 @@ import uvicorn
 from loguru import logger
 from sse_starlette.sse import AppStatus
 
-from libs.common.service import EmbeddedServer, freeze_startup_heap, run_service
+from libs.common.service import EmbeddedServer, run_service
 from libs.common.settings import Settings
 from services.api import cli
 from services.api.app import create_app
@@ -27,8 +27,6 @@ async def main(settings: Settings) -> None:
     )
     server = EmbeddedServer(config, name="api:uvicorn")
     await server.start()  # SystemExit when it cannot listen
-    frozen = freeze_startup_heap()  # after the lifespan's start-up: the app and its resources are built
-    logger.debug(f"api: {frozen} start-up objects kept out of the garbage collector's full passes")
     logger.info(f"api listening on http://{settings.api_host}:{settings.api_port} (docs at /docs)")
     # SIGTERM: end the dashboard's event streams first (a clean stop, no cancelled sends), then let uvicorn finish
     # in-flight requests and run the lifespan's shutdown.
