@@ -47,8 +47,8 @@ def contract_dict(symbol: str, instrument_key: str, trading_ends: float, now: fl
 def expiring_symbols(symbols: Iterable[str], index: InstrumentIndex, now: float) -> list[dict[str, object]]:
     """Of `symbols` (open positions' symbols), the contracts expiring today, for views without the records."""
     out = []
-    for symbol in sorted(symbols):
-        inst = index.by_symbol(symbol)
+    ordered = sorted(symbols)
+    for symbol, inst in zip(ordered, index.by_symbols(ordered), strict=True):
         if inst is not None and expires_on(inst, now):
             out.append(contract_dict(symbol, inst.instrument_key, trading_ends_at(inst), now))
     return out

@@ -227,6 +227,11 @@ class InstrumentIndex:
         """The instrument traded as `symbol` (e.g. "BOSCHLTD"), or None."""
         return self._by_symbol.get(symbol)
 
+    def by_symbols(self, symbols: Iterable[str]) -> list[Instrument | None]:
+        """`by_symbol` of each of `symbols`, in their order (one refresh check for all: health asks for ~200)."""
+        get = self._by_symbol.get
+        return [get(symbol) for symbol in symbols]
+
     def by_key(self, instrument_key: str) -> Instrument | None:
         """The instrument with key `instrument_key` (e.g. "NSE_EQ|INE323A01026"), or None."""
         return self._by_key.get(instrument_key)
@@ -277,6 +282,10 @@ class GuardInstruments(InstrumentIndex):
     def by_symbol(self, symbol: str) -> Instrument | None:
         self._refresh_if_due()
         return super().by_symbol(symbol)
+
+    def by_symbols(self, symbols: Iterable[str]) -> list[Instrument | None]:
+        self._refresh_if_due()
+        return super().by_symbols(symbols)
 
     def by_key(self, instrument_key: str) -> Instrument | None:
         self._refresh_if_due()

@@ -207,6 +207,17 @@ def parse_notice(payload: str) -> tuple[float, dict[str, str], bool]:
     return float(data["as_of"]), {str(k): str(v) for k, v in prices.items()}, data.get("source") == "rest"
 
 
+def truth_of(symbol: str, row: Sequence[str | None]) -> PriceTruth | MalformedRecord | None:
+    """What `HMGET price:SYMBOL TRUTH_FIELDS` (`row`) says: None when expired or never seen, MalformedRecord when
+    unreadable."""
+    if row[0] is None and row[1] is None:  # neither ltp nor as_of
+        return None
+    try:
+        return PriceTruth.from_row(row)
+    except ValueError as exc:
+        return MalformedRecord(f"price:{symbol}: {exc}")
+
+
 class PriceCache:
     """Reads and writes the price cache. One instance per Redis client."""
 
@@ -294,17 +305,7 @@ class PriceCache:
             for s in symbols:
                 pipe.hmget(keys.price(s), TRUTH_FIELDS)
             rows = await pipe.execute()
-        out: dict[str, PriceTruth | MalformedRecord | None] = {}
-        for symbol, row in zip(symbols, rows, strict=True):
-            values = dict(zip(TRUTH_FIELDS, row, strict=True))
-            if values["ltp"] is None and values["as_of"] is None:
-                out[symbol] = None
-                continue
-            try:
-                out[symbol] = PriceTruth.from_fields(values)
-            except ValueError as exc:
-                out[symbol] = MalformedRecord(f"price:{symbol}: {exc}")
-        return out
+        return {symbol: truth_of(symbol, row) for symbol, row in zip(symbols, rows, strict=True)}
 
     async def vouch(self, symbols: Iterable[str], as_of: float) -> int:
         """Mark the cached prices of `symbols` current as of `as_of` (healthy feed, quiet symbol).

@@ -17,7 +17,13 @@ from services.api.app import create_app
 async def main(settings: Settings) -> None:
     app = create_app(settings)  # raises ConfigError (exit 2) beyond loopback without API_KEY
     config = uvicorn.Config(
-        app, host=settings.api_host, port=settings.api_port, log_config=None, access_log=False, lifespan="on"
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        http="httptools",  # C parser (a dependency): h11, uvicorn's pure-Python fallback, costs more per request
     )
     server = EmbeddedServer(config, name="api:uvicorn")
     await server.start()  # SystemExit when it cannot listen

@@ -46,7 +46,9 @@ class Resources:
     safety_net: SafetyNet | None = None
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
+    # async on purpose, like every dependency here: FastAPI runs a plain `def` dependency in its thread pool,
+    # a thread hop (and a GIL handoff) per request for a dict lookup.
     resources: Resources = request.app.state.resources
     return resources
 

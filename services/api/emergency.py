@@ -4,24 +4,33 @@ from __future__ import annotations
 
 from loguru import logger
 
+from libs.common import keys
 from libs.common.clock import ist_iso
 from libs.common.closing import CloseRequest
-from libs.common.freshness import FreshnessPolicy, read_feed_liveness
+from libs.common.freshness import TRUTH_FIELDS, FreshnessPolicy, feed_liveness_of
 from libs.common.models import CloseReason, MalformedRecord, PriceSource
 from libs.common.money import Paise, fmt_inr, rupees
+from libs.common.price_cache import truth_of
 from services.api.deps import Resources
 from services.api.schemas import EmergencyCloseResponse
 
 
 async def decision_price(res: Resources, symbol: str) -> tuple[Paise | None, PriceSource, float | None]:
-    """(price, source, age_s) by the freshness policy; (None, BROKER, None) when expired: the broker's fill decides."""
-    truth = (await res.cache.truths([symbol]))[symbol]
+    """(price, source, age_s) by the freshness policy; (None, BROKER, None) when expired: the broker's fill decides.
+
+    The price and the feed's liveness are read in one round trip (reads only, nothing depends on their order)."""
+    async with res.redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.price(symbol), TRUTH_FIELDS)
+        pipe.hgetall(keys.FEED_STATUS)
+        pipe.get(keys.heartbeat("feed"))
+        row, status, beat = await pipe.execute()
+    truth = truth_of(symbol, row)
     if isinstance(truth, MalformedRecord):
         logger.warning(f"Ignoring corrupt cached price of {symbol}: {truth}")
         truth = None
+    now = res.clock.now()
     policy = FreshnessPolicy.from_settings(res.settings)
-    feed = await read_feed_liveness(res.redis, policy, res.clock)
-    freshness = policy.judge(truth, res.clock.now(), feed)
+    freshness = policy.judge(truth, now, feed_liveness_of(policy, status, beat, now))
     if truth is None or freshness.source is None:
         return None, PriceSource.BROKER, None
     return truth.ltp, freshness.source, freshness.age_s

@@ -10,7 +10,6 @@ whatever the cache size.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -156,31 +155,31 @@ class HealthReader:
 
         width = 1 + len(TRUTH_FIELDS)
         rows = raw[9:]
-        listed = [str(symbol) for symbol in rows[::width]]
-        open_set = set(listed[:n_open])
+        open_set = {str(symbol) for symbol in rows[: n_open * width : width]}
         entries: dict[str, dict[str, Any]] = {}
         counts = {"fresh": 0, "stale": 0, "expired": 0}
         worst_open: Freshness | None = None
-        judge = self._policy.judge
-        for i, symbol in enumerate(listed):
-            values = dict(zip(TRUTH_FIELDS, rows[i * width + 1 : (i + 1) * width], strict=True))
-            truth: PriceTruth | None = None
-            if values["ltp"] is not None and values["as_of"] is not None:
-                with contextlib.suppress(ValueError):  # a corrupt hash reads as no price; the monitor reports it
-                    truth = PriceTruth.from_fields(values)
+        judge, from_row = self._policy.judge, PriceTruth.from_row
+        for i in range(0, len(rows), width):  # ~200 entries a request: no dict, dataclass or property more than needed
+            symbol, row = str(rows[i]), rows[i + 1 : i + width]
+            try:
+                truth = from_row(row) if row[0] is not None and row[1] is not None else None
+            except ValueError:  # a corrupt hash reads as no price; the monitor reports it
+                truth = None
             freshness = judge(truth, now, liveness)
+            status, age_s, source = freshness.status, freshness.age_s, freshness.source
             held = symbol in open_set
             entries[symbol] = {  # CacheEntry's fields, in its order (tests/api/test_health.py holds it to the schema)
-                "price": rupees(truth.ltp) if truth and freshness.status != "expired" else None,
-                "age_seconds": int(freshness.age_s) if freshness.age_s is not None else None,
+                "price": rupees(truth.ltp) if truth is not None and status != "expired" else None,
+                "age_seconds": None if age_s is None else int(age_s),
                 "is_stale": freshness.is_stale,
-                "status": freshness.status,
+                "status": status,
                 "has_open_position": held,
-                "source": None if freshness.source is None else freshness.source.value,
+                "source": None if source is None else source.value,
                 "reason": freshness.reason,
             }
             if held:
-                counts[freshness.status] += 1
+                counts[status] += 1
                 if worst_open is None or _older(freshness, worst_open):
                     worst_open = freshness
 

@@ -42,11 +42,12 @@ def allowed_hosts(settings: Settings) -> list[str]:
     return list(dict.fromkeys(h.lower() for h in hosts))
 
 
-def require_read_access(request: Request) -> None:
-    """App-wide dependency: reads (GET/HEAD) need the key when one is set, unless `API_PUBLIC_READS`."""
+async def require_read_access(request: Request) -> None:
+    """App-wide dependency: reads (GET/HEAD) need the key when one is set, unless `API_PUBLIC_READS`.
+    (async: FastAPI would run a plain `def` in its thread pool, a thread hop on every request.)"""
     settings: Settings = request.app.state.settings
     if request.method in ("GET", "HEAD") and not settings.api_public_reads:
-        require_api_key(request)
+        await require_api_key(request)
 
 
 def _presented_key(request: Request) -> str | None:
@@ -58,7 +59,7 @@ def _presented_key(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Dependency of every mutating endpoint: 401 unless the configured key is presented (if one is set)."""
     settings: Settings = request.app.state.settings
     expected = settings.api_key.get_secret_value()

@@ -100,7 +100,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        result = 'missing' if state is None else ('ok' if state == 'open' else state)\n"
         "        if result == 'ok':\n"
         "            await self._redis.hset(keys.position(symbol), mapping={'state': 'closing', 'claim_id': claim_id,"
-        " 'claimed_at': repr(self._clock.now()), 'close_reason': reason.value})\n",
+        " 'claimed_at': repr(self._clock.now()), 'close_reason': reason.value})\n"
+        "            result = [x for kv in (await self._redis.hgetall(keys.position(symbol))).items() for x in kv]\n",
         ("tests/integration/test_closing.py", "tests/monitor/test_monitor_sim.py", "tests/api/test_emergency.py"),
     ),
     Mutation(

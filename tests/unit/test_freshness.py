@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libs.common.freshness import FeedLiveness, FreshnessPolicy, PriceTruth, Verdict
+from libs.common.freshness import TRUTH_FIELDS, FeedLiveness, FreshnessPolicy, PriceTruth, Verdict, feed_liveness_of
 from libs.common.models import FeedState, FeedStatus, PriceSource
 from libs.common.settings import Settings
 
@@ -95,6 +95,22 @@ def test_absurd_values_are_refused(ltp: str) -> None:
 def test_a_corrupt_time_is_refused() -> None:
     with pytest.raises(ValueError, match="not a time"):
         PriceTruth.from_fields({"ltp": "575.00", "as_of": "nan"})
+
+
+def test_a_row_in_truth_fields_order_reads_as_its_fields_do() -> None:
+    fields = {"ltp": "575.05", "as_of": repr(NOW - 3), "silent_since": repr(NOW - 3), "silent_reason": "halted"}
+    row = [fields.get(name) for name in TRUTH_FIELDS]
+    assert PriceTruth.from_row(row) == PriceTruth.from_fields(fields) == PriceTruth(57505, NOW - 3, "halted", False)
+    with pytest.raises(ValueError, match="missing"):
+        PriceTruth.from_row([None, repr(NOW), None, None, None])
+
+
+def test_the_feed_liveness_from_raw_reads_a_caller_made_itself() -> None:
+    live = FeedStatus(state=FeedState.LIVE, connected=True).to_redis()
+    assert feed_liveness_of(POLICY, live, repr(NOW - 1), NOW) == LIVE
+    assert not feed_liveness_of(POLICY, live, None, NOW).live  # no heartbeat: the feed process is down
+    corrupt = feed_liveness_of(POLICY, {**live, "state": "dancing"}, repr(NOW), NOW)
+    assert not corrupt.live and corrupt.reason.startswith("corrupt feed status")
 
 
 def test_the_heartbeat_limit_is_three_beats_at_least_two_seconds_within_the_ttl() -> None:

@@ -91,8 +91,9 @@ def test_the_list_is_read_again_after_0630_ist_of_each_new_day() -> None:
     clock.advance(12 * 3600)  # Wednesday 02:00: Upstox has not rewritten its file yet
     assert index.by_symbol(todays) is not None and len(reads) == 1
     assert next_listing(clock.now()) == datetime(2026, 12, 9, 6, 30, tzinfo=IST).timestamp()
-    clock.advance(5 * 3600)  # Wednesday 07:00
-    assert index.by_symbol("NIFTY 24000 CE 22 DEC 26") is not None  # the new weekly, listed today
+    clock.advance(5 * 3600)  # Wednesday 07:00: the bulk lookup (connection health's) reads it again too
+    new, unknown = index.by_symbols(["NIFTY 24000 CE 22 DEC 26", "NOSUCH"])
+    assert new is not None and unknown is None  # the new weekly, listed today
     assert len(reads) == 2
     kept = index.by_symbol(todays)  # gone from the new list, kept: it stopped trading yesterday
     assert kept is not None and kept not in load_instruments(now=clock.now())

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import re
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from libs.common import keys
 from libs.common.clock import ManualClock, ist_iso
@@ -53,6 +56,37 @@ def test_to_paise(value: object, paise: int) -> None:
 def test_to_paise_rejects_non_numbers(bad: str) -> None:
     with pytest.raises(ValueError, match="not a price"):
         to_paise(bad)
+
+
+def _by_decimal(text: str) -> int | None:
+    """The rule written out once more, independently: Decimal, half-even to the paisa; None when not a price."""
+    try:
+        value = Decimal(text)
+        return int(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN) * 100) if value.is_finite() else None
+    except InvalidOperation:
+        return None
+
+
+@given(
+    st.one_of(
+        st.from_regex(r"\A[0-9]{1,14}\.[0-9]{2}\Z"),  # what Redis hashes hold: to_paise's integer shortcut
+        st.from_regex(r"\A[-+ 0-9.e٣²]{1,18}\Z"),  # near misses: signs, exponents, non-ASCII digits, no digits
+        st.text(max_size=20),
+    )
+)
+@example("0001.50")
+@example("1.5")
+@example("12.345")
+@example("١٢.٣٤")
+@example("12.3²")
+@example("99999999999999.99")
+def test_to_paise_of_any_text_is_the_decimal_rule(text: str) -> None:
+    expected = _by_decimal(text)
+    if expected is None:
+        with pytest.raises(ValueError, match="not a price"):
+            to_paise(text)
+    else:
+        assert to_paise(text) == expected
 
 
 def test_rupee_formatting() -> None:
