@@ -88,8 +88,9 @@ REV
 return rev
 """
 
-# KEYS: position, open set, journal, subscriptions hash, revision counter. ARGV: claim_id, symbol, record JSON.
-# Returns the closed record's rev, 0 when the claim is not ours.
+# KEYS: position, open set, journal, subscriptions hash, revision counter. ARGV: claim_id, symbol, record JSON,
+# the subscription requests channel. Asks the feed to unsubscribe the symbol. Returns the closed record's rev, 0
+# when the claim is not ours.
 _COMPLETE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] then return 0 end
@@ -101,6 +102,7 @@ REV
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('PUBLISH', ARGV[4], 'unsub ' .. ARGV[2])
 return rev
 """
 
@@ -324,10 +326,8 @@ class PositionStore:
         position_keys = [keys.position(record.symbol), keys.OPEN_POSITIONS, keys.CLOSED_JOURNAL]
         rev = await self._complete(
             keys=[*position_keys, keys.FEED_SUBSCRIPTIONS, keys.POSITIONS_REV],
-            args=[claim_id, record.symbol, record.to_json()],
+            args=[claim_id, record.symbol, record.to_json(), keys.SUBSCRIPTION_REQUESTS_CHANNEL],
         )
-        if rev:
-            await self._redis.publish(keys.SUBSCRIPTION_REQUESTS_CHANNEL, f"unsub {record.symbol}")
         return int(rev)
 
     async def mark_unmonitored(self, symbol: str, since: float | None) -> int:

@@ -55,6 +55,28 @@ async def test_open_registers_the_position_and_asks_for_a_subscription(redis: Re
         await store.open(bosch().model_copy(update={"opened_at": 2.0}))
 
 
+async def test_a_close_asks_the_feed_to_unsubscribe_once_even_when_completed_twice(redis: Redis) -> None:
+    """The complete script publishes `unsub SYMBOL` with the state change; a retried completion publishes nothing."""
+    store = PositionStore(redis, SystemClock())
+    await store.open(bosch())
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(keys.SUBSCRIPTION_REQUESTS_CHANNEL)
+    try:
+        record = await Closer(store, PaperBroker(), SystemClock()).close(request())
+        closed = await store.get("BOSCHLTD")
+        assert closed is not None and closed.state is PositionState.CLOSED
+        assert await store.complete(closed.claim_id or "", record)  # a retried call answers as the first did
+        heard = []
+        deadline = asyncio.get_running_loop().time() + 0.5
+        while asyncio.get_running_loop().time() < deadline:  # None also stands for a skipped subscribe reply
+            if (message := await pubsub.get_message(timeout=0.1)) is not None:
+                heard.append(message["data"])
+        assert heard == ["unsub BOSCHLTD"]
+        assert await redis.hget(keys.FEED_SUBSCRIPTIONS, "BOSCHLTD") is None
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
 async def test_close_journals_and_reports_pnl(redis: Redis) -> None:
     store = PositionStore(redis, SystemClock())
     await store.open(bosch())
