@@ -92,6 +92,9 @@ async def _measure(settings: Settings, trigger_symbols: list[str], triggers: int
                     missed += 1
                     continue
                 closed[symbol].clear()
+                # Back above the stop first: reopened on its last (850) price, the sweep would rightly close it at
+                # once, before the trigger, and the trigger would wait for a decision that was already taken.
+                await cache.write_frame([Tick(symbol, "NSE_EQ|" + symbol, "1000.00")], time.time())
                 await store.open(_position(symbol))
                 await asyncio.sleep(0.002)  # let the monitor take the "opened" event
             waiting[symbol] = asyncio.get_running_loop().create_future()
