@@ -153,6 +153,7 @@ def markdown(r: dict[str, Any]) -> str:
             [
                 v["source"],
                 _fmt(v["symbols"]),
+                v.get("duration_s", "-"),
                 _fmt(v["ticks_per_s"]),
                 _fmt(v.get("written_ticks_per_s")),
                 _fmt(v["frames_per_s"]),
@@ -181,6 +182,7 @@ def markdown(r: dict[str, Any]) -> str:
                 [
                     "source",
                     "symbols",
+                    "window s",
                     "ticks/s",
                     "written/s",
                     "frames/s",
