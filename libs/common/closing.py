@@ -209,8 +209,11 @@ class Closer:
         if still_held != 0:
             left = guarded - sold if still_held is None else min(guarded - sold, still_held)
             error = f"sold {sold} of {guarded}; {left} still held and guarded"
-            rev = await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left)
-            await self._publish("reduced", position.symbol, claim_id, quantity=left, sold=sold, rev=rev)
+            record = self._exit_record(position, request, by_net + fills, request.closed_by, remaining=left)
+            rev = await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left, sold=record)
+            await self._publish(
+                "reduced", position.symbol, claim_id, quantity=left, sold=sold, record=record.public(), rev=rev
+            )
             raise PartialClose(f"{position.symbol}: {error}")
         return await self._finish(position, claim_id, request, by_net + fills, request.closed_by)
 
@@ -263,12 +266,19 @@ class Closer:
     async def _finish(
         self, position: Position, claim_id: str, request: CloseRequest, fills: list[Fill], closed_by: str
     ) -> CloseRecord:
+        record = self._exit_record(position, request, fills, closed_by)
+        await self._complete(position.symbol, claim_id, record, request.decided_at)
+        return record
+
+    def _exit_record(
+        self, position: Position, request: CloseRequest, fills: list[Fill], closed_by: str, remaining: int = 0
+    ) -> CloseRecord:
+        """The journal record of what `fills` sold, at their average price (`remaining`: units still guarded)."""
         quantity = sum(f.quantity or position.quantity for f in fills)
         price = Paise(round(sum((f.quantity or position.quantity) * f.price for f in fills) / quantity))
         sold = position.model_copy(update={"quantity": quantity})
         record = self._record(sold, request, ",".join(f.order_id for f in fills), price, closed_by)
-        await self._complete(position.symbol, claim_id, record, request.decided_at)
-        return record
+        return record.model_copy(update={"remaining": remaining}) if remaining else record
 
     async def _confirm_claim(self, request: CloseRequest, claim_id: str, retry_at: float | None) -> None:
         """No order leaves on a claim a Redis failover could lose (libs/common/replication.py). Before the
@@ -437,9 +447,11 @@ class Closer:
         if held is not None:
             left = min(left, held)
         note = "no order of its close tag filled at the broker; reopened" if fill is None else f"sold {sold}; reopened"
-        rev = await self._store.release(position.symbol, position.claim_id, note, None, quantity=left)
+        part = None if fill is None else self._exit_record(position, request, [fill], "reconcile", remaining=left)
+        rev = await self._store.release(position.symbol, position.claim_id, note, None, quantity=left, sold=part)
         if rev:
+            sold_part = {} if part is None else {"record": part.public()}
             await self._store.publish_event(
-                "reopened", position.symbol, claim_id=position.claim_id, quantity=left, rev=rev
+                "reopened", position.symbol, claim_id=position.claim_id, quantity=left, rev=rev, **sold_part
             )
         return None

@@ -258,6 +258,9 @@ class CloseRecord(BaseModel):
     price_source: PriceSource
     price_age_s: float | None
     closed_by: str  # "monitor" or "api"
+    # Units still held and guarded after this exit: > 0 for a partial close (part sold, the position open again for
+    # the rest, whose own close is journaled later). Old records lack it: 0, a whole close.
+    remaining: int = Field(0, ge=0)
 
     def to_json(self) -> str:
         return self.model_dump_json()

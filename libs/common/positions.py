@@ -70,9 +70,10 @@ REV
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: position, revision counter. ARGV: claim_id, error, next_attempt_at, quantity ('' = unchanged). Reopens a
-# position whose close failed (with the quantity still held when part of it was sold). Returns its rev, 0 when
-# the claim is not ours.
+# KEYS: position, journal, revision counter. ARGV: claim_id, error, next_attempt_at, quantity ('' = unchanged),
+# the journal record of what was sold ('' = none). Reopens a position whose close failed (with the quantity still
+# held when part of it was sold, that part journaled in the same step). Returns its rev, 0 when the claim is not
+# ours.
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'released_claim') == ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'open' then
   return tonumber(redis.call('HGET', KEYS[1], 'rev') or 1)
@@ -84,6 +85,7 @@ redis.call('HSET', KEYS[1], 'state', 'open', 'claim_id', '', 'claimed_at', '', '
            'next_attempt_at', ARGV[3], 'released_claim', ARGV[1])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'quantity', ARGV[4]) end
 redis.call('HINCRBY', KEYS[1], 'close_attempts', 1)
+if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[2], ARGV[5]) end
 REV
 return rev
 """
@@ -278,15 +280,23 @@ class PositionStore:
         return claim_id, Position.from_redis(dict(zip(result[::2], result[1::2], strict=True)))
 
     async def release(
-        self, symbol: str, claim_id: str, error: str, next_attempt_at: float | None, *, quantity: int | None = None
+        self,
+        symbol: str,
+        claim_id: str,
+        error: str,
+        next_attempt_at: float | None,
+        *,
+        quantity: int | None = None,
+        sold: CloseRecord | None = None,
     ) -> int:
         """Return a claimed position to open after a failed close, recording why; `quantity` lowers the guarded
-        quantity to what is still held (part was sold). Returns the reopened record's rev, 0 (false) if the claim
-        is not ours."""
+        quantity to what is still held (part was sold) and `sold` journals that part, in the same step. Returns
+        the reopened record's rev, 0 (false) if the claim is not ours."""
         nxt = "" if next_attempt_at is None else repr(next_attempt_at)
         qty = "" if quantity is None else str(quantity)
-        args = [claim_id, error[:500], nxt, qty]
-        return int(await self._release(keys=[keys.position(symbol), keys.POSITIONS_REV], args=args))
+        args = [claim_id, error[:500], nxt, qty, "" if sold is None else sold.to_json()]
+        position_keys = [keys.position(symbol), keys.CLOSED_JOURNAL, keys.POSITIONS_REV]
+        return int(await self._release(keys=position_keys, args=args))
 
     async def claim_holder(self, symbol: str) -> tuple[str, str, float | None]:
         """(state, claim id, claimed_at epoch s) of the position now, for fencing a closer before its order."""

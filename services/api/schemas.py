@@ -317,6 +317,7 @@ class CloseOut(BaseModel):
     price_source: PriceSource
     price_age_s: float | None
     closed_by: str
+    remaining: int = Field(description="units still held and guarded after this exit (> 0: a partial close)")
 
 
 class CloseList(BaseModel):

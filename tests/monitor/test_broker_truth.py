@@ -14,8 +14,8 @@ from libs.common import keys
 from libs.common.broker import BrokerError, OrdersBlocked, UpstoxBroker
 from libs.common.broker_positions import BrokerPositions
 from libs.common.clock import SystemClock
-from libs.common.closing import Closer, CloseRequest, PartialClose
-from libs.common.models import CloseReason, CloseRecord, PositionState, PriceSource
+from libs.common.closing import Closer, CloseRequest, PartialClose, close_tag
+from libs.common.models import CloseReason, CloseRecord, PositionState, PriceSource, Side
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionStore
 from libs.common.settings import Settings
@@ -80,12 +80,42 @@ async def test_partial_fills_are_followed_up_in_the_claim_and_never_sell_more_th
     position = await store.get("BOSCHLTD")
     assert position is not None and position.state is PositionState.OPEN and position.quantity == 2
     assert net(sim) == 2 and await sold_by_guard(sim) == 8
-    tags = {o["tag"] for o in await sim_orders(sim)}
-    assert len(tags) == 1, "every follow-up carries the claim's one close tag"
+    orders = await sim_orders(sim)
+    assert len({o["tag"] for o in orders}) == 1, "every follow-up carries the claim's one close tag"
+    # The part sold is journaled at once (nothing lost if the rest is closed elsewhere or never).
+    (part,) = [r for r in await store.journal() if isinstance(r, CloseRecord)]
+    assert (part.quantity, part.remaining, part.closed_by) == (8, 2, "monitor")
+    value = sum(int(o["filled_quantity"]) * float(o["average_price"]) for o in orders)
+    assert part.exit_price == round(value * 100 / 8)
+    assert part.order_id.split(",") == [o["order_id"] for o in orders if int(o["filled_quantity"])]
 
     sim.faults.clear()
     record = await closer.close(SL)  # the next attempt sells the remainder only
     assert record.quantity == 2 and net(sim) == 0 and await sold_by_guard(sim) == 10
+    journal = [r for r in await store.journal() if isinstance(r, CloseRecord)]
+    assert [(r.quantity, r.remaining) for r in journal] == [(2, 0), (8, 2)]  # newest first: 10 units in all
+
+
+async def test_a_reconcile_that_finds_part_sold_journals_that_part_and_guards_the_rest(
+    redis: Redis, sim: Simulator, bsettings: Settings, closer: Closer
+) -> None:
+    store = PositionStore(redis, CLOCK)
+    held_at_broker(sim, long_bosch(quantity=10))
+    await store.open(long_bosch(quantity=10))
+    claim_id, claimed = await store.claim("BOSCHLTD", CloseReason.STOP_LOSS)
+    broker = UpstoxBroker(bsettings)  # a closer that sold 4 under the claim's tag, then stopped
+    try:
+        fill = await broker.close(claimed.model_copy(update={"quantity": 4}), close_tag(claim_id), None)
+    finally:
+        await broker.aclose()
+    assert fill.quantity == 4 and net(sim) == 6
+
+    assert await closer.reconcile(claimed) is None  # not closed: reopened for what the broker still holds
+    position = await store.get("BOSCHLTD")
+    assert position is not None and position.state is PositionState.OPEN and position.quantity == 6
+    (part,) = [r for r in await store.journal() if isinstance(r, CloseRecord)]
+    assert (part.quantity, part.remaining, part.closed_by, part.order_id) == (4, 6, "reconcile", fill.order_id)
+    assert part.exit_price == fill.price and part.pnl == claimed.model_copy(update={"quantity": 4}).pnl(fill.price)
 
 
 async def test_a_lost_reply_is_settled_by_tag_with_exactly_one_order(
@@ -231,10 +261,16 @@ async def test_a_retried_release_answers_as_the_first(redis: Redis) -> None:
     store = PositionStore(redis, CLOCK)
     await store.open(long_bosch())
     claim_id, _ = await store.claim("BOSCHLTD", CloseReason.STOP_LOSS)
-    assert await store.release("BOSCHLTD", claim_id, "down", None)
-    assert await store.release("BOSCHLTD", claim_id, "down", None)
+    sold = CloseRecord(
+        symbol="BOSCHLTD", instrument_key="NSE_EQ|INE323A01026", side=Side.LONG, quantity=30, entry_price=70000,
+        exit_price=69500, pnl=-15000, reason=CloseReason.STOP_LOSS, closed_at=1.0, order_id="1",
+        price_source=PriceSource.LIVE, price_age_s=0.0, closed_by="monitor", remaining=9,
+    )  # fmt: skip
+    assert await store.release("BOSCHLTD", claim_id, "down", None, quantity=9, sold=sold)
+    assert await store.release("BOSCHLTD", claim_id, "down", None, quantity=9, sold=sold)
     position = await store.get("BOSCHLTD")
     assert position is not None and position.state is PositionState.OPEN and position.close_attempts == 1
+    assert position.quantity == 9 and await store.journal() == [sold]  # the sold part journaled once
 
 
 @pytest.mark.parametrize("dns_down_later", [False, True])
