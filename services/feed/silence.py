@@ -39,6 +39,7 @@ class InstrumentWatch:
         self.window_s = max(halt_detect_s - review_every_s, review_every_s)
         self.last_tick: dict[str, float] = {}
         self.silent: dict[str, str] = {}
+        self._segment_of: dict[str, str] = {}  # instrument key -> its segment (`NSE_EQ|...` -> `NSE_EQ`)
 
     def saw(self, ticks: Iterable[Tick], at: float) -> None:
         """Record the arrival of real ticks (hot path: one dict store per tick)."""
@@ -49,33 +50,45 @@ class InstrumentWatch:
     def review(
         self, wanted: Mapping[str, str], now: float, connected_at: float, segments: Mapping[str, int] | None
     ) -> Review:
-        """Decide for every wanted symbol (SYMBOL -> instrument key) on a live link connected at `connected_at`."""
+        """Decide for every wanted symbol (SYMBOL -> instrument key) on a live link connected at `connected_at`.
+
+        It runs on the feed's event loop every vouch interval over every wanted symbol (5,000), so ticks wait
+        while it runs: one cheap pass finds the symbols quiet for the window; only those (few) are judged.
+        """
         window_s = self.window_s
-        last_of = {s: max(self.last_tick.get(s, 0.0), connected_at) for s in wanted}
-        # Per segment, the two newest ticks: "another instrument ticked" must not count the instrument itself.
-        newest: dict[str, list[tuple[float, str]]] = {}
+        last_of = self.last_tick.get
+        segment_of = self._segment_of
+        # A quiet symbol is silent when another instrument of its segment ticked within the window: any symbol of
+        # the segment that is not quiet itself is such an other one.
+        ticking: set[str] = set()
+        quiet: list[tuple[str, str, float]] = []  # (symbol, segment, seconds quiet), in `wanted` order
         for symbol, key in wanted.items():
-            top = newest.setdefault(key.partition("|")[0], [])
-            top.append((last_of[symbol], symbol))
-            if len(top) > 2:
-                top.sort(reverse=True)
-                del top[2:]
+            at = last_of(symbol, 0.0)
+            quiet_s = now - (at if at > connected_at else connected_at)
+            segment = segment_of.get(key) or self._segment(key)
+            if quiet_s < window_s:
+                ticking.add(segment)
+            else:
+                quiet.append((symbol, segment, quiet_s))
         review = Review()
-        for symbol, key in wanted.items():
-            segment = key.partition("|")[0]
-            quiet_s = now - last_of[symbol]
-            reason = None
-            if quiet_s >= window_s and (segments is None or segments.get(segment, NORMAL_OPEN) == NORMAL_OPEN):
-                others = [at for at, other in newest[segment] if other != symbol]
-                if others and now - others[0] < window_s:
+        was_silent = self.silent
+        silent_now: set[str] = set()
+        for symbol, segment, quiet_s in quiet:
+            if segment in ticking and (segments is None or segments.get(segment, NORMAL_OPEN) == NORMAL_OPEN):
+                silent_now.add(symbol)
+                if symbol not in was_silent:
                     reason = f"no tick for {quiet_s:.0f}s while {segment} trades (halted, suspended or dropped)"
-            if reason is None:
-                review.vouch.append(symbol)
-                if self.silent.pop(symbol, None) is not None:
-                    review.back.append(symbol)
-            elif symbol not in self.silent:
-                self.silent[symbol] = review.silent[symbol] = reason
-        for gone in [s for s in self.silent if s not in wanted]:
-            del self.silent[gone]
-        self.last_tick = {s: at for s, at in self.last_tick.items() if s in wanted}
+                    review.silent[symbol] = reason
+        review.vouch = [s for s in wanted if s not in silent_now] if silent_now else list(wanted)
+        if was_silent:
+            review.back = [s for s in wanted if s in was_silent and s not in silent_now]
+            for symbol in [s for s in was_silent if s not in silent_now]:  # ticking again, or no longer wanted
+                del was_silent[symbol]
+        was_silent.update(review.silent)
+        if not self.last_tick.keys() <= wanted.keys():
+            self.last_tick = {s: at for s, at in self.last_tick.items() if s in wanted}
         return review
+
+    def _segment(self, key: str) -> str:
+        segment = self._segment_of[key] = key.partition("|")[0]
+        return segment

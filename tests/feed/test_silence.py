@@ -54,6 +54,17 @@ def test_a_closed_segment_or_a_quiet_segment_is_plausibly_quiet() -> None:
     assert review.silent == {} and len(review.vouch) == 3
 
 
+def test_a_silent_instrument_no_longer_wanted_is_forgotten_not_reported_back() -> None:
+    watch = InstrumentWatch(halt_detect_s=30, review_every_s=2)  # window 28 s
+    watch.saw([tick("BOSCHLTD"), tick("KAYNES")], at=100)
+    watch.saw([tick("KAYNES")], at=127)
+    assert list(watch.review(WANTED, 128, connected_at=90, segments=None).silent) == ["BOSCHLTD"]
+    still = {s: k for s, k in WANTED.items() if s != "BOSCHLTD"}
+    review = watch.review(still, 129, connected_at=90, segments=None)
+    assert review.silent == {} and review.back == [] and sorted(review.vouch) == ["KAYNES", "NIFTY"]
+    assert watch.silent == {} and "BOSCHLTD" not in watch.last_tick
+
+
 @pytest.fixture
 async def sim(settings: Settings) -> AsyncIterator[Simulator]:
     async with running_simulator(fast(settings, sim_ticks_per_interval=100_000)) as running:

@@ -100,8 +100,9 @@ async def test_a_vouch_over_many_symbols_covers_every_slice(redis: Redis) -> Non
     cache = PriceCache(redis, ttl_s=300)
     symbols = [f"SIMEQ{i:04d}" for i in range(1, 1001)]
     await cache.write_frame([Tick(s, f"NSE_EQ|{s}", "100.00") for s in symbols[:900]], as_of=10.0)
-    assert await cache.vouch(symbols, as_of=20.0) == 900  # 4 slices; the last 100 symbols have no price
+    assert await cache.vouch(symbols, as_of=20.0) == 900  # 10 slices; the last 100 symbols have no price
     as_ofs = {await redis.hget(keys.price(s), "as_of") for s in (symbols[0], symbols[499], symbols[899])}
+    assert await cache.newest(1000, now=20.0) == [(s, 20.0) for s in reversed(symbols[:900])]  # the index moved too
     assert as_ofs == {"20.0"}
     assert not await redis.exists(keys.price(symbols[950]))
 
