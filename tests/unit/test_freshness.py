@@ -38,6 +38,26 @@ def test_age_and_feed_decide_the_layer(
     assert judged.reason
 
 
+@pytest.mark.parametrize(
+    ("price", "feed", "status", "source", "is_stale"),
+    [
+        (truth(1), LIVE, "fresh", PriceSource.LIVE, False),
+        (truth(1), DOWN, "fresh", PriceSource.CACHED, False),
+        (truth(1, rest_at=repr(NOW - 1)), DOWN, "fresh", PriceSource.REST, False),
+        (truth(1, silent_since=repr(NOW), silent_reason="no ticks"), LIVE, "fresh", PriceSource.CACHED, True),
+        (truth(31), LIVE, "stale", PriceSource.STALE, True),
+        (truth(300), LIVE, "expired", None, True),
+        (None, LIVE, "expired", None, True),
+    ],
+)
+def test_each_verdict_carries_its_status_source_and_staleness(
+    price: PriceTruth | None, feed: FeedLiveness, status: str, source: PriceSource | None, is_stale: bool
+) -> None:
+    """What health and the closes read of a verdict is set with it by `judge` (fields, not properties)."""
+    judged = POLICY.judge(price, NOW, feed)
+    assert (judged.status, judged.source, judged.is_stale) == (status, source, is_stale)
+
+
 def test_no_price_is_expired_with_a_reason() -> None:
     judged = POLICY.judge(None, NOW, LIVE)
     assert (judged.verdict, judged.age_s, judged.reason, judged.status) == (
