@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from libs.common.freshness import TRUTH_FIELDS, FeedLiveness, FreshnessPolicy, PriceTruth, Verdict, feed_liveness_of
+from libs.common.freshness import (
+    TRUTH_FIELDS,
+    FeedLiveness,
+    Freshness,
+    FreshnessPolicy,
+    PriceTruth,
+    Verdict,
+    feed_liveness_of,
+)
 from libs.common.models import FeedState, FeedStatus, PriceSource
 from libs.common.settings import Settings
 
@@ -56,6 +64,8 @@ def test_each_verdict_carries_its_status_source_and_staleness(
     """What health and the closes read of a verdict is set with it by `judge` (fields, not properties)."""
     judged = POLICY.judge(price, NOW, feed)
     assert (judged.status, judged.source, judged.is_stale) == (status, source, is_stale)
+    assert len(judged) == len(Freshness._fields) and isinstance(judged, Freshness)
+    assert isinstance(price, PriceTruth | None) and (price is None or len(price) == len(PriceTruth._fields))
 
 
 def test_no_price_is_expired_with_a_reason() -> None:
