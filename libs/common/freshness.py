@@ -55,6 +55,12 @@ class FeedLiveness:
     reason: str
 
 
+# The verdicts below are built with `tuple.__new__`, in C: a NamedTuple's own constructor is a generated Python
+# function, ~120 ns more per object, and health builds ~200 `PriceTruth` and `Freshness` a request (the field
+# order is the class's: tests/unit/test_freshness.py reads every field of every verdict).
+_new = tuple.__new__
+
+
 class PriceTruth(NamedTuple):
     """What `price:SYMBOL` says about itself: the price, when it was last known current, whether the feed found
     the instrument silent (the reason), and whether the price came from the REST LTP poll.
@@ -86,7 +92,7 @@ class PriceTruth(NamedTuple):
         if silent_since and as_of_s <= _finite(silent_since):
             silent = silent_reason or "instrument silent"
         rest = bool(rest_at) and _finite(str(rest_at)) >= as_of_s
-        return cls(ltp_paise(ltp) if parsed_ltp is None else parsed_ltp, as_of_s, silent, rest)
+        return _new(cls, (ltp_paise(ltp) if parsed_ltp is None else parsed_ltp, as_of_s, silent, rest))
 
 
 def _finite(text: str) -> float:
@@ -96,43 +102,27 @@ def _finite(text: str) -> float:
     return value
 
 
-_STATUS: dict[Verdict, Literal["fresh", "stale", "expired"]] = {
-    Verdict.LIVE: "fresh",
-    Verdict.CACHED_FRESH: "fresh",
-    Verdict.CACHED_STALE: "stale",
-    Verdict.EXPIRED: "expired",
-}
-
-
 class Freshness(NamedTuple):
-    """The verdict on one price: its layer, its true age (None without a price), why, and whether REST gave it."""
+    """The verdict on one price: its layer, its true age (None without a price), why, whether REST gave it and
+    whether the instrument was found silent; then what readers ask of it, set by `FreshnessPolicy.judge` (its only
+    maker) with the verdict: plain fields, not properties, since health reads them for ~200 prices a request.
+
+    - `status`: connection health's word for it: live and cached-fresh are fresh.
+    - `source`: the decision source a close records; None when expired (the broker's fill decides).
+    - `is_stale`: health's `is_stale`: not fresh, or the instrument was found silent.
+    """
 
     verdict: Verdict
     age_s: float | None
     reason: str
-    rest: bool = False
-    silent: bool = False
+    rest: bool
+    silent: bool
+    status: Literal["fresh", "stale", "expired"]
+    source: PriceSource | None
+    is_stale: bool
 
-    @property
-    def source(self) -> PriceSource | None:
-        """The decision source a close records; None when expired (the broker's fill decides)."""
-        if self.verdict is Verdict.LIVE:
-            return PriceSource.LIVE
-        if self.verdict is Verdict.CACHED_FRESH:
-            return PriceSource.REST if self.rest else PriceSource.CACHED
-        if self.verdict is Verdict.CACHED_STALE:
-            return PriceSource.STALE
-        return None
 
-    @property
-    def status(self) -> Literal["fresh", "stale", "expired"]:
-        """Connection health's word for it: live and cached-fresh are fresh."""
-        return _STATUS[self.verdict]
-
-    @property
-    def is_stale(self) -> bool:
-        """Health's `is_stale`: not fresh, or the instrument was found silent."""
-        return self.status != "fresh" or self.silent
+_NO_PRICE = Freshness(Verdict.EXPIRED, None, "no cached price", False, False, "expired", None, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,24 +162,28 @@ class FreshnessPolicy:
     def judge(self, price: PriceTruth | None, now: float, feed: FeedLiveness) -> Freshness:
         """The verdict on `price` at `now` (epoch s)."""
         if price is None:
-            return Freshness(Verdict.EXPIRED, None, "no cached price")
+            return _NO_PRICE
         age_s = max(0.0, now - price.as_of)
         silent = price.silent is not None
+        rest = price.rest
         layer = self.layer(age_s)
         if layer == "expired":
-            return Freshness(Verdict.EXPIRED, age_s, f"cache expired ({age_s:.0f}s old)", price.rest, silent)
+            reason = f"cache expired ({age_s:.0f}s old)"
+            return _new(Freshness, (Verdict.EXPIRED, age_s, reason, rest, silent, "expired", None, True))
         if feed.live and not silent and layer == "fresh":
-            return Freshness(Verdict.LIVE, age_s, feed.reason, price.rest)
+            return _new(Freshness, (Verdict.LIVE, age_s, feed.reason, rest, False, "fresh", PriceSource.LIVE, False))
         if price.silent is not None:
             reason = price.silent
-        elif price.rest:
+        elif rest:
             reason = f"REST LTP poll ({feed.reason})"
         elif feed.live:
             reason = f"not confirmed by the feed for {age_s:.0f}s"
         else:
             reason = feed.reason
-        verdict = Verdict.CACHED_FRESH if layer == "fresh" else Verdict.CACHED_STALE
-        return Freshness(verdict, age_s, reason, price.rest, silent)
+        if layer == "fresh":
+            source = PriceSource.REST if rest else PriceSource.CACHED
+            return _new(Freshness, (Verdict.CACHED_FRESH, age_s, reason, rest, silent, "fresh", source, silent))
+        return _new(Freshness, (Verdict.CACHED_STALE, age_s, reason, rest, silent, "stale", PriceSource.STALE, True))
 
 
 async def read_feed_liveness(redis: Redis, policy: FreshnessPolicy, clock: Clock) -> FeedLiveness:

@@ -90,6 +90,25 @@ async def test_open_positions_come_first_then_a_sample_up_to_limit(client: httpx
     assert (await client.get("/api/v1/monitoring/connection-health", params={"limit": -1})).status_code == 422
 
 
+async def test_a_requested_open_symbol_is_listed_once_as_held(client: httpx.AsyncClient, redis: Redis) -> None:
+    """The script lists the open positions first, each once: a requested symbol already listed is not repeated,
+    and only those first rows count as held."""
+    await write_prices(redis, time.time() - 1, {"BOSCHLTD": "700.00", "KAYNES": "204.10", "SIMEQ001": "100.00"})
+    for symbol in ("KAYNES", "BOSCHLTD"):
+        await open_position(client, symbol)
+
+    params = {"symbols": "KAYNES,SIMEQ001,BOSCHLTD", "limit": 3}
+    entries = (await client.get("/api/v1/monitoring/connection-health", params=params)).json()["price_cache"][
+        "cache_entries"
+    ]
+    assert list(entries) == ["BOSCHLTD", "KAYNES", "SIMEQ001"]
+    assert [e["has_open_position"] for e in entries.values()] == [True, True, False]
+    assert [e["source"] for e in entries.values()] == ["cached"] * 3  # a StrEnum written as its value
+
+    capped = await client.get("/api/v1/monitoring/connection-health", params={**params, "limit": 1})
+    assert list(capped.json()["price_cache"]["cache_entries"]) == ["BOSCHLTD", "KAYNES"]  # open ones always
+
+
 @pytest.mark.parametrize(
     ("connected", "price_age_s", "branch"),
     [

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from libs.common.freshness import TRUTH_FIELDS, FeedLiveness, FreshnessPolicy, PriceTruth, Verdict, feed_liveness_of
+from libs.common.freshness import (
+    TRUTH_FIELDS,
+    FeedLiveness,
+    Freshness,
+    FreshnessPolicy,
+    PriceTruth,
+    Verdict,
+    feed_liveness_of,
+)
 from libs.common.models import FeedState, FeedStatus, PriceSource
 from libs.common.settings import Settings
 
@@ -36,6 +44,28 @@ def test_age_and_feed_decide_the_layer(
     assert (judged.verdict, judged.source) == (verdict, source)
     assert judged.age_s == pytest.approx(age_s)
     assert judged.reason
+
+
+@pytest.mark.parametrize(
+    ("price", "feed", "status", "source", "is_stale"),
+    [
+        (truth(1), LIVE, "fresh", PriceSource.LIVE, False),
+        (truth(1), DOWN, "fresh", PriceSource.CACHED, False),
+        (truth(1, rest_at=repr(NOW - 1)), DOWN, "fresh", PriceSource.REST, False),
+        (truth(1, silent_since=repr(NOW), silent_reason="no ticks"), LIVE, "fresh", PriceSource.CACHED, True),
+        (truth(31), LIVE, "stale", PriceSource.STALE, True),
+        (truth(300), LIVE, "expired", None, True),
+        (None, LIVE, "expired", None, True),
+    ],
+)
+def test_each_verdict_carries_its_status_source_and_staleness(
+    price: PriceTruth | None, feed: FeedLiveness, status: str, source: PriceSource | None, is_stale: bool
+) -> None:
+    """What health and the closes read of a verdict is set with it by `judge` (fields, not properties)."""
+    judged = POLICY.judge(price, NOW, feed)
+    assert (judged.status, judged.source, judged.is_stale) == (status, source, is_stale)
+    assert len(judged) == len(Freshness._fields) and isinstance(judged, Freshness)
+    assert isinstance(price, PriceTruth | None) and (price is None or len(price) == len(PriceTruth._fields))
 
 
 def test_no_price_is_expired_with_a_reason() -> None:
