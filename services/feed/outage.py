@@ -2,9 +2,11 @@
 the wait before each attempt, from the common `Backoff` (libs/common/backoff.py).
 
 After a drop of a link that was live, attempt 1 goes at once (`Waiting 0.0 seconds`), as the official SDK does,
-and the next `QUICK_ATTEMPTS` follow a tenth to a fifth of the base apart (0.5-1 s by default): a blip of a second
-or so costs about a second, not the 5-10 s backoff (the at-once attempt alone lands inside the blip). That is a
-handful of calls per drop, so a server that is really down still sees the guide's pace: within the attempt budget
+and the next `QUICK_ATTEMPTS` follow a twentieth to a tenth of the base apart (0.25-0.5 s by default): after a blip
+of up to about 1.5 s the next attempt is at most 0.5 s away, so prices are fresh within a second of the network's
+return, not after the 5-10 s backoff (the at-once attempt alone lands inside the blip; at 0.5-1 s apart a 1 s blip
+cost up to ~1.2 s). That is a handful of calls per drop (the official SDK makes 5 at 1 s), so a server that is
+really down still sees the guide's pace: within the attempt budget
 of a cycle (10), each wait is drawn between the base (5 s) and a ceiling that starts at twice the base and doubles
 up to the cap (10 s), the guide's "retries every 5-10 s". After the budget the outage goes on in new cycles at the
 cap, drawn in its top fifth, so clients that dropped together still spread out. A rejected token is retried
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from libs.common.backoff import Backoff
 from libs.common.settings import Settings
 
-QUICK_ATTEMPTS = 2  # after the at-once attempt of a drop, before the guide's backoff
+QUICK_ATTEMPTS = 4  # after the at-once attempt of a drop, before the guide's backoff
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Outage:
     def __post_init__(self) -> None:
         self._within_budget = Backoff(min(self.cap_s, 2 * self.base_s), self.cap_s, 1.0, self.base_s, self.rng)
         self._at_cap = Backoff(self.cap_s, self.cap_s, 0.2, self.base_s, self.rng)
-        self._quick = Backoff(self.base_s / 5, self.base_s / 5, 0.5, rng=self.rng)  # a tenth to a fifth of the base
+        self._quick = Backoff(self.base_s / 10, self.base_s / 10, 0.5, rng=self.rng)  # a 20th to a 10th of the base
 
     @classmethod
     def from_settings(cls, settings: Settings, rng: random.Random, *, at_once: bool = False) -> Outage:

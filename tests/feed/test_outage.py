@@ -16,13 +16,14 @@ def test_defaults_retry_every_5_to_10_seconds_and_never_below_the_base() -> None
         assert all(5.0 <= d <= 10.0 for d in delays), delays
 
 
-def test_after_a_drop_the_first_attempt_goes_at_once_two_quick_ones_follow_then_the_guide_backoff() -> None:
+def test_after_a_drop_the_first_attempt_goes_at_once_four_quick_ones_follow_then_the_guide_backoff() -> None:
     for seed in range(100):
         o = outage(seed, at_once=True)
         delays = [o.next_attempt() for _ in range(12)]
         assert delays[0] == 0.0
-        assert all(0.5 <= d <= 1.0 for d in delays[1:3]), delays  # a tenth to a fifth of the base: a blip costs ~1 s
-        assert all(5.0 <= d <= 10.0 for d in delays[3:]), delays
+        assert all(0.25 <= d <= 0.5 for d in delays[1:5]), delays  # a 20th to a 10th of the base
+        assert sum(delays[1:5]) >= 0.99  # they span a 1 s blip, each at most 0.5 s after the one before
+        assert all(5.0 <= d <= 10.0 for d in delays[5:]), delays
         assert (o.attempt_in_cycle, o.cycle) == (2, 2)  # the at-once attempt is attempt 1/10, counted as such
 
 
