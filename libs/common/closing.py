@@ -29,7 +29,7 @@ from libs.common.models import CloseReason, CloseRecord, Position, PriceSource
 from libs.common.money import Paise
 from libs.common.order_gate import OrderGate
 from libs.common.pacing import in_background
-from libs.common.positions import PositionConflict, PositionStore, new_claim_id
+from libs.common.positions import ClaimHolder, PositionConflict, PositionStore, new_claim_id
 from libs.common.replication import ClaimConfirmation, ClaimNotConfirmed
 from libs.common.safety_net import SafetyNet
 from libs.common.service import cancel_and_wait
@@ -166,9 +166,10 @@ class Closer:
             want = guarded - sold if held is None else min(guarded - sold, held)
             if want <= 0:
                 break
-            if not fills:  # the claim is confirmed once, before its first order; the fence then times the WAIT too
-                await self._confirm_claim(request, claim_id, retry_at)
-            left_s = await self._fence(position.symbol, claim_id)
+            # The claim is confirmed once, before its first order, with the claim holder read after it for the
+            # fence, whose age check then covers the WAIT too.
+            confirmed = await self._confirm_claim(request, claim_id, retry_at) if not fills else None
+            left_s = await self._fence(position.symbol, claim_id, confirmed)
             try:
                 part = position.model_copy(update={"quantity": want})
                 with sending_before(time.monotonic() + left_s):
@@ -230,9 +231,10 @@ class Closer:
             return None
         return snapshot.held(position.instrument_key, self._limits.product, position.side)
 
-    async def _fence(self, symbol: str, claim_id: str) -> float:
-        """Seconds this closer may still send an order on its claim; raises ClaimFenced when none."""
-        state, holder, claimed_at = await self._store.claim_holder(symbol)
+    async def _fence(self, symbol: str, claim_id: str, read: ClaimHolder | None) -> float:
+        """Seconds this closer may still send an order on its claim; raises ClaimFenced when none. `read`: the
+        claim holder just read (with the confirmation), else it is read now."""
+        state, holder, claimed_at = read or await self._store.claim_holder(symbol)
         if state != "closing" or holder != claim_id:
             logger.error(f"Close of {symbol}: its claim was taken over while this closer waited; no order sent")
             raise ClaimFenced(symbol, "settled elsewhere (this closer's claim was taken over)")
@@ -280,13 +282,14 @@ class Closer:
         record = self._record(sold, request, ",".join(f.order_id for f in fills), price, closed_by)
         return record.model_copy(update={"remaining": remaining}) if remaining else record
 
-    async def _confirm_claim(self, request: CloseRequest, claim_id: str, retry_at: float | None) -> None:
+    async def _confirm_claim(self, request: CloseRequest, claim_id: str, retry_at: float | None) -> ClaimHolder | None:
         """No order leaves on a claim a Redis failover could lose (libs/common/replication.py). Before the
-        fence, so the fence's age check covers the time WAIT took."""
+        fence, so the fence's age check covers the time WAIT took: returns the claim holder read after the
+        confirmation, for the fence (None: no confirmation, the fence reads it)."""
         if self._confirmation is None:
-            return
+            return None
         try:
-            await self._confirmation.confirm(request.symbol)
+            return await self._confirmation.confirm(request.symbol)
         except ClaimNotConfirmed as exc:
             await self._store.release(request.symbol, claim_id, str(exc), retry_at)
             raise

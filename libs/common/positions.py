@@ -298,11 +298,9 @@ class PositionStore:
         position_keys = [keys.position(symbol), keys.CLOSED_JOURNAL, keys.POSITIONS_REV]
         return int(await self._release(keys=position_keys, args=args))
 
-    async def claim_holder(self, symbol: str) -> tuple[str, str, float | None]:
+    async def claim_holder(self, symbol: str) -> ClaimHolder:
         """(state, claim id, claimed_at epoch s) of the position now, for fencing a closer before its order."""
-        fields = ["state", "claim_id", "claimed_at"]
-        state, claim_id, claimed_at = await self._redis.hmget(keys.position(symbol), fields)
-        return str(state or ""), str(claim_id or ""), float(claimed_at) if claimed_at else None
+        return claim_holder_of(await self._redis.hmget(keys.position(symbol), CLAIM_HOLDER_FIELDS))
 
     async def reduce(self, symbol: str, quantity: int) -> int:
         """Lower the guarded quantity of an open position to `quantity` (the broker holds less). Returns the
@@ -385,6 +383,16 @@ class PositionStore:
             with contextlib.suppress(ValueError):
                 events.append(decode_event(fields))
         return events
+
+
+CLAIM_HOLDER_FIELDS = ["state", "claim_id", "claimed_at"]
+ClaimHolder = tuple[str, str, float | None]  # (state, claim id, claimed_at epoch s)
+
+
+def claim_holder_of(row: Sequence[Any]) -> ClaimHolder:
+    """(state, claim id, claimed_at epoch s) from an HMGET of CLAIM_HOLDER_FIELDS of a position's key."""
+    state, claim_id, claimed_at = row
+    return str(state or ""), str(claim_id or ""), float(claimed_at) if claimed_at else None
 
 
 def is_active(position: Position) -> bool:

@@ -8,7 +8,8 @@ open and guarded, and the close is retried (an SL fired a moment late costs less
 A master without replicas has nothing to fail over to, so there is nothing to wait for.
 
 A claim that got old before its order left (the WAIT included) is refused by `Closer`'s claim fence, which runs
-after this confirmation: one age check, right before the order.
+after this confirmation (on the claim holder read after it, in its round trip): one age check, right before the
+order.
 
 `WAIT` counts only the writes of the connection that sends it, and a pooled client may have claimed on another
 one; so a small write (`replication:probe`) and the `WAIT` go together on one connection: replication is in
@@ -17,12 +18,11 @@ order, so a replica that has the probe has the claim written before it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis.asyncio import Redis
 
 from libs.common import keys
 from libs.common.broker import BrokerError
+from libs.common.positions import CLAIM_HOLDER_FIELDS, ClaimHolder, claim_holder_of
 from libs.common.settings import Settings
 
 
@@ -46,30 +46,46 @@ class ClaimNotReplicated(ClaimNotConfirmed):
         )
 
 
-async def confirmed_on_replica(redis: Redis, timeout_s: float) -> bool:
-    """True when at least one replica has every write made before this call, or when the master has no
-    replica. Waits at most `timeout_s`. Raises RedisError."""
-    role: list[Any] = await redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+async def confirmed_on_replica(redis: Redis, timeout_s: float, symbol: str) -> tuple[bool, ClaimHolder]:
+    """(True when at least one replica has every write made before this call, or when the master has no
+    replica; the claim holder of `symbol`'s position read after that). Waits at most `timeout_s`. Raises
+    RedisError.
+
+    The holder is read in the same round trip as ROLE (and as INCR/WAIT when there are replicas), after them on
+    one connection, which Redis answers in order: so the claim fence on it still runs after the confirmation and
+    its age check covers the time WAIT took; a master alone costs one round trip instead of two. A replica that
+    attaches after ROLE answered "none" is not waited for, as before: its initial sync copies the master's
+    dataset, which holds the claim already (the claim was acknowledged before ROLE was sent), so that replica
+    has the claim too."""
+    position = keys.position(symbol)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.execute_command("ROLE")
+        pipe.hmget(position, CLAIM_HOLDER_FIELDS)
+        role, row = await pipe.execute()
     if not role[2]:  # a master alone: there is no replica to lose the write to
-        return True
+        return True, claim_holder_of(row)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.incr(keys.REPLICATION_PROBE)
         pipe.execute_command("WAIT", 1, max(1, int(timeout_s * 1000)))
-        _, acked = await pipe.execute()
-    return int(acked) >= 1
+        pipe.hmget(position, CLAIM_HOLDER_FIELDS)
+        _, acked, row = await pipe.execute()
+    return int(acked) >= 1, claim_holder_of(row)
 
 
 class ClaimConfirmation:
-    """What `Closer` calls between a claim and its order."""
+    """What `Closer` calls between a claim and its first order."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._timeout_s = settings.claim_replica_timeout_s
 
-    async def confirm(self, symbol: str) -> None:
-        """Return once a replica has the claim just made on `symbol`, or no replica exists.
+    async def confirm(self, symbol: str) -> ClaimHolder:
+        """Return once a replica has the claim just made on `symbol`, or no replica exists, with the position's
+        claim holder read after that (for the claim fence, one round trip fewer).
 
         Raises ClaimNotReplicated (no order may be sent), RedisError when Redis failed.
         """
-        if not await confirmed_on_replica(self._redis, self._timeout_s):
+        confirmed, holder = await confirmed_on_replica(self._redis, self._timeout_s, symbol)
+        if not confirmed:
             raise ClaimNotReplicated(symbol, self._timeout_s)
+        return holder

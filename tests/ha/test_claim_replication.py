@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from libs.common.clock import ManualClock, SystemClock
 from libs.common.closing import ClaimFenced, Closer
 from libs.common.models import PositionState
-from libs.common.positions import PositionStore
+from libs.common.positions import ClaimHolder, PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.replication import ClaimConfirmation, ClaimNotReplicated, confirmed_on_replica
 from libs.common.settings import Settings
@@ -42,7 +42,8 @@ async def test_a_claim_is_sent_only_once_a_replica_has_it(tmp_path: Path) -> Non
             timings = []
             for _ in range(50):  # what WAIT costs a close when the replica is healthy
                 started = time.perf_counter()
-                assert await confirmed_on_replica(redis, 5.0)  # a loaded machine can take long: only time it
+                confirmed, _ = await confirmed_on_replica(redis, 5.0, "BOSCHLTD")  # a loaded machine can take long
+                assert confirmed  # only time it
                 timings.append((time.perf_counter() - started) * 1000)
             timings.sort()
             print(f"\n[figure] claim confirmed on a replica (ROLE + INCR/WAIT): p50 {timings[25]:.2f} ms, "
@@ -82,7 +83,8 @@ async def test_a_lone_master_confirms_at_once(redis_srv: RedisServer) -> None:
     redis = create_redis(Settings(_env_file=None, redis_url=redis_srv.url))  # type: ignore[call-arg]
     try:
         started = time.monotonic()
-        assert await confirmed_on_replica(redis, 5.0)
+        confirmed, _ = await confirmed_on_replica(redis, 5.0, "BOSCHLTD")
+        assert confirmed
         assert time.monotonic() - started < 1.0  # no WAIT for a replica that does not exist
     finally:
         await redis.aclose()
@@ -131,6 +133,6 @@ class HeldUp(ClaimConfirmation):
         self._manual = clock
         self._held_s = held_s
 
-    async def confirm(self, symbol: str) -> None:
+    async def confirm(self, symbol: str) -> ClaimHolder:
         self._manual.advance(self._held_s)
-        await super().confirm(symbol)
+        return await super().confirm(symbol)
