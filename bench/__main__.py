@@ -9,6 +9,7 @@ is recorded with its error and the run goes on: a missing figure is reported as 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 from redis import Redis as SyncRedis
 
 from bench import ceiling, close_path, decision, decode, feed_latency, health, ingest, recovery, report
-from bench.env import Knobs, Services, machine, private_redis, service_ready
+from bench.env import Knobs, Services, elapsed_ms, machine, private_redis, service_ready
 from bench.frames import watchlist_instruments
 from libs.common.settings import Settings
 
@@ -35,7 +36,12 @@ def _section(results: dict[str, Any], name: str, fn: Callable[[], Any], *, needs
         results["errors"][name] = f"not measured: services/{', services/'.join(missing)} not available yet"
         print(f"== {name}: skipped ({results['errors'][name]})", flush=True)
         return
-    print(f"== {name} ...", flush=True)
+    # This process measures (it is the client of every section) and keeps what earlier sections gathered: a full
+    # collection of that heap, stopping this process mid-measurement, was the bench's own pause, not the product's.
+    t0 = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    print(f"== {name} ... (bench heap: {gc.get_freeze_count():,} objects frozen, {elapsed_ms(t0):.0f} ms)", flush=True)
     t0 = time.monotonic()
     try:
         results[name] = fn()
