@@ -6,11 +6,10 @@ and the next `QUICK_ATTEMPTS` follow a twentieth to a tenth of the base apart (0
 of up to about 1.5 s the next attempt is at most 0.5 s away, so prices are fresh within a second of the network's
 return, not after the 5-10 s backoff (the at-once attempt alone lands inside the blip; at 0.5-1 s apart a 1 s blip
 cost up to ~1.2 s). That is a handful of calls per drop (the official SDK makes 5 at 1 s), so a server that is
-really down still sees the guide's pace: within the attempt budget
-of a cycle (10), each wait is drawn between the base (5 s) and a ceiling that starts at twice the base and doubles
-up to the cap (10 s), the guide's "retries every 5-10 s". After the budget the outage goes on in new cycles at the
-cap, drawn in its top fifth, so clients that dropped together still spread out. A rejected token is retried
-slowly (`AUTH_RETRY_DELAY_S` +/- 10 %).
+really down still sees the guide's pace: within the attempt budget of a cycle (10), each wait is drawn between the
+base (5 s) and a ceiling that starts at twice the base and doubles up to the cap (10 s), the guide's "retries every
+5-10 s". After the budget the outage goes on in new cycles at the cap, drawn in its top fifth, so clients that
+dropped together still spread out. A rejected token is retried slowly (`AUTH_RETRY_DELAY_S` +/- 10 %).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from libs.common.clock import ManualClock, SystemClock
 from libs.common.closing import ClaimFenced, Closer
-from libs.common.models import PositionState
+from libs.common.models import CloseReason, PositionState
 from libs.common.positions import ClaimHolder, PositionStore
 from libs.common.redis_client import create_redis
 from libs.common.replication import ClaimConfirmation, ClaimNotReplicated, confirmed_on_replica
@@ -123,6 +123,42 @@ async def test_a_claim_held_up_in_its_wait_past_half_the_stuck_close_time_sends_
     finally:
         await redis.flushall()
         await redis.aclose()
+
+
+async def test_a_claim_taken_over_while_it_is_confirmed_sends_no_order(redis_srv: RedisServer) -> None:
+    """The fence reads the claim holder in the confirmation's round trip, after it: a claim settled and taken by
+    another closer meanwhile (its confirmation held up) is seen as such, and no order leaves on it."""
+    settings = Settings(_env_file=None, redis_url=redis_srv.url)  # type: ignore[call-arg]
+    redis = create_redis(settings)
+    try:
+        await redis.flushall()
+        store = PositionStore(redis, SystemClock())
+        await store.open(bosch())
+        broker = CountingBroker()
+        closer = Closer(store, broker, SystemClock(), settings=settings, confirmation=TakenOver(redis, settings, store))
+        with pytest.raises(ClaimFenced, match="taken over"):
+            await closer.close(request())
+        assert broker.orders == 0
+        position = await store.get("BOSCHLTD")
+        assert position is not None and position.state is PositionState.CLOSING
+        assert position.claim_id == "other-closer"  # the other closer's claim stands
+    finally:
+        await redis.flushall()
+        await redis.aclose()
+
+
+class TakenOver(ClaimConfirmation):
+    """While this closer confirms its claim, another settles it (reopened, as a reconcile does) and claims anew."""
+
+    def __init__(self, redis: Redis, settings: Settings, store: PositionStore) -> None:
+        super().__init__(redis, settings)
+        self._store = store
+
+    async def confirm(self, symbol: str) -> ClaimHolder:
+        _, holder, _ = await self._store.claim_holder(symbol)
+        assert await self._store.release(symbol, holder, "reconciled: no order of its tag", None)
+        await self._store.claim(symbol, CloseReason.STOP_LOSS, "other-closer")
+        return await super().confirm(symbol)
 
 
 class HeldUp(ClaimConfirmation):

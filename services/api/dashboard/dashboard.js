@@ -205,7 +205,8 @@ function renderCloses(closes) {
     row.dataset.symbol = c.symbol;
     row.append(
       el("td", c.closed_at.slice(11, 19)), el("td", c.symbol), el("td", rupees(c.exit_price)),
-      el("td", rupees(c.pnl), c.pnl < 0 ? "expired" : "fresh"), el("td", c.remaining ? c.reason + " (part, " + c.remaining + " left)" : c.reason), el("td", c.closed_by),
+      el("td", rupees(c.pnl), c.pnl < 0 ? "expired" : "fresh"),
+      el("td", c.remaining ? c.reason + " (part, " + c.remaining + " left)" : c.reason), el("td", c.closed_by),
       el("td", c.price_source),
     );
     body.append(row);
