@@ -50,7 +50,9 @@ async def test_status_reports_token_redis_services_and_market(
     await set_feed(redis, state=FeedState.RECONNECTING, connected=False, token_ok=True, last_error="DNS failed")
     await redis.hset(keys.SERVICES_STATUS, mapping={"monitor.last_broker_error": "broker answered 503"})
     await PositionStore(redis, SystemClock()).publish_event("close_failed", "BOSCHLTD", error="503")
-    settings = upstox(api_settings, upstox_api_base="https://api.upstox.test")
+    # No expiry warning: the token's 03:30 IST expiry is within the default window from 21:00 UTC, and its
+    # `token_expiring` event would then be the newest one (tests/api/test_token_watch.py covers that event).
+    settings = upstox(api_settings, upstox_api_base="https://api.upstox.test", token_expiry_warn_s=0)
     async with make_api(settings, http=httpx.AsyncClient(transport=httpx.MockTransport(profile))) as client:
         resp = await client.get(STATUS)
         again = await client.get(STATUS)
