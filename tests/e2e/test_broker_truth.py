@@ -103,7 +103,10 @@ async def test_an_ip_block_is_shown_retried_slowly_and_the_close_goes_through_on
 
         shown = await eventually(blocked, timeout_s=10)
         assert "UDAPI1154" in str(shown["reason"]) and "static IP" in str(shown["reason"])
-        assert await _state(stack, "BOSCHLTD") is PositionState.OPEN
+        # The block is recorded as the refusal comes back; the claim is released just after, and retaken at
+        # each retry: the position is back under guard between the tries, never left claimed.
+        await eventually(lambda: _is(stack, PositionState.OPEN), timeout_s=2)
+        assert (await stack.status())["orders"]["blocked"] is True
         await eventually(lambda: _closed(stack, "BOSCHLTD"), timeout_s=15)
         assert (await stack.status())["orders"]["blocked"] is False
         assert 2 <= (await stack.sim_state())["blocked_order_calls"] <= 8  # ~1 per second for 4 s
