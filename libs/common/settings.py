@@ -153,11 +153,17 @@ class Settings(BaseSettings):
     # --- Process -----------------------------------------------------------------------------
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
+    def __init__(self, **values: Any) -> None:
+        # pydantic-settings ignores an unknown keyword (extra="ignore" is for `.env`, which other tools share):
+        # a misspelt setting passed in code would be dropped silently and change nothing.
+        _refuse_unknown(type(self), values)
+        super().__init__(**values)
+
     @classmethod
     def load(cls, **overrides: object) -> Self:
         """Read the settings; on a bad value raise `ConfigError` with one line naming the variable."""
         try:
-            return cls(**overrides)  # type: ignore[arg-type]
+            return cls(**overrides)
         except SettingsError as exc:  # a list setting (FEED_WATCHLIST, ALERT_URLS, ...) that is not JSON
             field = re.search(r'field "(\w+)"', str(exc))
             name = field.group(1).upper() if field else "SETTINGS"
@@ -173,9 +179,7 @@ class Settings(BaseSettings):
         """pydantic's copy, refusing a name this class has no field for: `update` is not validated, so a
         misspelt or moved setting (say a simulator one on the services' `Settings`) would otherwise be kept
         silently and change nothing."""
-        unknown = sorted(set(update or {}) - set(type(self).model_fields))
-        if unknown:
-            raise TypeError(f"{type(self).__name__} has no setting {', '.join(unknown)}")
+        _refuse_unknown(type(self), update or {})
         return super().model_copy(update=update, deep=deep)
 
     @model_validator(mode="after")
@@ -252,6 +256,14 @@ class Settings(BaseSettings):
         if self.sim_access_token.get_secret_value() != "sim-access-token":
             values.append(self.sim_access_token)
         return [v.get_secret_value() for v in values if v.get_secret_value()]
+
+
+def _refuse_unknown(cls: type[BaseSettings], values: Mapping[str, Any]) -> None:
+    """TypeError naming each keyword `cls` has no field for (pydantic-settings' own `_env_file` and the like
+    pass)."""
+    unknown = sorted(name for name in values if not name.startswith("_") and name not in cls.model_fields)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(unknown)}")
 
 
 def _host_port(item: str) -> tuple[str, int]:

@@ -115,6 +115,14 @@ def test_a_copy_naming_a_setting_the_class_lacks_fails_instead_of_keeping_a_defa
     assert SimSettings.of(sim).sim_order_rate_limit_per_s == 0  # a simulator's settings keep their own values
 
 
+def test_a_misspelt_keyword_fails_instead_of_keeping_a_default() -> None:
+    with pytest.raises(TypeError, match="redis_urll"):
+        make(redis_urll="redis://127.0.0.1:1/0")
+    with pytest.raises(TypeError, match="sim_seed"):
+        load_settings(_env_file=None, sim_seed=7)  # a simulator setting on the services' class
+    assert make(redis_url="redis://127.0.0.1:1/0").redis_url == "redis://127.0.0.1:1/0"
+
+
 def test_the_simulators_overrides_are_validated() -> None:
     with pytest.raises(ValidationError):
         SimSettings.of(make(), sim_tick_interval_s=0)
