@@ -16,7 +16,7 @@ import pytest
 
 from libs.common.closing import TAG_PREFIX
 from tests.e2e.harness import Stack
-from tests.e2e.test_fno import nifty_weekly
+from tests.e2e.test_fno import nifty_option
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -223,7 +223,7 @@ async def test_an_option_of_three_freeze_quantities_is_netted_within_the_limits_
     (a GTT's order is never sliced: one of 5400 would be rejected by the exchange when it fires). The guard goes
     down, the premium falls through: the three fire and the broker ends exactly flat; the guard, back, reports
     the position closed by the safety net with the three fills and sends nothing."""
-    option = nifty_weekly()
+    option = nifty_option()
     symbol, key, freeze = option.trading_symbol, option.instrument_key, int(option.freeze_quantity)
     async with Stack(tmp_path, **NET) as stack:
         await stack.start("sim", "monitor", "api")
