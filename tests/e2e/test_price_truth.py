@@ -115,9 +115,12 @@ async def test_emergency_close_after_a_feed_sigkill_is_journaled_as_cached_with_
         assert (await stack.feed_status()).connected is True
         as_of = float((await stack.price("BOSCHLTD"))["as_of"])
 
+        sent_at = time.time()
         resp = await stack.emergency_close("BOSCHLTD")
-        closed_at = time.time()
+        answered_at = time.time()
         assert resp.status_code in (200, 202), resp.text
         closes = await eventually(stack.closes, timeout_s=10)
         assert [(c["symbol"], c["price_source"]) for c in closes] == [("BOSCHLTD", "cached")]
-        assert closes[0]["price_age_s"] == pytest.approx(closed_at - as_of, abs=0.5)  # its true age
+        # Its true age when the api decided, which lies between the request and the answer (a fixed 0.5 s around
+        # the answer's time also counted the close's own broker round trips, slow on a loaded machine).
+        assert sent_at - as_of - 0.01 <= closes[0]["price_age_s"] <= answered_at - as_of + 0.01
