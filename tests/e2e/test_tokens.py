@@ -83,7 +83,8 @@ async def test_access_token_expires_with_a_position_open_and_a_hot_swap_fires_th
         assert status["credentials"][0]["state"] == "expired" and status["credentials"][0]["source"] == "api"
         assert status["credentials"][1]["state"] == "valid"
         assert status["orders"]["blocked"] is True and "expired" in status["orders"]["reason"]
-        events = {e["kind"]: e for e in await stack.events()}
+        # The api says it in the log, then publishes its event: wait for the event rather than race it.
+        events = await eventually(lambda: _events_with(stack, "token_expired"), timeout_s=5)
         assert events["token_expiring"]["token"] == "access"
         assert "prices still stream on the analytics token" in events["token_expired"]["effect"]
 
@@ -173,6 +174,12 @@ async def test_feed_waits_quietly_for_a_new_token_then_token_set_and_the_notifie
 
 async def _ltp_is(stack: Stack, symbol: str, ltp: str) -> bool:
     return (await stack.price(symbol)).get("ltp") == ltp
+
+
+async def _events_with(stack: Stack, kind: str) -> dict[str, dict[str, Any]] | None:
+    """Recent events by kind (of a kind seen twice, its oldest), once one of `kind` is among them."""
+    events = {e["kind"]: e for e in await stack.events()}
+    return events if kind in events else None
 
 
 async def _shown_open(stack: Stack, symbol: str) -> str | None:
