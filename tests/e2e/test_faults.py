@@ -12,6 +12,7 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,8 +176,8 @@ async def test_broker_down_during_a_stop_loss(tmp_path: Path) -> None:
         await stack.wait_log("monitor", "[SL] BOSCHLTD: Price ₹690.00 <= SL ₹698.25", since=mark)
         unconfirmed = await stack.wait_log("monitor", "Close of BOSCHLTD unconfirmed", since=mark)
         assert "settled with the broker by its order tag" in unconfirmed
-        status = await stack.status()
-        assert "503" in status["notes"]["monitor.last_broker_error"]
+        # The monitor notes the broker's error for /status just after that line: wait for it rather than race it.
+        status = await eventually(lambda: _broker_error_noted(stack, "503"), timeout_s=5)
         failed = [e for e in status["recent_events"] if e["symbol"] == "BOSCHLTD" and e["kind"] == "close_failed"]
         assert failed and failed[0]["outcome"] == "unknown"
         listed = (await stack.api("GET", "/api/v1/positions/BOSCHLTD")).json()
@@ -201,6 +202,12 @@ async def _ltp_is(stack: Stack, symbol: str, ltp: str) -> bool:
 
 async def _state_is(stack: Stack, symbol: str, state: PositionState) -> bool:
     return (await stack.position(symbol)).state is state
+
+
+async def _broker_error_noted(stack: Stack, text: str) -> dict[str, Any] | None:
+    """/status once it shows `text` in the monitor's last broker error."""
+    status = await stack.status()
+    return status if text in status["notes"].get("monitor.last_broker_error", "") else None
 
 
 async def _muted_over(stack: Stack) -> bool:

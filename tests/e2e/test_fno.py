@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common.fno import is_expired
+from libs.common.fno import expires_on, is_expired
 from libs.common.instruments import Instrument, load_instruments
 from libs.common.models import PositionState
 from tests.e2e.harness import Stack
@@ -18,14 +18,18 @@ from tests.helpers import eventually
 pytestmark = pytest.mark.e2e
 
 
-def nifty_weekly(kind: str = "CE", strike: int = 24000) -> Instrument:
-    """The nearest NIFTY weekly option still trading (the same row every service generates for today)."""
+def nifty_option(kind: str = "CE", strike: int = 24000) -> Instrument:
+    """The nearest NIFTY option that does not expire today (the same row every service generates for today).
+
+    Not one expiring today: its previous close (09:15 IST) is then a few rupees and its day's band (up to twice
+    that) holds none of the premiums these tests set, so on an expiry day (Tuesday IST, until 15:30) a GTT at
+    119.40 was refused. Weekly or monthly: the week before the monthly expiry, no other weekly is listed."""
     now = time.time()
     return next(
         i
         for i in load_instruments(now=now)
-        if i.name == "NIFTY" and i.weekly and i.instrument_type == kind
-        and i.strike_paise == strike * 100 and not is_expired(i, now)
+        if i.name == "NIFTY" and i.instrument_type == kind and i.strike_paise == strike * 100
+        and not expires_on(i, now) and not is_expired(i, now)
     )  # fmt: skip
 
 
@@ -34,7 +38,7 @@ async def _state(stack: Stack, symbol: str) -> PositionState:
 
 
 async def test_an_option_of_three_freeze_quantities_closes_sliced_to_exactly_flat(tmp_path: Path) -> None:
-    option = nifty_weekly()
+    option = nifty_option()
     symbol, lot, freeze = option.trading_symbol, option.lot_size, int(option.freeze_quantity)
     quantity = 3 * freeze
     async with Stack(tmp_path, RECONCILE_INTERVAL_S="600") as stack:
@@ -77,7 +81,7 @@ async def test_an_option_stop_fires_on_the_cached_premium_during_a_drop(tmp_path
     carrying it is cached while the monitor restarts, then the WebSocket drops; the monitor, back, acts on the
     cached premium with the guide's lines and sells exactly the lots held. The feed subscribes the option in
     option_greeks and its underlying besides the watchlist; health shows the mode per symbol."""
-    option = nifty_weekly()
+    option = nifty_option()
     symbol, lot = option.trading_symbol, option.lot_size
     # The REST poll (layer 2b) would price the option through the drop; a long interval keeps it out, so the
     # cached layer is what this test sees (as when the whole network is down, not just the WebSocket).

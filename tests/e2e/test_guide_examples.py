@@ -159,7 +159,8 @@ async def test_example_2_extended_outage(tmp_path: Path) -> None:
         await stack.wait_log("monitor", "[WARNING] Can't monitor BOSCHLTD - no fresh prices", since=monitor_mark)
         # The hash expires PRICE_CACHE_TTL_S after its last write (a vouch writes a little after `as_of`).
         await eventually(lambda: _gone(stack, keys.price("BOSCHLTD")), timeout_s=5)
-        assert (await stack.position("BOSCHLTD")).unmonitored_since is not None
+        # The monitor logs that line, then records it on the position: wait for the record rather than race it.
+        await eventually(lambda: _unmonitored_is(stack, "BOSCHLTD", True), timeout_s=5)
 
         # Layer 3: the person closes it through the emergency API; the broker fills at the last price.
         resp = await stack.emergency_close("BOSCHLTD", "emergency")
@@ -180,7 +181,7 @@ async def test_example_2_extended_outage(tmp_path: Path) -> None:
         # The network returns: everything recovers without a restart, and protection is live again.
         await stack.wait_connected(True, timeout_s=30)
         await stack.wait_log("monitor", "Monitoring KAYNES again", since=monitor_mark, timeout_s=10)
-        await eventually(lambda: _unmonitored_cleared(stack, "KAYNES"), timeout_s=10)
+        await eventually(lambda: _unmonitored_is(stack, "KAYNES", False), timeout_s=10)
         await eventually(lambda: _branch_is(stack, "live"), timeout_s=10)
         await stack.set_price("KAYNES", 185.0)
         await stack.wait_log("monitor", "[SL] KAYNES: Price ₹185.00 <= SL ₹190.00", since=monitor_mark)
@@ -281,8 +282,8 @@ async def _gone(stack: Stack, key: str) -> bool:
     return await stack.redis.exists(key) == 0
 
 
-async def _unmonitored_cleared(stack: Stack, symbol: str) -> bool:
-    return (await stack.position(symbol)).unmonitored_since is None
+async def _unmonitored_is(stack: Stack, symbol: str, unmonitored: bool) -> bool:
+    return ((await stack.position(symbol)).unmonitored_since is not None) is unmonitored
 
 
 async def _branch_is(stack: Stack, branch: str) -> bool:

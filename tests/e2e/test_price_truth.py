@@ -61,6 +61,10 @@ async def test_websocket_drop_with_rest_up_keeps_prices_fresh_and_an_sl_fires_as
         assert len([o for o in await stack.orders("BOSCHLTD") if o.get("tag")]) == 1
 
 
+async def _events_of(stack: Stack, kind: str) -> list[dict[str, object]]:
+    return [e for e in await stack.events() if e["kind"] == kind]
+
+
 async def _as_of_moved(stack: Stack, symbol: str, after: float) -> bool:
     return float((await stack.price(symbol)).get("as_of", 0)) > after
 
@@ -91,7 +95,8 @@ async def test_a_halted_instrument_among_ticking_ones_ages_truly_and_its_sl_fire
         assert health["price_cache"]["cache_entries"]["BOSCHLTD"]["is_stale"] is False
         await stack.wait_log("feed", "[WARNING] KAYNES: no tick for")
         await stack.wait_log("monitor", "[WARNING] KAYNES: no tick for", since=mark)  # checked with its true age
-        events = [e for e in await stack.events() if e["kind"] == "instrument_silent"]
+        # The feed logs its line, then publishes the event: wait for the event rather than race it.
+        events = await eventually(lambda: _events_of(stack, "instrument_silent"), timeout_s=5)
         assert [e["symbol"] for e in events] == ["KAYNES"]
 
         resp = await stack.api("PATCH", "/api/v1/positions/KAYNES", json={"stop_loss": 205.0})
@@ -115,9 +120,12 @@ async def test_emergency_close_after_a_feed_sigkill_is_journaled_as_cached_with_
         assert (await stack.feed_status()).connected is True
         as_of = float((await stack.price("BOSCHLTD"))["as_of"])
 
+        sent_at = time.time()
         resp = await stack.emergency_close("BOSCHLTD")
-        closed_at = time.time()
+        answered_at = time.time()
         assert resp.status_code in (200, 202), resp.text
         closes = await eventually(stack.closes, timeout_s=10)
         assert [(c["symbol"], c["price_source"]) for c in closes] == [("BOSCHLTD", "cached")]
-        assert closes[0]["price_age_s"] == pytest.approx(closed_at - as_of, abs=0.5)  # its true age
+        # Its true age when the api decided, which lies between the request and the answer (a fixed 0.5 s around
+        # the answer's time also counted the close's own broker round trips, slow on a loaded machine).
+        assert sent_at - as_of - 0.01 <= closes[0]["price_age_s"] <= answered_at - as_of + 0.01

@@ -16,7 +16,7 @@ import pytest
 
 from libs.common.closing import TAG_PREFIX
 from tests.e2e.harness import Stack
-from tests.e2e.test_fno import nifty_weekly
+from tests.e2e.test_fno import nifty_option
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -144,6 +144,10 @@ async def test_emergency_close_racing_the_gtt_is_exactly_one_exit(tmp_path: Path
             assert (await stack.closes())[0]["closed_by"] in ("api", "monitor", "safety_net")
 
 
+async def _has_event(stack: Stack, kind: str) -> bool:
+    return any(e["kind"] == kind for e in await stack.events())
+
+
 async def _closes_are(stack: Stack, count: int) -> bool:
     return len([c for c in await stack.closes() if c["symbol"] == "BOSCHLTD"]) == count
 
@@ -186,7 +190,8 @@ async def test_ip_block_during_placement_is_visible_retried_and_placed_once_lift
         status = (await stack.status())["safety_net"]
         assert status["enabled"] is True and status["states"].get("retrying") == 1
         assert status["failing"][0]["symbol"] == "BOSCHLTD" and "UDAPI1154" in status["failing"][0]["last_error"]
-        assert any(e["kind"] == "safety_net_failed" for e in await stack.events())
+        # The event follows the "retrying" record and its log line: wait for it rather than race it.
+        await eventually(lambda: _has_event(stack, "safety_net_failed"), timeout_s=5)
         assert await gtts(stack) == []
         placed = await active(stack)
         assert placed["last_error"] is None
@@ -223,7 +228,7 @@ async def test_an_option_of_three_freeze_quantities_is_netted_within_the_limits_
     (a GTT's order is never sliced: one of 5400 would be rejected by the exchange when it fires). The guard goes
     down, the premium falls through: the three fire and the broker ends exactly flat; the guard, back, reports
     the position closed by the safety net with the three fills and sends nothing."""
-    option = nifty_weekly()
+    option = nifty_option()
     symbol, key, freeze = option.trading_symbol, option.instrument_key, int(option.freeze_quantity)
     async with Stack(tmp_path, **NET) as stack:
         await stack.start("sim", "monitor", "api")

@@ -17,7 +17,9 @@ from tests.helpers import eventually
 pytestmark = pytest.mark.integration
 
 
-def _lease(redis: Redis, settings: Settings, name: str, lease_s: float = 0.2) -> FeedLease:
+def _lease(redis: Redis, settings: Settings, name: str, lease_s: float = 1.0) -> FeedLease:
+    # 1 s, not less: a holder's writes must land while it still holds the lease, and a loaded machine can take a
+    # few hundred ms over the round trips between an acquire and the writes it makes (0.2 s could be outrun).
     return FeedLease(redis, settings.model_copy(update={"instance_name": name, "feed_lease_s": lease_s}), ManualClock())
 
 

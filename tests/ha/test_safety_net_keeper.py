@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.test_fno import nifty_weekly
+from tests.e2e.test_fno import nifty_option
 from tests.ha.harness import HAStack
 from tests.helpers import eventually
 
@@ -41,7 +41,7 @@ async def history(stack: HAStack) -> dict[str, list[str]]:
 
 
 async def test_one_keeper_places_each_gtt_once_and_the_other_takes_over_when_it_is_killed(tmp_path: Path) -> None:
-    option = nifty_weekly()
+    option = nifty_option()
     symbol, freeze = option.trading_symbol, int(option.freeze_quantity)
     async with HAStack(tmp_path, **ENV) as stack:
         await stack.start("sim")
