@@ -31,7 +31,7 @@ from libs.common.order_gate import OrderGate
 from libs.common.pacing import in_background
 from libs.common.positions import ClaimHolder, PositionConflict, PositionStore, new_claim_id
 from libs.common.replication import ClaimConfirmation, ClaimNotConfirmed
-from libs.common.safety_net import SafetyNet
+from libs.common.safety_net import Fired, SafetyNet
 from libs.common.service import cancel_and_wait
 from libs.common.settings import Settings
 
@@ -141,7 +141,7 @@ class Closer:
     async def _sell(
         self, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
     ) -> CloseRecord:
-        by_net: list[Fill] = []  # what the broker's stop (some of its GTTs) sold already
+        fired: Fired | None = None  # the broker's stop, when some of its GTTs fired
         held_at_first: asyncio.Task[int | None] | None = None
         if self._safety_net is not None:  # Layer 0 first, so the broker's stop cannot sell too
             # The broker's position is read while the net is disarmed (one round trip fewer before the order).
@@ -156,7 +156,8 @@ class Closer:
             if isinstance(settled, CloseRecord):
                 await cancel_and_wait([held_at_first])
                 return settled
-            by_net = settled
+            fired = settled
+        by_net = [fired.fill] if fired is not None and fired.fill is not None else []  # what those GTTs sold
         guarded = position.quantity - sum(f.quantity or 0 for f in by_net)
         tag = close_tag(claim_id)
         fills: list[Fill] = []
@@ -211,9 +212,13 @@ class Closer:
             left = guarded - sold if still_held is None else min(guarded - sold, still_held)
             error = f"sold {sold} of {guarded}; {left} still held and guarded"
             record = self._exit_record(position, request, by_net + fills, request.closed_by, remaining=left)
+            if fired is not None and self._safety_net is not None:
+                # Its fills are in this record and out of `left`: no later disarm may count them again (that
+                # would journal them twice and take the rest for sold); the keeper arms the rest afresh.
+                await self._safety_net.accounted(position.symbol, fired)
             rev = await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left, sold=record)
             await self._publish(
-                "reduced", position.symbol, claim_id, quantity=left, sold=sold, record=record.public(), rev=rev
+                "reduced", position.symbol, claim_id, quantity=left, sold=sold, part=record.public(), rev=rev
             )
             raise PartialClose(f"{position.symbol}: {error}")
         return await self._finish(position, claim_id, request, by_net + fills, request.closed_by)
@@ -301,8 +306,8 @@ class Closer:
             settled = await self._disarm_safety_net(self._safety_net, position, claim_id, request, None)
             if isinstance(settled, CloseRecord):
                 return settled
-            if settled:
-                return await self._settled_by_net(position, claim_id, request, settled)
+            if settled is not None and settled.fill is not None:
+                return await self._settled_by_net(position, claim_id, request, [settled.fill])
         exit_price = request.decision_price or position.entry_price
         record = self._record(position, request, "", exit_price, "external")
         rev = await self._store.complete(claim_id, record)
@@ -318,9 +323,9 @@ class Closer:
 
     async def _disarm_safety_net(
         self, net: SafetyNet, position: Position, claim_id: str, request: CloseRequest, retry_at: float | None
-    ) -> CloseRecord | list[Fill]:
+    ) -> CloseRecord | Fired | None:
         """Cancel the position's GTTs; if they already fired and their orders filled the position, that is the
-        close (`closed_by` "safety_net"); else what their orders filled (the guard sells at most the rest). When a
+        close (`closed_by` "safety_net"); else the GTTs that fired, if any (the guard sells at most the rest). When a
         GTT cannot be made harmless, release the claim and raise: no order may go out beside a stop that can
         still fire."""
         await self._still_ours(position.symbol, claim_id)  # a stale closer must not touch a reopened position's GTT
@@ -335,10 +340,8 @@ class Closer:
             await self._store.release(position.symbol, claim_id, error, when)
             raise (OrdersBlocked(error) if blocked else BrokerError(error, status_code=503)) from None
         await self._still_ours(position.symbol, claim_id)  # it may have waited long on the broker
-        if fired is None or fired.fill is None:
-            return []
-        if not fired.complete:
-            return [fired.fill]
+        if fired is None or fired.fill is None or not fired.complete:
+            return fired
         return await self._settled_by_net(position, claim_id, request, [fired.fill])
 
     async def _settled_by_net(
@@ -453,7 +456,7 @@ class Closer:
         part = None if fill is None else self._exit_record(position, request, [fill], "reconcile", remaining=left)
         rev = await self._store.release(position.symbol, position.claim_id, note, None, quantity=left, sold=part)
         if rev:
-            sold_part = {} if part is None else {"record": part.public()}
+            sold_part = {} if part is None else {"part": part.public()}
             await self._store.publish_event(
                 "reopened", position.symbol, claim_id=position.claim_id, quantity=left, rev=rev, **sold_part
             )

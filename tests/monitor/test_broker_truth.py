@@ -19,6 +19,7 @@ from libs.common.models import CloseReason, CloseRecord, PositionState, PriceSou
 from libs.common.order_gate import OrderGate
 from libs.common.positions import PositionConflict, PositionStore
 from libs.common.settings import Settings
+from services.alerts.table import alert_type, facts, render
 from services.monitor import Monitor
 from services.sim.server import Simulator, running_simulator
 from services.sim.settings import SimSettings
@@ -69,7 +70,7 @@ async def sold_by_guard(sim: Simulator) -> int:
 
 
 async def test_partial_fills_are_followed_up_in_the_claim_and_never_sell_more_than_held(
-    redis: Redis, sim: Simulator, closer: Closer
+    redis: Redis, sim: Simulator, closer: Closer, settings: Settings
 ) -> None:
     store = PositionStore(redis, CLOCK)
     held_at_broker(sim, long_bosch(quantity=10))
@@ -88,6 +89,11 @@ async def test_partial_fills_are_followed_up_in_the_claim_and_never_sell_more_th
     value = sum(int(o["filled_quantity"]) * float(o["average_price"]) for o in orders)
     assert part.exit_price == round(value * 100 / 8)
     assert part.order_id.split(",") == [o["order_id"] for o in orders if int(o["filled_quantity"])]
+    # The "reduced" event carries the part sold beside the quantity still held; its alert names what is held.
+    (reduced,) = [e for e in await store.recent_events() if e["kind"] == "reduced"]
+    assert (reduced["quantity"], reduced["part"]["quantity"]) == (2, 8)
+    alert = render(alert_type(reduced), facts(reduced, settings), reduced["at"])
+    assert "The broker holds 2 of BOSCHLTD" in alert.body and "protects the 2 held" in alert.body
 
     sim.faults.clear()
     record = await closer.close(SL)  # the next attempt sells the remainder only

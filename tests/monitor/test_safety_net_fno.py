@@ -14,10 +14,10 @@ import pytest
 from redis.asyncio import Redis
 
 from libs.common import keys
-from libs.common.closing import CloseRequest
+from libs.common.closing import CloseRequest, PartialClose
 from libs.common.fno import expires_on, is_expired
 from libs.common.instruments import Instrument, load_instruments
-from libs.common.models import CloseReason, Position, PriceSource, Side
+from libs.common.models import CloseReason, CloseRecord, Position, PriceSource, Side
 from libs.common.settings import Settings
 from services.monitor.safety_net import SafetyNetKeeper
 from tests.helpers import eventually
@@ -126,6 +126,47 @@ async def test_all_legs_fired_is_a_safety_net_close_and_one_missing_leg_leaves_t
         guard = [(q, f) for q, f, ref in sells(rig, key)[3:] if not ref]
         assert guard == [(1800, 1800)] and len(sells(rig, key)) == 6
         assert rig.sim.orders.positions.net(key, "I") == 0
+
+
+async def test_legs_that_fired_before_a_close_that_sold_only_part_are_journaled_once_and_the_rest_netted_again(
+    settings: Settings, redis: Redis
+) -> None:
+    """Two of three legs fire (3600 sold), then the guard's orders fill only part of the 1800 left: the legs' fills
+    and the guard's part are one journal entry, the net counts as disarmed (a later disarm that reported the same
+    fills again would journal them twice and take the 150 still held for sold), the keeper nets the rest afresh,
+    and the next close sells exactly the rest: 5400 journaled in all, the broker flat."""
+    inst = nifty_ce(time.time())
+    key, symbol = inst.instrument_key, inst.trading_symbol
+    async with rigged(settings, redis, time.time()) as rig:
+        rig.sim.market.set_price(symbol, 15000)
+        await rig.open(option_position(inst))
+        await rig.keeper.keep_once()
+        first = (await rig.state(symbol)).ids
+        rig.sim.gtt.cancel({"gtt_order_id": first[0]})  # one leg cancelled in the app
+        rig.sim.market.set_price(symbol, 11900)  # the other two fire
+        assert rig.sim.orders.positions.net(key, "I") == 1800
+        await rig.sim.inject("partial_fill", 30, ratio=0.5)  # the guard's four orders fill 900, 450, 225, 75
+        with pytest.raises(PartialClose, match="sold 1650 of 1800; 150 still held"):
+            await rig.closer.close(stop(symbol, 11900))
+        position = await rig.store.get(symbol)
+        assert position is not None and position.quantity == 150 and rig.sim.orders.positions.net(key, "I") == 150
+        assert [(r.quantity, r.remaining) for r in await rig.store.journal() if isinstance(r, CloseRecord)] == [
+            (5250, 150)
+        ]
+        assert (await rig.state(symbol)).state == "cancelled"
+
+        rig.sim.faults.clear()
+        rig.sim.market.set_price(symbol, 12500)  # above the trigger: the new net waits
+        await rig.keeper.keep_once()
+        again = await rig.state(symbol)
+        assert again.legs == (150,) and not set(again.ids) & set(first)
+        record = await rig.closer.close(stop(symbol, 12500))
+        assert (record.quantity, record.remaining, record.closed_by) == (150, 0, "monitor")
+        journal = [r for r in await rig.store.journal() if isinstance(r, CloseRecord)]
+        assert [(r.quantity, r.remaining) for r in journal] == [(150, 0), (5250, 150)]  # newest first: 5400 in all
+        assert rig.sim.orders.positions.net(key, "I") == 0
+        renewed = [g["rules"][0]["status"] for g in gtts_of(rig, key) if g["gtt_order_id"] in again.ids]  # type: ignore[index]
+        assert renewed == ["CANCELLED"]  # disarmed before the guard sold the rest
 
 
 async def test_a_position_too_big_for_25_gtts_is_refused_visibly(settings: Settings, redis: Redis) -> None:

@@ -217,8 +217,9 @@ function renderEvents(events) {
   const list = $("#events");
   list.replaceChildren();
   for (const e of events) {
-    const r = e.record;
-    const closed = r ? r.reason + " by " + r.closed_by + " at " + rupees(r.exit_price) + " (" + r.price_source + " price)" : "";
+    const r = e.record || e.part; // a close, or the part a close sold before it was reopened for the rest
+    const part = r && r.remaining ? ", " + r.quantity + " sold, " + r.remaining + " left" : "";
+    const closed = r ? r.reason + " by " + r.closed_by + " at " + rupees(r.exit_price) + " (" + r.price_source + " price)" + part : "";
     const feed = e.kind === "feed_state" ? e.previous + " → " + e.state + (e.reason ? " (" + e.reason + ")" : "") : "";
     const detail = closed || feed || e.message || e.error || [e.reason, e.by].filter(Boolean).join(" by ");
     const text = [e.symbol, detail].filter(Boolean).join(": ");
