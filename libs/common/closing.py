@@ -212,11 +212,12 @@ class Closer:
             left = guarded - sold if still_held is None else min(guarded - sold, still_held)
             error = f"sold {sold} of {guarded}; {left} still held and guarded"
             record = self._exit_record(position, request, by_net + fills, request.closed_by, remaining=left)
-            if fired is not None and self._safety_net is not None:
-                # Its fills are in this record and out of `left`: no later disarm may count them again (that
-                # would journal them twice and take the rest for sold); the keeper arms the rest afresh.
-                await self._safety_net.accounted(position.symbol, fired)
-            rev = await self._store.release(position.symbol, claim_id, error, retry_at, quantity=left, sold=record)
+            # The fired net's fills are in this record and out of `left`: the same step marks it disarmed, so no
+            # later disarm counts them again (that would journal them twice and take the rest for sold).
+            spent = "" if fired is None else fired.gtt_id
+            rev = await self._store.release(
+                position.symbol, claim_id, error, retry_at, quantity=left, sold=record, net_spent=spent
+            )
             await self._publish(
                 "reduced", position.symbol, claim_id, quantity=left, sold=sold, part=record.public(), rev=rev
             )

@@ -71,9 +71,10 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS: position, journal, revision counter. ARGV: claim_id, error, next_attempt_at, quantity ('' = unchanged),
-# the journal record of what was sold ('' = none). Reopens a position whose close failed (with the quantity still
-# held when part of it was sold, that part journaled in the same step). Returns its rev, 0 when the claim is not
-# ours.
+# the journal record of what was sold ('' = none), the safety net whose fired legs' fills that record holds ('' =
+# none). Reopens a position whose close failed (with the quantity still held when part of it was sold, that part
+# journaled in the same step, and that net marked disarmed if the position still names it, so no later disarm
+# reports those fills again). Returns its rev, 0 when the claim is not ours.
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'released_claim') == ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'open' then
   return tonumber(redis.call('HGET', KEYS[1], 'rev') or 1)
@@ -86,6 +87,9 @@ redis.call('HSET', KEYS[1], 'state', 'open', 'claim_id', '', 'claimed_at', '', '
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'quantity', ARGV[4]) end
 redis.call('HINCRBY', KEYS[1], 'close_attempts', 1)
 if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[2], ARGV[5]) end
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'net_gtt_id') == ARGV[6] then
+  redis.call('HSET', KEYS[1], 'net_state', 'cancelled')
+end
 REV
 return rev
 """
@@ -288,13 +292,15 @@ class PositionStore:
         *,
         quantity: int | None = None,
         sold: CloseRecord | None = None,
+        net_spent: str = "",
     ) -> int:
         """Return a claimed position to open after a failed close, recording why; `quantity` lowers the guarded
-        quantity to what is still held (part was sold) and `sold` journals that part, in the same step. Returns
-        the reopened record's rev, 0 (false) if the claim is not ours."""
+        quantity to what is still held (part was sold) and `sold` journals that part, in the same step; `net_spent`
+        (the GTT ids of a safety net whose fired legs' fills are in `sold`) marks that net disarmed with it (the
+        keeper then nets the rest afresh). Returns the reopened record's rev, 0 (false) if the claim is not ours."""
         nxt = "" if next_attempt_at is None else repr(next_attempt_at)
         qty = "" if quantity is None else str(quantity)
-        args = [claim_id, error[:500], nxt, qty, "" if sold is None else sold.to_json()]
+        args = [claim_id, error[:500], nxt, qty, "" if sold is None else sold.to_json(), net_spent]
         position_keys = [keys.position(symbol), keys.CLOSED_JOURNAL, keys.POSITIONS_REV]
         return int(await self._release(keys=position_keys, args=args))
 

@@ -402,12 +402,6 @@ class SafetyNet:
             return None
         return await self._take_over(position, net.gtt_id, joined, fired)
 
-    async def accounted(self, symbol: str, fired: Fired) -> None:
-        """`fired`'s fills are journaled and the position holds only the rest: its net counts as disarmed (every
-        leg fired or was cancelled by the disarm that found it), so no later disarm reports those fills again and
-        the keeper places a net for what is left."""
-        await self.settle(symbol, fired.gtt_id, state="cancelled")
-
     async def _settled_state(self, position: Position) -> NetState:
         """The stored state once no keeper call is in flight. A call refreshes its mark between legs; one whose
         mark is older than a broker timeout and a half is treated as an unknown outcome (and so is a wait beyond
