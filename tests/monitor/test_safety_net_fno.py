@@ -45,6 +45,13 @@ def option_position(inst: Instrument, quantity: int = 5400) -> Position:
     )  # fmt: skip
 
 
+async def armed(rig: Rig, inst: Instrument) -> None:
+    """The option bought at 150 and guarded (`option_position`), its net placed by one keeper call."""
+    rig.sim.market.set_price(inst.trading_symbol, 15000)
+    await rig.open(option_position(inst))
+    await rig.keeper.keep_once()
+
+
 def stop(symbol: str, price: int) -> CloseRequest:
     return CloseRequest(symbol, CloseReason.STOP_LOSS, "monitor", price, PriceSource.LIVE, 0.0)
 
@@ -95,9 +102,7 @@ async def test_all_legs_fired_is_a_safety_net_close_and_one_missing_leg_leaves_t
     inst = nifty_ce(time.time())
     key, symbol = inst.instrument_key, inst.trading_symbol
     async with rigged(settings, redis, time.time()) as rig:
-        rig.sim.market.set_price(symbol, 15000)
-        await rig.open(option_position(inst))
-        await rig.keeper.keep_once()
+        await armed(rig, inst)
         rig.sim.market.set_price(symbol, 11900)  # every leg fires, each a LIMIT within the freeze quantity
         assert [(q, f) for q, f, _ in sells(rig, key)] == [(1800, 1800)] * 3
         assert rig.sim.orders.positions.net(key, "I") == 0
@@ -106,9 +111,7 @@ async def test_all_legs_fired_is_a_safety_net_close_and_one_missing_leg_leaves_t
         assert len(sells(rig, key)) == 3, "the guard sent nothing"
 
         # Again; one leg was cancelled in the app. The keeper notices and places that leg alone again.
-        rig.sim.market.set_price(symbol, 15000)
-        await rig.open(option_position(inst))
-        await rig.keeper.keep_once()
+        await armed(rig, inst)
         first = await rig.state(symbol)
         rig.sim.gtt.cancel({"gtt_order_id": first.ids[2]})
         assert await rig.keeper.check_fired() == 0
@@ -138,9 +141,7 @@ async def test_legs_that_fired_before_a_close_that_sold_only_part_are_journaled_
     inst = nifty_ce(time.time())
     key, symbol = inst.instrument_key, inst.trading_symbol
     async with rigged(settings, redis, time.time()) as rig:
-        rig.sim.market.set_price(symbol, 15000)
-        await rig.open(option_position(inst))
-        await rig.keeper.keep_once()
+        await armed(rig, inst)
         first = (await rig.state(symbol)).ids
         rig.sim.gtt.cancel({"gtt_order_id": first[0]})  # one leg cancelled in the app
         rig.sim.market.set_price(symbol, 11900)  # the other two fire
